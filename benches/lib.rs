@@ -1,0 +1,1 @@
+//! kennel benchmarks: egress load generator and criterion microbenches; results in README.md.

@@ -1,0 +1,1 @@
+//! kennel-container: environment spec -> Docker objects via bollard; hardening defaults; exec/stats; image build from host files.

@@ -1,0 +1,1 @@
+//! kennel-test-support: shared test code (origins, TLS certs, netns, Docker fixtures).
