@@ -1,0 +1,3 @@
+//! One module per `kennel` subcommand.
+
+pub mod policy;
