@@ -1,0 +1,1 @@
+//! Translating seed lists and Tinyproxy filter files (regex lines) into native lists.

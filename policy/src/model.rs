@@ -1,0 +1,368 @@
+//! The immutable policy value and its decisions.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::pattern::HostIndex;
+use crate::target::{Host, Target};
+use crate::upstream::Upstream;
+
+/// Whether denies are enforced or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what the policy does not allow.
+    #[default]
+    Enforce,
+    /// Allow everything, but report what would have been denied.
+    Report,
+}
+
+impl Mode {
+    /// `"enforce"` or `"report"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The connection may proceed.
+    Allow,
+    /// The connection is refused.
+    Deny,
+}
+
+impl Verdict {
+    /// `"allow"` or `"deny"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// Why a decision was made. Stable snake_case codes via [`Reason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A host pattern allowed the host and the port.
+    AllowedByRule,
+    /// A `cidrs` entry allowed the IP and the port.
+    AllowedByCidr,
+    /// No allow rule matches the host.
+    NotInAllowlist,
+    /// A `[deny]` entry matches (deny wins over allow).
+    DeniedByRule,
+    /// The host is allowed, but not on this port.
+    PortNotAllowed,
+    /// The target is an IP literal that no `cidrs` entry allows.
+    IpLiteralNotAllowed,
+}
+
+impl Reason {
+    /// Stable code: `allowed_by_rule`, `allowed_by_cidr`, `not_in_allowlist`, `denied_by_rule`,
+    /// `port_not_allowed`, `ip_literal_not_allowed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::AllowedByRule => "allowed_by_rule",
+            Reason::AllowedByCidr => "allowed_by_cidr",
+            Reason::NotInAllowlist => "not_in_allowlist",
+            Reason::DeniedByRule => "denied_by_rule",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::IpLiteralNotAllowed => "ip_literal_not_allowed",
+        }
+    }
+
+    /// Human description: "allowed by rule", "not in allowlist", …
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Reason::AllowedByRule => "allowed by rule",
+            Reason::AllowedByCidr => "allowed by cidr",
+            Reason::NotInAllowlist => "not in allowlist",
+            Reason::DeniedByRule => "denied by rule",
+            Reason::PortNotAllowed => "port not allowed",
+            Reason::IpLiteralNotAllowed => "IP address not allowed",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// Where a rule came from. `Display`: `file:line` (the embedded default list is shown as
+/// `<embedded>/default-whitelist.txt:LINE`, legacy variables as `$NAME:1`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    /// The file the rule is in.
+    pub file: Arc<str>,
+    /// 1-based line.
+    pub line: u32,
+    /// The pattern as normalised (`.example.com`, `*.example.com`, `example.com`, a CIDR).
+    pub pattern: String,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// The outcome of [`Policy::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The effective verdict (Allow in report mode even if it would deny).
+    pub verdict: Verdict,
+    /// The reason (kept as the deny reason in report mode).
+    pub reason: Reason,
+    /// The matched allow or deny rule, if any.
+    pub rule: Option<RuleRef>,
+    /// True when `mode = "report"` turned a deny into an allow.
+    pub would_deny: bool,
+}
+
+impl Decision {
+    /// `verdict == Allow`.
+    pub fn is_allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+}
+
+/// Counts of what a policy contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyStats {
+    /// Allow host patterns (includes, `[allow]`, `[[rule]]`, legacy).
+    pub allow_patterns: usize,
+    /// Deny host patterns.
+    pub deny_patterns: usize,
+    /// `[[rule]]` tables.
+    pub rules: usize,
+    /// Allow and deny CIDRs.
+    pub cidrs: usize,
+    /// Upstream routes.
+    pub routes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AllowEntry {
+    pub(crate) rule: RuleRef,
+    /// Sorted allowed ports.
+    pub(crate) ports: Arc<[u16]>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CidrEntry {
+    pub(crate) net: IpNet,
+    pub(crate) rule: RuleRef,
+    pub(crate) ports: Arc<[u16]>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) cidrs: Vec<IpNet>,
+    pub(crate) upstream: Upstream,
+}
+
+/// An immutable, validated policy. Build with [`Policy::load`], [`Policy::from_toml_str`] or
+/// [`Policy::embedded_default`]; replace it as a whole on reload.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub(crate) mode: Mode,
+    pub(crate) primary: Option<PathBuf>,
+    pub(crate) sources: Vec<PathBuf>,
+    pub(crate) hash: String,
+    pub(crate) allow: Vec<AllowEntry>,
+    pub(crate) allow_idx: HostIndex,
+    pub(crate) deny: Vec<RuleRef>,
+    pub(crate) deny_idx: HostIndex,
+    pub(crate) allow_cidrs: Vec<CidrEntry>,
+    pub(crate) deny_cidrs: Vec<CidrEntry>,
+    pub(crate) rules: usize,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) route_idx: HostIndex,
+    pub(crate) default_upstream: Upstream,
+}
+
+fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    if net.contains(&ip) {
+        return true;
+    }
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
+        IpAddr::V4(_) => false,
+    }
+}
+
+impl Policy {
+    /// Decides whether `target` may be reached. Deny rules win over allow rules; a host
+    /// allowed only on other ports is denied with [`Reason::PortNotAllowed`]; IP targets are
+    /// allowed only by `cidrs`. In report mode a deny becomes an allow with `would_deny`.
+    pub fn decide(&self, target: &Target) -> Decision {
+        let (verdict, reason, rule) = self.decide_enforced(target);
+        if verdict == Verdict::Deny && self.mode == Mode::Report {
+            Decision {
+                verdict: Verdict::Allow,
+                reason,
+                rule,
+                would_deny: true,
+            }
+        } else {
+            Decision {
+                verdict,
+                reason,
+                rule,
+                would_deny: false,
+            }
+        }
+    }
+
+    fn decide_enforced(&self, target: &Target) -> (Verdict, Reason, Option<RuleRef>) {
+        match &target.host {
+            Host::Name(name) => {
+                let mut denied = None;
+                self.deny_idx.find(name, |id| {
+                    denied = Some(id);
+                    true
+                });
+                if let Some(id) = denied {
+                    return (
+                        Verdict::Deny,
+                        Reason::DeniedByRule,
+                        Some(self.deny[id as usize].clone()),
+                    );
+                }
+                let mut first = None;
+                let mut allowed = None;
+                self.allow_idx.find(name, |id| {
+                    let e = &self.allow[id as usize];
+                    if first.is_none() {
+                        first = Some(id);
+                    }
+                    if e.ports.binary_search(&target.port).is_ok() {
+                        allowed = Some(id);
+                        return true;
+                    }
+                    false
+                });
+                match (allowed, first) {
+                    (Some(id), _) => (
+                        Verdict::Allow,
+                        Reason::AllowedByRule,
+                        Some(self.allow[id as usize].rule.clone()),
+                    ),
+                    (None, Some(id)) => (
+                        Verdict::Deny,
+                        Reason::PortNotAllowed,
+                        Some(self.allow[id as usize].rule.clone()),
+                    ),
+                    (None, None) => (Verdict::Deny, Reason::NotInAllowlist, None),
+                }
+            }
+            Host::Ip(ip) => {
+                if let Some(e) = self.deny_cidrs.iter().find(|e| net_contains(&e.net, *ip)) {
+                    return (Verdict::Deny, Reason::DeniedByRule, Some(e.rule.clone()));
+                }
+                let mut first = None;
+                for e in self
+                    .allow_cidrs
+                    .iter()
+                    .filter(|e| net_contains(&e.net, *ip))
+                {
+                    if e.ports.binary_search(&target.port).is_ok() {
+                        return (Verdict::Allow, Reason::AllowedByCidr, Some(e.rule.clone()));
+                    }
+                    first.get_or_insert(e);
+                }
+                match first {
+                    Some(e) => (Verdict::Deny, Reason::PortNotAllowed, Some(e.rule.clone())),
+                    None => (Verdict::Deny, Reason::IpLiteralNotAllowed, None),
+                }
+            }
+        }
+    }
+
+    /// For the proxy's SSRF guard: the `cidrs` entry that allows `ip` (ports are not checked
+    /// here), if any and if no deny `cidrs` entry matches it.
+    pub fn cidr_allowing(&self, ip: IpAddr) -> Option<RuleRef> {
+        if self.deny_cidrs.iter().any(|e| net_contains(&e.net, ip)) {
+            return None;
+        }
+        self.allow_cidrs
+            .iter()
+            .find(|e| net_contains(&e.net, ip))
+            .map(|e| e.rule.clone())
+    }
+
+    /// The first matching `[[upstream.route]]` for the host, else the default upstream.
+    pub fn upstream_for(&self, host: &Host) -> &Upstream {
+        match host {
+            Host::Name(name) => {
+                let mut best: Option<u32> = None;
+                self.route_idx.find(name, |id| {
+                    if best.is_none_or(|b| id < b) {
+                        best = Some(id);
+                    }
+                    false
+                });
+                match best {
+                    Some(id) => &self.routes[id as usize].upstream,
+                    None => &self.default_upstream,
+                }
+            }
+            Host::Ip(ip) => self
+                .routes
+                .iter()
+                .find(|r| r.cidrs.iter().any(|n| net_contains(n, *ip)))
+                .map_or(&self.default_upstream, |r| &r.upstream),
+        }
+    }
+
+    /// The default upstream (used when no route matches).
+    pub fn default_upstream(&self) -> &Upstream {
+        &self.default_upstream
+    }
+
+    /// `enforce` or `report`.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The policy TOML file, `None` for the embedded default.
+    pub fn primary_file(&self) -> Option<&Path> {
+        self.primary.as_deref()
+    }
+
+    /// Every file read (policy, includes, credential files), for the reload watcher.
+    pub fn source_files(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Stable hex SHA-256 of the policy's sources (same content -> same hash).
+    pub fn version_hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Counts of patterns, rules, CIDRs and routes.
+    pub fn stats(&self) -> PolicyStats {
+        PolicyStats {
+            allow_patterns: self.allow_idx.len(),
+            deny_patterns: self.deny_idx.len(),
+            rules: self.rules,
+            cidrs: self.allow_cidrs.len() + self.deny_cidrs.len(),
+            routes: self.routes.len(),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Live policy: [`PolicyStore`] (an `ArcSwap<Policy>` plus a generation counter) and
+//! [`Reloader`], which rebuilds the policy from its source on demand (SIGHUP) or when a file in
+//! a watched directory changes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+
+use crate::error::PolicyError;
+use crate::legacy::LegacyEnv;
+use crate::model::Policy;
+
+/// Holds the live policy behind an `ArcSwap` plus a generation counter.
+#[derive(Debug)]
+pub struct PolicyStore {
+    policy: ArcSwap<Policy>,
+    generation: AtomicU64,
+}
+
+impl PolicyStore {
+    /// A store holding `policy` as generation 1.
+    pub fn new(policy: Policy) -> Arc<PolicyStore> {
+        Arc::new(PolicyStore {
+            policy: ArcSwap::from_pointee(policy),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    /// The current policy (cheap: one atomic load and a reference count increment).
+    pub fn current(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Starts at 1, +1 per successful swap.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the policy; returns the new generation.
+    pub fn swap(&self, policy: Policy) -> u64 {
+        self.policy.store(Arc::new(policy));
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// The result of one reload attempt.
+#[derive(Debug)]
+pub enum ReloadEvent {
+    /// A new policy is live.
+    Reloaded {
+        /// Its generation.
+        generation: u64,
+    },
+    /// The sources did not change (same version hash); nothing was swapped.
+    Unchanged,
+    /// The sources are invalid; the previous policy stays live.
+    Failed(PolicyError),
+}
+
+/// Rebuilds the policy from its source (a TOML file + [`LegacyEnv`], or the embedded default).
+#[derive(Debug)]
+pub struct Reloader {
+    path: Option<PathBuf>,
+    legacy: LegacyEnv,
+    store: Arc<PolicyStore>,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    /// Loads the policy once (an error here is fatal for the caller) and holds it in a new store.
+    pub fn new(path: Option<PathBuf>, legacy: LegacyEnv) -> Result<Reloader, PolicyError> {
+        let policy = build(path.as_deref(), &legacy)?;
+        Ok(Reloader {
+            path,
+            legacy,
+            store: PolicyStore::new(policy),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The store the reloader swaps policies into.
+    pub fn store(&self) -> Arc<PolicyStore> {
+        self.store.clone()
+    }
+
+    /// Re-reads now (SIGHUP). On error the old policy stays and the error is returned;
+    /// unchanged content (same version hash) gives [`ReloadEvent::Unchanged`].
+    pub fn reload(&self) -> ReloadEvent {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match build(self.path.as_deref(), &self.legacy) {
+            Err(e) => ReloadEvent::Failed(e),
+            Ok(p) if p.version_hash() == self.store.current().version_hash() => {
+                ReloadEvent::Unchanged
+            }
+            Ok(p) => ReloadEvent::Reloaded {
+                generation: self.store.swap(p),
+            },
+        }
+    }
+
+    /// Watches the directories of every source file (so rename-replace and
+    /// delete-then-recreate are seen), waits until `debounce` has passed without further
+    /// events, reloads, and calls `on_event` for each reload attempt from a background thread.
+    /// The watched set follows the policy (a new include's directory is watched after reload).
+    pub fn watch(
+        self: Arc<Self>,
+        debounce: Duration,
+        on_event: impl Fn(&ReloadEvent) + Send + Sync + 'static,
+    ) -> Result<WatchGuard, PolicyError> {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let fs_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = fs_tx.send(Msg::Fs);
+            }
+        })
+        .map_err(|e| watch_error(self.path.as_deref(), e))?;
+        let mut watched = BTreeSet::new();
+        update_watches(&mut watcher, &mut watched, &self.store.current())
+            .map_err(|e| watch_error(self.path.as_deref(), e))?;
+        let this = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("kennel-policy-watch".into())
+            .spawn(move || {
+                let mut watcher = watcher;
+                loop {
+                    match rx.recv() {
+                        Ok(Msg::Fs) => {}
+                        Ok(Msg::Stop) | Err(_) => return,
+                    }
+                    // Debounce: wait until the directory is quiet for `debounce`.
+                    let mut deadline = Instant::now() + debounce;
+                    loop {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        match rx.recv_timeout(deadline - now) {
+                            Ok(Msg::Fs) => deadline = Instant::now() + debounce,
+                            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                            Err(RecvTimeoutError::Timeout) => break,
+                        }
+                    }
+                    let ev = this.reload();
+                    if let Err(e) =
+                        update_watches(&mut watcher, &mut watched, &this.store.current())
+                    {
+                        tracing::warn!(error = %e, "policy watcher could not watch a directory");
+                    }
+                    on_event(&ev);
+                }
+            })
+            .map_err(|e| PolicyError::io(self.path.as_deref().unwrap_or(Path::new(".")), e))?;
+        Ok(WatchGuard {
+            tx,
+            handle: Some(handle),
+        })
+    }
+}
+
+enum Msg {
+    Fs,
+    Stop,
+}
+
+fn build(path: Option<&Path>, legacy: &LegacyEnv) -> Result<Policy, PolicyError> {
+    match path {
+        Some(p) => Policy::load_with(p, legacy),
+        None => Policy::embedded_default_with(legacy),
+    }
+}
+
+fn watch_error(path: Option<&Path>, e: notify::Error) -> PolicyError {
+    PolicyError::io(
+        path.unwrap_or(Path::new(".")),
+        std::io::Error::other(format!("cannot watch policy directory: {e}")),
+    )
+}
+
+fn dir_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches the directories of the policy's sources (and stops watching ones no longer used).
+fn update_watches(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<PathBuf>,
+    policy: &Policy,
+) -> notify::Result<()> {
+    let wanted: BTreeSet<PathBuf> = policy.source_files().iter().map(|p| dir_of(p)).collect();
+    for gone in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
+        let _ = watcher.unwatch(&gone);
+        watched.remove(&gone);
+    }
+    let mut result = Ok(());
+    for dir in wanted {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(dir);
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    result
+}
+
+/// Stops watching (and joins the watcher thread) when dropped.
+#[derive(Debug)]
+pub struct WatchGuard {
+    tx: mpsc::Sender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Fs => "Fs",
+            Msg::Stop => "Stop",
+        })
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
