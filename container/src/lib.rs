@@ -1,1 +1,24 @@
-//! kennel-container: environment spec -> Docker objects via bollard; hardening defaults; exec/stats; image build from host files.
+//! kennel-container: environment spec -> Docker objects via bollard; hardening defaults;
+//! exec; image build from host files.
+//!
+//! - [`spec`]: `kennel.toml` / seed layout -> validated [`spec::EnvSpec`];
+//! - [`backend`]: the [`backend::Backend`] trait (the engine seam) and its types;
+//! - [`docker`]: the Docker implementation; [`fake`]: an in-memory one for tests;
+//! - [`hardening`]: every isolation setting, in one place;
+//! - [`image`]: images from host files (the proxy image without a registry);
+//! - [`policy_dir`]: an environment's effective policy directory.
+
+pub mod backend;
+pub mod docker;
+pub mod error;
+pub mod fake;
+pub mod hardening;
+pub mod image;
+pub mod policy_dir;
+pub mod spec;
+
+pub use backend::{Backend, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest, ExecSession};
+pub use docker::DockerBackend;
+pub use error::{BackendError, ImageError, SpecError};
+pub use fake::FakeBackend;
+pub use spec::EnvSpec;

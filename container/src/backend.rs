@@ -1,0 +1,258 @@
+//! The engine seam: everything the daemon needs from a container engine. [`crate::docker`] is the
+//! Docker implementation, [`crate::fake`] an in-memory one for the daemon's unit tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWrite;
+
+use crate::error::BackendError;
+use crate::spec::EnvSpec;
+
+/// Label: the environment's name.
+pub const LABEL_ENV: &str = "dev.kennel.env";
+/// Label: the object's role (`network`, `egress-network`, `proxy`, `sandbox`, `service`).
+pub const LABEL_ROLE: &str = "dev.kennel.role";
+/// Label: `true` on every object kennel manages.
+pub const LABEL_MANAGED: &str = "dev.kennel.managed";
+/// Label: the service name on service containers.
+pub const LABEL_SERVICE: &str = "dev.kennel.service";
+
+/// A boxed, sendable future (keeps [`Backend`] usable as `Arc<dyn Backend>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything the daemon needs from a container engine.
+pub trait Backend: Send + Sync + 'static {
+    /// Creates the networks, proxy container, sandbox and services for `plan`, all labelled
+    /// `dev.kennel.env=<name>`, `dev.kennel.role=<role>`, `dev.kennel.managed=true`, and starts
+    /// them. Removes everything it created if a step fails. [`BackendError::AlreadyExists`] if
+    /// any object of the environment exists.
+    fn create_env<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<EnvStatus, BackendError>>;
+    /// Every environment found by its labels.
+    fn list_envs(&self) -> BoxFuture<'_, Result<Vec<EnvStatus>, BackendError>>;
+    /// One environment, `None` if no object carries its label.
+    fn inspect_env<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EnvStatus>, BackendError>>;
+    /// Removes every object labelled with the environment's name (containers first, then
+    /// networks). Idempotent: removing an absent environment is `Ok`.
+    fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Runs a command in the sandbox. Output arrives tagged stdout/stderr; the exit code after.
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        req: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecSession, BackendError>>;
+}
+
+/// What to create for one environment.
+#[derive(Debug, Clone)]
+pub struct EnvPlan {
+    /// The validated spec.
+    pub spec: EnvSpec,
+    /// Host directory with the effective policy (mounted read-only into the proxy at
+    /// [`crate::hardening::PROXY_POLICY_DIR`]); must hold `policy.toml`.
+    pub policy_dir: PathBuf,
+    /// The proxy image (from [`crate::image::ensure_proxy_image`]).
+    pub proxy_image: String,
+    /// Extra labels put on every object (e.g. the daemon's spec hash, creation time).
+    pub state_labels: Vec<(String, String)>,
+}
+
+/// Coarse state of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvState {
+    /// Proxy, sandbox and every service are running.
+    Running,
+    /// Some containers run, others do not.
+    Degraded,
+    /// No container runs.
+    Stopped,
+    /// Labelled objects exist but the sandbox or proxy is missing.
+    Incomplete,
+}
+
+/// One container of an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// Container name, e.g. `kennel-foo-sandbox`.
+    pub name: String,
+    /// Role label (`proxy`, `sandbox`, `service`).
+    pub role: String,
+    /// Engine id.
+    pub id: String,
+    /// Image reference.
+    pub image: String,
+    /// Engine state (`running`, `exited`, …).
+    pub state: String,
+    /// Human status (`Up 3 minutes`).
+    pub status: String,
+}
+
+/// An environment as found in the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvStatus {
+    /// Environment name.
+    pub name: String,
+    /// Coarse state.
+    pub state: EnvState,
+    /// Its containers.
+    pub containers: Vec<ContainerStatus>,
+    /// The internal network's name.
+    pub network: String,
+    /// `http://proxy:8888` style address the sandbox uses, when the proxy exists.
+    pub proxy_address: Option<String>,
+    /// The sandbox's creation time (RFC 3339 or engine-provided), if known.
+    pub created: Option<String>,
+    /// The sandbox's labels (includes the plan's `state_labels`).
+    pub labels: HashMap<String, String>,
+}
+
+/// A command to run in the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Argv.
+    pub cmd: Vec<String>,
+    /// Allocate a TTY (stdout and stderr then arrive merged as stdout).
+    pub tty: bool,
+    /// Extra `KEY=VALUE` variables.
+    pub env: Vec<String>,
+    /// Working directory (default `/workspace`).
+    pub workdir: Option<String>,
+    /// Attach stdin ([`ExecSession::stdin`] is `Some`).
+    pub stdin: bool,
+}
+
+/// A chunk of a running command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    /// Bytes written to stdout (or the TTY).
+    Stdout(Bytes),
+    /// Bytes written to stderr.
+    Stderr(Bytes),
+}
+
+/// Output stream of an exec.
+pub type ExecOutputStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, BackendError>> + Send>>;
+/// Stdin writer of an exec.
+pub type ExecStdin = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Resolves the exit code once the output stream has ended.
+pub struct ExitHandle {
+    fut: Box<dyn FnOnce() -> BoxFuture<'static, Result<i64, BackendError>> + Send>,
+}
+
+impl ExitHandle {
+    /// Wraps a function producing the exit-code future.
+    pub fn new(
+        f: impl FnOnce() -> BoxFuture<'static, Result<i64, BackendError>> + Send + 'static,
+    ) -> Self {
+        ExitHandle { fut: Box::new(f) }
+    }
+
+    /// The exit code. Call after the output stream has ended (it waits for the process).
+    pub async fn code(self) -> Result<i64, BackendError> {
+        (self.fut)().await
+    }
+}
+
+impl std::fmt::Debug for ExitHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExitHandle")
+    }
+}
+
+/// A running command: output chunks tagged stdout/stderr, an optional stdin writer, and the exit
+/// code once the output has ended.
+pub struct ExecSession {
+    /// Output, until the process ends.
+    pub output: ExecOutputStream,
+    /// Stdin, when requested (drop or shut it down to send EOF).
+    pub stdin: Option<ExecStdin>,
+    /// The exit code, to be awaited after `output` ended.
+    pub exit: ExitHandle,
+    /// Resizes the TTY (no-op without a TTY): `(rows, cols)`.
+    pub resize:
+        Option<Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), BackendError>> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a finished command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    /// All stdout bytes.
+    pub stdout: Vec<u8>,
+    /// All stderr bytes.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i64,
+}
+
+impl ExecResult {
+    /// Stdout as (lossy) UTF-8.
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// Stderr as (lossy) UTF-8.
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl ExecSession {
+    /// Drains the output (stdin is closed first) and waits for the exit code.
+    pub async fn collect(mut self) -> Result<ExecResult, BackendError> {
+        use futures_util::StreamExt;
+        drop(self.stdin.take());
+        let mut res = ExecResult::default();
+        while let Some(chunk) = self.output.next().await {
+            match chunk? {
+                ExecOutput::Stdout(b) => res.stdout.extend_from_slice(&b),
+                ExecOutput::Stderr(b) => res.stderr.extend_from_slice(&b),
+            }
+        }
+        res.exit_code = self.exit.code().await?;
+        Ok(res)
+    }
+}
+
+/// Names of an environment's Docker objects.
+pub mod names {
+    /// The internal network.
+    pub fn network(env: &str) -> String {
+        format!("kennel-{env}")
+    }
+    /// The proxy's egress network.
+    pub fn egress_network(env: &str) -> String {
+        format!("kennel-{env}-egress")
+    }
+    /// The proxy container.
+    pub fn proxy(env: &str) -> String {
+        format!("kennel-{env}-proxy")
+    }
+    /// The sandbox container.
+    pub fn sandbox(env: &str) -> String {
+        format!("kennel-{env}-sandbox")
+    }
+    /// A service container.
+    pub fn service(env: &str, service: &str) -> String {
+        format!("kennel-{env}-svc-{service}")
+    }
+}

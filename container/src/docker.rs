@@ -1,0 +1,740 @@
+//! The Docker implementation of [`Backend`] (bollard). Request bodies come from
+//! [`crate::hardening`]; this module only sequences the engine calls, labels, and cleans up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+};
+use futures_util::StreamExt;
+
+use crate::backend::{
+    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest,
+    ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
+};
+use crate::error::BackendError;
+use crate::hardening;
+
+/// How long `create_env` waits for the proxy's admin port to accept connections.
+const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// [`Backend`] on a Docker engine reached through the local socket (`DOCKER_HOST` honoured).
+#[derive(Clone)]
+pub struct DockerBackend {
+    docker: Docker,
+    /// Names whose `create_env` is in flight in this process (two creates of one name race).
+    creating: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend").finish_non_exhaustive()
+    }
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+impl DockerBackend {
+    /// Connects to the local engine and negotiates the API version (the engine here speaks 1.41).
+    pub async fn connect() -> Result<Self, BackendError> {
+        let docker =
+            Docker::connect_with_local_defaults().map_err(|e| BackendError::Unavailable {
+                detail: e.to_string(),
+            })?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                detail: e.to_string(),
+            })?;
+        Ok(Self::from_docker(docker))
+    }
+
+    /// Wraps an already connected client.
+    pub fn from_docker(docker: Docker) -> Self {
+        DockerBackend {
+            docker,
+            creating: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// The bollard client (for image import and tests).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The engine's version string, e.g. `20.10.24+dfsg1`.
+    pub async fn engine_version(&self) -> Result<String, BackendError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| BackendError::engine("query version of", "engine", e))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
+    /// The IPv4 address of `container` on `network`, if attached and running.
+    pub async fn container_ip(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> Result<Option<Ipv4Addr>, BackendError> {
+        let info = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| BackendError::engine("inspect container", container, e))?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|ep| ep.ip_address)
+            .and_then(|ip| ip.parse().ok()))
+    }
+
+    /// The address of the proxy's admin listener (egress side), for the daemon.
+    pub async fn proxy_admin_address(&self, env: &str) -> Result<Option<String>, BackendError> {
+        Ok(self
+            .container_ip(&names::proxy(env), &names::egress_network(env))
+            .await?
+            .map(|ip| format!("{ip}:{}", hardening::ADMIN_PORT)))
+    }
+
+    /// Last lines of a container's logs (for error messages).
+    pub async fn container_logs_tail(&self, container: &str, lines: usize) -> String {
+        let mut stream = self.docker.logs(
+            container,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+
+    async fn list_labelled_containers(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![label.to_string()],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| BackendError::engine("list containers labelled", label, e))
+    }
+
+    async fn list_labelled_networks(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::Network>, BackendError> {
+        self.docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![label.to_string()],
+                )])),
+            }))
+            .await
+            .map_err(|e| BackendError::engine("list networks labelled", label, e))
+    }
+
+    async fn create_network(&self, req: NetworkCreateRequest) -> Result<String, BackendError> {
+        let name = req.name.clone();
+        let res = self
+            .docker
+            .create_network(req)
+            .await
+            .map_err(|e| BackendError::engine("create network", &name, e))?;
+        Ok(res.id)
+    }
+
+    /// Creates the egress network with an explicit subnet: the engine first picks a free pool
+    /// (it avoids host routes), then the network is recreated with that subnet pinned so the
+    /// proxy can take a fixed address on it. Retries when a concurrent creation took the pool.
+    async fn create_egress_network(
+        &self,
+        plan: &EnvPlan,
+    ) -> Result<(Ipv4Addr, Ipv4Addr), BackendError> {
+        let env = &plan.spec.name;
+        let name = names::egress_network(env);
+        let mut last_err = None;
+        for _attempt in 0..5 {
+            let mut probe = hardening::egress_network(plan, "0.0.0.0/0", "0.0.0.0");
+            probe.ipam = None;
+            let id = self.create_network(probe).await?;
+            let inspect = self
+                .docker
+                .inspect_network(&id, None)
+                .await
+                .map_err(|e| BackendError::engine("inspect network", &name, e));
+            let _ = self.docker.remove_network(&id).await;
+            let inspect = inspect?;
+            let cfg = inspect
+                .ipam
+                .and_then(|i| i.config)
+                .and_then(|c| c.into_iter().next())
+                .ok_or_else(|| BackendError::InvalidPlan {
+                    env: env.clone(),
+                    message: format!("network {name} got no IPv4 subnet from the engine"),
+                })?;
+            let subnet = cfg.subnet.unwrap_or_default();
+            let (net, prefix) = parse_cidr(&subnet).ok_or_else(|| BackendError::InvalidPlan {
+                env: env.clone(),
+                message: format!("network {name}: unexpected subnet {subnet:?}"),
+            })?;
+            let gateway = cfg
+                .gateway
+                .and_then(|g| g.parse::<Ipv4Addr>().ok())
+                .unwrap_or(Ipv4Addr::from(u32::from(net) + 1));
+            let proxy_ip = hardening::proxy_egress_ip(net, gateway);
+            let req =
+                hardening::egress_network(plan, &format!("{net}/{prefix}"), &gateway.to_string());
+            match self.docker.create_network(req).await {
+                Ok(_) => return Ok((proxy_ip, gateway)),
+                Err(e) => {
+                    // A concurrent creation took the pool between probe and create; try again.
+                    last_err = Some(BackendError::engine("create network", &name, e));
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: format!("could not allocate a subnet for {name}"),
+        }))
+    }
+
+    async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), BackendError> {
+        self.create_container(name, body).await?;
+        self.start(name).await
+    }
+
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), BackendError> {
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| {
+                if is_status(&e, 409) {
+                    BackendError::AlreadyExists(name.to_string())
+                } else {
+                    BackendError::engine("create container", name, e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), BackendError> {
+        self.docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| BackendError::engine("start container", name, e))
+    }
+
+    /// Waits until the proxy accepts connections on its admin port (from the host, over the
+    /// egress bridge), or fails with its logs when it exits or the deadline passes.
+    async fn wait_proxy_ready(&self, env: &str, admin: Ipv4Addr) -> Result<(), BackendError> {
+        let name = names::proxy(env);
+        let deadline = Instant::now() + PROXY_READY_TIMEOUT;
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect((admin, hardening::ADMIN_PORT)),
+            )
+            .await;
+            if let Ok(Ok(_)) = attempt {
+                return Ok(());
+            }
+            let running = self
+                .docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if !running || Instant::now() >= deadline {
+                let logs = self.container_logs_tail(&name, 20).await;
+                return Err(BackendError::InvalidPlan {
+                    env: env.to_string(),
+                    message: format!(
+                        "proxy container {name} {} (admin port {admin}:{}); its last log lines:\n{logs}",
+                        if running {
+                            "did not become ready in time"
+                        } else {
+                            "exited"
+                        },
+                        hardening::ADMIN_PORT
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn create_env_inner(&self, plan: &EnvPlan) -> Result<EnvStatus, BackendError> {
+        let spec = &plan.spec;
+        let env = &spec.name;
+        crate::spec::validate_env_name(env).map_err(|e| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: e.to_string(),
+        })?;
+        if !plan.policy_dir.is_absolute() || !plan.policy_dir.is_dir() {
+            return Err(BackendError::InvalidPlan {
+                env: env.clone(),
+                message: format!(
+                    "policy directory {} must be an existing absolute path",
+                    plan.policy_dir.display()
+                ),
+            });
+        }
+        if !spec.workspace.is_absolute() || !spec.workspace.is_dir() {
+            return Err(BackendError::InvalidPlan {
+                env: env.clone(),
+                message: format!(
+                    "workspace {} must be an existing absolute directory",
+                    spec.workspace.display()
+                ),
+            });
+        }
+        if let Some(svc) = spec
+            .services
+            .iter()
+            .find(|s| matches!(s.egress, crate::spec::ServiceEgress::Profile(_)))
+        {
+            return Err(BackendError::InvalidPlan {
+                env: env.clone(),
+                message: format!(
+                    "service {:?}: egress profiles are not supported by the Docker backend yet; use egress = \"none\"",
+                    svc.name
+                ),
+            });
+        }
+
+        // Networks.
+        let (proxy_ip, _gateway) = self.create_egress_network(plan).await?;
+        self.create_network(hardening::internal_network(plan))
+            .await?;
+
+        // Files the containers mount from the policy directory.
+        let write = |file: &str, content: &str| {
+            let path = plan.policy_dir.join(file);
+            let tmp = plan.policy_dir.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, content)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map(|()| path)
+                .map_err(|e| BackendError::engine("write", path_str(&plan.policy_dir, file), e))
+        };
+        write(
+            hardening::PROXY_CONFIG_FILE,
+            &hardening::proxy_config(proxy_ip),
+        )?;
+        let askpass = if spec.credentials.git_token_file.is_some() {
+            let p = write("git-askpass", hardening::GIT_ASKPASS_SCRIPT)?;
+            set_mode(&p, 0o755)
+                .map_err(|e| BackendError::engine("chmod", p.display().to_string(), e))?;
+            Some(p)
+        } else {
+            None
+        };
+
+        // Proxy: created on the internal network, connected to egress at its fixed address.
+        let proxy = names::proxy(env);
+        self.create_container(&proxy, hardening::proxy_container(plan, proxy_ip))
+            .await?;
+        let egress = names::egress_network(env);
+        self.docker
+            .connect_network(
+                &egress,
+                NetworkConnectRequest {
+                    container: proxy.clone(),
+                    endpoint_config: Some(hardening::proxy_egress_endpoint(proxy_ip)),
+                },
+            )
+            .await
+            .map_err(|e| BackendError::engine("connect proxy to network", &egress, e))?;
+        self.start(&proxy).await?;
+        self.wait_proxy_ready(env, proxy_ip).await?;
+
+        for svc in &spec.services {
+            self.create_and_start(
+                &names::service(env, &svc.name),
+                hardening::service_container(plan, svc),
+            )
+            .await?;
+        }
+
+        self.create_and_start(
+            &names::sandbox(env),
+            hardening::sandbox_container(plan, askpass.as_deref()),
+        )
+        .await?;
+
+        self.inspect_env_inner(env)
+            .await?
+            .ok_or_else(|| BackendError::NotFound(env.clone()))
+    }
+
+    async fn inspect_env_inner(&self, name: &str) -> Result<Option<EnvStatus>, BackendError> {
+        let label = format!("{LABEL_ENV}={name}");
+        let containers = self.list_labelled_containers(&label).await?;
+        let networks = self.list_labelled_networks(&label).await?;
+        if containers.is_empty() && networks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(status_from(name, containers)))
+    }
+}
+
+fn path_str(dir: &std::path::Path, file: &str) -> String {
+    dir.join(file).display().to_string()
+}
+
+#[cfg(unix)]
+fn set_mode(p: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, prefix) = s.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 30).then_some((ip, prefix))
+}
+
+fn status_from(name: &str, containers: Vec<bollard::models::ContainerSummary>) -> EnvStatus {
+    let mut list = Vec::new();
+    let mut sandbox_labels = HashMap::new();
+    let mut created = None;
+    let (mut running, mut total) = (0, 0);
+    let (mut has_proxy, mut has_sandbox) = (false, false);
+    for c in containers {
+        let labels = c.labels.clone().unwrap_or_default();
+        let role = labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+        let state = c
+            .state
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        total += 1;
+        if state == "running" {
+            running += 1;
+        }
+        match role.as_str() {
+            "proxy" => has_proxy = true,
+            "sandbox" => {
+                has_sandbox = true;
+                sandbox_labels = labels.clone();
+                created = c.created.map(|t| t.to_string());
+            }
+            _ => {}
+        }
+        list.push(ContainerStatus {
+            name: c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            role,
+            id: c.id.unwrap_or_default(),
+            image: c.image.unwrap_or_default(),
+            state,
+            status: c.status.unwrap_or_default(),
+        });
+    }
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let state = if !(has_proxy && has_sandbox) {
+        EnvState::Incomplete
+    } else if running == total {
+        EnvState::Running
+    } else if running == 0 {
+        EnvState::Stopped
+    } else {
+        EnvState::Degraded
+    };
+    EnvStatus {
+        name: name.to_string(),
+        state,
+        containers: list,
+        network: names::network(name),
+        proxy_address: has_proxy.then(hardening::proxy_url),
+        created,
+        labels: sandbox_labels,
+    }
+}
+
+impl Backend for DockerBackend {
+    fn create_env<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            let name = plan.spec.name.clone();
+            {
+                let mut creating = self
+                    .creating
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !creating.insert(name.clone()) {
+                    return Err(BackendError::AlreadyExists(name));
+                }
+            }
+            struct Unmark<'b>(&'b Mutex<HashSet<String>>, String);
+            impl Drop for Unmark<'_> {
+                fn drop(&mut self) {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&self.1);
+                }
+            }
+            let _unmark = Unmark(&self.creating, name.clone());
+
+            if self.inspect_env_inner(&name).await?.is_some() {
+                return Err(BackendError::AlreadyExists(name));
+            }
+            match self.create_env_inner(plan).await {
+                Ok(status) => Ok(status),
+                Err(e) => {
+                    if let Err(cleanup) = self.remove_env(&name).await {
+                        tracing::warn!(env = %name, error = %cleanup, "cleanup after failed create failed");
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn list_envs(&self) -> BoxFuture<'_, Result<Vec<EnvStatus>, BackendError>> {
+        Box::pin(async move {
+            let label = format!("{LABEL_MANAGED}=true");
+            let containers = self.list_labelled_containers(&label).await?;
+            let networks = self.list_labelled_networks(&label).await?;
+            let mut by_env: BTreeMap<String, Vec<_>> = BTreeMap::new();
+            for n in networks {
+                if let Some(env) = n.labels.as_ref().and_then(|l| l.get(LABEL_ENV)) {
+                    by_env.entry(env.clone()).or_default();
+                }
+            }
+            for c in containers {
+                if let Some(env) = c.labels.as_ref().and_then(|l| l.get(LABEL_ENV)).cloned() {
+                    by_env.entry(env).or_default().push(c);
+                }
+            }
+            Ok(by_env
+                .into_iter()
+                .map(|(env, cs)| status_from(&env, cs))
+                .collect())
+        })
+    }
+
+    fn inspect_env<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EnvStatus>, BackendError>> {
+        Box::pin(self.inspect_env_inner(name))
+    }
+
+    fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let label = format!("{LABEL_ENV}={name}");
+            for c in self.list_labelled_containers(&label).await? {
+                let Some(id) = c.id else { continue };
+                match self
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(BackendError::engine("remove container", id, e)),
+                }
+            }
+            for n in self.list_labelled_networks(&label).await? {
+                let Some(id) = n.id else { continue };
+                let shown = n.name.unwrap_or_else(|| id.clone());
+                match self.docker.remove_network(&id).await {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(BackendError::engine("remove network", shown, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        req: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecSession, BackendError>> {
+        Box::pin(async move {
+            let sandbox = names::sandbox(name);
+            let info = self
+                .docker
+                .inspect_container(&sandbox, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| {
+                    if is_status(&e, 404) {
+                        BackendError::NotFound(name.to_string())
+                    } else {
+                        BackendError::engine("inspect container", &sandbox, e)
+                    }
+                })?;
+            let state = info.state.as_ref();
+            if !state.and_then(|s| s.running).unwrap_or(false) {
+                return Err(BackendError::NotRunning {
+                    env: name.to_string(),
+                    state: state
+                        .and_then(|s| s.status)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            let created = self
+                .docker
+                .create_exec(
+                    &sandbox,
+                    CreateExecOptions::<String> {
+                        attach_stdin: Some(req.stdin),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        tty: Some(req.tty),
+                        env: Some(req.env.clone()),
+                        cmd: Some(req.cmd.clone()),
+                        working_dir: Some(
+                            req.workdir
+                                .clone()
+                                .unwrap_or_else(|| hardening::WORKSPACE_MOUNT.into()),
+                        ),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| BackendError::engine("create exec in", &sandbox, e))?;
+            let exec_id = created.id;
+            let started = self
+                .docker
+                .start_exec(
+                    &exec_id,
+                    Some(StartExecOptions {
+                        detach: false,
+                        tty: req.tty,
+                        output_capacity: None,
+                    }),
+                )
+                .await
+                .map_err(|e| BackendError::engine("start exec in", &sandbox, e))?;
+            let StartExecResults::Attached { output, input } = started else {
+                return Err(BackendError::InvalidPlan {
+                    env: name.to_string(),
+                    message: "exec started detached".into(),
+                });
+            };
+            let obj = sandbox.clone();
+            let output = output.filter_map(move |item| {
+                let obj = obj.clone();
+                async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                            Some(Ok(ExecOutput::Stdout(message)))
+                        }
+                        Ok(LogOutput::StdErr { message }) => Some(Ok(ExecOutput::Stderr(message))),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(BackendError::engine("read exec output from", obj, e))),
+                    }
+                }
+            });
+            let docker = self.docker.clone();
+            let id = exec_id.clone();
+            let exit = ExitHandle::new(move || {
+                Box::pin(async move {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let info = docker
+                            .inspect_exec(&id)
+                            .await
+                            .map_err(|e| BackendError::engine("inspect exec", &id, e))?;
+                        if info.running != Some(true) {
+                            return Ok(info.exit_code.unwrap_or(-1));
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(BackendError::InvalidPlan {
+                                env: String::new(),
+                                message: format!("exec {id} still running after its output ended"),
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            });
+            let docker = self.docker.clone();
+            let id = exec_id;
+            let resize: Box<
+                dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), BackendError>> + Send + Sync,
+            > = Box::new(move |rows, cols| {
+                let docker = docker.clone();
+                let id = id.clone();
+                Box::pin(async move {
+                    docker
+                        .resize_exec(
+                            &id,
+                            ResizeExecOptions {
+                                height: rows,
+                                width: cols,
+                            },
+                        )
+                        .await
+                        .map_err(|e| BackendError::engine("resize exec", &id, e))
+                })
+            });
+            Ok(ExecSession {
+                output: Box::pin(output),
+                stdin: req.stdin.then_some(input),
+                exit,
+                resize: req.tty.then_some(resize),
+            })
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! In-memory [`Backend`] for the daemon's unit tests: environments are records, `exec` answers
+//! from a scripted table (default: echo the command line to stdout, exit 0).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::backend::{
+    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest,
+    ExecResult, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
+};
+use crate::error::BackendError;
+use crate::hardening;
+
+#[derive(Default)]
+struct State {
+    envs: BTreeMap<String, EnvStatus>,
+    plans: BTreeMap<String, EnvPlan>,
+    scripted: HashMap<Vec<String>, ExecResult>,
+    fail_create: Option<String>,
+    execs: Vec<(String, ExecRequest)>,
+}
+
+/// In-memory backend. Cheap to clone (shared state).
+#[derive(Clone, Default)]
+pub struct FakeBackend {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for FakeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeBackend").finish_non_exhaustive()
+    }
+}
+
+impl FakeBackend {
+    /// An empty fake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `exec` of exactly `cmd` return `result`.
+    pub fn script_exec(&self, cmd: &[&str], result: ExecResult) {
+        self.lock()
+            .scripted
+            .insert(cmd.iter().map(|s| s.to_string()).collect(), result);
+    }
+
+    /// Makes the next `create_env` fail with an engine error mentioning `message`.
+    pub fn fail_next_create(&self, message: &str) {
+        self.lock().fail_create = Some(message.to_string());
+    }
+
+    /// Every exec request seen, with the env name.
+    pub fn exec_log(&self) -> Vec<(String, ExecRequest)> {
+        self.lock().execs.clone()
+    }
+
+    /// The plan an environment was created from.
+    pub fn plan(&self, name: &str) -> Option<EnvPlan> {
+        self.lock().plans.get(name).cloned()
+    }
+
+    /// Marks an environment's containers stopped (for health/reconcile tests).
+    pub fn stop_env(&self, name: &str) {
+        if let Some(e) = self.lock().envs.get_mut(name) {
+            e.state = EnvState::Stopped;
+            for c in &mut e.containers {
+                c.state = "exited".into();
+                c.status = "Exited (0)".into();
+            }
+        }
+    }
+}
+
+fn fake_status(plan: &EnvPlan) -> EnvStatus {
+    let env = &plan.spec.name;
+    let mut labels: HashMap<String, String> = plan.state_labels.iter().cloned().collect();
+    labels.insert(LABEL_ENV.into(), env.clone());
+    labels.insert(LABEL_ROLE.into(), "sandbox".into());
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    let mk = |name: String, role: &str, image: &str| ContainerStatus {
+        id: format!("fake-{name}"),
+        name,
+        role: role.into(),
+        image: image.into(),
+        state: "running".into(),
+        status: "Up".into(),
+    };
+    let mut containers = vec![
+        mk(names::proxy(env), "proxy", &plan.proxy_image),
+        mk(names::sandbox(env), "sandbox", &plan.spec.image),
+    ];
+    for s in &plan.spec.services {
+        containers.push(mk(names::service(env, &s.name), "service", &s.image));
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    EnvStatus {
+        name: env.clone(),
+        state: EnvState::Running,
+        containers,
+        network: names::network(env),
+        proxy_address: Some(hardening::proxy_url()),
+        created: Some("1970-01-01T00:00:00Z".into()),
+        labels,
+    }
+}
+
+impl Backend for FakeBackend {
+    fn create_env<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let name = plan.spec.name.clone();
+            if st.envs.contains_key(&name) {
+                return Err(BackendError::AlreadyExists(name));
+            }
+            if let Some(msg) = st.fail_create.take() {
+                return Err(BackendError::engine(
+                    "create container",
+                    names::sandbox(&name),
+                    std::io::Error::other(msg),
+                ));
+            }
+            let status = fake_status(plan);
+            st.envs.insert(name.clone(), status.clone());
+            st.plans.insert(name, plan.clone());
+            Ok(status)
+        })
+    }
+
+    fn list_envs(&self) -> BoxFuture<'_, Result<Vec<EnvStatus>, BackendError>> {
+        Box::pin(async move { Ok(self.lock().envs.values().cloned().collect()) })
+    }
+
+    fn inspect_env<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EnvStatus>, BackendError>> {
+        Box::pin(async move { Ok(self.lock().envs.get(name).cloned()) })
+    }
+
+    fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            st.envs.remove(name);
+            st.plans.remove(name);
+            Ok(())
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        req: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecSession, BackendError>> {
+        Box::pin(async move {
+            let result = {
+                let mut st = self.lock();
+                let Some(env) = st.envs.get(name) else {
+                    return Err(BackendError::NotFound(name.to_string()));
+                };
+                if env.state != EnvState::Running {
+                    return Err(BackendError::NotRunning {
+                        env: name.to_string(),
+                        state: "exited".into(),
+                    });
+                }
+                st.execs.push((name.to_string(), req.clone()));
+                st.scripted
+                    .get(&req.cmd)
+                    .cloned()
+                    .unwrap_or_else(|| ExecResult {
+                        stdout: format!("{}\n", req.cmd.join(" ")).into_bytes(),
+                        stderr: Vec::new(),
+                        exit_code: 0,
+                    })
+            };
+            let mut chunks = Vec::new();
+            if !result.stdout.is_empty() {
+                chunks.push(Ok(ExecOutput::Stdout(Bytes::from(result.stdout))));
+            }
+            if !result.stderr.is_empty() {
+                chunks.push(Ok(ExecOutput::Stderr(Bytes::from(result.stderr))));
+            }
+            let code = result.exit_code;
+            Ok(ExecSession {
+                output: Box::pin(futures_util::stream::iter(chunks)),
+                stdin: req
+                    .stdin
+                    .then(|| Box::pin(tokio::io::sink()) as crate::backend::ExecStdin),
+                exit: ExitHandle::new(move || Box::pin(async move { Ok(code) })),
+                resize: None,
+            })
+        })
+    }
+}

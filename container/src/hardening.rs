@@ -1,0 +1,368 @@
+//! Every hardening choice for kennel's Docker objects, in one reviewable place.
+//!
+//! The functions here are pure: they turn a plan into engine request bodies. [`crate::docker`]
+//! only sends them. `docs/environments.md` explains the isolation model these settings implement
+//! and what they do not protect against.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+};
+
+use crate::backend::{EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, names};
+use crate::spec::{EnvSpec, ServiceSpec};
+
+/// Where the sandbox sees the workspace.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where the proxy sees its (read-only) policy directory.
+pub const PROXY_POLICY_DIR: &str = "/etc/kennel";
+/// The proxy's config file inside [`PROXY_POLICY_DIR`] (written by the backend into the plan's
+/// policy directory).
+pub const PROXY_CONFIG_FILE: &str = "kennel-proxy.toml";
+/// The proxy port on the internal network.
+pub const PROXY_PORT: u16 = 8888;
+/// The proxy's admin port; it listens on the egress-side address only.
+pub const ADMIN_PORT: u16 = 9901;
+/// The proxy's DNS alias on the internal network.
+pub const PROXY_ALIAS: &str = "proxy";
+/// User the proxy runs as (no such user needs to exist in the scratch image).
+pub const PROXY_USER: &str = "65532:65532";
+/// Where the git token file appears in the sandbox.
+pub const GIT_TOKEN_PATH: &str = "/run/kennel/git-token";
+/// Where the `GIT_ASKPASS` helper appears in the sandbox.
+pub const GIT_ASKPASS_PATH: &str = "/run/kennel/git-askpass";
+/// The `GIT_ASKPASS` helper: prints the token file for password prompts, a fixed user name
+/// otherwise. POSIX sh; the token never enters the environment.
+pub const GIT_ASKPASS_SCRIPT: &str = "#!/bin/sh\n# kennel: git credential helper; the token is a read-only file, never an env var.\ncase \"$1\" in\n  Username*) echo x-access-token ;;\n  *) cat /run/kennel/git-token ;;\nesac\n";
+/// The sandbox's resolver upstream. Docker's embedded DNS (127.0.0.11) answers the names of the
+/// environment's own containers; for every other name it forwards to this address **from the
+/// container's own network namespace**, where nothing listens, so the query goes nowhere
+/// (mitigates CVE-2024-29018 on engines < 26, which forward internal networks' queries from the
+/// host namespace when the upstream is the host's resolver).
+pub const SANDBOX_DNS: &str = "127.0.0.1";
+/// Network driver option that gives the bridge no IPv4 address on the host, so the host's
+/// listeners are unreachable from the network (verified on Docker 20.10 by
+/// `e2e_docker::host_listener_unreachable`).
+pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+/// Capabilities dropped from service containers on top of nothing else (services keep Docker's
+/// defaults minus these): raw sockets would let a service forge packets to the proxy's
+/// egress-side address; the rest are not needed by ordinary databases and caches.
+pub const SERVICE_CAP_DROP: [&str; 4] = ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP"];
+
+/// Labels every object of `env` carries, plus the plan's extra labels.
+pub fn labels(env: &str, role: &str, extra: &[(String, String)]) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = extra.iter().cloned().collect();
+    l.insert(LABEL_ENV.into(), env.into());
+    l.insert(LABEL_ROLE.into(), role.into());
+    l.insert(LABEL_MANAGED.into(), "true".into());
+    l
+}
+
+/// The environment's internal network: no route out (`Internal`), and no host address on the
+/// bridge (`inhibit_ipv4`), so neither the internet nor host listeners are reachable. No IPv6.
+pub fn internal_network(plan: &EnvPlan) -> NetworkCreateRequest {
+    let env = &plan.spec.name;
+    NetworkCreateRequest {
+        name: names::network(env),
+        driver: Some("bridge".into()),
+        internal: Some(true),
+        attachable: Some(false),
+        enable_ipv6: Some(false),
+        options: Some(HashMap::from([
+            (INHIBIT_IPV4.to_string(), "true".to_string()),
+            (
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "true".to_string(),
+            ),
+        ])),
+        labels: Some(labels(env, "network", &plan.state_labels)),
+        ..Default::default()
+    }
+}
+
+/// The proxy's egress network (an ordinary bridge with NAT), with an explicit subnet so the
+/// proxy can have a fixed address there for its admin listener.
+pub fn egress_network(plan: &EnvPlan, subnet: &str, gateway: &str) -> NetworkCreateRequest {
+    let env = &plan.spec.name;
+    NetworkCreateRequest {
+        name: names::egress_network(env),
+        driver: Some("bridge".into()),
+        internal: Some(false),
+        attachable: Some(false),
+        enable_ipv6: Some(false),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.into()),
+                gateway: Some(gateway.into()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        labels: Some(labels(env, "egress-network", &plan.state_labels)),
+        ..Default::default()
+    }
+}
+
+/// The proxy's address on the egress network: the subnet's second host (gateway is the first).
+pub fn proxy_egress_ip(network: Ipv4Addr, gateway: Ipv4Addr) -> Ipv4Addr {
+    let n = u32::from(network);
+    let candidate = Ipv4Addr::from(n + 2);
+    if candidate == gateway {
+        Ipv4Addr::from(n + 3)
+    } else {
+        candidate
+    }
+}
+
+/// The proxy's config file (TOML for `kennel-proxy --config`): proxy port on all addresses of
+/// the container (the internal side is the only one the sandbox reaches), admin port on the
+/// egress-side address only, policy from the read-only policy directory.
+pub fn proxy_config(egress_ip: Ipv4Addr) -> String {
+    format!(
+        "# Written by kennel for this environment's proxy container; do not edit.\n\
+         listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
+         admin_listen = \"{egress_ip}:{ADMIN_PORT}\"\n\
+         policy = \"{PROXY_POLICY_DIR}/policy.toml\"\n"
+    )
+}
+
+fn hardened_host_config() -> HostConfig {
+    HostConfig {
+        cap_drop: Some(vec!["ALL".into()]),
+        // no-new-privileges; the default seccomp profile stays in force (no `seccomp=unconfined`).
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        privileged: Some(false),
+        readonly_rootfs: Some(true),
+        init: Some(false),
+        ipc_mode: Some("private".into()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The proxy container, created on the internal network (alias `proxy`); the backend connects
+/// it to the egress network at `egress_ip` before starting it.
+pub fn proxy_container(plan: &EnvPlan, egress_ip: Ipv4Addr) -> ContainerCreateBody {
+    let env = &plan.spec.name;
+    let mut host = hardened_host_config();
+    host.binds = Some(vec![format!(
+        "{}:{PROXY_POLICY_DIR}:ro",
+        plan.policy_dir.display()
+    )]);
+    host.tmpfs = Some(HashMap::from([(
+        "/tmp".to_string(),
+        "rw,noexec,nosuid,nodev,size=16m".to_string(),
+    )]));
+    host.network_mode = Some(names::network(env));
+    host.memory = Some(512 * 1024 * 1024);
+    host.pids_limit = Some(256);
+    host.nano_cpus = Some(2_000_000_000);
+    host.ulimits = Some(vec![ResourcesUlimits {
+        name: Some("nofile".into()),
+        soft: Some(65536),
+        hard: Some(65536),
+    }]);
+    // Lets the policy route to an upstream on the host (`socks5h://host.docker.internal:…`).
+    host.extra_hosts = Some(vec!["host.docker.internal:host-gateway".into()]);
+    let _ = egress_ip;
+    ContainerCreateBody {
+        image: Some(plan.proxy_image.clone()),
+        user: Some(PROXY_USER.into()),
+        cmd: Some(vec![
+            "--config".into(),
+            format!("{PROXY_POLICY_DIR}/{PROXY_CONFIG_FILE}"),
+        ]),
+        env: Some(vec!["RUST_LOG=info".into()]),
+        labels: Some(labels(env, "proxy", &plan.state_labels)),
+        host_config: Some(host),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                names::network(env),
+                EndpointSettings {
+                    aliases: Some(vec![PROXY_ALIAS.into()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Endpoint settings for connecting the proxy to its egress network at a fixed address.
+pub fn proxy_egress_endpoint(egress_ip: Ipv4Addr) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: Some(EndpointIpamConfig {
+            ipv4_address: Some(egress_ip.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The proxy URL the sandbox uses.
+pub fn proxy_url() -> String {
+    format!("http://{PROXY_ALIAS}:{PROXY_PORT}")
+}
+
+/// Environment variables of the sandbox (proxy variables in both spellings, HOME, and the git
+/// askpass helper when a token file is configured).
+pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
+    let url = proxy_url();
+    let mut no_proxy = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    no_proxy.extend(spec.services.iter().map(|s| s.name.clone()));
+    let no_proxy = no_proxy.join(",");
+    let mut env = vec![
+        format!("HTTP_PROXY={url}"),
+        format!("HTTPS_PROXY={url}"),
+        format!("http_proxy={url}"),
+        format!("https_proxy={url}"),
+        format!("NO_PROXY={no_proxy}"),
+        format!("no_proxy={no_proxy}"),
+        format!("HOME={}", spec.home),
+        format!("KENNEL_ENV={}", spec.name),
+    ];
+    if spec.credentials.git_token_file.is_some() {
+        env.push(format!("GIT_ASKPASS={GIT_ASKPASS_PATH}"));
+        env.push("GIT_TERMINAL_PROMPT=0".into());
+    }
+    env
+}
+
+/// Bind mounts of the sandbox: workspace rw, credentials ro. `askpass_host` is the host path of
+/// the askpass helper script (written by the backend next to the policy directory).
+pub fn sandbox_binds(spec: &EnvSpec, askpass_host: Option<&std::path::Path>) -> Vec<String> {
+    let mut binds = vec![format!("{}:{WORKSPACE_MOUNT}:rw", spec.workspace.display())];
+    let home = &spec.home;
+    let c = &spec.credentials;
+    if let Some(p) = &c.git_config {
+        binds.push(format!("{}:{home}/.gitconfig:ro", p.display()));
+    }
+    if let Some(p) = &c.ssh_dir {
+        binds.push(format!("{}:{home}/.ssh:ro", p.display()));
+    }
+    for p in &c.agent_config {
+        if let Some(file) = p.file_name() {
+            binds.push(format!(
+                "{}:{home}/{}:ro",
+                p.display(),
+                file.to_string_lossy()
+            ));
+        }
+    }
+    if let Some(p) = &c.git_token_file {
+        binds.push(format!("{}:{GIT_TOKEN_PATH}:ro", p.display()));
+        if let Some(a) = askpass_host {
+            binds.push(format!("{}:{GIT_ASKPASS_PATH}:ro", a.display()));
+        }
+    }
+    binds
+}
+
+/// `(uid, gid)` of a validated `uid:gid` user string.
+pub fn user_ids(user: &str) -> (u32, u32) {
+    let mut it = user.split(':').map(|s| s.parse::<u32>().unwrap_or(65534));
+    (it.next().unwrap_or(65534), it.next().unwrap_or(65534))
+}
+
+/// The sandbox container: internal network only, non-root, no capabilities, no new privileges,
+/// default seccomp, read-only rootfs with tmpfs `/tmp` and home, limits, resolver that reaches
+/// nothing but the environment's own names, no Docker socket (nothing from the host but the
+/// workspace and the listed credentials is mounted).
+pub fn sandbox_container(
+    plan: &EnvPlan,
+    askpass_host: Option<&std::path::Path>,
+) -> ContainerCreateBody {
+    let spec = &plan.spec;
+    let env = &spec.name;
+    let (uid, gid) = user_ids(&spec.user);
+    let r = &spec.resources;
+    let mut host = hardened_host_config();
+    host.readonly_rootfs = Some(spec.read_only_rootfs);
+    host.binds = Some(sandbox_binds(spec, askpass_host));
+    host.tmpfs = Some(HashMap::from([
+        (
+            "/tmp".to_string(),
+            "rw,nosuid,nodev,exec,mode=1777,size=1g".to_string(),
+        ),
+        (
+            spec.home.clone(),
+            format!("rw,nosuid,nodev,exec,mode=0750,uid={uid},gid={gid},size=2g"),
+        ),
+    ]));
+    host.network_mode = Some(names::network(env));
+    host.dns = Some(vec![SANDBOX_DNS.into()]);
+    host.dns_search = Some(vec![]);
+    host.nano_cpus = Some((r.cpus * 1e9) as i64);
+    host.memory = Some(i64::try_from(r.memory_bytes).unwrap_or(i64::MAX));
+    host.memory_swap = Some(i64::try_from(r.memory_bytes).unwrap_or(i64::MAX));
+    host.pids_limit = Some(r.pids);
+    host.ulimits = Some(vec![ResourcesUlimits {
+        name: Some("nofile".into()),
+        soft: Some(i64::try_from(r.nofile.0).unwrap_or(i64::MAX)),
+        hard: Some(i64::try_from(r.nofile.1).unwrap_or(i64::MAX)),
+    }]);
+    host.init = Some(true);
+    let cmd = spec
+        .command
+        .clone()
+        .unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]);
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        hostname: Some(env.clone()),
+        user: Some(spec.user.clone()),
+        env: Some(sandbox_env(spec)),
+        cmd: Some(cmd),
+        working_dir: Some(WORKSPACE_MOUNT.into()),
+        labels: Some(labels(env, "sandbox", &plan.state_labels)),
+        host_config: Some(host),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                names::network(env),
+                EndpointSettings::default(),
+            )])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A service container: internal network only (alias = service name), no new privileges,
+/// default seccomp, raw sockets dropped. Its rootfs stays writable (databases write to it).
+pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBody {
+    let env = &plan.spec.name;
+    let mut host = hardened_host_config();
+    host.cap_drop = Some(SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect());
+    host.readonly_rootfs = Some(false);
+    host.network_mode = Some(names::network(env));
+    host.dns = Some(vec![SANDBOX_DNS.into()]);
+    host.pids_limit = Some(1000);
+    let mut l = labels(env, "service", &plan.state_labels);
+    l.insert(LABEL_SERVICE.into(), svc.name.clone());
+    ContainerCreateBody {
+        image: Some(svc.image.clone()),
+        env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        cmd: svc.command.clone(),
+        labels: Some(l),
+        host_config: Some(host),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                names::network(env),
+                EndpointSettings {
+                    aliases: Some(vec![svc.name.clone()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    }
+}

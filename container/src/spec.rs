@@ -1,0 +1,819 @@
+//! The environment spec: `kennel.toml` (DESIGN.md "Environments") or, when a workspace has none,
+//! the seed layout of the system kennel replaces (`.devcontainer/whitelist.txt`,
+//! `.devcontainer/.env`). Parsing validates everything up front; errors name file, line, column
+//! and key.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use kennel_policy::LegacyEnv;
+
+use crate::error::SpecError;
+
+/// Image used when neither the spec nor the caller names one.
+pub const DEFAULT_IMAGE: &str = "kennel-sandbox:latest";
+/// Default sandbox user (`uid:gid`): the seeds' `claude` user (1001) in group `dev` (2000).
+pub const DEFAULT_USER: &str = "1001:2000";
+/// Default home directory inside the sandbox (a tmpfs; the seeds' user is `claude`).
+pub const DEFAULT_HOME: &str = "/home/claude";
+/// Spec file name looked up in a workspace.
+pub const SPEC_FILE: &str = "kennel.toml";
+/// Seed layout: the project's whitelist.
+pub const SEED_WHITELIST: &str = ".devcontainer/whitelist.txt";
+/// Seed layout: the project's dotenv file with `UPSTREAM_SOCKS5` / `UPSTREAM_HTTP` …
+pub const SEED_DOTENV: &str = ".devcontainer/.env";
+
+/// Validated environment spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvSpec {
+    /// Environment name: `[a-z0-9][a-z0-9-]{0,39}`.
+    pub name: String,
+    /// Sandbox image reference.
+    pub image: String,
+    /// Absolute host path of the workspace, bind-mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// `uid:gid` the sandbox runs as (numeric, non-root).
+    pub user: String,
+    /// Home directory inside the sandbox (a tmpfs owned by `user`); `HOME` is set to it.
+    pub home: String,
+    /// Read-only root filesystem (tmpfs for `/tmp` and `home`).
+    pub read_only_rootfs: bool,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Egress settings (the proxy's policy inputs).
+    pub egress: Egress,
+    /// Service containers on the environment's internal network.
+    pub services: Vec<ServiceSpec>,
+    /// Health thresholds (used by the daemon's monitor).
+    pub health: HealthSpec,
+    /// Read-only credential mounts.
+    pub credentials: CredentialMounts,
+    /// Sandbox command; `None` = keep the sandbox alive with `sleep infinity`-like default.
+    pub command: Option<Vec<String>>,
+}
+
+/// Resource limits of the sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    /// CPUs (fractional allowed), > 0.
+    pub cpus: f64,
+    /// Memory limit in bytes (swap limited to the same value).
+    pub memory_bytes: u64,
+    /// Maximum number of processes/threads.
+    pub pids: i64,
+    /// `RLIMIT_NOFILE` (soft, hard).
+    pub nofile: (u64, u64),
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 4.0,
+            memory_bytes: 8 * 1024 * 1024 * 1024,
+            pids: 1000,
+            nofile: (1024, 2048),
+        }
+    }
+}
+
+/// Egress settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Egress {
+    /// Project whitelist (seed format), absolute host path; imported when the env is created.
+    pub whitelist: Option<PathBuf>,
+    /// Default upstream URL (`direct`, `socks5://`, `socks5h://`, `http://`, `https://`).
+    pub upstream: Option<String>,
+    /// Legacy variables from `.devcontainer/.env` (empty when there is none).
+    pub legacy: LegacyEnv,
+}
+
+/// A `[[service]]` container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    /// Service name (`[a-z0-9][a-z0-9-]{0,39}`); also its DNS alias on the env network.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Egress of the service.
+    pub egress: ServiceEgress,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Command override.
+    pub command: Option<Vec<String>>,
+}
+
+/// Egress of a service container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceEgress {
+    /// No egress at all (the default).
+    None,
+    /// Egress through a named second proxy profile (not implemented by the Docker backend yet).
+    Profile(String),
+}
+
+/// Health thresholds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthSpec {
+    /// Recreate after this age.
+    pub max_age: Option<Duration>,
+    /// Recreate when the workspace disk is fuller than this.
+    pub max_disk_percent: Option<u8>,
+    /// Recreate when memory use exceeds this share of the limit.
+    pub max_memory_percent: Option<u8>,
+}
+
+/// Read-only credential mounts (absolute host paths).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CredentialMounts {
+    /// Mounted at `$HOME/.gitconfig`.
+    pub git_config: Option<PathBuf>,
+    /// Mounted at `$HOME/.ssh`.
+    pub ssh_dir: Option<PathBuf>,
+    /// Each mounted at `$HOME/<file name>` (e.g. `~/.claude.json`, `~/.codex`).
+    pub agent_config: Vec<PathBuf>,
+    /// A file holding a git token; mounted read-only at `/run/kennel/git-token` with a
+    /// `GIT_ASKPASS` helper that prints it. Never passed as an environment variable.
+    pub git_token_file: Option<PathBuf>,
+}
+
+/// Values given by the caller (CLI flags) that override the spec.
+#[derive(Debug, Clone, Default)]
+pub struct SpecOverrides {
+    /// Environment name.
+    pub name: Option<String>,
+    /// Sandbox image.
+    pub image: Option<String>,
+    /// Workspace directory (made absolute).
+    pub workspace: Option<PathBuf>,
+    /// Spec file to read instead of `<workspace>/kennel.toml`.
+    pub spec_file: Option<PathBuf>,
+}
+
+/// Validates an environment name: `[a-z0-9][a-z0-9-]{0,39}`.
+pub fn validate_env_name(name: &str) -> Result<(), SpecError> {
+    check_name(name).map_err(|message| SpecError::InvalidValue {
+        what: format!("environment name {name:?}"),
+        message,
+    })
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return Err("must not be empty; use lowercase letters, digits and '-'".into());
+    };
+    if name.len() > 40 {
+        return Err(format!(
+            "is {} characters long; at most 40 are allowed",
+            name.len()
+        ));
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err("must start with a lowercase letter or a digit".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "contains {bad:?}; use lowercase letters, digits and '-' only"
+        ));
+    }
+    Ok(())
+}
+
+/// Turns an arbitrary directory name into a valid environment name (lowercase, runs of other
+/// characters become `-`, at most 40 characters). Returns `None` when nothing usable remains.
+pub fn sanitize_env_name(raw: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in raw.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(40);
+    while out.ends_with('-') {
+        out.pop();
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TOML model
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    workspace: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    home: Option<Spanned<String>>,
+    read_only_rootfs: Option<bool>,
+    command: Option<Spanned<Vec<String>>>,
+    resources: Option<RawResources>,
+    egress: Option<RawEgress>,
+    #[serde(default)]
+    service: Vec<RawService>,
+    health: Option<RawHealth>,
+    credentials: Option<RawCredentials>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    cpus: Option<Spanned<f64>>,
+    memory: Option<Spanned<MemoryValue>>,
+    pids: Option<Spanned<i64>>,
+    nofile: Option<Spanned<Vec<u64>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MemoryValue {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    whitelist: Option<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    image: Spanned<String>,
+    egress: Option<Spanned<String>>,
+    #[serde(default)]
+    env: toml::Table,
+    command: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    max_age: Option<Spanned<String>>,
+    max_disk_percent: Option<Spanned<i64>>,
+    max_memory_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    git_config: Option<Spanned<String>>,
+    ssh_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    agent_config: Vec<Spanned<String>>,
+    git_token_file: Option<Spanned<String>>,
+}
+
+/// Context for error messages: the file and its text.
+struct Src<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Src<'_> {
+    fn line_col(&self, offset: usize) -> (u32, u32) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(col).unwrap_or(u32::MAX),
+        )
+    }
+
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> SpecError {
+        let (line, column) = self.line_col(span.start);
+        SpecError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+impl EnvSpec {
+    /// Parses and validates a `kennel.toml`. Relative `workspace` is resolved against the file's
+    /// directory; relative `egress.whitelist` against the workspace; `~/` in credential paths
+    /// against `$HOME`. A `.devcontainer/.env` in the workspace is read into `egress.legacy`.
+    pub fn load(path: &Path) -> Result<EnvSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = absolute(path.parent().unwrap_or(Path::new(".")));
+        Self::parse_str(&text, path, &base)
+    }
+
+    /// Parses spec text as if read from `path`; relative paths resolve against `base_dir`.
+    pub fn parse_str(text: &str, path: &Path, base_dir: &Path) -> Result<EnvSpec, SpecError> {
+        let src = Src { path, text };
+        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| src.line_col(s.start));
+            SpecError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key: None,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        build(&src, raw, base_dir)
+    }
+
+    /// Builds the spec for a workspace directory: `overrides.spec_file`, else
+    /// `<dir>/kennel.toml` if present, else the seed layout (`.devcontainer/whitelist.txt`,
+    /// `.devcontainer/.env`) with defaults. The name defaults to the directory name (sanitised).
+    /// Overrides are applied last and validated.
+    pub fn from_workspace(dir: &Path, overrides: &SpecOverrides) -> Result<EnvSpec, SpecError> {
+        let dir = absolute(overrides.workspace.as_deref().unwrap_or(dir));
+        let spec_file = overrides
+            .spec_file
+            .clone()
+            .or_else(|| Some(dir.join(SPEC_FILE)).filter(|p| p.is_file()));
+        let mut spec = match spec_file {
+            Some(file) => EnvSpec::load(&file)?,
+            None => {
+                let raw = RawSpec::default();
+                let src = Src {
+                    path: Path::new("<defaults>"),
+                    text: "",
+                };
+                build(&src, raw, &dir)?
+            }
+        };
+        if overrides.workspace.is_some() {
+            spec.workspace = dir.clone();
+            spec.egress.legacy = load_legacy(&dir)?;
+            if spec.egress.whitelist.is_none() {
+                let seed = dir.join(SEED_WHITELIST);
+                spec.egress.whitelist = seed.is_file().then_some(seed);
+            }
+        }
+        if let Some(name) = &overrides.name {
+            validate_env_name(name)?;
+            spec.name = name.clone();
+        }
+        if let Some(image) = &overrides.image {
+            check_image(image).map_err(|message| SpecError::InvalidValue {
+                what: format!("image {image:?}"),
+                message,
+            })?;
+            spec.image = image.clone();
+        }
+        Ok(spec)
+    }
+}
+
+fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecError> {
+    let workspace = match &raw.workspace {
+        Some(w) => {
+            let p = expand_path(w.get_ref(), base_dir);
+            if !p.is_dir() {
+                return Err(src.err(
+                    w.span(),
+                    "workspace",
+                    format!("{} is not a directory", p.display()),
+                ));
+            }
+            p
+        }
+        None => base_dir.to_path_buf(),
+    };
+
+    let name = match &raw.name {
+        Some(n) => {
+            check_name(n.get_ref()).map_err(|m| src.err(n.span(), "name", m))?;
+            n.get_ref().clone()
+        }
+        None => workspace
+            .file_name()
+            .and_then(|f| sanitize_env_name(&f.to_string_lossy()))
+            .ok_or_else(|| SpecError::InvalidValue {
+                what: format!("workspace {}", workspace.display()),
+                message: "cannot derive an environment name from the directory name; set `name` in kennel.toml or pass --name".into(),
+            })?,
+    };
+
+    let image = match &raw.image {
+        Some(i) => {
+            check_image(i.get_ref()).map_err(|m| src.err(i.span(), "image", m))?;
+            i.get_ref().clone()
+        }
+        None => DEFAULT_IMAGE.to_string(),
+    };
+
+    let user = match &raw.user {
+        Some(u) => {
+            check_user(u.get_ref()).map_err(|m| src.err(u.span(), "user", m))?;
+            u.get_ref().clone()
+        }
+        None => DEFAULT_USER.to_string(),
+    };
+
+    let home = match &raw.home {
+        Some(h) => {
+            check_container_path(h.get_ref()).map_err(|m| src.err(h.span(), "home", m))?;
+            h.get_ref().trim_end_matches('/').to_string()
+        }
+        None => DEFAULT_HOME.to_string(),
+    };
+
+    let command = match &raw.command {
+        Some(c) if c.get_ref().is_empty() => {
+            return Err(src.err(
+                c.span(),
+                "command",
+                "must not be empty; omit it for the default",
+            ));
+        }
+        Some(c) => Some(c.get_ref().clone()),
+        None => None,
+    };
+
+    let resources = build_resources(src, raw.resources.unwrap_or_default())?;
+    let egress = build_egress(src, raw.egress.unwrap_or_default(), &workspace)?;
+    let services = build_services(src, raw.service)?;
+    let health = build_health(src, raw.health.unwrap_or_default())?;
+    let credentials = build_credentials(src, raw.credentials.unwrap_or_default(), base_dir)?;
+
+    Ok(EnvSpec {
+        name,
+        image,
+        workspace,
+        user,
+        home,
+        read_only_rootfs: raw.read_only_rootfs.unwrap_or(true),
+        resources,
+        egress,
+        services,
+        health,
+        credentials,
+        command,
+    })
+}
+
+fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {
+    let mut r = Resources::default();
+    if let Some(c) = raw.cpus {
+        let v = *c.get_ref();
+        if !(v.is_finite() && v > 0.0 && v <= 1024.0) {
+            return Err(src.err(
+                c.span(),
+                "resources.cpus",
+                "must be a number > 0 (e.g. 4.0)",
+            ));
+        }
+        r.cpus = v;
+    }
+    if let Some(m) = raw.memory {
+        let bytes = match m.get_ref() {
+            MemoryValue::Bytes(b) => u64::try_from(*b).ok().filter(|b| *b > 0),
+            MemoryValue::Text(t) => parse_memory(t),
+        };
+        let bytes = bytes.filter(|b| *b >= 6 * 1024 * 1024).ok_or_else(|| {
+            src.err(
+                m.span(),
+                "resources.memory",
+                "must be a size of at least 6m, like \"8g\", \"512m\" or a number of bytes",
+            )
+        })?;
+        r.memory_bytes = bytes;
+    }
+    if let Some(p) = raw.pids {
+        let v = *p.get_ref();
+        if v < 1 {
+            return Err(src.err(p.span(), "resources.pids", "must be at least 1"));
+        }
+        r.pids = v;
+    }
+    if let Some(n) = raw.nofile {
+        match n.get_ref().as_slice() {
+            [soft, hard] if *soft >= 1 && soft <= hard => r.nofile = (*soft, *hard),
+            _ => {
+                return Err(src.err(
+                    n.span(),
+                    "resources.nofile",
+                    "must be [soft, hard] with 1 <= soft <= hard, e.g. [1024, 2048]",
+                ));
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn build_egress(src: &Src<'_>, raw: RawEgress, workspace: &Path) -> Result<Egress, SpecError> {
+    let whitelist = match raw.whitelist {
+        Some(w) => {
+            let p = expand_path(w.get_ref(), workspace);
+            if !p.is_file() {
+                return Err(src.err(
+                    w.span(),
+                    "egress.whitelist",
+                    format!("{} does not exist or is not a file", p.display()),
+                ));
+            }
+            Some(p)
+        }
+        None => Some(workspace.join(SEED_WHITELIST)).filter(|p| p.is_file()),
+    };
+    let upstream = match raw.upstream {
+        Some(u) => {
+            check_upstream(u.get_ref()).map_err(|m| src.err(u.span(), "egress.upstream", m))?;
+            Some(u.get_ref().clone())
+        }
+        None => None,
+    };
+    Ok(Egress {
+        whitelist,
+        upstream,
+        legacy: load_legacy(workspace)?,
+    })
+}
+
+fn load_legacy(workspace: &Path) -> Result<LegacyEnv, SpecError> {
+    let dotenv = workspace.join(SEED_DOTENV);
+    if !dotenv.is_file() {
+        return Ok(LegacyEnv::default());
+    }
+    LegacyEnv::from_dotenv(&dotenv).map_err(|e| SpecError::Legacy {
+        path: dotenv,
+        message: e.to_string(),
+    })
+}
+
+fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec>, SpecError> {
+    let mut out: Vec<ServiceSpec> = Vec::new();
+    for s in raw {
+        check_name(s.name.get_ref()).map_err(|m| src.err(s.name.span(), "service.name", m))?;
+        let name = s.name.get_ref().clone();
+        if name == "proxy" || name == "sandbox" {
+            return Err(src.err(
+                s.name.span(),
+                "service.name",
+                format!("{name:?} is reserved; pick another name"),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(src.err(
+                s.name.span(),
+                "service.name",
+                format!("duplicate service {name:?}"),
+            ));
+        }
+        check_image(s.image.get_ref()).map_err(|m| src.err(s.image.span(), "service.image", m))?;
+        let egress = match &s.egress {
+            None => ServiceEgress::None,
+            Some(e) if e.get_ref() == "none" => ServiceEgress::None,
+            Some(e) => {
+                check_name(e.get_ref()).map_err(|m| src.err(e.span(), "service.egress", m))?;
+                ServiceEgress::Profile(e.get_ref().clone())
+            }
+        };
+        let mut env = Vec::new();
+        for (k, v) in &s.env {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(src.err(
+                        s.name.span(),
+                        &format!("service.env.{k}"),
+                        "must be a string, number or boolean",
+                    ));
+                }
+            };
+            env.push((k.clone(), v));
+        }
+        out.push(ServiceSpec {
+            name,
+            image: s.image.get_ref().clone(),
+            egress,
+            env,
+            command: s.command,
+        });
+    }
+    Ok(out)
+}
+
+fn build_health(src: &Src<'_>, raw: RawHealth) -> Result<HealthSpec, SpecError> {
+    let max_age = match raw.max_age {
+        Some(a) => Some(parse_duration(a.get_ref()).ok_or_else(|| {
+            src.err(
+                a.span(),
+                "health.max_age",
+                "must be a duration like \"72h\", \"30m\", \"2d\" or \"90s\"",
+            )
+        })?),
+        None => None,
+    };
+    let pct = |v: Option<Spanned<i64>>, key: &str| -> Result<Option<u8>, SpecError> {
+        match v {
+            Some(p) => u8::try_from(*p.get_ref())
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(Some)
+                .ok_or_else(|| src.err(p.span(), key, "must be a percentage from 1 to 100")),
+            None => Ok(None),
+        }
+    };
+    Ok(HealthSpec {
+        max_age,
+        max_disk_percent: pct(raw.max_disk_percent, "health.max_disk_percent")?,
+        max_memory_percent: pct(raw.max_memory_percent, "health.max_memory_percent")?,
+    })
+}
+
+fn build_credentials(
+    src: &Src<'_>,
+    raw: RawCredentials,
+    base: &Path,
+) -> Result<CredentialMounts, SpecError> {
+    let existing = |v: &Spanned<String>, key: &str, dir: bool| -> Result<PathBuf, SpecError> {
+        let p = expand_path(v.get_ref(), base);
+        let ok = if dir { p.is_dir() } else { p.exists() };
+        if ok {
+            Ok(p)
+        } else {
+            Err(src.err(
+                v.span(),
+                key,
+                format!(
+                    "{} does not exist{}",
+                    p.display(),
+                    if dir { " or is not a directory" } else { "" }
+                ),
+            ))
+        }
+    };
+    let mut agent_config = Vec::new();
+    for a in &raw.agent_config {
+        let p = existing(a, "credentials.agent_config", false)?;
+        if p.file_name().is_none() {
+            return Err(src.err(a.span(), "credentials.agent_config", "needs a file name"));
+        }
+        agent_config.push(p);
+    }
+    Ok(CredentialMounts {
+        git_config: raw
+            .git_config
+            .as_ref()
+            .map(|v| existing(v, "credentials.git_config", false))
+            .transpose()?,
+        ssh_dir: raw
+            .ssh_dir
+            .as_ref()
+            .map(|v| existing(v, "credentials.ssh_dir", true))
+            .transpose()?,
+        agent_config,
+        git_token_file: raw
+            .git_token_file
+            .as_ref()
+            .map(|v| existing(v, "credentials.git_token_file", false))
+            .transpose()?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value checks
+
+fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(c) = image
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || c.is_ascii_uppercase())
+    {
+        return Err(format!(
+            "contains {c:?}; an image reference is lowercase like \"repo/name:tag\""
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `uid:gid` user: numeric, both non-zero.
+fn check_user(user: &str) -> Result<(), String> {
+    let parse = |s: &str| s.parse::<u32>().ok();
+    match user.split_once(':') {
+        Some((u, g)) => match (parse(u), parse(g)) {
+            (Some(0), _) | (_, Some(0)) => {
+                Err("must not be root (uid or gid 0); the default is \"1001:2000\"".into())
+            }
+            (Some(_), Some(_)) => Ok(()),
+            _ => Err("must be numeric \"uid:gid\", e.g. \"1001:2000\"".into()),
+        },
+        None => Err("must be numeric \"uid:gid\", e.g. \"1001:2000\"".into()),
+    }
+}
+
+fn check_container_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || p == "/" || p.contains("..") || p.contains(',') || p.contains(':') {
+        return Err("must be an absolute path below / without '..', ',' or ':'".into());
+    }
+    Ok(())
+}
+
+fn check_upstream(u: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["socks5://", "socks5h://", "http://", "https://"];
+    if u == "direct" {
+        return Ok(());
+    }
+    match SCHEMES.iter().find(|s| u.starts_with(*s)) {
+        Some(s) if u.len() > s.len() => Ok(()),
+        _ => Err(
+            "must be \"direct\" or a URL socks5://, socks5h://, http:// or https://host:port"
+                .into(),
+        ),
+    }
+}
+
+/// Parses `"8g"`, `"512m"`, `"1024k"`, `"8GiB"`, `"123"` (bytes), 1024-based.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    n.checked_mul(mult).filter(|v| *v > 0)
+}
+
+/// Parses `"72h"`, `"30m"`, `"2d"`, `"90s"`, `"1w"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let t = s.trim();
+    let unit = t.chars().last()?;
+    let n: u64 = t[..t.len() - unit.len_utf8()].trim().parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86400)?,
+        'w' => n.checked_mul(7 * 86400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+fn expand_path(p: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    let p = Path::new(p);
+    if p.is_absolute() {
+        normalize(p)
+    } else {
+        normalize(&base.join(p))
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        normalize(p)
+    } else {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        normalize(&cwd.join(p))
+    }
+}
+
+/// Lexical normalisation (`.` and `..`), so names derived from paths are stable.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
