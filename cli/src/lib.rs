@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod client;
 pub mod commands;
 
 /// Run coding agents in sandboxes whose only route out is an allowlisting egress proxy.
@@ -14,6 +15,9 @@ pub struct Cli {
     /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
+    /// kennel-supervisord's API socket.
+    #[arg(long, global = true, env = "KENNEL_SOCKET", default_value = client::DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: std::path::PathBuf,
 }
 
 /// Every `kennel` subcommand. Each variant's arguments live in its own module.
@@ -22,11 +26,26 @@ pub enum Command {
     /// Validate a policy and explain decisions for targets.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Create an environment from a workspace (kennel.toml, or .devcontainer/) and start it.
+    Up(commands::up::UpArgs),
+    /// List environments.
+    Ls(commands::ls::LsArgs),
+    /// Show one environment as JSON.
+    Inspect(commands::inspect::InspectArgs),
+    /// Remove an environment and every Docker object labelled with it.
+    Down(commands::down::DownArgs),
+    /// Run a command in an environment's sandbox (stdout/stderr kept apart, exit code propagated).
+    Exec(commands::exec::ExecArgs),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(cmd) => commands::policy::run(cmd),
+        Command::Up(args) => commands::up::run(&client::Client::new(&cli.socket), args),
+        Command::Ls(args) => commands::ls::run(&client::Client::new(&cli.socket), args),
+        Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
+        Command::Down(args) => commands::down::run(&client::Client::new(&cli.socket), args),
+        Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
     }
 }

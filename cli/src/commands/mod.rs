@@ -1,3 +1,8 @@
 //! One module per `kennel` subcommand.
 
+pub mod down;
+pub mod exec;
+pub mod inspect;
+pub mod ls;
 pub mod policy;
+pub mod up;

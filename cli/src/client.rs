@@ -1,0 +1,340 @@
+//! Client of the kennel-supervisord API (HTTP/1.1 + JSON over its Unix socket).
+//!
+//! Every error says what to do next: start the daemon, join the socket's group, check Docker …
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kennel_supervisord::api::types::{API_PREFIX, ErrorBody, ExecRequest};
+use kennel_supervisord::frame::{self, Frame, FrameError, FrameKind, UPGRADE_PROTOCOL};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Default daemon socket.
+pub const DEFAULT_SOCKET: &str = "/run/kennel/kennel.sock";
+
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error(
+        "kennel-supervisord is not running (cannot connect to {}: {detail}); start it with `sudo systemctl start kennel-supervisord` or run `sudo kennel-supervisord --socket {}`, or point kennel at its socket with --socket / KENNEL_SOCKET",
+        socket.display(), socket.display()
+    )]
+    DaemonNotRunning {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+    /// The socket exists but this user may not open it.
+    #[error(
+        "permission denied on {}; {}",
+        socket.display(),
+        group.as_ref().map_or_else(
+            || "ask the administrator to let you use kennel, or run the command with sudo".to_string(),
+            |g| format!("join the group `{g}` that owns the socket (`sudo usermod -aG {g} $USER`, then log in again), or run the command with sudo")
+        )
+    )]
+    PermissionDenied {
+        /// The socket path.
+        socket: PathBuf,
+        /// The socket's group, when it can be named.
+        group: Option<String>,
+    },
+    /// Connecting failed for another reason.
+    #[error("cannot connect to kennel-supervisord at {}: {source}", socket.display())]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("{error}{}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The daemon's message.
+        error: String,
+        /// What to do next.
+        hint: Option<String>,
+    },
+    /// The daemon's answer does not make sense (version mismatch?).
+    #[error(
+        "unexpected answer from kennel-supervisord: {0}; are the kennel CLI and daemon the same version? (`kennel --version`, `kennel-supervisord --version`)"
+    )]
+    Protocol(String),
+    /// The HTTP exchange failed.
+    #[error("talking to kennel-supervisord failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The exec stream broke.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The command could not run to completion inside the daemon.
+    #[error("exec failed: {0}")]
+    Exec(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one daemon socket. Each call opens its own connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the daemon at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| classify_connect_error(&self.socket, source))
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
+        let stream = self.connect().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // The connection ends when the response (or the upgraded stream) is done.
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
+    fn request(
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{API_PREFIX}{path}"))
+            .header(header::HOST, "kennel");
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(format!("cannot build request: {e}")))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, req: Request<Full<Bytes>>) -> Result<T, ClientError> {
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("invalid JSON ({e})")))
+    }
+
+    /// `GET /v1{path}`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Self::request(Method::GET, path, None)?).await
+    }
+
+    /// `POST /v1{path}` with a JSON body.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+        self.call(Self::request(Method::POST, path, Some(body))?)
+            .await
+    }
+
+    /// `DELETE /v1{path}`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Self::request(Method::DELETE, path, None)?).await
+    }
+
+    /// Runs a command in environment `env`: its stdout and stderr are copied to `stdout` and
+    /// `stderr` as they arrive; `stdin` (if any) is forwarded until it ends. Returns the exit code.
+    pub async fn exec<O, E>(
+        &self,
+        env: &str,
+        req: &ExecRequest,
+        stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<i32, ClientError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut http_req = Self::request(Method::POST, &format!("/envs/{env}/exec"), Some(body))?;
+        http_req
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        http_req
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+        let resp = self.send(http_req).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let upgraded = hyper::upgrade::on(resp).await?;
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let stdin_task = stdin.map(|mut input| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = frame::write_frame(
+                                &mut wr,
+                                &Frame::new(FrameKind::Stdin, Bytes::new()),
+                            )
+                            .await;
+                            return;
+                        }
+                        Ok(n) => {
+                            let chunk = Bytes::copy_from_slice(&buf[..n]);
+                            if frame::write_frame(&mut wr, &Frame::new(FrameKind::Stdin, chunk))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        let result = async {
+            loop {
+                let Some(f) = frame::read_frame(&mut rd).await? else {
+                    return Err(ClientError::Protocol(
+                        "the exec stream ended without an exit code".into(),
+                    ));
+                };
+                match f.kind {
+                    FrameKind::Stdout => {
+                        stdout.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                        stdout.flush().await.map_err(FrameError::Io)?;
+                    }
+                    FrameKind::Stderr => {
+                        stderr.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                        stderr.flush().await.map_err(FrameError::Io)?;
+                    }
+                    FrameKind::Exit => return Ok(f.exit_code()?),
+                    FrameKind::Error => {
+                        return Err(ClientError::Exec(
+                            String::from_utf8_lossy(&f.payload).into_owned(),
+                        ));
+                    }
+                    FrameKind::Stdin => {
+                        return Err(ClientError::Protocol("stdin frame from the daemon".into()));
+                    }
+                }
+            }
+        }
+        .await;
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        result
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            error: e.error,
+            hint: e.hint,
+        },
+        Err(_) => ClientError::Protocol(format!(
+            "HTTP {status} with body {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+/// Turns a connect error into an actionable one.
+fn classify_connect_error(socket: &Path, source: std::io::Error) -> ClientError {
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::DaemonNotRunning {
+            socket: socket.to_path_buf(),
+            detail: source.to_string(),
+        },
+        ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            socket: socket.to_path_buf(),
+            group: socket_group(socket),
+        },
+        _ => ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// The name of the group owning the socket (or its directory, if the socket cannot be stat'ed).
+fn socket_group(socket: &Path) -> Option<String> {
+    let meta = std::fs::metadata(socket)
+        .ok()
+        .or_else(|| socket.parent().and_then(|p| std::fs::metadata(p).ok()))?;
+    let gid = meta.gid();
+    if gid == 0 {
+        return None;
+    }
+    group_name(gid).or_else(|| Some(gid.to_string()))
+}
+
+/// Looks a gid up in `/etc/group`.
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut parts = line.split(':');
+        let name = parts.next()?;
+        let _pw = parts.next()?;
+        (parts.next()?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+    })
+}
+
+/// Runs `fut` on a fresh single-threaded runtime (the CLI is synchronous at the top).
+pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(fut);
+    // A blocking stdin read may still be parked on a runtime thread; do not wait for it.
+    rt.shutdown_background();
+    Ok(out)
+}

@@ -1,0 +1,106 @@
+//! `kennel up`: create an environment from a workspace (kennel.toml, or the seed layout).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use kennel_container::spec::{EnvSpec, SpecOverrides};
+use kennel_supervisord::api::types::{CreateEnv, EnvInfo};
+
+use crate::client::{Client, block_on};
+
+/// Arguments of `kennel up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Spec file to use instead of `<workspace>/kennel.toml`.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Environment name (default: from the spec, else the workspace directory's name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Sandbox image (default: from the spec, else `kennel-sandbox:latest`).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Workspace directory, bind-mounted at /workspace (default: the spec's, else the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+}
+
+/// Reads the spec as the calling user (so `~` and file permissions are the caller's), imports
+/// the project whitelist, and asks the daemon to create the environment.
+pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
+    let cwd = std::env::current_dir().context("failed to read the current directory")?;
+    let workspace = match &args.workspace {
+        Some(w) => Some(std::fs::canonicalize(w).with_context(|| {
+            format!(
+                "workspace {} does not exist; pass an existing directory",
+                w.display()
+            )
+        })?),
+        None => None,
+    };
+    let spec_file = match &args.spec {
+        Some(f) => Some(
+            std::fs::canonicalize(f)
+                .with_context(|| format!("spec file {} does not exist", f.display()))?,
+        ),
+        None => None,
+    };
+    let overrides = SpecOverrides {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        workspace,
+        spec_file,
+    };
+    let spec = EnvSpec::from_workspace(&cwd, &overrides).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nhint: fix the spec (kennel.toml or .devcontainer/) and run `kennel up` again"
+        )
+    })?;
+    let project_whitelist = match &spec.egress.whitelist {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "failed to read the project whitelist {} (egress.whitelist)",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    Ok(CreateEnv {
+        spec: (&spec).into(),
+        project_whitelist,
+    })
+}
+
+/// Runs `kennel up`.
+pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let req = build_request(&args)?;
+    let name = req.spec.name.clone();
+    eprintln!(
+        "creating environment {name:?} (image {}, workspace {}) …",
+        req.spec.image,
+        req.spec.workspace.display()
+    );
+    let info: EnvInfo = block_on(client.post("/envs", &req))??;
+    print_up(&info);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_up(info: &EnvInfo) {
+    println!("environment {:?} is {}", info.name, info.state);
+    for c in &info.containers {
+        println!("  {:<8} {:<32} {}", c.role, c.name, c.state);
+    }
+    println!("  network  {}", info.network);
+    if let Some(p) = &info.proxy_address {
+        println!("  proxy    {p} (the sandbox's only way out)");
+    }
+    if let Some(d) = &info.policy_dir {
+        println!("  policy   {}", d.display());
+    }
+    println!(
+        "next: `kennel exec {0} -- sh -c 'id; env | grep -i proxy'`, and `kennel down {0}` when done",
+        info.name
+    );
+}

@@ -1,0 +1,177 @@
+//! The `/v1` HTTP API: routing, JSON bodies and the exec upgrade.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | `GET` | `/v1/version` | | [`types::VersionInfo`] |
+//! | `GET` | `/v1/health` | | [`types::HealthInfo`] |
+//! | `POST` | `/v1/envs` | [`types::CreateEnv`] | `201` + [`types::EnvInfo`] |
+//! | `GET` | `/v1/envs` | | `[`[`types::EnvInfo`]`]` |
+//! | `GET` | `/v1/envs/{name}` | | [`types::EnvInfo`] |
+//! | `DELETE` | `/v1/envs/{name}` | | [`types::Removed`] |
+//! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
+//!
+//! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
+
+pub mod types;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Peer;
+use crate::error::ApiError;
+use crate::frame::UPGRADE_PROTOCOL;
+use crate::registry::Daemon;
+
+/// Largest JSON request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// The response body type of every answer.
+pub type Body = Full<Bytes>;
+
+/// Per-connection context: who is calling, or why they may not.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The authorised peer, or the reason it was refused.
+    pub peer: Result<Peer, Arc<ApiError>>,
+}
+
+/// Serialises `value` as a JSON response with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => {
+            // Serialising our own plain structs cannot fail; answer 500 rather than panic.
+            return plain_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot encode response: {e}"),
+            );
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn plain_error(status: StatusCode, msg: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": msg }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The one place an [`ApiError`] becomes a response.
+pub fn error_response(err: &ApiError) -> Response<Body> {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), error = %err, "request failed");
+    } else {
+        tracing::info!(status = status.as_u16(), error = %err, "request refused");
+    }
+    json(status, &err.body())
+}
+
+async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let bytes = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Handles one request (never fails: errors become JSON error responses).
+#[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.uri().path(), uid = caller.peer.as_ref().ok().map(|p| p.uid)))]
+pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>) -> Response<Body> {
+    match route(daemon, caller, req).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn route(
+    daemon: Arc<Daemon>,
+    caller: Caller,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let peer = match &caller.peer {
+        Ok(p) => p.clone(),
+        Err(e) => return Ok(error_response(e)),
+    };
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix(types::API_PREFIX) else {
+        return Err(ApiError::NoRoute {
+            method: req.method().to_string(),
+            path,
+        });
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["version"]) => Ok(json(StatusCode::OK, &daemon.version())),
+        (&Method::GET, ["health"]) => Ok(json(StatusCode::OK, &daemon.health().await)),
+        (&Method::GET, ["envs"]) => Ok(json(StatusCode::OK, &daemon.list().await?)),
+        (&Method::POST, ["envs"]) => {
+            let body: types::CreateEnv = read_json(req.into_body()).await?;
+            let info = daemon.create(&peer, body).await?;
+            Ok(json(StatusCode::CREATED, &info))
+        }
+        (&Method::GET, ["envs", name]) => Ok(json(StatusCode::OK, &daemon.inspect(name).await?)),
+        (&Method::DELETE, ["envs", name]) => {
+            daemon.remove(name).await?;
+            Ok(json(
+                StatusCode::OK,
+                &types::Removed {
+                    name: (*name).to_string(),
+                },
+            ))
+        }
+        (&Method::POST, ["envs", name, "exec"]) => {
+            let wants_upgrade = req
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+            if !wants_upgrade {
+                return Err(ApiError::BadRequest(format!(
+                    "exec needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
+                )));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let body: types::ExecRequest = read_json(req.into_body()).await?;
+            let name = (*name).to_string();
+            daemon.start_exec(&name, body, on_upgrade).await?;
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+            Ok(resp)
+        }
+        (_, ["version" | "health" | "envs"] | ["envs", _] | ["envs", _, "exec"]) => {
+            Err(ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path,
+            })
+        }
+        _ => Err(ApiError::NoRoute {
+            method: method.to_string(),
+            path,
+        }),
+    }
+}

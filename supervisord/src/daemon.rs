@@ -1,0 +1,228 @@
+//! Putting the daemon together: resolve allowed users/groups, bind the socket with the right
+//! owner and mode, reconcile, tell systemd, serve until shutdown.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+
+use crate::registry::Daemon;
+use crate::server;
+
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/kennel/kennel.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kennel";
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A `--allow-user` that is neither a uid nor a known user name.
+    #[error("unknown user {0:?} (--allow-user takes a user name or a numeric uid)")]
+    UnknownUser(String),
+    /// A `--allow-group` that is neither a gid nor a known group name.
+    #[error("unknown group {0:?} (--allow-group takes a group name or a numeric gid)")]
+    UnknownGroup(String),
+    /// Another daemon answers on the socket.
+    #[error("another kennel-supervisord is already listening on {}; stop it first or pick another --socket", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// The socket path exists and is not a socket.
+    #[error("{} exists and is not a socket; remove it or pick another --socket", .0.display())]
+    NotASocket(PathBuf),
+    /// Binding or preparing the socket failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Socket {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Resolves user names or numeric uids.
+pub fn resolve_users(names: &[String]) -> Result<Vec<u32>, StartError> {
+    names
+        .iter()
+        .map(|n| {
+            if let Ok(uid) = n.parse::<u32>() {
+                return Ok(uid);
+            }
+            match nix::unistd::User::from_name(n) {
+                Ok(Some(u)) => Ok(u.uid.as_raw()),
+                _ => Err(StartError::UnknownUser(n.clone())),
+            }
+        })
+        .collect()
+}
+
+/// Resolves group names or numeric gids.
+pub fn resolve_groups(names: &[String]) -> Result<Vec<u32>, StartError> {
+    names
+        .iter()
+        .map(|n| {
+            if let Ok(gid) = n.parse::<u32>() {
+                return Ok(gid);
+            }
+            match nix::unistd::Group::from_name(n) {
+                Ok(Some(g)) => Ok(g.gid.as_raw()),
+                _ => Err(StartError::UnknownGroup(n.clone())),
+            }
+        })
+        .collect()
+}
+
+/// Binds the API socket at `path`: creates the parent directory (0755), replaces a stale socket
+/// (refuses if a daemon answers on it), and sets mode 0660 with group `group` (so members of
+/// the first allowed group can connect; peer credentials are checked on every connection anyway).
+pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, StartError> {
+    let sock_err = |op: &'static str| {
+        move |source| StartError::Socket {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(sock_err("create the directory of"))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .map_err(sock_err("chmod the directory of"))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(StartError::AlreadyRunning(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(sock_err("remove the stale socket"))?;
+        }
+        Ok(_) => return Err(StartError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(sock_err("chmod"))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+            StartError::Socket {
+                op: "chown",
+                path: path.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
+    }
+    Ok(listener)
+}
+
+/// Runs the daemon on `listener`: reconciles with the engine, notifies systemd (`READY=1`),
+/// serves until `shutdown`, notifies `STOPPING=1` and drains. Keeps systemd's watchdog fed
+/// when `WATCHDOG_USEC` is set.
+pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
+    match daemon.reconcile().await {
+        Ok(report) => tracing::info!(
+            kept = report.kept.len(),
+            removed_orphans = ?report.removed_orphans,
+            removed_incomplete = ?report.removed_incomplete,
+            missing = ?report.missing,
+            "reconciled with the engine"
+        ),
+        // The engine may come up later; serve anyway so `kennel` can report what is wrong.
+        Err(e) => tracing::error!(error = %e, "reconcile failed; serving anyway"),
+    }
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
+    let shutdown = async move {
+        shutdown.await;
+        notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("draining"),
+        ]);
+    };
+    server::serve(listener, daemon, shutdown).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// The proxy image built from the static `kennel-proxy` binary and imported into Docker
+/// (`kennel-proxy:<content hash>`); rebuilt when the binary changes. Builds are serialised.
+pub struct DockerProxyImage {
+    docker: Arc<kennel_container::docker::DockerBackend>,
+    binary: Option<PathBuf>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl DockerProxyImage {
+    /// Builds from `binary`, or from the binary [`kennel_container::image::find_proxy_binary`] finds.
+    pub fn new(
+        docker: Arc<kennel_container::docker::DockerBackend>,
+        binary: Option<PathBuf>,
+    ) -> DockerProxyImage {
+        DockerProxyImage {
+            docker,
+            binary,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for DockerProxyImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerProxyImage")
+            .field("binary", &self.binary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::registry::ProxyImageSource for DockerProxyImage {
+    fn proxy_image(
+        &self,
+    ) -> kennel_container::backend::BoxFuture<'_, Result<String, kennel_container::error::ImageError>>
+    {
+        Box::pin(async move {
+            let _one_at_a_time = self.lock.lock().await;
+            let binary = match &self.binary {
+                Some(b) => b.clone(),
+                None => kennel_container::image::find_proxy_binary()?,
+            };
+            kennel_container::image::ensure_proxy_image(&self.docker, &binary).await
+        })
+    }
+}

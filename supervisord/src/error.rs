@@ -1,0 +1,132 @@
+//! The daemon's error type and its one mapping to HTTP status + `{ "error", "hint" }`.
+
+use http::StatusCode;
+use kennel_container::error::{BackendError, ImageError, SpecError};
+
+/// Everything an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The caller's peer credentials are not allowed.
+    #[error(transparent)]
+    Forbidden(#[from] crate::auth::Denied),
+    /// The peer credentials of the connection could not be read.
+    #[error("cannot read the caller's credentials: {0}")]
+    PeerUnknown(std::io::Error),
+    /// The request is malformed (bad JSON, missing field, bad path).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No route for this method and path.
+    #[error("no such endpoint: {method} {path}")]
+    NoRoute {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+    /// The endpoint exists but not with this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+    /// The environment does not exist.
+    #[error("environment {0:?} not found")]
+    NotFound(String),
+    /// The environment already exists (or is being created right now).
+    #[error("environment {0:?} already exists")]
+    Conflict(String),
+    /// The workspace's spec is invalid.
+    #[error("invalid environment spec: {0}")]
+    Spec(#[from] SpecError),
+    /// The effective policy built for the environment does not load.
+    #[error("the environment's effective policy is invalid: {0}")]
+    Policy(String),
+    /// The caller may not use a path it named.
+    #[error("{0}")]
+    PathNotAllowed(String),
+    /// The container engine failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The proxy image could not be built or imported.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Reading or writing the daemon's state directory failed.
+    #[error("state directory: {0}")]
+    State(#[from] crate::state::StateError),
+    /// The daemon is shutting down.
+    #[error("kennel-supervisord is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::PeerUnknown(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Spec(_) | ApiError::Policy(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::Backend(e) => match e {
+                BackendError::AlreadyExists(_) => StatusCode::CONFLICT,
+                BackendError::NotFound(_) => StatusCode::NOT_FOUND,
+                BackendError::NotRunning { .. } => StatusCode::CONFLICT,
+                BackendError::InvalidPlan { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                BackendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                BackendError::Engine { .. } => StatusCode::BAD_GATEWAY,
+            },
+            ApiError::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What the caller should do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        let s = match self {
+            ApiError::Forbidden(_) | ApiError::PeerUnknown(_) => {
+                "ask the administrator to allow you: start kennel-supervisord with `--allow-user <you>` or `--allow-group <group>` and join that group"
+                    .to_string()
+            }
+            ApiError::NotFound(_) | ApiError::Backend(BackendError::NotFound(_)) => {
+                "list environments with `kennel ls`".to_string()
+            }
+            ApiError::Conflict(name) | ApiError::Backend(BackendError::AlreadyExists(name)) => {
+                format!("remove it first (`kennel down {name}`) or pick another name (`kennel up --name …`)")
+            }
+            ApiError::Spec(_) => "fix the spec file (kennel.toml, or .devcontainer/) and run `kennel up` again".to_string(),
+            ApiError::Policy(_) => {
+                "check the project whitelist and [egress] settings; `kennel policy check <file>` explains policy errors".to_string()
+            }
+            ApiError::Backend(BackendError::Unavailable { .. } | BackendError::Engine { .. }) => {
+                "check that the Docker engine runs and answers: `docker version`; see the daemon's log (`journalctl -u kennel-supervisord`)".to_string()
+            }
+            ApiError::Backend(BackendError::NotRunning { env, .. }) => {
+                format!("inspect it with `kennel inspect {env}`, or recreate it (`kennel down {env}` then `kennel up`)")
+            }
+            ApiError::Image(_) => {
+                "build the proxy image explicitly with `kennel image build`, or set KENNEL_PROXY_BIN for the daemon".to_string()
+            }
+            ApiError::State(_) => "check the daemon's --state-dir (permissions, free space)".to_string(),
+            ApiError::ShuttingDown => "retry once the daemon is back (`systemctl status kennel-supervisord`)".to_string(),
+            ApiError::BadRequest(_) | ApiError::NoRoute { .. } | ApiError::MethodNotAllowed { .. } | ApiError::PathNotAllowed(_) | ApiError::Backend(BackendError::InvalidPlan { .. }) => {
+                return None;
+            }
+        };
+        Some(s)
+    }
+
+    /// The JSON body for this error.
+    pub fn body(&self) -> crate::api::types::ErrorBody {
+        crate::api::types::ErrorBody {
+            error: self.to_string(),
+            hint: self.hint(),
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The daemon's core: environment registry on top of the container backend and the state
+//! directory; create / list / inspect / remove / exec, and the start-up reconcile.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use kennel_container::backend::{
+    Backend, BoxFuture, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecSession,
+};
+use kennel_container::error::{ImageError, SpecError};
+use kennel_container::spec::{EnvSpec, validate_env_name};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::task::TaskTracker;
+
+use crate::api::types::{ContainerInfo, CreateEnv, EnvInfo, ExecRequest, HealthInfo, VersionInfo};
+use crate::auth::{Authorizer, Peer};
+use crate::error::ApiError;
+use crate::frame::{self, Frame, FrameKind};
+use crate::state::{EnvRecord, StateDir, StateError};
+
+/// Label put on every object of an environment created by the daemon: the creator's uid.
+pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
+
+/// Where the proxy image comes from (Docker: built from the static `kennel-proxy` binary and
+/// imported; tests: a fixed tag).
+pub trait ProxyImageSource: Send + Sync + 'static {
+    /// The proxy image tag to use, building/importing it first if needed.
+    fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
+}
+
+/// A proxy image that is assumed to exist already.
+#[derive(Debug, Clone)]
+pub struct FixedProxyImage(pub String);
+
+impl ProxyImageSource for FixedProxyImage {
+    fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>> {
+        let tag = self.0.clone();
+        Box::pin(async move { Ok(tag) })
+    }
+}
+
+/// What the start-up reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Environments found in the engine and in the state directory.
+    pub kept: Vec<String>,
+    /// Labelled engine objects without state, removed.
+    pub removed_orphans: Vec<String>,
+    /// State directories of creations that never finished, removed.
+    pub removed_incomplete: Vec<String>,
+    /// Environments with state but no engine objects (shown as `missing`; `kennel down` clears them).
+    pub missing: Vec<String>,
+}
+
+/// The daemon: shared by every connection.
+pub struct Daemon {
+    backend: Arc<dyn Backend>,
+    images: Arc<dyn ProxyImageSource>,
+    state: StateDir,
+    authorizer: Authorizer,
+    daemon_uid: u32,
+    tasks: TaskTracker,
+    shutting_down: AtomicBool,
+    /// Names with a create or remove in progress.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("state", &self.state)
+            .field("authorizer", &self.authorizer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks a name busy for the guard's lifetime.
+struct BusyGuard<'a> {
+    daemon: &'a Daemon,
+    name: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.daemon.busy_set().remove(&self.name);
+    }
+}
+
+impl Daemon {
+    /// A daemon over `backend`, keeping state in `state`; `authorizer` decides who may call.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        images: Arc<dyn ProxyImageSource>,
+        state: StateDir,
+        authorizer: Authorizer,
+    ) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            backend,
+            images,
+            state,
+            authorizer,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            tasks: TaskTracker::new(),
+            shutting_down: AtomicBool::new(false),
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Who may call.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Tasks that must finish before the daemon exits (connections, exec streams).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// From now on, new creates and execs are refused with 503.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A poisoned lock only means another request panicked while holding it; the set is
+        // still consistent (insert/remove are atomic), so keep going.
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
+        if !self.busy_set().insert(name.to_string()) {
+            return Err(ApiError::Conflict(name.to_string()));
+        }
+        Ok(BusyGuard {
+            daemon: self,
+            name: name.to_string(),
+        })
+    }
+
+    fn check_running(&self) -> Result<(), ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err(ApiError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `GET /v1/version`.
+    pub fn version(&self) -> VersionInfo {
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api: "v1".to_string(),
+        }
+    }
+
+    /// `GET /v1/health`: asks the engine for the environments.
+    pub async fn health(&self) -> HealthInfo {
+        match self.backend.list_envs().await {
+            Ok(envs) => HealthInfo {
+                status: "ok".into(),
+                environments: Some(envs.len()),
+                error: None,
+            },
+            Err(e) => HealthInfo {
+                status: "degraded".into(),
+                environments: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// `POST /v1/envs`: validates the spec, reserves the name, writes the effective policy
+    /// directory and validates it, makes sure the proxy image exists, and creates the objects.
+    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
+        self.check_running()?;
+        let name = req.spec.name.clone();
+        validate_env_name(&name)?;
+        let spec: EnvSpec = req.spec.clone().into();
+        self.validate_spec(peer, &spec)?;
+
+        let _busy = self.mark_busy(&name)?;
+        if self.state.read_record(&name)?.is_some() {
+            return Err(ApiError::Conflict(name));
+        }
+        let reservation = match self.state.reserve(&name) {
+            Ok(r) => r,
+            Err(StateError::Exists(_)) => return Err(ApiError::Conflict(name)),
+            Err(e) => return Err(e.into()),
+        };
+        if self.backend.inspect_env(&name).await?.is_some() {
+            return Err(ApiError::Conflict(name));
+        }
+
+        let policy_dir = self.state.policy_dir(&name);
+        let policy_file = crate::policy::write_effective_policy(
+            &policy_dir,
+            &spec,
+            req.project_whitelist.as_deref(),
+        )
+        .map_err(|e| {
+            ApiError::State(StateError::Io {
+                op: "write",
+                path: policy_dir.clone(),
+                source: e,
+            })
+        })?;
+        kennel_policy::Policy::load_with(&policy_file, &spec.egress.legacy)
+            .map_err(|e| ApiError::Policy(e.to_string()))?;
+
+        let proxy_image = self.images.proxy_image().await?;
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let record = EnvRecord {
+            name: name.clone(),
+            request: req,
+            created_by_uid: peer.uid,
+            created_unix,
+            proxy_image: proxy_image.clone(),
+        };
+        self.state.write_record(&record)?;
+        let plan = EnvPlan {
+            spec,
+            policy_dir,
+            proxy_image,
+            state_labels: vec![(LABEL_CREATED_BY.to_string(), peer.uid.to_string())],
+        };
+        let status = self.backend.create_env(&plan).await?;
+        reservation.commit();
+        tracing::info!(env = %name, "environment created");
+        Ok(self.info(status, Some(&record)))
+    }
+
+    /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller;
+    /// the sandbox user is not root.
+    fn validate_spec(&self, peer: &Peer, spec: &EnvSpec) -> Result<(), ApiError> {
+        let bad = |what: String, message: String| {
+            ApiError::Spec(SpecError::InvalidValue { what, message })
+        };
+        if !spec.workspace.is_absolute() || !spec.workspace.is_dir() {
+            return Err(bad(
+                format!("workspace {}", spec.workspace.display()),
+                "must be an existing directory, given as an absolute path".into(),
+            ));
+        }
+        let uid = spec.user.split(':').next().unwrap_or_default();
+        match uid.parse::<u32>() {
+            Ok(0) => {
+                return Err(bad(
+                    format!("user {:?}", spec.user),
+                    "the sandbox must not run as root".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(bad(
+                    format!("user {:?}", spec.user),
+                    "expected numeric `uid:gid`".into(),
+                ));
+            }
+        }
+        let creds = &spec.credentials;
+        let mut paths: Vec<(&str, &Path)> = vec![("workspace", &spec.workspace)];
+        paths.extend(
+            creds
+                .git_config
+                .as_deref()
+                .map(|p| ("credentials.git_config", p)),
+        );
+        paths.extend(creds.ssh_dir.as_deref().map(|p| ("credentials.ssh_dir", p)));
+        paths.extend(
+            creds
+                .git_token_file
+                .as_deref()
+                .map(|p| ("credentials.git_token_file", p)),
+        );
+        paths.extend(
+            creds
+                .agent_config
+                .iter()
+                .map(|p| ("credentials.agent_config", p.as_path())),
+        );
+        for (what, path) in paths {
+            if !path.is_absolute() {
+                return Err(bad(
+                    format!("{what} {}", path.display()),
+                    "must be an absolute path".into(),
+                ));
+            }
+            self.check_owner(peer, what, path)?;
+        }
+        Ok(())
+    }
+
+    /// Non-root callers may only mount paths they own.
+    fn check_owner(&self, peer: &Peer, what: &str, path: &Path) -> Result<(), ApiError> {
+        if peer.uid == 0 || peer.uid == self.daemon_uid {
+            return Ok(());
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ApiError::PathNotAllowed(format!("{what} {}: {e}", path.display())))?;
+        if meta.uid() != peer.uid {
+            return Err(ApiError::PathNotAllowed(format!(
+                "{what} {} is owned by uid {}, not by you (uid {}); kennel only mounts paths the caller owns",
+                path.display(),
+                meta.uid(),
+                peer.uid
+            )));
+        }
+        Ok(())
+    }
+
+    fn info(&self, status: EnvStatus, record: Option<&EnvRecord>) -> EnvInfo {
+        let mut containers: Vec<ContainerInfo> = status
+            .containers
+            .into_iter()
+            .map(|c| ContainerInfo {
+                name: c.name,
+                role: c.role,
+                state: c.state,
+                image: Some(c.image),
+            })
+            .collect();
+        let rank = |role: &str| match role {
+            "proxy" => 0,
+            "sandbox" => 1,
+            _ => 2,
+        };
+        containers.sort_by(|a, b| {
+            rank(&a.role)
+                .cmp(&rank(&b.role))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        EnvInfo {
+            state: state_str(status.state).to_string(),
+            name: status.name,
+            network: status.network,
+            proxy_address: status.proxy_address,
+            created: status.created,
+            containers,
+            workspace: record.map(|r| r.request.spec.workspace.clone()),
+            image: record.map(|r| r.request.spec.image.clone()),
+            policy_dir: record.map(|r| self.state.policy_dir(&r.name)),
+        }
+    }
+
+    fn missing_info(&self, record: &EnvRecord) -> EnvInfo {
+        EnvInfo {
+            name: record.name.clone(),
+            state: "missing".into(),
+            network: kennel_container::backend::names::network(&record.name),
+            proxy_address: None,
+            created: None,
+            containers: Vec::new(),
+            workspace: Some(record.request.spec.workspace.clone()),
+            image: Some(record.request.spec.image.clone()),
+            policy_dir: Some(self.state.policy_dir(&record.name)),
+        }
+    }
+
+    /// `GET /v1/envs`: every environment the engine knows, plus recorded ones that have vanished
+    /// from the engine (state `missing`), sorted by name.
+    pub async fn list(&self) -> Result<Vec<EnvInfo>, ApiError> {
+        let mut out = BTreeMap::new();
+        for status in self.backend.list_envs().await? {
+            let record = self.state.read_record(&status.name).ok().flatten();
+            out.insert(status.name.clone(), self.info(status, record.as_ref()));
+        }
+        for name in self.state.names()? {
+            if out.contains_key(&name) {
+                continue;
+            }
+            if let Ok(Some(record)) = self.state.read_record(&name) {
+                out.insert(name, self.missing_info(&record));
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// `GET /v1/envs/{name}`.
+    pub async fn inspect(&self, name: &str) -> Result<EnvInfo, ApiError> {
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        let record = self.state.read_record(name)?;
+        match (self.backend.inspect_env(name).await?, record) {
+            (Some(status), record) => Ok(self.info(status, record.as_ref())),
+            (None, Some(record)) => Ok(self.missing_info(&record)),
+            (None, None) => Err(ApiError::NotFound(name.to_string())),
+        }
+    }
+
+    /// `DELETE /v1/envs/{name}`: removes every labelled object, then the state.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        let _busy = self.mark_busy(name)?;
+        let known =
+            self.state.env_dir(name).exists() || self.backend.inspect_env(name).await?.is_some();
+        if !known {
+            return Err(ApiError::NotFound(name.to_string()));
+        }
+        self.backend.remove_env(name).await?;
+        self.state.remove(name)?;
+        tracing::info!(env = %name, "environment removed");
+        Ok(())
+    }
+
+    /// Start-up reconcile: labelled objects without state are orphans and are removed; state
+    /// directories without a record (a create that never finished) are removed with their objects.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, ApiError> {
+        let mut report = ReconcileReport::default();
+        let engine: Vec<String> = self
+            .backend
+            .list_envs()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        for name in &engine {
+            if validate_env_name(name).is_ok() && self.state.read_record(name)?.is_some() {
+                report.kept.push(name.clone());
+            } else {
+                tracing::warn!(env = %name, "removing orphaned environment objects (no state)");
+                self.backend.remove_env(name).await?;
+                self.state.remove(name)?;
+                report.removed_orphans.push(name.clone());
+            }
+        }
+        for name in self.state.names()? {
+            if engine.contains(&name) {
+                continue;
+            }
+            if self.state.read_record(&name)?.is_some() {
+                tracing::warn!(env = %name, "environment has state but no engine objects; `kennel down` clears it");
+                report.missing.push(name);
+            } else {
+                tracing::warn!(env = %name, "removing the state of an unfinished create");
+                self.state.remove(&name)?;
+                report.removed_incomplete.push(name);
+            }
+        }
+        Ok(report)
+    }
+
+    /// `POST /v1/envs/{name}/exec`: starts the command, then (once the connection is upgraded)
+    /// streams its output as frames. Errors before the upgrade are ordinary JSON errors.
+    pub async fn start_exec(
+        &self,
+        name: &str,
+        req: ExecRequest,
+        on_upgrade: OnUpgrade,
+    ) -> Result<(), ApiError> {
+        self.check_running()?;
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        if req.cmd.is_empty() {
+            return Err(ApiError::BadRequest("exec needs a command".into()));
+        }
+        let session = self
+            .backend
+            .exec(
+                name,
+                kennel_container::backend::ExecRequest {
+                    cmd: req.cmd,
+                    tty: req.tty,
+                    env: req.env,
+                    workdir: req.workdir,
+                    stdin: req.stdin,
+                },
+            )
+            .await?;
+        let env = name.to_string();
+        self.tasks.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    if let Err(e) = pump(session, TokioIo::new(upgraded)).await {
+                        tracing::info!(env = %env, error = %e, "exec stream ended early");
+                    }
+                }
+                Err(e) => tracing::warn!(env = %env, error = %e, "exec upgrade failed"),
+            }
+        });
+        Ok(())
+    }
+}
+
+fn state_str(s: EnvState) -> &'static str {
+    match s {
+        EnvState::Running => "running",
+        EnvState::Degraded => "degraded",
+        EnvState::Stopped => "stopped",
+        EnvState::Incomplete => "incomplete",
+    }
+}
+
+/// Streams an exec session over `io`: output frames, then the exit (or error) frame; stdin
+/// frames from the client go to the command.
+pub async fn pump<IO>(mut session: ExecSession, io: IO) -> Result<(), frame::FrameError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let stdin = session.stdin.take();
+    let stdin_fut = async move {
+        let Some(mut stdin) = stdin else { return };
+        loop {
+            match frame::read_frame(&mut rd).await {
+                Ok(Some(f)) if f.kind == FrameKind::Stdin && !f.payload.is_empty() => {
+                    if stdin.write_all(&f.payload).await.is_err() {
+                        return;
+                    }
+                }
+                // Empty stdin frame, end of stream or a broken stream: end of input.
+                _ => {
+                    let _ = stdin.shutdown().await;
+                    return;
+                }
+            }
+        }
+    };
+    let output_fut = async move {
+        while let Some(chunk) = session.output.next().await {
+            match chunk {
+                Ok(ExecOutput::Stdout(b)) => {
+                    frame::write_chunked(&mut wr, FrameKind::Stdout, b).await?
+                }
+                Ok(ExecOutput::Stderr(b)) => {
+                    frame::write_chunked(&mut wr, FrameKind::Stderr, b).await?
+                }
+                Err(e) => {
+                    frame::write_frame(
+                        &mut wr,
+                        &Frame::new(FrameKind::Error, Bytes::from(e.to_string())),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            }
+        }
+        let last = match session.exit.code().await {
+            Ok(code) => Frame::exit(i32::try_from(code).unwrap_or(i32::MAX)),
+            Err(e) => Frame::new(FrameKind::Error, Bytes::from(e.to_string())),
+        };
+        frame::write_frame(&mut wr, &last).await?;
+        let _ = wr.shutdown().await;
+        Ok(())
+    };
+    tokio::pin!(stdin_fut, output_fut);
+    let mut stdin_done = false;
+    loop {
+        tokio::select! {
+            r = &mut output_fut => return r,
+            () = &mut stdin_fut, if !stdin_done => stdin_done = true,
+        }
+    }
+}

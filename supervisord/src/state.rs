@@ -1,0 +1,198 @@
+//! The daemon's state directory: per environment `envs/<name>/spec.json` (what was asked for) and
+//! `envs/<name>/policy/` (the effective policy directory, mounted read-only into the proxy).
+//!
+//! The directory is outside every sandbox's reach (mode 0700, owned by the daemon). Creating
+//! `envs/<name>` is the atomic name reservation that makes concurrent creates safe.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::types::CreateEnv;
+
+/// Errors reading or writing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file or directory operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted (`create`, `read`, `write`, `remove`).
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A `spec.json` does not parse.
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The environment's directory already exists (an environment of that name exists or is being
+    /// created).
+    #[error("environment {0:?} already has state")]
+    Exists(String),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the daemon keeps about one environment (`spec.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvRecord {
+    /// Environment name.
+    pub name: String,
+    /// The create request as received (spec + imported whitelist).
+    pub request: CreateEnv,
+    /// Uid of the caller that created it.
+    pub created_by_uid: u32,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// The proxy image the environment was created with.
+    pub proxy_image: String,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Name of the per-environment spec file.
+pub const SPEC_JSON: &str = "spec.json";
+
+impl StateDir {
+    /// Opens (creating if needed) the state directory at `root`; `root` is made mode 0700.
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        use std::os::unix::fs::PermissionsExt;
+        let envs = root.join("envs");
+        std::fs::create_dir_all(&envs).map_err(io("create", &envs))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", root))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The state directory's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `envs/<name>`. `name` must already be validated (`validate_env_name`).
+    pub fn env_dir(&self, name: &str) -> PathBuf {
+        self.root.join("envs").join(name)
+    }
+
+    /// `envs/<name>/policy`: the effective policy directory.
+    pub fn policy_dir(&self, name: &str) -> PathBuf {
+        self.env_dir(name).join("policy")
+    }
+
+    /// Atomically reserves `name` by creating its directory. The reservation is released (the
+    /// directory removed) when the guard drops, unless [`Reservation::commit`] was called.
+    pub fn reserve(&self, name: &str) -> Result<Reservation, StateError> {
+        let dir = self.env_dir(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(Reservation {
+                dir,
+                committed: false,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(name.to_string()))
+            }
+            Err(e) => Err(io("create", &dir)(e)),
+        }
+    }
+
+    /// Writes `envs/<name>/spec.json` atomically (temp file + rename).
+    pub fn write_record(&self, rec: &EnvRecord) -> Result<(), StateError> {
+        let path = self.env_dir(&rec.name).join(SPEC_JSON);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&body).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        Ok(())
+    }
+
+    /// Reads `envs/<name>/spec.json`; `None` if the environment has no record.
+    pub fn read_record(&self, name: &str) -> Result<Option<EnvRecord>, StateError> {
+        let path = self.env_dir(name).join(SPEC_JSON);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Names of every environment directory (with or without a record).
+    pub fn names(&self) -> Result<Vec<String>, StateError> {
+        let envs = self.root.join("envs");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&envs).map_err(io("read", &envs))? {
+            let entry = entry.map_err(io("read", &envs))?;
+            if entry
+                .file_type()
+                .map_err(io("read", &entry.path()))?
+                .is_dir()
+            {
+                if let Some(n) = entry.file_name().to_str() {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes `envs/<name>` and everything in it; absent is fine.
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        let dir = self.env_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &dir)(e)),
+        }
+    }
+}
+
+/// A reserved environment name (see [`StateDir::reserve`]).
+#[derive(Debug)]
+pub struct Reservation {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Reservation {
+    /// Keeps the directory: the environment now exists.
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot release a failed environment's state");
+            }
+        }
+    }
+}
