@@ -1,0 +1,324 @@
+//! The real `kennel` binary against an in-process kennel-supervisord on a temporary socket,
+//! backed by the in-memory FakeBackend (no Docker needed).
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use kennel_container::backend::ExecResult;
+use kennel_container::fake::FakeBackend;
+use kennel_supervisord::auth::Authorizer;
+use kennel_supervisord::registry::{Daemon, FixedProxyImage};
+use kennel_supervisord::state::StateDir;
+
+/// A daemon running on its own runtime; stopped (and drained) on drop.
+struct TestDaemon {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    fake: FakeBackend,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestDaemon {
+    fn start(authorizer: Authorizer) -> TestDaemon {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("kennel.sock");
+        let fake = FakeBackend::new();
+        let daemon = Daemon::new(
+            Arc::new(fake.clone()),
+            Arc::new(FixedProxyImage("kennel-proxy:test".into())),
+            StateDir::open(&dir.path().join("state")).unwrap(),
+            authorizer,
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = rt
+            .block_on(async { kennel_supervisord::daemon::bind_socket(&socket, None) })
+            .unwrap();
+        let done = rt.spawn(kennel_supervisord::daemon::run(listener, daemon, async {
+            let _ = stopped.await;
+        }));
+        TestDaemon {
+            rt,
+            dir,
+            socket,
+            fake,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    fn kennel(&self, args: &[&str]) -> Output {
+        kennel_at(&self.socket, args, None)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = self.rt.block_on(done);
+        }
+    }
+}
+
+fn kennel_at(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(kennel_bin());
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("KENNEL_SOCKET");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().expect("run kennel")
+}
+
+/// The kennel binary, copied once to a world-readable place so other uids can run it.
+fn kennel_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kennel-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("kennel");
+        std::fs::copy(env!("CARGO_BIN_EXE_kennel"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+    .clone()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn seed_workspace() -> tempfile::TempDir {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ws.path().join(".devcontainer")).unwrap();
+    std::fs::write(
+        ws.path().join(".devcontainer/whitelist.txt"),
+        "example.org\n",
+    )
+    .unwrap();
+    ws
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn up_ls_inspect_exec_down_through_the_cli() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = seed_workspace();
+    let ws_path = ws.path().to_str().unwrap();
+
+    let up = d.kennel(&["up", "--workspace", ws_path, "--name", "demo"]);
+    assert!(up.status.success(), "up failed: {}", stderr(&up));
+    assert!(
+        stdout(&up).contains("environment \"demo\" is running"),
+        "{}",
+        stdout(&up)
+    );
+    assert!(
+        stdout(&up).contains("kennel exec demo"),
+        "says what to do next: {}",
+        stdout(&up)
+    );
+    let imported =
+        std::fs::read_to_string(d.dir.path().join("state/envs/demo/policy/whitelist.txt")).unwrap();
+    assert!(
+        imported.contains("example.org"),
+        "seed whitelist imported: {imported}"
+    );
+
+    let ls = d.kennel(&["ls"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let table = stdout(&ls);
+    assert!(table.starts_with("NAME"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("demo") && row.contains("running") && row.contains("2/2"),
+        "{table}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&d.kennel(&["ls", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["name"], "demo");
+    assert_eq!(json[0]["workspace"], ws_path);
+
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&d.kennel(&["inspect", "demo"]).stdout).unwrap();
+    assert_eq!(inspect["network"], "kennel-demo");
+    assert_eq!(inspect["containers"][0]["role"], "proxy");
+
+    d.fake.script_exec(
+        &["sh", "-c", "work"],
+        ExecResult {
+            stdout: b"out line\n".to_vec(),
+            stderr: b"err line\n".to_vec(),
+            exit_code: 7,
+        },
+    );
+    let exec = d.kennel(&["exec", "demo", "--", "sh", "-c", "work"]);
+    assert_eq!(stdout(&exec), "out line\n");
+    assert_eq!(stderr(&exec), "err line\n");
+    assert_eq!(exec.status.code(), Some(7), "exit code propagated");
+
+    let ok = d.kennel(&["exec", "-e", "A=b", "-w", "/tmp", "demo", "--", "true"]);
+    assert_eq!(
+        (ok.status.code(), stdout(&ok)),
+        (Some(0), "true\n".to_string())
+    );
+    let (_, seen) = d.fake.exec_log().pop().unwrap();
+    assert_eq!(
+        (seen.env, seen.workdir),
+        (vec!["A=b".to_string()], Some("/tmp".to_string()))
+    );
+
+    let down = d.kennel(&["down", "demo"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(stdout(&down).contains("removed environment \"demo\""));
+    assert!(!d.dir.path().join("state/envs/demo").exists());
+
+    let gone = d.kennel(&["inspect", "demo"]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        stderr(&gone).contains("environment \"demo\" not found"),
+        "{}",
+        stderr(&gone)
+    );
+    assert!(
+        stderr(&gone).contains("hint: list environments with `kennel ls`"),
+        "{}",
+        stderr(&gone)
+    );
+}
+
+#[test]
+fn a_second_up_with_the_same_name_is_refused_with_a_next_step() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = seed_workspace();
+    let ws_path = ws.path().to_str().unwrap();
+    assert!(
+        d.kennel(&["up", "--workspace", ws_path, "--name", "twice"])
+            .status
+            .success()
+    );
+    let again = d.kennel(&["up", "--workspace", ws_path, "--name", "twice"]);
+    assert_eq!(again.status.code(), Some(2));
+    let err = stderr(&again);
+    assert!(
+        err.contains("environment \"twice\" already exists"),
+        "{err}"
+    );
+    assert!(err.contains("kennel down twice"), "{err}");
+}
+
+#[test]
+fn exec_in_an_unknown_environment_says_not_found() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let out = d.kennel(&["exec", "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("environment \"nosuch\" not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_invalid_spec_names_file_and_line() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        "name = \"ok\"\n[resources]\nmemory = \"lots\"\n",
+    )
+    .unwrap();
+    let out = d.kennel(&["up", "--workspace", ws.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("kennel.toml:3:"), "{err}");
+    assert!(err.contains("resources.memory"), "{err}");
+    assert!(d.fake.plan("ok").is_none());
+}
+
+#[test]
+fn without_a_daemon_the_cli_says_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let out = kennel_at(&socket, &["ls"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("kennel-supervisord is not running"), "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(
+        err.contains("sudo systemctl start kennel-supervisord"),
+        "{err}"
+    );
+    assert!(err.contains("kennel-supervisord --socket"), "{err}");
+}
+
+#[test]
+fn a_caller_that_is_not_allowed_gets_403_with_the_fix() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the client as another uid");
+        return;
+    }
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    // Let everybody open the socket, so only the peer-credential check stands in the way.
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = kennel_at(&d.socket, &["ls"], Some(65534));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("uid 65534 (gid 65534) is not allowed to use kennel-supervisord"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-user"), "{err}");
+}
+
+#[test]
+fn a_configured_user_is_allowed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the client as another uid");
+        return;
+    }
+    let d = TestDaemon::start(Authorizer::new(0, [65534], []));
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = kennel_at(&d.socket, &["ls", "--json"], Some(65534));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "[]");
+}
+
+#[test]
+fn permission_denied_on_the_socket_names_the_group_to_join() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the client as another uid");
+        return;
+    }
+    let d = TestDaemon::start(Authorizer::new(0, [], [100]));
+    // What the daemon does with `--allow-group users`: mode 0660, group users.
+    nix::unistd::chown(&d.socket, None, Some(nix::unistd::Gid::from_raw(100))).unwrap();
+    let out = kennel_at(&d.socket, &["ls"], Some(65534));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("join the group `users`"), "{err}");
+}
