@@ -1,1 +1,438 @@
-//! Translating seed lists and Tinyproxy filter files (regex lines) into native lists.
+//! Translating seed lists and Tinyproxy filter files (one regex per line) into native host
+//! patterns, with the example hosts whose verdict changes.
+//!
+//! Tinyproxy matched each filter line as an *unanchored* regular expression against the host,
+//! with `.` matching any character, and did not restrict CONNECT ports. A line is translated when
+//! it has one of these shapes (`D` = labels with `\.` or `.` between them):
+//!
+//! | line            | native          |
+//! |-----------------|-----------------|
+//! | `D`             | `.D` (seed meaning: apex and subdomains) |
+//! | `D$`            | `.D`            |
+//! | `(^\|\.)D$`     | `.D`            |
+//! | `\.D$`, `\.D`   | `*.D`           |
+//! | `^D$`, `^D`     | `D`             |
+//! | `*.D`, `.D`     | unchanged (already native) |
+//!
+//! Anything else (alternation, classes, repetition …) is reported as untranslatable.
+
+use crate::pattern::{HostPattern, PatternKind};
+
+/// One line of the input that is not blank or a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigratedLine {
+    /// 1-based line number.
+    pub line: u32,
+    /// The line as written (trimmed).
+    pub original: String,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The result of translating one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Translated into a native pattern.
+    Translated {
+        /// The native pattern.
+        pattern: HostPattern,
+        /// Example hosts whose verdict differs between the old regex and the pattern.
+        changes: Vec<Change>,
+    },
+    /// No native equivalent; the line is listed, not dropped.
+    Untranslatable {
+        /// Why.
+        why: String,
+    },
+}
+
+/// An example host whose verdict changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The example host.
+    pub host: String,
+    /// Whether the old Tinyproxy filter allowed it.
+    pub old_allowed: bool,
+    /// Whether the native pattern allows it.
+    pub new_allowed: bool,
+    /// Why the verdict differs.
+    pub why: String,
+}
+
+/// The translation of a whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Migration {
+    /// Every non-blank, non-comment line in order.
+    pub lines: Vec<MigratedLine>,
+}
+
+impl Migration {
+    /// The translated patterns, in input order.
+    pub fn patterns(&self) -> impl Iterator<Item = &HostPattern> {
+        self.lines.iter().filter_map(|l| match &l.outcome {
+            Outcome::Translated { pattern, .. } => Some(pattern),
+            Outcome::Untranslatable { .. } => None,
+        })
+    }
+
+    /// The lines that could not be translated.
+    pub fn untranslatable(&self) -> impl Iterator<Item = &MigratedLine> {
+        self.lines
+            .iter()
+            .filter(|l| matches!(l.outcome, Outcome::Untranslatable { .. }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Lit(char),
+    Any,
+}
+
+#[derive(Debug)]
+struct OldRegex {
+    anchor_start: bool,
+    apex_group: bool,
+    toks: Vec<Tok>,
+    anchor_end: bool,
+}
+
+impl OldRegex {
+    fn parse(s: &str) -> Result<OldRegex, String> {
+        let mut rest = s;
+        let anchor_start = if let Some(r) = rest.strip_prefix('^') {
+            rest = r;
+            true
+        } else {
+            false
+        };
+        let apex_group = if let Some(r) = rest.strip_prefix("(^|\\.)") {
+            rest = r;
+            true
+        } else {
+            false
+        };
+        let anchor_end = if let Some(r) = rest.strip_suffix('$') {
+            if !r.ends_with('\\') {
+                rest = r;
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        };
+        let mut toks = Vec::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('.') => toks.push(Tok::Lit('.')),
+                    Some('-') => toks.push(Tok::Lit('-')),
+                    Some(o) => {
+                        return Err(format!("the escape `\\{o}` has no host-pattern equivalent"));
+                    }
+                    None => return Err("it ends in a lone `\\`".to_string()),
+                },
+                '.' => toks.push(Tok::Any),
+                c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => {
+                    toks.push(Tok::Lit(c.to_ascii_lowercase()));
+                }
+                '|' => {
+                    return Err(
+                        "alternation `|` has no host-pattern equivalent; list each host".into(),
+                    );
+                }
+                '(' | ')' => {
+                    return Err(
+                        "groups `( )` have no host-pattern equivalent; list each host".into(),
+                    );
+                }
+                '[' | ']' => {
+                    return Err(
+                        "character classes `[ ]` have no host-pattern equivalent; list each host"
+                            .into(),
+                    );
+                }
+                '*' | '+' | '?' | '{' | '}' => {
+                    return Err(format!(
+                        "repetition `{c}` has no host-pattern equivalent; list each host or use *.domain"
+                    ));
+                }
+                '^' | '$' => {
+                    return Err(format!(
+                        "an anchor `{c}` in the middle has no host-pattern equivalent"
+                    ));
+                }
+                o => return Err(format!("the character {o:?} cannot appear in a host")),
+            }
+        }
+        if toks.is_empty() {
+            return Err("it names no domain".to_string());
+        }
+        Ok(OldRegex {
+            anchor_start,
+            apex_group,
+            toks,
+            anchor_end,
+        })
+    }
+
+    fn match_at(&self, host: &[char], at: usize) -> bool {
+        if at + self.toks.len() > host.len() {
+            return false;
+        }
+        let ok = self.toks.iter().zip(&host[at..]).all(|(t, c)| match t {
+            Tok::Any => true,
+            Tok::Lit(l) => l == c,
+        });
+        ok && (!self.anchor_end || at + self.toks.len() == host.len())
+    }
+
+    /// Unanchored (unless `^`) search, as Tinyproxy's regexec did.
+    fn is_match(&self, host: &str) -> bool {
+        let h: Vec<char> = host.chars().collect();
+        let starts: Vec<usize> = if self.anchor_start {
+            vec![0]
+        } else {
+            (0..=h.len()).collect()
+        };
+        starts.into_iter().any(|s| {
+            if self.apex_group {
+                (s == 0 && self.match_at(&h, 0))
+                    || (h.get(s) == Some(&'.') && self.match_at(&h, s + 1))
+            } else {
+                self.match_at(&h, s)
+            }
+        })
+    }
+
+    fn translate(&self) -> Result<HostPattern, String> {
+        let mut toks = self.toks.as_slice();
+        let mut leading_dot = false;
+        let mut leading_any = false;
+        match toks.first() {
+            Some(Tok::Lit('.')) => {
+                leading_dot = true;
+                toks = &toks[1..];
+            }
+            Some(Tok::Any) => {
+                leading_any = true;
+                toks = &toks[1..];
+            }
+            _ => {}
+        }
+        let domain: String = toks
+            .iter()
+            .map(|t| match t {
+                Tok::Lit(c) => *c,
+                Tok::Any => '.',
+            })
+            .collect();
+        if self.anchor_start && (leading_dot || leading_any) {
+            return Err("it requires the host to start with a dot".to_string());
+        }
+        let kind = if self.apex_group || leading_any {
+            PatternKind::ApexAndSubdomains
+        } else if leading_dot {
+            PatternKind::Subdomains
+        } else if self.anchor_start {
+            PatternKind::Exact
+        } else {
+            PatternKind::ApexAndSubdomains
+        };
+        let prefix = match kind {
+            PatternKind::Exact => "",
+            PatternKind::Subdomains => "*.",
+            PatternKind::ApexAndSubdomains => ".",
+        };
+        HostPattern::parse(&format!("{prefix}{domain}"))
+            .map_err(|(_, m)| format!("the translation is not a valid pattern: {m}"))
+    }
+
+    fn examples(&self, domain: &str) -> Vec<String> {
+        let mut out = vec![
+            domain.to_string(),
+            format!("www.{domain}"),
+            format!("evil{domain}"),
+            format!("{domain}.evil.net"),
+            format!("www.{domain}.evil.net"),
+        ];
+        if self.toks.iter().skip(1).any(|t| *t == Tok::Any) {
+            // `.` matched any character: github.com also matched githubxcom.
+            let mut s = String::new();
+            let mut replaced = false;
+            let mut skipped_leading = false;
+            for t in &self.toks {
+                match t {
+                    Tok::Lit('.') | Tok::Any if !skipped_leading && s.is_empty() => {
+                        skipped_leading = true;
+                    }
+                    Tok::Any if !replaced => {
+                        s.push('x');
+                        replaced = true;
+                    }
+                    Tok::Any => s.push('.'),
+                    Tok::Lit(c) => s.push(*c),
+                }
+            }
+            out.push(s.clone());
+            out.push(format!("{s}.evil.net"));
+        }
+        out.dedup();
+        out
+    }
+}
+
+/// Translates one line (already trimmed, not blank, not a comment).
+pub fn migrate_line(line: &str) -> Outcome {
+    // Already-native `*.D` (not a meaningful regex).
+    if let Some(rest) = line.strip_prefix("*.")
+        && !rest.contains([
+            '*', '\\', '^', '$', '(', ')', '[', ']', '{', '}', '|', '+', '?',
+        ])
+    {
+        return match HostPattern::parse(line) {
+            Ok(pattern) => Outcome::Translated {
+                pattern,
+                changes: Vec::new(),
+            },
+            Err((_, m)) => Outcome::Untranslatable { why: m },
+        };
+    }
+    let re = match OldRegex::parse(line) {
+        Ok(re) => re,
+        Err(why) => return Outcome::Untranslatable { why },
+    };
+    let pattern = match re.translate() {
+        Ok(p) => p,
+        Err(why) => return Outcome::Untranslatable { why },
+    };
+    let mut changes = Vec::new();
+    for host in re.examples(&pattern.domain) {
+        let old = re.is_match(&host);
+        let new = crate::target::normalize_name(&host).is_some_and(|h| pattern.matches(&h));
+        if old != new {
+            let why = if old {
+                format!(
+                    "the old unanchored regex {line:?} matched part of {host:?} (and `.` matched any character); kennel matches whole labels only"
+                )
+            } else {
+                format!("kennel's {pattern} covers {host:?}; the old regex did not match it")
+            };
+            changes.push(Change {
+                host,
+                old_allowed: old,
+                new_allowed: new,
+                why,
+            });
+        }
+    }
+    Outcome::Translated { pattern, changes }
+}
+
+/// Translates a seed list or Tinyproxy filter file.
+pub fn migrate(src: &str) -> Migration {
+    let mut lines = Vec::new();
+    for (n, raw) in src.lines().enumerate() {
+        let entry = raw.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        lines.push(MigratedLine {
+            line: u32::try_from(n + 1).unwrap_or(u32::MAX),
+            original: entry.to_string(),
+            outcome: migrate_line(entry),
+        });
+    }
+    Migration { lines }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translated(line: &str) -> (String, Vec<String>) {
+        match migrate_line(line) {
+            Outcome::Translated { pattern, changes } => (
+                pattern.to_string(),
+                changes.into_iter().map(|c| c.host).collect(),
+            ),
+            Outcome::Untranslatable { why } => panic!("{line}: {why}"),
+        }
+    }
+
+    #[test]
+    fn shapes_table() {
+        let table: &[(&str, &str, &[&str])] = &[
+            (
+                "github.com",
+                ".github.com",
+                &[
+                    "evilgithub.com",
+                    "github.com.evil.net",
+                    "www.github.com.evil.net",
+                    "githubxcom",
+                    "githubxcom.evil.net",
+                ],
+            ),
+            ("\\.cloudfront\\.net$", "*.cloudfront.net", &[]),
+            (
+                "\\.cloudfront\\.net",
+                "*.cloudfront.net",
+                &["www.cloudfront.net.evil.net"],
+            ),
+            ("^github\\.com$", "github.com", &[]),
+            ("^github\\.com", "github.com", &["github.com.evil.net"]),
+            ("github\\.com$", ".github.com", &["evilgithub.com"]),
+            ("(^|\\.)github\\.com$", ".github.com", &[]),
+            ("*.example.com", "*.example.com", &[]),
+            (
+                "GitHub.com",
+                ".github.com",
+                &[
+                    "evilgithub.com",
+                    "github.com.evil.net",
+                    "www.github.com.evil.net",
+                    "githubxcom",
+                    "githubxcom.evil.net",
+                ],
+            ),
+        ];
+        for (line, pat, changes) in table {
+            let (p, c) = translated(line);
+            assert_eq!(&p, pat, "{line}");
+            assert_eq!(
+                c,
+                changes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn untranslatable_lines_are_listed() {
+        for line in [
+            "^(foo|bar)\\.com$",
+            "[a-z]+\\.example\\.com",
+            "example\\.(com|net)",
+            ".*",
+            "^\\.x\\.com",
+        ] {
+            assert!(
+                matches!(migrate_line(line), Outcome::Untranslatable { .. }),
+                "{line}"
+            );
+        }
+        let m = migrate("# c\n\ngithub.com\n^(a|b)\\.com$\n");
+        assert_eq!(m.lines.len(), 2);
+        assert_eq!(
+            m.untranslatable().map(|l| l.line).collect::<Vec<_>>(),
+            vec![4]
+        );
+        assert_eq!(
+            m.patterns().map(|p| p.to_string()).collect::<Vec<_>>(),
+            vec![".github.com"]
+        );
+    }
+}

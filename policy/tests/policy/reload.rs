@@ -1,0 +1,164 @@
+//! Reload: manual reload, rename-replace, invalid edit keeps the old policy, delete then
+//! recreate. Every wait polls with a deadline.
+
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use kennel_policy::reload::{ReloadEvent, Reloader};
+use kennel_policy::{LegacyEnv, Target};
+
+use super::support::Dir;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn allowed(r: &Reloader, t: &str) -> bool {
+    r.store()
+        .current()
+        .decide(&Target::parse_authority(t).unwrap())
+        .is_allowed()
+}
+
+fn setup() -> (Dir, Arc<Reloader>) {
+    let d = Dir::new();
+    d.write("list.txt", "one.example\n");
+    let p = d.write("policy.toml", "include = [\"list.txt\"]\n");
+    let r = Arc::new(Reloader::new(Some(p), LegacyEnv::default()).unwrap());
+    (d, r)
+}
+
+/// Waits for an event matching `pred`, up to DEADLINE.
+fn wait_event(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return ev,
+            Ok(_) => continue,
+            Err(e) => panic!("no matching reload event before the deadline: {e}"),
+        }
+    }
+}
+
+fn describe(ev: &ReloadEvent) -> String {
+    match ev {
+        ReloadEvent::Reloaded { generation } => format!("reloaded {generation}"),
+        ReloadEvent::Unchanged => "unchanged".into(),
+        ReloadEvent::Failed(e) => format!("failed {e}"),
+    }
+}
+
+fn watch(r: &Arc<Reloader>) -> (kennel_policy::reload::WatchGuard, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let guard = r
+        .clone()
+        .watch(Duration::from_millis(50), move |ev| {
+            let _ = tx.lock().unwrap().send(describe(ev));
+        })
+        .unwrap();
+    (guard, rx)
+}
+
+#[test]
+fn manual_reload_unchanged_then_reloaded() {
+    let (d, r) = setup();
+    let store = r.store();
+    assert_eq!(store.generation(), 1);
+    assert!(matches!(r.reload(), ReloadEvent::Unchanged));
+    assert_eq!(store.generation(), 1);
+    d.write("list.txt", "two.example\n");
+    assert!(matches!(
+        r.reload(),
+        ReloadEvent::Reloaded { generation: 2 }
+    ));
+    assert!(allowed(&r, "two.example:443"));
+    assert!(!allowed(&r, "one.example:443"));
+    d.write("list.txt", "bad..example\n");
+    match r.reload() {
+        ReloadEvent::Failed(e) => assert!(d.strip(&e.to_string()).starts_with("list.txt:1:5: ")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.generation(), 2);
+    assert!(allowed(&r, "two.example:443"));
+}
+
+#[test]
+fn rename_replace_is_picked_up() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    d.replace("list.txt", "one.example\nrenamed.example\n");
+    let ev = wait_event(&rx, |e| e.starts_with("reloaded"));
+    assert_eq!(ev, "reloaded 2");
+    assert!(allowed(&r, "renamed.example:443"));
+    assert_eq!(r.store().generation(), 2);
+    // The policy file itself, replaced by rename.
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"toml.example\"]\n",
+    );
+    wait_event(&rx, |e| e == "reloaded 3");
+    assert!(allowed(&r, "toml.example:443"));
+}
+
+#[test]
+fn invalid_edit_keeps_old_policy() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    d.replace("policy.toml", "include = [\"list.txt\"]\nbogus = 1\n");
+    let ev = wait_event(&rx, |e| e.starts_with("failed"));
+    assert!(
+        d.strip(&ev)
+            .starts_with("failed policy.toml:2:1: unknown field `bogus`"),
+        "{ev}"
+    );
+    assert_eq!(r.store().generation(), 1);
+    assert!(allowed(&r, "one.example:443"));
+    // Fixing it reloads.
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"fixed.example\"]\n",
+    );
+    wait_event(&rx, |e| e == "reloaded 2");
+    assert!(allowed(&r, "fixed.example:443") && allowed(&r, "one.example:443"));
+}
+
+#[test]
+fn delete_then_recreate() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    std::fs::remove_file(d.path("list.txt")).unwrap();
+    let ev = wait_event(&rx, |e| e.starts_with("failed"));
+    assert!(ev.contains("cannot read include"), "{ev}");
+    assert!(
+        allowed(&r, "one.example:443"),
+        "old policy kept while the include is missing"
+    );
+    d.write("list.txt", "recreated.example\n");
+    wait_event(&rx, |e| e == "reloaded 2");
+    assert!(allowed(&r, "recreated.example:443"));
+    assert!(!allowed(&r, "one.example:443"));
+}
+
+#[test]
+fn new_include_directory_is_watched() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    std::fs::create_dir(d.path("sub")).unwrap();
+    d.write("sub/extra.txt", "extra.example\n");
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\", \"sub/extra.txt\"]\n",
+    );
+    wait_event(&rx, |e| e == "reloaded 2");
+    assert!(allowed(&r, "extra.example:443"));
+    d.replace("sub/extra.txt", "extra2.example\n");
+    wait_event(&rx, |e| e == "reloaded 3");
+    assert!(allowed(&r, "extra2.example:443"));
+}
+
+#[test]
+fn embedded_default_reloader() {
+    let r = Reloader::new(None, LegacyEnv::default()).unwrap();
+    assert!(matches!(r.reload(), ReloadEvent::Unchanged));
+    assert!(allowed(&r, "github.com:443"));
+}
