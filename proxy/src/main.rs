@@ -1,1 +1,74 @@
-fn main() { eprintln!("not built yet"); std::process::exit(2) }
+//! `kennel-proxy`: parse arguments, set up tracing, load the config, run the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kennel_proxy::ProxyConfig;
+
+/// kennel's egress proxy: CONNECT + HTTP forward proxy enforcing a default-deny allowlist.
+#[derive(Parser, Debug)]
+#[command(name = "kennel-proxy", version)]
+struct Args {
+    /// Config file (TOML). Without it: listen on 127.0.0.1:8888 with the embedded default policy.
+    #[arg(long, short = 'c', env = "KENNEL_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (repeatable); overrides `listen` from the config.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Admin listen address; overrides `admin` from the config.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Policy file; overrides `[policy] file` from the config.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Validate the config and policy, print a summary, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KENNEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kennel-proxy: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(p) => ProxyConfig::load(p)?,
+        None => ProxyConfig::default(),
+    };
+    config.policy.process_env = true;
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if let Some(a) = args.admin {
+        config.admin = Some(a);
+    }
+    if let Some(p) = args.policy {
+        config.policy.file = Some(p);
+    }
+    if args.check {
+        let shared = kennel_proxy::Shared::build(config)?;
+        println!("config ok; policy: {}", shared.policy_summary());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?;
+    rt.block_on(kennel_proxy::run_with_signals(config))?;
+    Ok(())
+}

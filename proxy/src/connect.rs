@@ -1,0 +1,255 @@
+//! CONNECT: decide, resolve + guard, dial the checked address, `200`, peek the ClientHello and
+//! check SNI, then splice both ways with half-close handling and large buffers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kennel_policy::{Host, Target};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::dial::{self, Metered};
+use crate::head::RequestHead;
+use crate::log::AccessRecord;
+use crate::registry::Registration;
+use crate::respond::Failure;
+use crate::sni::{self, Peek};
+
+/// How a tunnel ended.
+enum End {
+    Done,
+    Idle,
+    Revoked,
+    Shutdown,
+    Error(String),
+}
+
+/// Handle one CONNECT request; the client connection is consumed.
+#[tracing::instrument(skip_all, fields(client = %peer, target = %head.target))]
+pub async fn handle(
+    shared: &Shared,
+    mut client: TcpStream,
+    mut buf: BytesMut,
+    head: RequestHead,
+    peer: SocketAddr,
+    reg: &Registration<'_>,
+    hard_stop: &CancellationToken,
+) {
+    let start = tokio::time::Instant::now();
+    let mut rec = AccessRecord {
+        client: peer.to_string(),
+        method: "CONNECT".into(),
+        host: head.target.clone(),
+        upstream: "direct".into(),
+        ..Default::default()
+    };
+    let policy = shared.store.current();
+    let target = match Target::parse_authority(&head.target) {
+        Ok(t) => t,
+        Err(e) => {
+            let f = Failure::BadRequest(format!("invalid CONNECT target {:?}: {e}", head.target));
+            return fail(shared, &mut client, &mut rec, None, f, start).await;
+        }
+    };
+    rec.host = target.host.to_string();
+    rec.port = target.port;
+    if head.framing != crate::head::Framing::None {
+        let f = Failure::BadRequest("CONNECT with a request body".into());
+        return fail(shared, &mut client, &mut rec, Some(&target), f, start).await;
+    }
+    let decision = policy.decide(&target);
+    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
+    rec.reason = decision.reason.as_str().to_string();
+    if !decision.is_allowed() {
+        return fail(
+            shared,
+            &mut client,
+            &mut rec,
+            Some(&target),
+            Failure::Denied { decision },
+            start,
+        )
+        .await;
+    }
+    let route = match dial::route(shared, &policy, &target).await {
+        Ok(r) => r,
+        Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
+    };
+    rec.upstream = route.upstream.to_string();
+    let dialed = match dial::connect(shared, &route, &target, false).await {
+        Ok(d) => d,
+        Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
+    };
+    rec.resolved = dialed.resolved.map(|a| a.to_string());
+    reg.set_target(&target, dialed.resolved.map(|a| a.ip()));
+    let decision_word = if decision.would_deny {
+        "would_deny"
+    } else {
+        "allow"
+    };
+
+    if client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        rec.decision = decision_word;
+        rec.status = 200;
+        return finish(shared, rec, start, "connect");
+    }
+    rec.status = 200;
+
+    // SNI check on the client's first flight (bytes stay in `buf` and are forwarded unchanged).
+    if shared.config.require_sni && matches!(target.host, Host::Name(_)) {
+        let peek = tokio::select! {
+            p = sni::peek_client_hello(&mut client, &mut buf, shared.config.limits.idle_timeout()) => p,
+            _ = reg.cancel.cancelled() => Err(std::io::Error::other("revoked")),
+            _ = hard_stop.cancelled() => Err(std::io::Error::other("shutdown")),
+        };
+        let refuse = match peek {
+            Ok(Peek::NotTls) => None,
+            Ok(Peek::Tls(Some(sni))) => {
+                rec.sni = Some(sni.clone());
+                match Host::parse(&sni) {
+                    Ok(h) if h == target.host => None,
+                    _ => Some((
+                        "sni_mismatch",
+                        format!(
+                            "TLS SNI {sni:?} does not match the CONNECT host {}",
+                            target.host
+                        ),
+                    )),
+                }
+            }
+            Ok(Peek::Tls(None)) => Some(("sni_missing", "TLS ClientHello without SNI".to_string())),
+            Ok(Peek::Malformed(m)) => {
+                Some(("sni_unreadable", format!("unreadable ClientHello: {m}")))
+            }
+            Err(e) => {
+                rec.decision = decision_word;
+                rec.reason = "client_error".into();
+                rec.error = Some(e.to_string());
+                return finish(shared, rec, start, "connect");
+            }
+        };
+        if let Some((reason, msg)) = refuse {
+            tracing::info!(reason, "{msg}");
+            rec.decision = "deny";
+            rec.reason = reason.into();
+            rec.error = Some(msg);
+            return finish(shared, rec, start, "connect");
+        }
+    }
+
+    rec.decision = decision_word;
+    let mut origin = Metered::new(dialed.conn);
+    let (up_ctr, down_ctr) = (origin.up.clone(), origin.down.clone());
+    let idle = shared.config.limits.idle_timeout();
+    let bufsize = shared.config.limits.buffer_bytes;
+    let end = async {
+        if !buf.is_empty() && origin.write_all(&buf).await.is_err() {
+            return End::Error(
+                "writing the buffered client bytes to the destination failed".into(),
+            );
+        }
+        drop(buf);
+        splice(
+            &mut client,
+            &mut origin,
+            bufsize,
+            idle,
+            &reg.cancel,
+            hard_stop,
+        )
+        .await
+    }
+    .await;
+    rec.bytes_up = up_ctr.load(Ordering::Relaxed);
+    rec.bytes_down = down_ctr.load(Ordering::Relaxed);
+    shared
+        .metrics
+        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
+    match end {
+        End::Done => {}
+        End::Idle => rec.error = Some("closed after the idle timeout".into()),
+        End::Revoked => {
+            shared.metrics.revoked_total.fetch_add(1, Ordering::Relaxed);
+            rec.decision = "deny";
+            rec.reason = "revoked".into();
+            rec.error = Some("closed: a policy reload no longer allows this destination".into());
+        }
+        End::Shutdown => rec.error = Some("closed by shutdown after the drain deadline".into()),
+        End::Error(e) => rec.error = Some(e),
+    }
+    finish(shared, rec, start, "connect");
+}
+
+/// Relay both ways until both directions are done (EOF is propagated as a write shutdown so
+/// half-closed connections keep working), the tunnel idles out, or it is cancelled.
+async fn splice(
+    client: &mut TcpStream,
+    origin: &mut Metered<dial::Conn>,
+    bufsize: usize,
+    idle: Duration,
+    revoked: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> End {
+    let (epoch, last) = origin.clock();
+    let watchdog = async move {
+        loop {
+            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(client, origin, bufsize, bufsize) => match r {
+            Ok(_) => End::Done,
+            Err(e) => End::Error(e.to_string()),
+        },
+        _ = watchdog => End::Idle,
+        _ = revoked.cancelled() => End::Revoked,
+        _ = hard_stop.cancelled() => End::Shutdown,
+    }
+}
+
+async fn fail(
+    shared: &Shared,
+    client: &mut TcpStream,
+    rec: &mut AccessRecord,
+    target: Option<&Target>,
+    f: Failure,
+    start: tokio::time::Instant,
+) {
+    let policy = shared.store.current();
+    let _ = client
+        .write_all(&f.response(target, policy.primary_file()))
+        .await;
+    let _ = client.shutdown().await;
+    rec.status = f.status();
+    rec.decision = f.decision();
+    rec.reason = f.reason();
+    rec.error = Some(f.to_string());
+    finish(shared, std::mem::take(rec), start, "connect");
+}
+
+/// Write the access-log line and count the decision.
+pub fn finish(
+    shared: &Shared,
+    mut rec: AccessRecord,
+    start: tokio::time::Instant,
+    kind: &'static str,
+) {
+    rec.duration_ms = start.elapsed().as_millis() as u64;
+    if rec.decision.is_empty() {
+        rec.decision = "error";
+    }
+    shared.metrics.decision(kind, rec.decision, &rec.reason);
+    shared.log.write(rec);
+}

@@ -1,0 +1,616 @@
+//! Absolute-form HTTP forwarding: every request is decided again, hop-by-hop headers are
+//! stripped, bodies are streamed, and origin connections (hyper client) are pooled by the
+//! checked address.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kennel_policy::Target;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::connect::finish;
+use crate::dial;
+use crate::head::{BodyReader, Framing, RequestHead, trim};
+use crate::log::AccessRecord;
+use crate::registry::Registration;
+use crate::respond::Failure;
+use crate::upstream::HttpHop;
+
+/// Request body streamed from the client to hyper's client connection.
+pub struct ChanBody {
+    rx: Option<mpsc::Receiver<Result<Bytes, io::Error>>>,
+    len: Option<u64>,
+}
+
+impl ChanBody {
+    fn empty() -> ChanBody {
+        ChanBody {
+            rx: None,
+            len: Some(0),
+        }
+    }
+}
+
+impl Body for ChanBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.rx.as_mut() {
+            None => Poll::Ready(None),
+            Some(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(r)) => Poll::Ready(Some(r.map(Frame::data))),
+                Poll::Ready(None) => {
+                    self.rx = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+struct Idle {
+    since: tokio::time::Instant,
+    sender: SendRequest<ChanBody>,
+}
+
+/// Idle origin connections keyed by checked address (or upstream + target).
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+/// Longest time an origin connection stays idle in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Most idle connections kept per key.
+const POOL_PER_KEY: usize = 32;
+
+impl Pool {
+    fn take(&self, key: &str) -> Vec<SendRequest<ChanBody>> {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(v) = m.get_mut(key) else {
+            return Vec::new();
+        };
+        let out: Vec<_> = v
+            .drain(..)
+            .filter(|i| i.since.elapsed() < POOL_IDLE && !i.sender.is_closed())
+            .map(|i| i.sender)
+            .collect();
+        m.remove(key);
+        out
+    }
+
+    async fn checkout(&self, key: &str) -> Option<SendRequest<ChanBody>> {
+        let mut cands = self.take(key);
+        let mut found = None;
+        while let Some(mut s) = cands.pop() {
+            if found.is_none() && s.ready().await.is_ok() {
+                found = Some(s);
+            } else if found.is_some() {
+                self.put(key, s);
+            }
+        }
+        found
+    }
+
+    fn put(&self, key: &str, sender: SendRequest<ChanBody>) {
+        let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = m.entry(key.to_string()).or_default();
+        if v.len() < POOL_PER_KEY {
+            v.push(Idle {
+                since: tokio::time::Instant::now(),
+                sender,
+            });
+        }
+    }
+
+    /// Number of idle pooled connections (for tests).
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Hop-by-hop headers never forwarded (plus whatever `Connection` lists).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn connection_listed(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            n.eq_ignore_ascii_case("connection") || n.eq_ignore_ascii_case("proxy-connection")
+        })
+        .flat_map(|(_, v)| {
+            v.split(|b| *b == b',')
+                .map(|t| String::from_utf8_lossy(trim(t)).to_ascii_lowercase())
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_hop(name: &str, listed: &[String]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+}
+
+/// Split "host[:port]" of a Host header.
+fn split_host_header(v: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = v.strip_prefix('[') {
+        match rest.find(']') {
+            Some(i) => {
+                let host = &v[..i + 2];
+                let port = rest[i + 1..].strip_prefix(':');
+                (host, port)
+            }
+            None => (v, None),
+        }
+    } else {
+        match v.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (v, None),
+        }
+    }
+}
+
+/// Outcome of one forwarded request.
+pub enum Next {
+    /// The client connection can carry another request.
+    KeepAlive,
+    /// Close the client connection.
+    Close,
+}
+
+/// Forward one request. Writes the response (or the error response) to the client.
+#[tracing::instrument(skip_all, fields(client = %peer, method = %head.method))]
+pub async fn handle(
+    shared: &Shared,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: RequestHead,
+    peer: SocketAddr,
+    reg: &Registration<'_>,
+) -> Next {
+    let start = tokio::time::Instant::now();
+    let mut rec = AccessRecord {
+        client: peer.to_string(),
+        method: head.method.clone(),
+        host: head.target.clone(),
+        upstream: "direct".into(),
+        ..Default::default()
+    };
+    let has_body = head.framing != Framing::None;
+    match forward(shared, client, buf, &head, reg, &mut rec).await {
+        Ok(next) => {
+            finish(shared, rec, start, "http");
+            next
+        }
+        Err(f) => {
+            let policy = shared.store.current();
+            let target = Target::from_host_port(&rec.host, rec.port)
+                .ok()
+                .filter(|_| rec.port != 0);
+            let mut resp = f.response(target.as_ref(), policy.primary_file());
+            // A denied request without a body leaves the connection usable: keep it open
+            // (every following request is decided again).
+            let keep = !has_body && head.keep_alive && matches!(f, Failure::Denied { .. });
+            if keep {
+                resp = String::from_utf8_lossy(&resp)
+                    .replacen("Connection: close\r\n", "", 1)
+                    .into_bytes();
+            }
+            let _ = client.write_all(&resp).await;
+            rec.status = f.status();
+            rec.decision = f.decision();
+            rec.reason = f.reason();
+            rec.error = Some(f.to_string());
+            finish(shared, rec, start, "http");
+            if keep { Next::KeepAlive } else { Next::Close }
+        }
+    }
+}
+
+async fn forward(
+    shared: &Shared,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    reg: &Registration<'_>,
+    rec: &mut AccessRecord,
+) -> Result<Next, Failure> {
+    if head.target.starts_with('/') || head.target == "*" {
+        rec.host = String::new();
+        return Err(Failure::NotProxyRequest);
+    }
+    let (target, path) = Target::parse_absolute_uri(&head.target).map_err(|e| {
+        Failure::BadRequest(format!("invalid request target {:?}: {e}", head.target))
+    })?;
+    rec.host = target.host.to_string();
+    rec.port = target.port;
+    if !head
+        .target
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        return Err(Failure::BadRequest(
+            "only http:// URLs can be forwarded; use CONNECT for https".into(),
+        ));
+    }
+    if let Some(h) = head.header("host") {
+        let hv = String::from_utf8_lossy(trim(h)).to_string();
+        let (hh, hp) = split_host_header(&hv);
+        let port = match hp {
+            None => Some(80),
+            Some(p) => p.parse::<u16>().ok(),
+        };
+        let same = port
+            .and_then(|p| Target::from_host_port(hh, p).ok())
+            .is_some_and(|t| t == target);
+        if !same {
+            return Err(Failure::HostMismatch {
+                host: hv,
+                target: target.to_string(),
+            });
+        }
+    }
+    let policy = shared.store.current();
+    let decision = policy.decide(&target);
+    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
+    rec.reason = decision.reason.as_str().to_string();
+    if !decision.is_allowed() {
+        return Err(Failure::Denied { decision });
+    }
+    let route = dial::route(shared, &policy, &target).await?;
+    rec.upstream = route.upstream.to_string();
+    let key = route.pool_key(&target);
+
+    // Build the outgoing request parts once.
+    let listed = connection_listed(&head.headers);
+    let mut headers = http::HeaderMap::new();
+    for (n, v) in &head.headers {
+        if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
+        {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) else {
+            return Err(Failure::BadRequest(format!("invalid header {n:?}")));
+        };
+        headers.append(name, value);
+    }
+    let host_value = match (&target.host, target.port) {
+        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
+        (h, 80) => h.to_string(),
+        _ => target.to_string(),
+    };
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_str(&host_value).map_err(|_| Failure::BadRequest("bad host".into()))?,
+    );
+    let method = http::Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
+
+    // Get a connection: pooled, else dial.
+    let mut reused = true;
+    let (sender, hop, resolved) = match shared.pool.checkout(&key).await {
+        Some(s) => (s, pooled_hop(&route), route.addrs.first().copied()),
+        None => {
+            reused = false;
+            open(shared, &route, &target).await?
+        }
+    };
+    rec.resolved = resolved.map(|a| a.to_string());
+    reg.set_target(&target, resolved.map(|a| a.ip()));
+
+    let build = |body: ChanBody, hop: &HttpHop| -> Result<http::Request<ChanBody>, Failure> {
+        let uri = match hop {
+            HttpHop::Origin => path.clone(),
+            HttpHop::Proxy { .. } => format!("http://{}{}", host_value, path),
+        };
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        *req.headers_mut() = headers.clone();
+        if let HttpHop::Proxy {
+            authorization: Some(a),
+        } = hop
+        {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                req.headers_mut()
+                    .insert(http::header::PROXY_AUTHORIZATION, v);
+            }
+        }
+        Ok(req)
+    };
+
+    if head.expect_continue {
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|e| Failure::Origin(format!("client went away: {e}")))?;
+    }
+
+    let (mut rd, mut wr) = client.split();
+    let (tx, body) = match head.framing {
+        Framing::None => (None, ChanBody::empty()),
+        Framing::Length(n) => {
+            let (tx, rx) = mpsc::channel(4);
+            (
+                Some(tx),
+                ChanBody {
+                    rx: Some(rx),
+                    len: Some(n),
+                },
+            )
+        }
+        Framing::Chunked => {
+            let (tx, rx) = mpsc::channel(4);
+            (
+                Some(tx),
+                ChanBody {
+                    rx: Some(rx),
+                    len: None,
+                },
+            )
+        }
+    };
+    let bufsize = shared.config.limits.buffer_bytes;
+    let up = std::sync::atomic::AtomicU64::new(0);
+    let pump = async {
+        let Some(tx) = tx else { return Ok(()) };
+        let mut reader = BodyReader::new(head.framing);
+        loop {
+            match reader.next(&mut rd, buf, bufsize).await {
+                Ok(Some(data)) => {
+                    up.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if tx.send(Ok(data)).await.is_err() {
+                        return Err("origin stopped reading the request body".to_string());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return Err(e.to_string());
+                }
+            }
+        }
+    };
+    let req = build(body, &hop)?;
+    let client_v11 = head.version == 1;
+    let is_head = method == http::Method::HEAD;
+    let exchange = async {
+        let mut sender = sender;
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) if reused && !has_body(head) => {
+                // A pooled connection the origin had closed: retry once on a fresh one.
+                tracing::debug!("retrying on a fresh origin connection: {e}");
+                let (s, hop2, _) = open(shared, &route, &target).await?;
+                sender = s;
+                sender
+                    .send_request(build(ChanBody::empty(), &hop2)?)
+                    .await
+                    .map_err(|e| Failure::Origin(e.to_string()))?
+            }
+            Err(e) => return Err(Failure::Origin(e.to_string())),
+        };
+        let r = write_response(&mut wr, resp, client_v11, head.keep_alive, is_head).await?;
+        Ok::<_, Failure>((r, sender))
+    };
+    tokio::pin!(pump);
+    tokio::pin!(exchange);
+    let mut pump_done: Option<Result<(), String>> = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut pump, if pump_done.is_none() => pump_done = Some(r),
+            r = &mut exchange => break r,
+        }
+    };
+    rec.bytes_up = up.load(std::sync::atomic::Ordering::Relaxed);
+    let ((status, down, origin_keep, client_keep), sender) = result?;
+    rec.status = status;
+    rec.bytes_down = down;
+    rec.decision = if decision.would_deny {
+        "would_deny"
+    } else {
+        "allow"
+    };
+    shared
+        .metrics
+        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
+    let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
+    if let Some(Err(e)) = &pump_done {
+        rec.error = Some(e.clone());
+    }
+    if origin_keep && body_ok && !sender.is_closed() {
+        shared.pool.put(&key, sender);
+    }
+    Ok(if client_keep && body_ok {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+fn has_body(head: &RequestHead) -> bool {
+    head.framing != Framing::None
+}
+
+fn pooled_hop(route: &dial::Route) -> HttpHop {
+    match &route.upstream {
+        kennel_policy::Upstream::Http { credentials, .. } => HttpHop::Proxy {
+            authorization: credentials.as_ref().map(|c| {
+                use base64::Engine as _;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", c.username, c.password))
+                )
+            }),
+        },
+        _ => HttpHop::Origin,
+    }
+}
+
+async fn open(
+    shared: &Shared,
+    route: &dial::Route,
+    target: &Target,
+) -> Result<(SendRequest<ChanBody>, HttpHop, Option<SocketAddr>), Failure> {
+    let dialed = dial::connect(shared, route, target, true).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(1 << 20)
+        .handshake(TokioIo::new(dialed.conn))
+        .await
+        .map_err(|e| Failure::Origin(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("origin connection ended: {e}");
+        }
+    });
+    Ok((sender, dialed.hop, dialed.resolved))
+}
+
+/// Write the origin's response to the client. Returns (status, body bytes, origin connection
+/// reusable, client connection reusable).
+async fn write_response<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    resp: http::Response<hyper::body::Incoming>,
+    client_v11: bool,
+    client_keep: bool,
+    is_head: bool,
+) -> Result<(u16, u64, bool, bool), Failure> {
+    let status = resp.status().as_u16();
+    let (parts, mut body) = resp.into_parts();
+    let no_body = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let cl = parts.headers.get(http::header::CONTENT_LENGTH).cloned();
+    let origin_close = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
+        });
+    let chunked = !no_body && cl.is_none() && client_v11;
+    let close_delimited = !no_body && cl.is_none() && !client_v11;
+    let keep = client_keep && !close_delimited;
+
+    let listed: Vec<String> = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .map(|t| String::from_utf8_lossy(trim(t)).to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.{} {} {}\r\n",
+            if client_v11 { 1 } else { 0 },
+            status,
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in &parts.headers {
+        if is_hop(name.as_str(), &listed) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if !client_v11 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let werr = |e: io::Error| Failure::Origin(format!("client went away: {e}"));
+    wr.write_all(&out).await.map_err(werr)?;
+
+    let mut down = 0u64;
+    if !no_body {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Failure::Origin(format!("reading the response body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            down += data.len() as u64;
+            if chunked {
+                wr.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                    .await
+                    .map_err(werr)?;
+                wr.write_all(&data).await.map_err(werr)?;
+                wr.write_all(b"\r\n").await.map_err(werr)?;
+            } else {
+                wr.write_all(&data).await.map_err(werr)?;
+            }
+        }
+        if chunked {
+            wr.write_all(b"0\r\n\r\n").await.map_err(werr)?;
+        }
+    }
+    wr.flush().await.map_err(werr)?;
+    Ok((status, down, !origin_close, keep))
+}

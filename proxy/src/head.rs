@@ -1,0 +1,474 @@
+//! Strict HTTP/1.x request-head reading and parsing, and request-body decoding.
+//!
+//! Why not hyper's server: hyper 1 accepts `Content-Length` + `Transfer-Encoding` (it drops the
+//! length and uses chunked) and accepts duplicate identical `Content-Length` headers. A proxy that
+//! forwards such a request to an origin with a different interpretation is a request-smuggling
+//! vector, so kennel reads the head itself (httparse, which already rejects obs-fold in requests)
+//! and refuses every ambiguous framing with 400 before anything is forwarded. The origin side
+//! still uses hyper's client.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Most headers accepted in one request.
+pub const MAX_HEADERS: usize = 128;
+
+/// Why a request head was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    /// The head exceeded the size limit or had too many header lines (→ 431).
+    #[error("request head larger than {0} bytes or with too many header lines")]
+    TooLarge(usize),
+    /// The head is malformed or its framing is ambiguous (→ 400).
+    #[error("{0}")]
+    Bad(&'static str),
+    /// The client did not send a complete head in time (connection closed, no response).
+    #[error("request head not received within the header timeout")]
+    Timeout,
+    /// The client closed the connection before a complete head (clean if no bytes were sent).
+    #[error("client closed the connection")]
+    Closed {
+        /// No byte of a new request had arrived.
+        clean: bool,
+    },
+    /// Reading from the client failed.
+    #[error("reading the request head failed: {0}")]
+    Io(String),
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed, validated request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// The method, as sent.
+    pub method: String,
+    /// The request target, as sent.
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// Header lines in order (name as sent, raw value bytes).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body framing.
+    pub framing: Framing,
+    /// The client wants the connection kept open after this request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// First value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Number of lines of a header.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+}
+
+/// Read one request head into `buf` (which may already hold pipelined bytes), within `timeout`
+/// and `max` bytes. On success the head's bytes are consumed from `buf`; what follows stays.
+/// `first_byte_timeout` bounds the wait for the first byte (keep-alive idle); the rest of the head
+/// must arrive within `timeout` of the first byte.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+    first_byte_timeout: Duration,
+    timeout: Duration,
+) -> Result<RequestHead, HeadError> {
+    if buf.is_empty() {
+        let n = match tokio::time::timeout(first_byte_timeout, read_more(io, buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(HeadError::Timeout),
+        };
+        if n == 0 {
+            return Err(HeadError::Closed { clean: true });
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(head) = try_parse(buf, max)? {
+            return Ok(head);
+        }
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge(max));
+        }
+        let n = match tokio::time::timeout_at(deadline, read_more(io, buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(HeadError::Timeout),
+        };
+        if n == 0 {
+            return Err(HeadError::Closed { clean: false });
+        }
+    }
+}
+
+async fn read_more<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Result<usize, HeadError> {
+    buf.reserve(8192);
+    io.read_buf(buf)
+        .await
+        .map_err(|e| HeadError::Io(e.to_string()))
+}
+
+/// Parse a complete head at the start of `buf`; `Ok(None)` when more bytes are needed.
+pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, HeadError> {
+    // Tolerate (RFC 9112 §2.2) empty lines before a request line.
+    while buf.starts_with(b"\r\n") {
+        buf.advance(2);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge(max)),
+        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
+            return Err(HeadError::Bad(
+                "malformed header line (obs-fold and whitespace before the colon are refused)",
+            ));
+        }
+        Err(_) => return Err(HeadError::Bad("malformed request line or header")),
+    };
+    if len > max {
+        return Err(HeadError::TooLarge(max));
+    }
+    let method = req.method.unwrap_or_default().to_string();
+    let target = req.path.unwrap_or_default().to_string();
+    let version = req.version.unwrap_or(1);
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect();
+    buf.advance(len);
+
+    let mut head = RequestHead {
+        method,
+        target,
+        version,
+        headers,
+        framing: Framing::None,
+        keep_alive: version == 1,
+        expect_continue: false,
+    };
+    validate(&mut head)?;
+    Ok(Some(head))
+}
+
+fn validate(head: &mut RequestHead) -> Result<(), HeadError> {
+    let cl_count = head.header_count("content-length");
+    let te_count = head.header_count("transfer-encoding");
+    if cl_count > 1 {
+        return Err(HeadError::Bad("duplicate Content-Length header"));
+    }
+    if cl_count == 1 && te_count > 0 {
+        return Err(HeadError::Bad(
+            "both Content-Length and Transfer-Encoding (ambiguous framing)",
+        ));
+    }
+    if te_count > 1 {
+        return Err(HeadError::Bad("more than one Transfer-Encoding header"));
+    }
+    if te_count == 1 {
+        if head.version == 0 {
+            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        let te = head.header("transfer-encoding").unwrap_or_default();
+        if !trim(te).eq_ignore_ascii_case(b"chunked") {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding other than plain \"chunked\"",
+            ));
+        }
+        head.framing = Framing::Chunked;
+    } else if cl_count == 1 {
+        let v = trim(head.header("content-length").unwrap_or_default());
+        if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::Bad("invalid Content-Length"));
+        }
+        let n: u64 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(HeadError::Bad("invalid Content-Length"))?;
+        head.framing = if n == 0 {
+            Framing::None
+        } else {
+            Framing::Length(n)
+        };
+    }
+    if head.header_count("host") > 1 {
+        return Err(HeadError::Bad("more than one Host header"));
+    }
+    let mut close = false;
+    let mut keep = false;
+    for (n, v) in &head.headers {
+        if n.eq_ignore_ascii_case("connection") || n.eq_ignore_ascii_case("proxy-connection") {
+            for tok in v.split(|b| *b == b',') {
+                let tok = trim(tok);
+                close |= tok.eq_ignore_ascii_case(b"close");
+                keep |= tok.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        if n.eq_ignore_ascii_case("expect") && trim(v).eq_ignore_ascii_case(b"100-continue") {
+            head.expect_continue = true;
+        }
+    }
+    head.keep_alive = !close && (head.version == 1 || keep);
+    Ok(())
+}
+
+/// Trim ASCII whitespace.
+pub fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Incremental request-body decoder over the client stream (`buf` holds bytes already read).
+pub struct BodyReader {
+    state: BodyState,
+}
+
+enum BodyState {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    Done,
+}
+
+/// A malformed body (bad chunk framing) or a client that went away mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("request body: {0}")]
+pub struct BodyError(pub String);
+
+impl BodyReader {
+    /// A decoder for the given framing.
+    pub fn new(framing: Framing) -> BodyReader {
+        let state = match framing {
+            Framing::None => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::ChunkSize,
+        };
+        BodyReader { state }
+    }
+
+    /// Next piece of decoded body data; `None` at the end of the body.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        buf: &mut BytesMut,
+        max_chunk: usize,
+    ) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            match self.state {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(0) => {
+                    self.state = BodyState::Done;
+                    return Ok(None);
+                }
+                BodyState::Length(n) | BodyState::ChunkData(n) => {
+                    if buf.is_empty() {
+                        fill(io, buf, max_chunk).await?;
+                    }
+                    let take = (n.min(buf.len() as u64)) as usize;
+                    let data = buf.split_to(take).freeze();
+                    let left = n - take as u64;
+                    self.state = match self.state {
+                        BodyState::Length(_) => BodyState::Length(left),
+                        _ if left == 0 => BodyState::ChunkDataEnd,
+                        _ => BodyState::ChunkData(left),
+                    };
+                    return Ok(Some(data));
+                }
+                BodyState::ChunkSize => {
+                    let line = read_line(io, buf, 4096).await?;
+                    let size = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .map(trim)
+                        .unwrap_or_default();
+                    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit)
+                    {
+                        return Err(BodyError("invalid chunk size".into()));
+                    }
+                    let n = u64::from_str_radix(std::str::from_utf8(size).unwrap_or("x"), 16)
+                        .map_err(|_| BodyError("invalid chunk size".into()))?;
+                    self.state = if n == 0 {
+                        BodyState::Trailers
+                    } else {
+                        BodyState::ChunkData(n)
+                    };
+                }
+                BodyState::ChunkDataEnd => {
+                    let line = read_line(io, buf, 2).await?;
+                    if !line.is_empty() {
+                        return Err(BodyError("chunk data not followed by CRLF".into()));
+                    }
+                    self.state = BodyState::ChunkSize;
+                }
+                BodyState::Trailers => {
+                    // Trailers are read and dropped (kennel does not forward them).
+                    let line = read_line(io, buf, 8192).await?;
+                    if line.is_empty() {
+                        self.state = BodyState::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(), BodyError> {
+    buf.reserve(max.max(8192));
+    let n = io
+        .read_buf(buf)
+        .await
+        .map_err(|e| BodyError(e.to_string()))?;
+    if n == 0 {
+        return Err(BodyError("client closed the connection mid-body".into()));
+    }
+    Ok(())
+}
+
+/// Read a CRLF-terminated line (without the CRLF), at most `max` bytes long.
+async fn read_line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(pos).to_vec();
+            buf.advance(2);
+            return Ok(line);
+        }
+        if buf.len() > max + 2 {
+            return Err(BodyError("chunk framing line too long".into()));
+        }
+        fill(io, buf, 8192).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut b = BytesMut::from(s.as_bytes());
+        try_parse(&mut b, 65536)
+    }
+
+    #[test]
+    fn cl_and_te_refused() {
+        let e = parse(
+            "POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(matches!(e, Err(HeadError::Bad(m)) if m.contains("ambiguous")));
+        let e = parse(
+            "POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert!(matches!(e, Err(HeadError::Bad(_))));
+    }
+
+    #[test]
+    fn duplicate_cl_refused_even_if_equal() {
+        let e = parse(
+            "POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert_eq!(
+            e.unwrap_err(),
+            HeadError::Bad("duplicate Content-Length header")
+        );
+    }
+
+    #[test]
+    fn obs_fold_refused() {
+        let e = parse("GET http://a/ HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n");
+        assert!(matches!(e, Err(HeadError::Bad(_))), "{e:?}");
+    }
+
+    #[test]
+    fn te_variants_refused() {
+        for te in ["gzip, chunked", "chunked, chunked", "identity", "xchunked"] {
+            let e = parse(&format!(
+                "POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ));
+            assert!(matches!(e, Err(HeadError::Bad(_))), "{te}: {e:?}");
+        }
+        let e = parse("POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n");
+        assert!(matches!(e, Err(HeadError::Bad(_))));
+    }
+
+    #[test]
+    fn partial_then_complete() {
+        assert!(
+            parse("GET http://a/ HTTP/1.1\r\nHost: a\r\n")
+                .unwrap()
+                .is_none()
+        );
+        let h = parse("GET http://a/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.method, "GET");
+        assert!(!h.keep_alive);
+        assert_eq!(h.framing, Framing::None);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_decodes() {
+        let mut io: &[u8] = b"";
+        let mut buf =
+            BytesMut::from(&b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT"[..]);
+        let mut r = BodyReader::new(Framing::Chunked);
+        let mut out = Vec::new();
+        while let Some(b) = r.next(&mut io, &mut buf, 65536).await.unwrap() {
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(out, b"hello world");
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_refused() {
+        let mut io: &[u8] = b"";
+        let mut buf = BytesMut::from(&b"zz\r\nhello\r\n"[..]);
+        let mut r = BodyReader::new(Framing::Chunked);
+        assert!(r.next(&mut io, &mut buf, 65536).await.is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Accept loop (connection cap, survives fd exhaustion), per-connection request loop, graceful
+//! drain (mini-redis).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Shared;
+use crate::connect::finish;
+use crate::head::{self, HeadError};
+use crate::log::AccessRecord;
+use crate::respond::Failure;
+
+/// Shutdown and accounting handles shared by the accept loops and connections.
+#[derive(Clone)]
+pub struct Control {
+    /// Cancelled when shutdown begins: stop accepting, close idle keep-alive connections.
+    pub drain: CancellationToken,
+    /// Cancelled at the drain deadline: close everything.
+    pub hard_stop: CancellationToken,
+    /// Tracks accept loops and connections.
+    pub tracker: TaskTracker,
+    /// Connection slots.
+    pub slots: Arc<Semaphore>,
+}
+
+impl Control {
+    /// New handles with `max` connection slots.
+    pub fn new(max: usize) -> Control {
+        Control {
+            drain: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+/// Bind a listener with SO_REUSEADDR, IPV6_V6ONLY for v6, and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Accept until drain. Errors (EMFILE, ENFILE, ENOBUFS …) are counted and backed off from; the
+/// loop keeps serving.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Control) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = ctl.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = ctl.drain.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctl.drain.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = tcp.set_nodelay(true);
+                shared
+                    .metrics
+                    .connections_total
+                    .fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .connections_active
+                    .fetch_add(1, Ordering::Relaxed);
+                let (s, c) = (shared.clone(), ctl.clone());
+                ctl.tracker.spawn(async move {
+                    tokio::select! {
+                        _ = connection(&s, tcp, peer, &c) => {}
+                        _ = c.hard_stop.cancelled() => {}
+                    }
+                    s.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .accept_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("accept failed (backing off {backoff:?}): {e}");
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctl.drain.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Serve one client connection: read heads, dispatch CONNECT or forward, until close.
+async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: &Control) {
+    let reg = shared.registry.register();
+    let limits = &shared.config.limits;
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut first = true;
+    loop {
+        let first_wait = if first {
+            limits.header_timeout()
+        } else {
+            limits.idle_timeout()
+        };
+        let read = head::read_head(
+            &mut tcp,
+            &mut buf,
+            limits.max_head_bytes,
+            first_wait,
+            limits.header_timeout(),
+        );
+        let r = tokio::select! {
+            r = read => r,
+            _ = ctl.drain.cancelled() => return,
+            _ = reg.cancel.cancelled() => return,
+        };
+        first = false;
+        let head = match r {
+            Ok(h) => h,
+            Err(HeadError::Closed { .. }) | Err(HeadError::Io(_)) => return,
+            Err(HeadError::Timeout) => {
+                tracing::debug!(client = %peer, "request head timeout, closing");
+                return;
+            }
+            Err(e) => {
+                let f = match e {
+                    HeadError::TooLarge(_) => Failure::HeadTooLarge,
+                    other => Failure::BadRequest(other.to_string()),
+                };
+                let policy = shared.store.current();
+                let _ = tcp
+                    .write_all(&f.response(None, policy.primary_file()))
+                    .await;
+                let _ = tcp.shutdown().await;
+                let rec = AccessRecord {
+                    client: peer.to_string(),
+                    status: f.status(),
+                    decision: f.decision(),
+                    reason: f.reason(),
+                    error: Some(f.to_string()),
+                    upstream: String::new(),
+                    ..Default::default()
+                };
+                finish(shared, rec, tokio::time::Instant::now(), "http");
+                return;
+            }
+        };
+        if head.method.eq_ignore_ascii_case("CONNECT") {
+            let buf = std::mem::take(&mut buf);
+            crate::connect::handle(shared, tcp, buf, head, peer, &reg, &ctl.hard_stop).await;
+            return;
+        }
+        let next = tokio::select! {
+            n = crate::forward::handle(shared, &mut tcp, &mut buf, head, peer, &reg) => n,
+            _ = reg.cancel.cancelled() => {
+                shared.metrics.revoked_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        if matches!(next, crate::forward::Next::Close) || ctl.drain.is_cancelled() {
+            let _ = tcp.shutdown().await;
+            return;
+        }
+    }
+}

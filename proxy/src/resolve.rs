@@ -1,0 +1,126 @@
+//! Name resolution (static hosts map, then hickory DNS) and the SSRF guard: every resolved
+//! address is classified and must be public or allowed by a `cidrs` entry, before any dial.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hickory_resolver::TokioResolver;
+use kennel_policy::{Host, Policy, RuleRef, addr};
+use tokio::sync::OnceCell;
+
+use crate::config::ResolverSettings;
+
+/// Resolution failed.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum ResolveError {
+    /// No address for the name (NXDOMAIN, no records, or not in the static map with
+    /// `static_only`).
+    #[error("DNS lookup of {name} failed: {detail}")]
+    Failed {
+        /// The name.
+        name: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// An address the guard refused.
+#[derive(Debug, thiserror::Error, Clone)]
+#[error("{ip} is a {class} address and no `cidrs` entry allows it")]
+pub struct GuardDenied {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its class ("loopback", "private", …).
+    pub class: &'static str,
+}
+
+/// Resolver with a static hosts map in front of DNS.
+pub struct Resolver {
+    hosts: HashMap<String, Vec<IpAddr>>,
+    static_only: bool,
+    dns: OnceCell<Result<TokioResolver, String>>,
+}
+
+impl Resolver {
+    /// Build from settings; the DNS client is created lazily on the first lookup that needs it.
+    pub fn new(settings: &ResolverSettings) -> Resolver {
+        let hosts = settings
+            .hosts
+            .iter()
+            .map(|(k, v)| {
+                let key = match Host::parse(k) {
+                    Ok(Host::Name(n)) => n,
+                    _ => k.to_ascii_lowercase(),
+                };
+                (key, v.clone())
+            })
+            .collect();
+        Resolver {
+            hosts,
+            static_only: settings.static_only,
+            dns: OnceCell::new(),
+        }
+    }
+
+    /// All addresses of `host` (an IP literal resolves to itself).
+    pub async fn resolve(&self, host: &Host) -> Result<Vec<IpAddr>, ResolveError> {
+        let name = match host {
+            Host::Ip(ip) => return Ok(vec![*ip]),
+            Host::Name(n) => n,
+        };
+        if let Some(ips) = self.hosts.get(name.as_str()) {
+            return Ok(ips.clone());
+        }
+        let fail = |detail: String| ResolveError::Failed {
+            name: name.clone(),
+            detail,
+        };
+        if self.static_only {
+            return Err(fail(
+                "not in the static hosts map and DNS is disabled (resolver.static_only)".into(),
+            ));
+        }
+        let dns = self
+            .dns
+            .get_or_init(|| async {
+                TokioResolver::builder_tokio()
+                    .and_then(|b| b.build())
+                    .map_err(|e| format!("cannot configure DNS: {e}"))
+            })
+            .await;
+        let dns = dns.as_ref().map_err(|e| fail(e.clone()))?;
+        let lookup = dns
+            .lookup_ip(name.as_str())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let ips: Vec<IpAddr> = lookup.iter().collect();
+        if ips.is_empty() {
+            return Err(fail("no addresses".into()));
+        }
+        Ok(ips)
+    }
+}
+
+/// Check one address: public, or allowed by a `cidrs` entry (returned).
+pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied> {
+    let class = addr::classify(ip);
+    if class.is_public() {
+        return Ok(None);
+    }
+    match policy.cidr_allowing(ip) {
+        Some(rule) => Ok(Some(rule)),
+        None => Err(GuardDenied {
+            ip,
+            class: class.as_str(),
+        }),
+    }
+}
+
+/// Check every address; the first refusal denies the whole destination (a name that resolves to
+/// one public and one private address is refused: that is what DNS rebinding looks like).
+pub fn guard_all(policy: &Policy, ips: &[IpAddr]) -> Result<(), GuardDenied> {
+    for ip in ips {
+        guard(policy, *ip)?;
+    }
+    Ok(())
+}

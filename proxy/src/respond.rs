@@ -1,0 +1,204 @@
+//! Every way a request can fail, which side failed, and the one function that maps a failure to
+//! the status, body and `X-Kennel-Deny-Reason` the client sees (linkerd's HttpRescue,
+//! smokescreen's rejectResponse).
+
+use std::path::Path;
+
+use kennel_policy::{Decision, Host, Reason, Target};
+
+use crate::resolve::{GuardDenied, ResolveError};
+
+/// Which side a failure belongs to (pingora's ErrorSource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong.
+    Client,
+    /// The policy or the address guard refused.
+    Policy,
+    /// The destination or upstream proxy failed.
+    Upstream,
+}
+
+/// A request/tunnel that cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Malformed or ambiguous request (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// An origin-form request reached the proxy port (400).
+    #[error("origin-form request to a forward proxy")]
+    NotProxyRequest,
+    /// Host header and request-target authority disagree (400).
+    #[error("Host header {host:?} does not match the request target {target}")]
+    HostMismatch {
+        /// The Host header.
+        host: String,
+        /// The target.
+        target: String,
+    },
+    /// The request head is too large (431).
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The policy denied the destination (403).
+    #[error("denied by policy: {}", .decision.reason.describe())]
+    Denied {
+        /// The decision.
+        decision: Decision,
+    },
+    /// A resolved address is private/loopback/… and no cidrs entry allows it (502).
+    #[error("{0}")]
+    Guard(GuardDenied),
+    /// DNS failure (502).
+    #[error("{0}")]
+    Dns(ResolveError),
+    /// TCP connect failed (502).
+    #[error("connect to {addr} failed: {detail}")]
+    Connect {
+        /// Address tried last.
+        addr: String,
+        /// The OS error.
+        detail: String,
+    },
+    /// TCP connect timed out (504).
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    /// The upstream proxy failed (502, or 504 on timeout).
+    #[error("upstream: {detail}")]
+    Upstream {
+        /// `UpstreamError::kind()`.
+        kind: &'static str,
+        /// Display of the error (never credentials).
+        detail: String,
+        /// It was a timeout.
+        timeout: bool,
+    },
+    /// The origin broke the HTTP exchange (502).
+    #[error("origin: {0}")]
+    Origin(String),
+}
+
+impl Failure {
+    /// Which side failed.
+    pub fn side(&self) -> Side {
+        match self {
+            Failure::BadRequest(_)
+            | Failure::NotProxyRequest
+            | Failure::HostMismatch { .. }
+            | Failure::HeadTooLarge => Side::Client,
+            Failure::Denied { .. } | Failure::Guard(_) => Side::Policy,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// Stable snake_case reason code (access log, metrics, `X-Kennel-Deny-Reason`).
+    pub fn reason(&self) -> String {
+        match self {
+            Failure::BadRequest(_) => "bad_request".into(),
+            Failure::NotProxyRequest => "not_a_proxy_request".into(),
+            Failure::HostMismatch { .. } => "host_mismatch".into(),
+            Failure::HeadTooLarge => "head_too_large".into(),
+            Failure::Denied { decision } => decision.reason.as_str().into(),
+            Failure::Guard(_) => "address_not_allowed".into(),
+            Failure::Dns(_) => "dns_failure".into(),
+            Failure::Connect { .. } => "connect_failed".into(),
+            Failure::ConnectTimeout(_) => "connect_timeout".into(),
+            Failure::Upstream { kind, .. } => format!("upstream_{kind}"),
+            Failure::Origin(_) => "origin_error".into(),
+        }
+    }
+
+    /// "deny" for policy/guard refusals, "error" otherwise (access-log `decision`).
+    pub fn decision(&self) -> &'static str {
+        if self.side() == Side::Policy {
+            "deny"
+        } else {
+            "error"
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::BadRequest(_) | Failure::NotProxyRequest | Failure::HostMismatch { .. } => 400,
+            Failure::HeadTooLarge => 431,
+            Failure::Denied { .. } => 403,
+            Failure::ConnectTimeout(_) => 504,
+            Failure::Upstream { timeout: true, .. } => 504,
+            _ => 502,
+        }
+    }
+
+    /// Render the full response (head + body) for `target` (None when unparsable).
+    pub fn response(&self, target: Option<&Target>, policy_file: Option<&Path>) -> Vec<u8> {
+        let body = self.body(target, policy_file);
+        let status = self.status();
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+            reason_phrase(status),
+            body.len()
+        );
+        if self.side() == Side::Policy {
+            head.push_str(&format!("X-Kennel-Deny-Reason: {}\r\n", self.reason()));
+        } else {
+            head.push_str(&format!("X-Kennel-Error: {}\r\n", self.reason()));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
+    /// The text body: what happened and, for denials, how to allow it.
+    pub fn body(&self, target: Option<&Target>, policy_file: Option<&Path>) -> String {
+        let dest = target.map_or_else(|| "the destination".to_string(), |t| t.to_string());
+        let file = policy_file.map_or_else(
+            || "a policy file (kennel-proxy is running on its embedded default policy; pass --config with [policy] file = …)".to_string(),
+            |p| p.display().to_string(),
+        );
+        let host = target.map(|t| t.host.to_string()).unwrap_or_default();
+        match self {
+            Failure::Denied { decision } => {
+                let what = decision.reason.describe();
+                let how = match decision.reason {
+                    Reason::PortNotAllowed => format!(
+                        "To allow it, add a [[rule]] with hosts = [\"{host}\"] and ports = [{}] to {file}",
+                        target.map_or(0, |t| t.port)
+                    ),
+                    Reason::DeniedByRule => match &decision.rule {
+                        Some(r) => format!("It matches the deny entry \"{}\" at {r}; remove that entry to allow it", r.pattern),
+                        None => format!("Remove the matching deny entry from {file} to allow it"),
+                    },
+                    Reason::IpLiteralNotAllowed => {
+                        let cidr = match target.map(|t| &t.host) {
+                            Some(Host::Ip(std::net::IpAddr::V6(ip))) => format!("{ip}/128"),
+                            Some(Host::Ip(ip)) => format!("{ip}/32"),
+                            _ => "…".into(),
+                        };
+                        format!("IP-literal destinations are allowed only by a cidrs entry. To allow it, add \"{cidr}\" to [allow] cidrs in {file}")
+                    }
+                    _ => format!("To allow it, add \"{host}\" to {file}"),
+                };
+                format!("kennel: egress to {dest} denied ({what}). {how}\n")
+            }
+            Failure::Guard(g) => format!(
+                "kennel: egress to {dest} denied: it resolves to {}, a {} address, and no [allow] cidrs entry allows it. To allow it, add \"{}\" to [allow] cidrs in {file}\n",
+                g.ip,
+                g.class,
+                match g.ip {
+                    std::net::IpAddr::V4(ip) => format!("{ip}/32"),
+                    std::net::IpAddr::V6(ip) => format!("{ip}/128"),
+                }
+            ),
+            Failure::NotProxyRequest => "kennel: this is a forward proxy. Send absolute-form requests (GET http://host/path) or CONNECT host:port; set HTTP_PROXY/HTTPS_PROXY to this address.\n".to_string(),
+            other => format!("kennel: request to {dest} failed: {other}\n"),
+        }
+    }
+}
+
+/// Canonical reason phrase for the statuses kennel produces.
+pub fn reason_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
