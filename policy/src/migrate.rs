@@ -89,7 +89,7 @@ enum Tok {
     Any,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OldRegex {
     anchor_start: bool,
     apex_group: bool,
@@ -313,9 +313,24 @@ pub fn migrate_line(line: &str) -> Outcome {
         let old = re.is_match(&host);
         let new = crate::target::normalize_name(&host).is_some_and(|h| pattern.matches(&h));
         if old != new {
-            let why = if old {
+            let literal_dots = OldRegex {
+                toks: re
+                    .toks
+                    .iter()
+                    .map(|t| match t {
+                        Tok::Any => Tok::Lit('.'),
+                        lit => *lit,
+                    })
+                    .collect(),
+                ..re
+            };
+            let why = if old && !literal_dots.is_match(&host) {
                 format!(
-                    "the old unanchored regex {line:?} matched part of {host:?} (and `.` matched any character); kennel matches whole labels only"
+                    "`.` in the old regex {line:?} matched any character; kennel compares labels literally"
+                )
+            } else if old {
+                format!(
+                    "the old regex {line:?} was unanchored and matched inside {host:?}; kennel matches whole labels only"
                 )
             } else {
                 format!("kennel's {pattern} covers {host:?}; the old regex did not match it")
