@@ -125,8 +125,10 @@ pub fn proxy_config(egress_ip: Ipv4Addr) -> String {
     format!(
         "# Written by kennel for this environment's proxy container; do not edit.\n\
          listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
-         admin_listen = \"{egress_ip}:{ADMIN_PORT}\"\n\
-         policy = \"{PROXY_POLICY_DIR}/policy.toml\"\n"
+         admin = \"{egress_ip}:{ADMIN_PORT}\"\n\
+         \n\
+         [policy]\n\
+         file = \"{PROXY_POLICY_DIR}/policy.toml\"\n"
     )
 }
 
