@@ -1,1 +1,3 @@
 //! Cross-crate end-to-end tests: one test binary.
+
+mod e2e_docker;

@@ -1,1 +1,3 @@
 //! kennel-test-support: shared test code (origins, TLS certs, netns, Docker fixtures).
+
+pub mod docker;
