@@ -1,3 +1,4 @@
 //! Cross-crate end-to-end tests: one test binary.
 
 mod e2e_docker;
+mod e2e_proxy;

@@ -242,6 +242,9 @@ pub async fn handle(
                     .into_bytes();
             }
             let _ = client.write_all(&resp).await;
+            if !keep {
+                crate::listener::linger_close(client).await;
+            }
             rec.status = f.status();
             rec.decision = f.decision();
             rec.reason = f.reason();

@@ -154,7 +154,7 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
                 let _ = tcp
                     .write_all(&f.response(None, policy.primary_file()))
                     .await;
-                let _ = tcp.shutdown().await;
+                linger_close(&mut tcp).await;
                 let rec = AccessRecord {
                     client: peer.to_string(),
                     status: f.status(),
@@ -183,6 +183,23 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
         if matches!(next, crate::forward::Next::Close) || ctl.drain.is_cancelled() {
             let _ = tcp.shutdown().await;
             return;
+        }
+    }
+}
+
+/// Close after an error response without resetting it away: shut the write side, then read and
+/// discard what the client is still sending (bounded in bytes and time), so the kernel does not
+/// answer unread data with a RST that destroys the response in flight.
+pub async fn linger_close(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let mut left: usize = 1 << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
         }
     }
 }

@@ -1,0 +1,393 @@
+//! kennel-proxy end to end: real curl / raw sockets through an in-process proxy to the project's
+//! own origins on loopback (allowed via `cidrs = ["127.0.0.0/8"]` where the case is not about
+//! the address guard) or inside a test network namespace on documentation addresses.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use kennel_test_support::netns::{self, Netns};
+use kennel_test_support::origin;
+use kennel_test_support::proxy_harness::{TestProxy, connect_tunnel, curl, raw};
+use kennel_test_support::tls::{TestCa, server_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn policy(ports: &[u16], hosts: &[&str], extra: &str) -> String {
+    format!(
+        "[defaults]\nports = {ports:?}\n[allow]\nhosts = {hosts:?}\ncidrs = [\"127.0.0.0/8\"]\n{extra}\n"
+    )
+}
+
+async fn code(proxy: &TestProxy, url: &str) -> String {
+    curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy.url(), url]).await.unwrap().stdout
+}
+
+#[tokio::test]
+async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
+    let o = origin::http(origin::loopback().await, "one");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
+        .await
+        .unwrap();
+
+    let ok = curl(&["-x", &proxy.url(), &format!("http://origin.test:{p}/hello?x=1")]).await.unwrap();
+    assert_eq!(ok.stdout, format!("origin one: GET /hello?x=1 host=origin.test:{p} body=0\n"), "{ok:?}");
+
+    let denied = curl(&["-i", "-x", &proxy.url(), &format!("http://evil.test:{p}/")]).await.unwrap();
+    assert!(denied.stdout.starts_with("HTTP/1.1 403"), "{denied:?}");
+    assert!(denied.stdout.to_ascii_lowercase().contains("x-kennel-deny-reason: not_in_allowlist"), "{denied:?}");
+    let want = format!(
+        "kennel: egress to evil.test:{p} denied (not in allowlist). To allow it, add \"evil.test\" to {}",
+        proxy.policy_path.display()
+    );
+    assert!(denied.stdout.contains(&want), "{}", denied.stdout);
+    assert_eq!(o.hits(), 1, "the denied request never reached the origin");
+
+    let rec = proxy.wait_log(|r| r["host"] == "origin.test").await.unwrap();
+    assert_eq!(rec["method"], "GET");
+    assert_eq!(rec["port"], p);
+    assert_eq!(rec["decision"], "allow");
+    assert_eq!(rec["reason"], "allowed_by_rule");
+    assert_eq!(rec["rule"], format!("{}:4", proxy.policy_path.display()));
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["resolved"], format!("127.0.0.1:{p}"));
+    assert_eq!(rec["upstream"], "direct");
+    assert!(rec["bytes_down"].as_u64().unwrap() > 0);
+    assert!(rec["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(rec["time"].as_str().unwrap().ends_with('Z'));
+    assert!(rec["duration_ms"].is_u64());
+    let rec = proxy.wait_log(|r| r["host"] == "evil.test").await.unwrap();
+    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str(), rec["status"].as_u64()), (Some("deny"), Some("not_in_allowlist"), Some(403)));
+
+    assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"allow\",reason=\"allowed_by_rule\"}").await.unwrap(), 1);
+    assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"deny\",reason=\"not_in_allowlist\"}").await.unwrap(), 1);
+    assert!(proxy.metric("kennel_proxy_bytes_total{direction=\"down\"}").await.unwrap() > 0);
+    assert!(proxy.metric("kennel_proxy_connections_total").await.unwrap() >= 2);
+    let (s, body) = proxy.admin_get("/policy").await.unwrap();
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["counts"]["allow_patterns"], 1);
+    assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(proxy.admin_get("/readyz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn https_connect_through_curl_and_sni_mismatch_refused() {
+    let ca = TestCa::new().unwrap();
+    let o = origin::https(origin::loopback().await, "tls", server_config(ca.leaf(&["tls.test", "other.test"]).unwrap()).unwrap());
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["tls.test", "other.test"], ""), &[("tls.test", LO), ("other.test", LO)], |_| {})
+        .await
+        .unwrap();
+    let ca_path = ca.write_pem(proxy.dir.path()).unwrap();
+
+    let ok = curl(&["--cacert", ca_path.to_str().unwrap(), "-x", &proxy.url(), &format!("https://tls.test:{p}/secure")]).await.unwrap();
+    assert_eq!(ok.stdout, format!("origin tls: GET /secure host=tls.test:{p} body=0\n"), "{ok:?}");
+    let rec = proxy.wait_log(|r| r["method"] == "CONNECT" && r["sni"] == "tls.test").await.unwrap();
+    assert_eq!((rec["status"].as_u64(), rec["decision"].as_str()), (Some(200), Some("allow")));
+    assert!(rec["bytes_up"].as_u64().unwrap() > 0 && rec["bytes_down"].as_u64().unwrap() > 0);
+
+    // CONNECT to tls.test but a ClientHello for other.test: refused even though both are allowed.
+    let tunnel = connect_tunnel(proxy.proxy.proxy_addr(), &format!("tls.test:{p}")).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
+    let sn = rustls::pki_types::ServerName::try_from("other.test").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.connect(sn, tunnel)).await.unwrap();
+    assert!(r.is_err(), "handshake through a mismatched tunnel must fail");
+    let rec = proxy.wait_log(|r| r["reason"] == "sni_mismatch").await.unwrap();
+    assert_eq!((rec["decision"].as_str(), rec["sni"].as_str()), (Some("deny"), Some("other.test")));
+    assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"connect\",decision=\"deny\",reason=\"sni_mismatch\"}").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn pattern_kinds_and_port_rules() {
+    let o1 = origin::http(origin::loopback().await, "a");
+    let o2 = origin::http(origin::loopback().await, "b");
+    let (p1, p2) = (o1.addr.port(), o2.addr.port());
+    let names = ["exact.test", "x.exact.test", "a.wild.test", "wild.test", "suffix.test", "a.b.suffix.test", "other.test", "ported.test"];
+    let hosts: Vec<(&str, IpAddr)> = names.iter().map(|n| (*n, LO)).collect();
+    let extra = format!("[[rule]]\nhosts = [\"ported.test\"]\nports = [{p2}]\n");
+    let proxy = TestProxy::start(&policy(&[p1], &["exact.test", "*.wild.test", ".suffix.test"], &extra), &hosts, |_| {})
+        .await
+        .unwrap();
+    for (host, want) in [
+        ("exact.test", "200"),
+        ("x.exact.test", "403"),
+        ("a.wild.test", "200"),
+        ("wild.test", "403"),
+        ("suffix.test", "200"),
+        ("a.b.suffix.test", "200"),
+        ("other.test", "403"),
+        ("EXACT.test.", "200"),
+    ] {
+        assert_eq!(code(&proxy, &format!("http://{host}:{p1}/")).await, want, "{host}");
+    }
+    // Port rules: the default ports do not include p2; the [[rule]] allows ported.test on p2 only.
+    assert_eq!(code(&proxy, &format!("http://exact.test:{p2}/")).await, "403");
+    assert_eq!(code(&proxy, &format!("http://ported.test:{p2}/")).await, "200");
+    let rec = proxy.wait_log(|r| r["host"] == "exact.test" && r["port"] == p2).await.unwrap();
+    assert_eq!(rec["reason"], "port_not_allowed");
+}
+
+#[tokio::test]
+async fn ip_literals_in_every_spelling_are_denied() {
+    let o = origin::http(origin::loopback().await, "ip");
+    let p = o.addr.port();
+    // No cidrs: IP literals can only be allowed by a cidrs entry.
+    let pol = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"origin.test\"]\n");
+    let proxy = TestProxy::start(&pol, &[], |_| {}).await.unwrap();
+    for lit in ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f.1", "127.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"] {
+        let resp = raw(proxy.proxy.proxy_addr(), format!("CONNECT {lit}:{p} HTTP/1.1\r\nHost: {lit}:{p}\r\n\r\n").as_bytes()).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 403"), "{lit}: {resp}");
+        assert!(resp.contains("X-Kennel-Deny-Reason: ip_literal_not_allowed"), "{lit}: {resp}");
+        let resp = raw(proxy.proxy.proxy_addr(), format!("GET http://{lit}:{p}/ HTTP/1.1\r\nHost: {lit}:{p}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 403"), "{lit}: {resp}");
+    }
+    assert_eq!(code(&proxy, &format!("http://2130706433:{p}/")).await, "403");
+    assert_eq!(o.hits(), 0);
+}
+
+#[tokio::test]
+async fn name_resolving_to_private_address_is_denied() {
+    let o = origin::http(origin::loopback().await, "private");
+    let p = o.addr.port();
+    let pol = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"internal.test\", \"loop.test\", \"mixed.test\"]\n");
+    let hosts = [
+        ("internal.test", "10.1.2.3".parse().unwrap()),
+        ("loop.test", LO),
+        ("mixed.test", "8.8.8.8".parse().unwrap()),
+        ("mixed.test", LO),
+    ];
+    let proxy = TestProxy::start(&pol, &hosts, |_| {}).await.unwrap();
+    for (host, ip) in [("internal.test", "10.1.2.3"), ("loop.test", "127.0.0.1"), ("mixed.test", "127.0.0.1")] {
+        let out = curl(&["-i", "-x", &proxy.url(), &format!("http://{host}:{p}/")]).await.unwrap();
+        assert!(out.stdout.starts_with("HTTP/1.1 502"), "{host}: {out:?}");
+        assert!(out.stdout.contains("X-Kennel-Deny-Reason: address_not_allowed"), "{out:?}");
+        assert!(out.stdout.contains(&format!("it resolves to {ip}")), "{out:?}");
+        let resp = raw(proxy.proxy.proxy_addr(), format!("CONNECT {host}:{p} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 502"), "{host}: {resp}");
+    }
+    assert_eq!(o.hits(), 0);
+    let rec = proxy.wait_log(|r| r["host"] == "internal.test").await.unwrap();
+    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str()), (Some("deny"), Some("address_not_allowed")));
+}
+
+#[tokio::test]
+async fn keep_alive_second_request_to_denied_host_is_denied() {
+    let o = origin::http(origin::loopback().await, "ka");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
+        .await
+        .unwrap();
+    let out = curl(&[
+        "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null", "-x", &proxy.url(),
+        &format!("http://origin.test:{p}/"), &format!("http://evil.test:{p}/"),
+    ])
+    .await
+    .unwrap();
+    // Same connection (second transfer made no new connect), second request denied.
+    assert_eq!(out.stdout, "200 1\n403 0\n", "{out:?}");
+    assert_eq!(o.hits(), 1);
+    let log = proxy.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["client"], log[1]["client"], "both requests on one client connection");
+}
+
+#[tokio::test]
+async fn framing_attacks_and_host_mismatch_get_400_and_never_reach_the_origin() {
+    let o = origin::http(origin::loopback().await, "smuggle");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["origin.test", "evil.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
+        .await
+        .unwrap();
+    let a = proxy.proxy.proxy_addr();
+    let u = format!("http://origin.test:{p}/");
+    for req in [
+        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
+        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        format!("GET {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nX-Folded: a\r\n b\r\n\r\n"),
+        format!("GET {u} HTTP/1.1\r\nHost: evil.test:{p}\r\n\r\n"),
+        format!("GET {u} HTTP/1.1\r\nHost: origin.test\r\n\r\n"),
+        "GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_string(),
+    ] {
+        let resp = raw(a, req.as_bytes()).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 400"), "{req:?} -> {resp}");
+    }
+    let resp = raw(a, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(resp.contains("this is a forward proxy"), "{resp}");
+    assert_eq!(o.hits(), 0, "nothing ambiguous was forwarded");
+    // A well-formed chunked POST is forwarded with its body.
+    let out = curl(&["-x", &proxy.url(), "-H", "Transfer-Encoding: chunked", "--data-binary", "hello", &u]).await.unwrap();
+    assert_eq!(out.stdout, format!("origin smuggle: POST / host=origin.test:{p} body=5\n"), "{out:?}");
+}
+
+#[tokio::test]
+async fn oversized_head_gets_431() {
+    let proxy = TestProxy::start(&policy(&[80], &["origin.test"], ""), &[("origin.test", LO)], |c| c.limits.max_head_bytes = 8192)
+        .await
+        .unwrap();
+    let big = format!("X-Big: {}", "a".repeat(10_000));
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", &big, "-x", &proxy.url(), "http://origin.test/"]).await.unwrap();
+    assert_eq!(out.stdout, "431", "{out:?}");
+    proxy.wait_log(|r| r["reason"] == "head_too_large" && r["status"] == 431).await.unwrap();
+}
+
+#[tokio::test]
+async fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
+    let o = origin::http(origin::loopback().await, "busy");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO)], |c| c.limits.header_timeout_ms = 500)
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(proxy.proxy.proxy_addr()).await.unwrap();
+    slow.write_all(b"GET http://origin.test/ HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    // Another client is served while the slow one dangles.
+    assert_eq!(code(&proxy, &format!("http://origin.test:{p}/")).await, "200");
+    // The slow client trickles bytes but never completes the head: the proxy closes it.
+    let mut closed = false;
+    for _ in 0..100 {
+        if slow.write_all(b"a").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "slow client still connected after 10 s");
+    assert_eq!(code(&proxy, &format!("http://origin.test:{p}/")).await, "200");
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit (a test process may hold ~3,000 fds here).
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thousand_concurrent_tunnels() {
+    raise_nofile();
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(&policy(&[p], &["echo.test"], ""), &[("echo.test", LO)], |_| {}).await.unwrap();
+    let addr = proxy.proxy.proxy_addr();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        set.spawn(async move { connect_tunnel(addr, &format!("echo.test:{p}")).await });
+    }
+    let mut tunnels = Vec::new();
+    while let Some(r) = set.join_next().await {
+        tunnels.push(r.unwrap().unwrap());
+    }
+    assert_eq!(tunnels.len(), 1000);
+    assert_eq!(proxy.proxy.shared().registry.len(), 1000, "all 1000 tunnels open at once");
+    let mut set = tokio::task::JoinSet::new();
+    for (i, mut t) in tunnels.into_iter().enumerate() {
+        set.spawn(async move {
+            let msg = format!("ping {i}\n");
+            t.write_all(msg.as_bytes()).await?;
+            let mut b = vec![0u8; msg.len()];
+            tokio::time::timeout(Duration::from_secs(20), t.read_exact(&mut b)).await??;
+            anyhow::ensure!(b == msg.as_bytes());
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(o.hits(), 1000);
+}
+
+#[tokio::test]
+async fn revocation_closes_a_live_tunnel_within_one_second_and_invalid_edit_keeps_policy() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let keep = origin::http(origin::loopback().await, "keep");
+    let kp = keep.addr.port();
+    let proxy = TestProxy::start(&policy(&[p, kp], &["echo.test", "keep.test"], ""), &[("echo.test", LO), ("keep.test", LO)], |_| {})
+        .await
+        .unwrap();
+
+    // An invalid edit keeps the old policy.
+    proxy.write_policy("[allow]\nhosts = [\"unterminated\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while proxy.metric("kennel_proxy_reloads_total{result=\"failed\"}").await.unwrap() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "invalid edit not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code(&proxy, &format!("http://keep.test:{kp}/")).await, "200");
+    assert_eq!(proxy.proxy.store().generation(), 1);
+
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}")).await.unwrap();
+    t.write_all(b"before\n").await.unwrap();
+    let mut b = [0u8; 7];
+    t.read_exact(&mut b).await.unwrap();
+
+    // Revoke echo.test: the live tunnel is closed within 1 s of the edit.
+    proxy.write_policy(&policy(&[p, kp], &["keep.test"], "")).unwrap();
+    let edited = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(1), t.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "tunnel still open {:?} after the edit: {r:?}", edited.elapsed());
+    let rec = proxy.wait_log(|r| r["reason"] == "revoked").await.unwrap();
+    assert_eq!((rec["host"].as_str(), rec["decision"].as_str()), (Some("echo.test"), Some("deny")));
+    assert_eq!(proxy.metric("kennel_proxy_revoked_total").await.unwrap(), 1);
+    assert_eq!(proxy.metric("kennel_proxy_reloads_total{result=\"ok\"}").await.unwrap(), 1);
+    assert!(connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}")).await.is_err());
+    assert_eq!(code(&proxy, &format!("http://keep.test:{kp}/")).await, "200");
+}
+
+#[tokio::test]
+async fn report_mode_allows_and_logs_would_deny() {
+    let o = origin::http(origin::loopback().await, "rep");
+    let p = o.addr.port();
+    let pol = format!("mode = \"report\"\n{}", policy(&[p], &["origin.test"], ""));
+    let proxy = TestProxy::start(&pol, &[("other.test", LO)], |_| {}).await.unwrap();
+    assert_eq!(code(&proxy, &format!("http://other.test:{p}/")).await, "200");
+    let rec = proxy.wait_log(|r| r["host"] == "other.test").await.unwrap();
+    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str()), (Some("would_deny"), Some("not_in_allowlist")));
+}
+
+#[tokio::test]
+async fn guard_with_origin_in_a_network_namespace_on_a_documentation_address() {
+    if let Some(why) = netns::unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let ns = Netns::create().unwrap();
+    let o = origin::http(ns.bind(0).unwrap(), "ns");
+    let p = o.addr.port();
+    let nsip = IpAddr::V4(ns.ns_ip);
+    let base = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"public.test\"]\n");
+    let proxy = TestProxy::start(&base, &[("public.test", nsip)], |_| {}).await.unwrap();
+    // 192.0.2.x / 198.51.100.x / 203.0.113.x are documentation addresses: not public.
+    let out = curl(&["-i", "-x", &proxy.url(), &format!("http://public.test:{p}/")]).await.unwrap();
+    assert!(out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains("address_not_allowed"), "{out:?}");
+    assert_eq!(code(&proxy, &format!("http://{nsip}:{p}/")).await, "403");
+    assert_eq!(o.hits(), 0);
+    // Allow exactly that address: the name goes through, connected to the checked address.
+    proxy.write_policy(&format!("{base}cidrs = [\"{nsip}/32\"]\n")).unwrap();
+    assert!(matches!(proxy.proxy.reload(), kennel_policy::reload::ReloadEvent::Reloaded { .. } | kennel_policy::reload::ReloadEvent::Unchanged));
+    let out = curl(&["-x", &proxy.url(), &format!("http://public.test:{p}/ns")]).await.unwrap();
+    assert_eq!(out.stdout, format!("origin ns: GET /ns host=public.test:{p} body=0\n"), "{out:?}");
+    let rec = proxy.wait_log(|r| r["host"] == "public.test" && r["status"] == 200).await.unwrap();
+    assert_eq!(rec["resolved"], format!("{nsip}:{p}"));
+}

@@ -1,0 +1,147 @@
+//! The project's own origins for proxy tests: a small HTTP/1.1 server (plain or TLS) and a TCP
+//! echo server. Each runs on a listener the test provides (loopback or inside a test netns).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kennel_proxy::head::{self, BodyReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running origin; aborted on drop.
+pub struct Origin {
+    /// Address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// Requests (HTTP) or connections (echo) served.
+    pub hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    /// Requests/connections served so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Bind 127.0.0.1:0.
+pub async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+}
+
+/// Plain HTTP origin named `name`. Responses: `GET /bytes/N` → N bytes of 'x'; anything else →
+/// `origin {name}: {METHOD} {path} host={Host} body={len}` (keep-alive, Content-Length).
+pub fn http(listener: TcpListener, name: &str) -> Origin {
+    serve(listener, name, None)
+}
+
+/// The same origin behind TLS with `config`.
+pub fn https(listener: TcpListener, name: &str, config: Arc<rustls::ServerConfig>) -> Origin {
+    serve(listener, name, Some(tokio_rustls::TlsAcceptor::from(config)))
+}
+
+fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
+    let addr = listener.local_addr().expect("local addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let (h, name) = (hits.clone(), name.to_string());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (h, name, tls) = (h.clone(), name.clone(), tls.clone());
+            tokio::spawn(async move {
+                match tls {
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(tcp).await {
+                            http_conn(s, &name, &h).await;
+                        }
+                    }
+                    None => http_conn(tcp, &name, &h).await,
+                }
+            });
+        }
+    });
+    Origin { addr, hits, task }
+}
+
+async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits: &AtomicU64) {
+    let mut buf = BytesMut::new();
+    loop {
+        let Ok(req) = head::read_head(&mut s, &mut buf, 1 << 20, Duration::from_secs(30), Duration::from_secs(30)).await
+        else {
+            return;
+        };
+        hits.fetch_add(1, Ordering::SeqCst);
+        let mut body = BodyReader::new(req.framing);
+        let mut len = 0usize;
+        while let Ok(Some(b)) = body.next(&mut s, &mut buf, 65536).await {
+            len += b.len();
+        }
+        let host = req.header("host").map(|h| String::from_utf8_lossy(h).to_string()).unwrap_or_default();
+        let resp_body: Vec<u8> = match req.target.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => vec![b'x'; n],
+            None => format!("origin {name}: {} {} host={host} body={len}\n", req.method, req.target).into_bytes(),
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Origin: {name}\r\n\r\n",
+            resp_body.len()
+        );
+        if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&resp_body).await.is_err() {
+            return;
+        }
+        if !req.keep_alive {
+            let _ = s.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// TCP echo origin (for tunnels): echoes every byte; on EOF shuts its write side down.
+pub fn echo(listener: TcpListener) -> Origin {
+    let addr = listener.local_addr().expect("local addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            h.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Origin { addr, hits, task }
+}
+
+/// Sink origin (for throughput): reads and discards, then reports the byte count on close.
+pub fn sink(listener: TcpListener) -> Origin {
+    let addr = listener.local_addr().expect("local addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut b = vec![0u8; 256 * 1024];
+                while let Ok(n) = tcp.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
+                    h.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    Origin { addr, hits, task }
+}
