@@ -1,6 +1,8 @@
 //! The real `kennel` binary against an in-process kennel-supervisord on a temporary socket,
 //! backed by the in-memory FakeBackend (no Docker needed).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -86,12 +86,12 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, Star
             source,
         }
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(sock_err("create the directory of"))?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
-                .map_err(sock_err("chmod the directory of"))?;
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent).map_err(sock_err("create the directory of"))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+            .map_err(sock_err("chmod the directory of"))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {

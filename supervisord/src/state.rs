@@ -148,14 +148,12 @@ impl StateDir {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&envs).map_err(io("read", &envs))? {
             let entry = entry.map_err(io("read", &envs))?;
-            if entry
+            let is_dir = entry
                 .file_type()
                 .map_err(io("read", &entry.path()))?
-                .is_dir()
-            {
-                if let Some(n) = entry.file_name().to_str() {
-                    names.push(n.to_string());
-                }
+                .is_dir();
+            if is_dir && let Some(n) = entry.file_name().to_str() {
+                names.push(n.to_string());
             }
         }
         names.sort();
@@ -189,10 +187,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot release a failed environment's state");
-            }
+        if !self.committed
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot release a failed environment's state");
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The daemon's registry over the in-memory FakeBackend: create / list / inspect / remove,
 //! name collisions, concurrent creates, reconcile, path ownership, exec framing.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
+
 use std::path::Path;
 use std::sync::Arc;
 
