@@ -27,6 +27,10 @@ use crate::state::{EnvRecord, StateDir, StateError};
 
 /// Label put on every object of an environment created by the daemon: the creator's uid.
 pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
+/// Label put on every object of an environment created by the daemon: the state directory's
+/// instance id ([`StateDir::instance`]). The daemon lists, removes and reconciles only objects
+/// carrying its own id (or recorded in its state), never another daemon's or a test's.
+pub const LABEL_DAEMON: &str = "dev.kennel.daemon";
 
 /// Where the proxy image comes from (Docker: built from the static `kennel-proxy` binary and
 /// imported; tests: a fixed tag).
@@ -239,7 +243,10 @@ impl Daemon {
             spec,
             policy_dir,
             proxy_image,
-            state_labels: vec![(LABEL_CREATED_BY.to_string(), peer.uid.to_string())],
+            state_labels: vec![
+                (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
+                (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
+            ],
         };
         let status = self.backend.create_env(&plan).await?;
         reservation.commit();
@@ -374,13 +381,35 @@ impl Daemon {
         }
     }
 
-    /// `GET /v1/envs`: every environment the engine knows, plus recorded ones that have vanished
-    /// from the engine (state `missing`), sorted by name.
+    /// Whether engine objects were created by this daemon (carry its instance label).
+    fn owns(&self, status: &EnvStatus) -> bool {
+        status.labels.get(LABEL_DAEMON).map(String::as_str) == Some(self.state.instance())
+    }
+
+    /// The engine's view of `name` if this daemon manages it (recorded in its state, or
+    /// carrying its instance label); `Ok(None)` for unknown or foreign environments.
+    async fn managed_status(
+        &self,
+        name: &str,
+        record: Option<&EnvRecord>,
+    ) -> Result<Option<EnvStatus>, ApiError> {
+        Ok(self
+            .backend
+            .inspect_env(name)
+            .await?
+            .filter(|s| record.is_some() || self.owns(s)))
+    }
+
+    /// `GET /v1/envs`: the environments this daemon manages, including recorded ones that have
+    /// vanished from the engine (state `missing`), sorted by name. Objects created by another
+    /// daemon or by hand are not listed.
     pub async fn list(&self) -> Result<Vec<EnvInfo>, ApiError> {
         let mut out = BTreeMap::new();
         for status in self.backend.list_envs().await? {
             let record = self.state.read_record(&status.name).ok().flatten();
-            out.insert(status.name.clone(), self.info(status, record.as_ref()));
+            if record.is_some() || self.owns(&status) {
+                out.insert(status.name.clone(), self.info(status, record.as_ref()));
+            }
         }
         for name in self.state.names()? {
             if out.contains_key(&name) {
@@ -397,7 +426,7 @@ impl Daemon {
     pub async fn inspect(&self, name: &str) -> Result<EnvInfo, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let record = self.state.read_record(name)?;
-        match (self.backend.inspect_env(name).await?, record) {
+        match (self.managed_status(name, record.as_ref()).await?, record) {
             (Some(status), record) => Ok(self.info(status, record.as_ref())),
             (None, Some(record)) => Ok(self.missing_info(&record)),
             (None, None) => Err(ApiError::NotFound(name.to_string())),
@@ -409,9 +438,9 @@ impl Daemon {
     pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let _busy = self.mark_busy(name)?;
-        let known =
-            self.state.env_dir(name).exists() || self.backend.inspect_env(name).await?.is_some();
-        if !known {
+        let record = self.state.read_record(name)?;
+        let status = self.managed_status(name, record.as_ref()).await?;
+        if record.is_none() && status.is_none() {
             return Err(ApiError::NotFound(name.to_string()));
         }
         self.backend.remove_env(name).await?;
@@ -420,26 +449,29 @@ impl Daemon {
         Ok(())
     }
 
-    /// Start-up reconcile: labelled objects without state are orphans and are removed; state
-    /// directories without a record (a create that never finished) are removed with their objects.
+    /// Start-up reconcile. Objects carrying this daemon's instance label but without state are
+    /// orphans and are removed; state directories without a record (a create that never
+    /// finished) are removed. Objects of other daemons (or made by hand) are left alone.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ApiError> {
         let mut report = ReconcileReport::default();
-        let engine: Vec<String> = self
-            .backend
-            .list_envs()
-            .await?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        for name in &engine {
-            if validate_env_name(name).is_ok() && self.state.read_record(name)?.is_some() {
+        let mut engine = Vec::new();
+        for status in self.backend.list_envs().await? {
+            let name = status.name.clone();
+            let recorded =
+                validate_env_name(&name).is_ok() && self.state.read_record(&name)?.is_some();
+            if recorded {
                 report.kept.push(name.clone());
-            } else {
+            } else if self.owns(&status) {
                 tracing::warn!(env = %name, "removing orphaned environment objects (no state)");
-                self.backend.remove_env(name).await?;
-                self.state.remove(name)?;
+                self.backend.remove_env(&name).await?;
+                if validate_env_name(&name).is_ok() {
+                    self.state.remove(&name)?;
+                }
                 report.removed_orphans.push(name.clone());
+            } else {
+                tracing::debug!(env = %name, "ignoring an environment this daemon did not create");
             }
+            engine.push(name);
         }
         for name in self.state.names()? {
             if engine.contains(&name) {
@@ -469,6 +501,10 @@ impl Daemon {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         if req.cmd.is_empty() {
             return Err(ApiError::BadRequest("exec needs a command".into()));
+        }
+        let record = self.state.read_record(name)?;
+        if record.is_none() && self.managed_status(name, None).await?.is_none() {
+            return Err(ApiError::NotFound(name.to_string()));
         }
         let session = self
             .backend

@@ -65,6 +65,7 @@ pub struct EnvRecord {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    instance: String,
 }
 
 /// Name of the per-environment spec file.
@@ -78,9 +79,18 @@ impl StateDir {
         std::fs::create_dir_all(&envs).map_err(io("create", &envs))?;
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
             .map_err(io("chmod", root))?;
+        let instance = instance_id(root)?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            instance,
         })
+    }
+
+    /// This state directory's instance id (random, made on first use, kept in `instance-id`).
+    /// The daemon labels its objects with it, so it never touches objects another daemon or a
+    /// test created.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The state directory's root.
@@ -169,6 +179,26 @@ impl StateDir {
             Err(e) => Err(io("remove", &dir)(e)),
         }
     }
+}
+
+/// Reads `root/instance-id`, creating it with 16 random hex digits if missing.
+fn instance_id(root: &Path) -> Result<String, StateError> {
+    use std::io::Read;
+    let path = root.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &path)(e)),
+    }
+    let mut bytes = [0u8; 8];
+    let urandom = Path::new("/dev/urandom");
+    std::fs::File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("read", urandom))?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, format!("{id}\n")).map_err(io("write", &path))?;
+    Ok(id)
 }
 
 /// A reserved environment name (see [`StateDir::reserve`]).

@@ -13,7 +13,7 @@ use kennel_container::spec::{EnvSpec, SpecOverrides};
 use kennel_supervisord::api::types::CreateEnv;
 use kennel_supervisord::auth::{Authorizer, Peer};
 use kennel_supervisord::frame::{self, FrameKind};
-use kennel_supervisord::registry::{Daemon, FixedProxyImage};
+use kennel_supervisord::registry::{Daemon, FixedProxyImage, LABEL_DAEMON};
 use kennel_supervisord::state::StateDir;
 
 struct Fixture {
@@ -258,22 +258,38 @@ async fn path_traversal_names_are_not_found() {
     }
 }
 
+fn plan(f: &Fixture, name: &str, labels: Vec<(String, String)>) -> EnvPlan {
+    EnvPlan {
+        spec: request(f.workspace.path(), name).spec.into(),
+        policy_dir: f.state_dir.path().into(),
+        proxy_image: "p".into(),
+        state_labels: labels,
+    }
+}
+
 #[tokio::test]
-async fn reconcile_removes_orphans_and_unfinished_creates_and_keeps_the_rest() {
+async fn reconcile_removes_own_orphans_and_unfinished_creates_and_keeps_the_rest() {
     let f = fixture();
     f.daemon
         .create(&root(), request(f.workspace.path(), "kept"))
         .await
         .unwrap();
-    // Labelled objects the daemon has no state for (e.g. state dir wiped).
-    let spec: EnvSpec = request(f.workspace.path(), "orphan").spec.into();
-    let plan = EnvPlan {
-        spec,
-        policy_dir: f.state_dir.path().into(),
-        proxy_image: "p".into(),
-        state_labels: vec![],
-    };
-    f.fake.create_env(&plan).await.unwrap();
+    // Objects this daemon created but has no state for (e.g. state dir wiped).
+    let mine = vec![(
+        LABEL_DAEMON.to_string(),
+        f.daemon.state().instance().to_string(),
+    )];
+    f.fake.create_env(&plan(&f, "orphan", mine)).await.unwrap();
+    // Objects somebody else created (another daemon, a test): not ours to remove.
+    let theirs = vec![(LABEL_DAEMON.to_string(), "someone-else".to_string())];
+    f.fake
+        .create_env(&plan(&f, "foreign", theirs))
+        .await
+        .unwrap();
+    f.fake
+        .create_env(&plan(&f, "unlabelled", vec![]))
+        .await
+        .unwrap();
     // A create that died after reserving its name.
     std::fs::create_dir(f.state_dir.path().join("envs/halfway")).unwrap();
 
@@ -287,6 +303,41 @@ async fn reconcile_removes_orphans_and_unfinished_creates_and_keeps_the_rest() {
     );
     assert!(!f.state_dir.path().join("envs/halfway").exists());
     assert!(f.fake.inspect_env("kept").await.unwrap().is_some());
+    assert!(
+        f.fake.inspect_env("foreign").await.unwrap().is_some(),
+        "foreign env untouched"
+    );
+    assert!(
+        f.fake.inspect_env("unlabelled").await.unwrap().is_some(),
+        "unlabelled env untouched"
+    );
+}
+
+#[tokio::test]
+async fn environments_of_others_are_invisible_and_cannot_be_removed() {
+    let f = fixture();
+    let theirs = vec![(LABEL_DAEMON.to_string(), "someone-else".to_string())];
+    f.fake
+        .create_env(&plan(&f, "foreign", theirs))
+        .await
+        .unwrap();
+    assert!(f.daemon.list().await.unwrap().is_empty());
+    assert_eq!(
+        f.daemon.inspect("foreign").await.unwrap_err().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        f.daemon.remove("foreign").await.unwrap_err().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(f.fake.inspect_env("foreign").await.unwrap().is_some());
+    // Its name is still taken in the engine, so creating it is a conflict, not a clobber.
+    let err = f
+        .daemon
+        .create(&root(), request(f.workspace.path(), "foreign"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::CONFLICT);
 }
 
 #[tokio::test]
