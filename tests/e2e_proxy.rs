@@ -20,23 +20,56 @@ fn policy(ports: &[u16], hosts: &[&str], extra: &str) -> String {
 }
 
 async fn code(proxy: &TestProxy, url: &str) -> String {
-    curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy.url(), url]).await.unwrap().stdout
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &proxy.url(),
+        url,
+    ])
+    .await
+    .unwrap()
+    .stdout
 }
 
 #[tokio::test]
 async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
     let o = origin::http(origin::loopback().await, "one");
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO), ("evil.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    let ok = curl(&[
+        "-x",
+        &proxy.url(),
+        &format!("http://origin.test:{p}/hello?x=1"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.stdout,
+        format!("origin one: GET /hello?x=1 host=origin.test:{p} body=0\n"),
+        "{ok:?}"
+    );
+
+    let denied = curl(&["-i", "-x", &proxy.url(), &format!("http://evil.test:{p}/")])
         .await
         .unwrap();
-
-    let ok = curl(&["-x", &proxy.url(), &format!("http://origin.test:{p}/hello?x=1")]).await.unwrap();
-    assert_eq!(ok.stdout, format!("origin one: GET /hello?x=1 host=origin.test:{p} body=0\n"), "{ok:?}");
-
-    let denied = curl(&["-i", "-x", &proxy.url(), &format!("http://evil.test:{p}/")]).await.unwrap();
     assert!(denied.stdout.starts_with("HTTP/1.1 403"), "{denied:?}");
-    assert!(denied.stdout.to_ascii_lowercase().contains("x-kennel-deny-reason: not_in_allowlist"), "{denied:?}");
+    assert!(
+        denied
+            .stdout
+            .to_ascii_lowercase()
+            .contains("x-kennel-deny-reason: not_in_allowlist"),
+        "{denied:?}"
+    );
     let want = format!(
         "kennel: egress to evil.test:{p} denied (not in allowlist). To allow it, add \"evil.test\" to {}",
         proxy.policy_path.display()
@@ -44,7 +77,10 @@ async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
     assert!(denied.stdout.contains(&want), "{}", denied.stdout);
     assert_eq!(o.hits(), 1, "the denied request never reached the origin");
 
-    let rec = proxy.wait_log(|r| r["host"] == "origin.test").await.unwrap();
+    let rec = proxy
+        .wait_log(|r| r["host"] == "origin.test")
+        .await
+        .unwrap();
     assert_eq!(rec["method"], "GET");
     assert_eq!(rec["port"], p);
     assert_eq!(rec["decision"], "allow");
@@ -58,12 +94,31 @@ async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
     assert!(rec["time"].as_str().unwrap().ends_with('Z'));
     assert!(rec["duration_ms"].is_u64());
     let rec = proxy.wait_log(|r| r["host"] == "evil.test").await.unwrap();
-    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str(), rec["status"].as_u64()), (Some("deny"), Some("not_in_allowlist"), Some(403)));
+    assert_eq!(
+        (
+            rec["decision"].as_str(),
+            rec["reason"].as_str(),
+            rec["status"].as_u64()
+        ),
+        (Some("deny"), Some("not_in_allowlist"), Some(403))
+    );
 
     assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"allow\",reason=\"allowed_by_rule\"}").await.unwrap(), 1);
     assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"deny\",reason=\"not_in_allowlist\"}").await.unwrap(), 1);
-    assert!(proxy.metric("kennel_proxy_bytes_total{direction=\"down\"}").await.unwrap() > 0);
-    assert!(proxy.metric("kennel_proxy_connections_total").await.unwrap() >= 2);
+    assert!(
+        proxy
+            .metric("kennel_proxy_bytes_total{direction=\"down\"}")
+            .await
+            .unwrap()
+            > 0
+    );
+    assert!(
+        proxy
+            .metric("kennel_proxy_connections_total")
+            .await
+            .unwrap()
+            >= 2
+    );
     let (s, body) = proxy.admin_get("/policy").await.unwrap();
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -76,27 +131,66 @@ async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
 #[tokio::test]
 async fn https_connect_through_curl_and_sni_mismatch_refused() {
     let ca = TestCa::new().unwrap();
-    let o = origin::https(origin::loopback().await, "tls", server_config(ca.leaf(&["tls.test", "other.test"]).unwrap()).unwrap());
+    let o = origin::https(
+        origin::loopback().await,
+        "tls",
+        server_config(ca.leaf(&["tls.test", "other.test"]).unwrap()).unwrap(),
+    );
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["tls.test", "other.test"], ""), &[("tls.test", LO), ("other.test", LO)], |_| {})
-        .await
-        .unwrap();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["tls.test", "other.test"], ""),
+        &[("tls.test", LO), ("other.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
     let ca_path = ca.write_pem(proxy.dir.path()).unwrap();
 
-    let ok = curl(&["--cacert", ca_path.to_str().unwrap(), "-x", &proxy.url(), &format!("https://tls.test:{p}/secure")]).await.unwrap();
-    assert_eq!(ok.stdout, format!("origin tls: GET /secure host=tls.test:{p} body=0\n"), "{ok:?}");
-    let rec = proxy.wait_log(|r| r["method"] == "CONNECT" && r["sni"] == "tls.test").await.unwrap();
-    assert_eq!((rec["status"].as_u64(), rec["decision"].as_str()), (Some(200), Some("allow")));
+    let ok = curl(&[
+        "--cacert",
+        ca_path.to_str().unwrap(),
+        "-x",
+        &proxy.url(),
+        &format!("https://tls.test:{p}/secure"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.stdout,
+        format!("origin tls: GET /secure host=tls.test:{p} body=0\n"),
+        "{ok:?}"
+    );
+    let rec = proxy
+        .wait_log(|r| r["method"] == "CONNECT" && r["sni"] == "tls.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        (rec["status"].as_u64(), rec["decision"].as_str()),
+        (Some(200), Some("allow"))
+    );
     assert!(rec["bytes_up"].as_u64().unwrap() > 0 && rec["bytes_down"].as_u64().unwrap() > 0);
 
     // CONNECT to tls.test but a ClientHello for other.test: refused even though both are allowed.
-    let tunnel = connect_tunnel(proxy.proxy.proxy_addr(), &format!("tls.test:{p}")).await.unwrap();
+    let tunnel = connect_tunnel(proxy.proxy.proxy_addr(), &format!("tls.test:{p}"))
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
     let sn = rustls::pki_types::ServerName::try_from("other.test").unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(5), tls.connect(sn, tunnel)).await.unwrap();
-    assert!(r.is_err(), "handshake through a mismatched tunnel must fail");
-    let rec = proxy.wait_log(|r| r["reason"] == "sni_mismatch").await.unwrap();
-    assert_eq!((rec["decision"].as_str(), rec["sni"].as_str()), (Some("deny"), Some("other.test")));
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.connect(sn, tunnel))
+        .await
+        .unwrap();
+    assert!(
+        r.is_err(),
+        "handshake through a mismatched tunnel must fail"
+    );
+    let rec = proxy
+        .wait_log(|r| r["reason"] == "sni_mismatch")
+        .await
+        .unwrap();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["sni"].as_str()),
+        (Some("deny"), Some("other.test"))
+    );
     assert_eq!(proxy.metric("kennel_proxy_decisions_total{kind=\"connect\",decision=\"deny\",reason=\"sni_mismatch\"}").await.unwrap(), 1);
 }
 
@@ -105,12 +199,29 @@ async fn pattern_kinds_and_port_rules() {
     let o1 = origin::http(origin::loopback().await, "a");
     let o2 = origin::http(origin::loopback().await, "b");
     let (p1, p2) = (o1.addr.port(), o2.addr.port());
-    let names = ["exact.test", "x.exact.test", "a.wild.test", "wild.test", "suffix.test", "a.b.suffix.test", "other.test", "ported.test"];
+    let names = [
+        "exact.test",
+        "x.exact.test",
+        "a.wild.test",
+        "wild.test",
+        "suffix.test",
+        "a.b.suffix.test",
+        "other.test",
+        "ported.test",
+    ];
     let hosts: Vec<(&str, IpAddr)> = names.iter().map(|n| (*n, LO)).collect();
     let extra = format!("[[rule]]\nhosts = [\"ported.test\"]\nports = [{p2}]\n");
-    let proxy = TestProxy::start(&policy(&[p1], &["exact.test", "*.wild.test", ".suffix.test"], &extra), &hosts, |_| {})
-        .await
-        .unwrap();
+    let proxy = TestProxy::start(
+        &policy(
+            &[p1],
+            &["exact.test", "*.wild.test", ".suffix.test"],
+            &extra,
+        ),
+        &hosts,
+        |_| {},
+    )
+    .await
+    .unwrap();
     for (host, want) in [
         ("exact.test", "200"),
         ("x.exact.test", "403"),
@@ -121,12 +232,25 @@ async fn pattern_kinds_and_port_rules() {
         ("other.test", "403"),
         ("EXACT.test.", "200"),
     ] {
-        assert_eq!(code(&proxy, &format!("http://{host}:{p1}/")).await, want, "{host}");
+        assert_eq!(
+            code(&proxy, &format!("http://{host}:{p1}/")).await,
+            want,
+            "{host}"
+        );
     }
     // Port rules: the default ports do not include p2; the [[rule]] allows ported.test on p2 only.
-    assert_eq!(code(&proxy, &format!("http://exact.test:{p2}/")).await, "403");
-    assert_eq!(code(&proxy, &format!("http://ported.test:{p2}/")).await, "200");
-    let rec = proxy.wait_log(|r| r["host"] == "exact.test" && r["port"] == p2).await.unwrap();
+    assert_eq!(
+        code(&proxy, &format!("http://exact.test:{p2}/")).await,
+        "403"
+    );
+    assert_eq!(
+        code(&proxy, &format!("http://ported.test:{p2}/")).await,
+        "200"
+    );
+    let rec = proxy
+        .wait_log(|r| r["host"] == "exact.test" && r["port"] == p2)
+        .await
+        .unwrap();
     assert_eq!(rec["reason"], "port_not_allowed");
 }
 
@@ -137,14 +261,43 @@ async fn ip_literals_in_every_spelling_are_denied() {
     // No cidrs: IP literals can only be allowed by a cidrs entry.
     let pol = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"origin.test\"]\n");
     let proxy = TestProxy::start(&pol, &[], |_| {}).await.unwrap();
-    for lit in ["127.0.0.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f.1", "127.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"] {
-        let resp = raw(proxy.proxy.proxy_addr(), format!("CONNECT {lit}:{p} HTTP/1.1\r\nHost: {lit}:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    for lit in [
+        "127.0.0.1",
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "0x7f.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ] {
+        let resp = raw(
+            proxy.proxy.proxy_addr(),
+            format!("CONNECT {lit}:{p} HTTP/1.1\r\nHost: {lit}:{p}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         assert!(resp.starts_with("HTTP/1.1 403"), "{lit}: {resp}");
-        assert!(resp.contains("X-Kennel-Deny-Reason: ip_literal_not_allowed"), "{lit}: {resp}");
-        let resp = raw(proxy.proxy.proxy_addr(), format!("GET http://{lit}:{p}/ HTTP/1.1\r\nHost: {lit}:{p}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        assert!(
+            resp.contains("X-Kennel-Deny-Reason: ip_literal_not_allowed"),
+            "{lit}: {resp}"
+        );
+        let resp = raw(
+            proxy.proxy.proxy_addr(),
+            format!(
+                "GET http://{lit}:{p}/ HTTP/1.1\r\nHost: {lit}:{p}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
         assert!(resp.starts_with("HTTP/1.1 403"), "{lit}: {resp}");
     }
-    assert_eq!(code(&proxy, &format!("http://2130706433:{p}/")).await, "403");
+    assert_eq!(
+        code(&proxy, &format!("http://2130706433:{p}/")).await,
+        "403"
+    );
     assert_eq!(o.hits(), 0);
 }
 
@@ -152,7 +305,9 @@ async fn ip_literals_in_every_spelling_are_denied() {
 async fn name_resolving_to_private_address_is_denied() {
     let o = origin::http(origin::loopback().await, "private");
     let p = o.addr.port();
-    let pol = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"internal.test\", \"loop.test\", \"mixed.test\"]\n");
+    let pol = format!(
+        "[defaults]\nports = [{p}]\n[allow]\nhosts = [\"internal.test\", \"loop.test\", \"mixed.test\"]\n"
+    );
     let hosts = [
         ("internal.test", "10.1.2.3".parse().unwrap()),
         ("loop.test", LO),
@@ -160,29 +315,65 @@ async fn name_resolving_to_private_address_is_denied() {
         ("mixed.test", LO),
     ];
     let proxy = TestProxy::start(&pol, &hosts, |_| {}).await.unwrap();
-    for (host, ip) in [("internal.test", "10.1.2.3"), ("loop.test", "127.0.0.1"), ("mixed.test", "127.0.0.1")] {
-        let out = curl(&["-i", "-x", &proxy.url(), &format!("http://{host}:{p}/")]).await.unwrap();
+    for (host, ip) in [
+        ("internal.test", "10.1.2.3"),
+        ("loop.test", "127.0.0.1"),
+        ("mixed.test", "127.0.0.1"),
+    ] {
+        let out = curl(&["-i", "-x", &proxy.url(), &format!("http://{host}:{p}/")])
+            .await
+            .unwrap();
         assert!(out.stdout.starts_with("HTTP/1.1 502"), "{host}: {out:?}");
-        assert!(out.stdout.contains("X-Kennel-Deny-Reason: address_not_allowed"), "{out:?}");
-        assert!(out.stdout.contains(&format!("it resolves to {ip}")), "{out:?}");
-        let resp = raw(proxy.proxy.proxy_addr(), format!("CONNECT {host}:{p} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap();
+        assert!(
+            out.stdout
+                .contains("X-Kennel-Deny-Reason: address_not_allowed"),
+            "{out:?}"
+        );
+        assert!(
+            out.stdout.contains(&format!("it resolves to {ip}")),
+            "{out:?}"
+        );
+        let resp = raw(
+            proxy.proxy.proxy_addr(),
+            format!("CONNECT {host}:{p} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         assert!(resp.starts_with("HTTP/1.1 502"), "{host}: {resp}");
     }
     assert_eq!(o.hits(), 0);
-    let rec = proxy.wait_log(|r| r["host"] == "internal.test").await.unwrap();
-    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str()), (Some("deny"), Some("address_not_allowed")));
+    let rec = proxy
+        .wait_log(|r| r["host"] == "internal.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["reason"].as_str()),
+        (Some("deny"), Some("address_not_allowed"))
+    );
 }
 
 #[tokio::test]
 async fn keep_alive_second_request_to_denied_host_is_denied() {
     let o = origin::http(origin::loopback().await, "ka");
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
-        .await
-        .unwrap();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO), ("evil.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
     let out = curl(&[
-        "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null", "-x", &proxy.url(),
-        &format!("http://origin.test:{p}/"), &format!("http://evil.test:{p}/"),
+        "-w",
+        "%{http_code} %{num_connects}\n",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-x",
+        &proxy.url(),
+        &format!("http://origin.test:{p}/"),
+        &format!("http://evil.test:{p}/"),
     ])
     .await
     .unwrap();
@@ -191,23 +382,38 @@ async fn keep_alive_second_request_to_denied_host_is_denied() {
     assert_eq!(o.hits(), 1);
     let log = proxy.log();
     assert_eq!(log.len(), 2);
-    assert_eq!(log[0]["client"], log[1]["client"], "both requests on one client connection");
+    assert_eq!(
+        log[0]["client"], log[1]["client"],
+        "both requests on one client connection"
+    );
 }
 
 #[tokio::test]
 async fn framing_attacks_and_host_mismatch_get_400_and_never_reach_the_origin() {
     let o = origin::http(origin::loopback().await, "smuggle");
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["origin.test", "evil.test"], ""), &[("origin.test", LO), ("evil.test", LO)], |_| {})
-        .await
-        .unwrap();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test", "evil.test"], ""),
+        &[("origin.test", LO), ("evil.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
     let a = proxy.proxy.proxy_addr();
     let u = format!("http://origin.test:{p}/");
     for req in [
-        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
-        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
-        format!("POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        format!(
+            "POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"
+        ),
+        format!(
+            "POST {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"
+        ),
         format!("GET {u} HTTP/1.1\r\nHost: origin.test:{p}\r\nX-Folded: a\r\n b\r\n\r\n"),
         format!("GET {u} HTTP/1.1\r\nHost: evil.test:{p}\r\n\r\n"),
         format!("GET {u} HTTP/1.1\r\nHost: origin.test\r\n\r\n"),
@@ -216,36 +422,82 @@ async fn framing_attacks_and_host_mismatch_get_400_and_never_reach_the_origin() 
         let resp = raw(a, req.as_bytes()).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 400"), "{req:?} -> {resp}");
     }
-    let resp = raw(a, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let resp = raw(a, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert!(resp.contains("this is a forward proxy"), "{resp}");
     assert_eq!(o.hits(), 0, "nothing ambiguous was forwarded");
     // A well-formed chunked POST is forwarded with its body.
-    let out = curl(&["-x", &proxy.url(), "-H", "Transfer-Encoding: chunked", "--data-binary", "hello", &u]).await.unwrap();
-    assert_eq!(out.stdout, format!("origin smuggle: POST / host=origin.test:{p} body=5\n"), "{out:?}");
+    let out = curl(&[
+        "-x",
+        &proxy.url(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "hello",
+        &u,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        out.stdout,
+        format!("origin smuggle: POST / host=origin.test:{p} body=5\n"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
 async fn oversized_head_gets_431() {
-    let proxy = TestProxy::start(&policy(&[80], &["origin.test"], ""), &[("origin.test", LO)], |c| c.limits.max_head_bytes = 8192)
+    let proxy = TestProxy::start(
+        &policy(&[80], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |c| c.limits.max_head_bytes = 8192,
+    )
+    .await
+    .unwrap();
+    let big = format!("X-Big: {}", "a".repeat(10_000));
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &big,
+        "-x",
+        &proxy.url(),
+        "http://origin.test/",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.stdout, "431", "{out:?}");
+    proxy
+        .wait_log(|r| r["reason"] == "head_too_large" && r["status"] == 431)
         .await
         .unwrap();
-    let big = format!("X-Big: {}", "a".repeat(10_000));
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", &big, "-x", &proxy.url(), "http://origin.test/"]).await.unwrap();
-    assert_eq!(out.stdout, "431", "{out:?}");
-    proxy.wait_log(|r| r["reason"] == "head_too_large" && r["status"] == 431).await.unwrap();
 }
 
 #[tokio::test]
 async fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
     let o = origin::http(origin::loopback().await, "busy");
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["origin.test"], ""), &[("origin.test", LO)], |c| c.limits.header_timeout_ms = 500)
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |c| c.limits.header_timeout_ms = 500,
+    )
+    .await
+    .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(proxy.proxy.proxy_addr())
         .await
         .unwrap();
-    let mut slow = tokio::net::TcpStream::connect(proxy.proxy.proxy_addr()).await.unwrap();
-    slow.write_all(b"GET http://origin.test/ HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET http://origin.test/ HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
     // Another client is served while the slow one dangles.
-    assert_eq!(code(&proxy, &format!("http://origin.test:{p}/")).await, "200");
+    assert_eq!(
+        code(&proxy, &format!("http://origin.test:{p}/")).await,
+        "200"
+    );
     // The slow client trickles bytes but never completes the head: the proxy closes it.
     let mut closed = false;
     for _ in 0..100 {
@@ -263,12 +515,18 @@ async fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() 
         }
     }
     assert!(closed, "slow client still connected after 10 s");
-    assert_eq!(code(&proxy, &format!("http://origin.test:{p}/")).await, "200");
+    assert_eq!(
+        code(&proxy, &format!("http://origin.test:{p}/")).await,
+        "200"
+    );
 }
 
 /// Raise the soft RLIMIT_NOFILE to the hard limit (a test process may hold ~3,000 fds here).
 fn raise_nofile() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a valid, owned struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
@@ -283,7 +541,13 @@ async fn one_thousand_concurrent_tunnels() {
     raise_nofile();
     let o = origin::echo(origin::loopback().await);
     let p = o.addr.port();
-    let proxy = TestProxy::start(&policy(&[p], &["echo.test"], ""), &[("echo.test", LO)], |_| {}).await.unwrap();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
     let addr = proxy.proxy.proxy_addr();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..1000 {
@@ -294,7 +558,11 @@ async fn one_thousand_concurrent_tunnels() {
         tunnels.push(r.unwrap().unwrap());
     }
     assert_eq!(tunnels.len(), 1000);
-    assert_eq!(proxy.proxy.shared().registry.len(), 1000, "all 1000 tunnels open at once");
+    assert_eq!(
+        proxy.proxy.shared().registry.len(),
+        1000,
+        "all 1000 tunnels open at once"
+    );
     let mut set = tokio::task::JoinSet::new();
     for (i, mut t) in tunnels.into_iter().enumerate() {
         set.spawn(async move {
@@ -321,37 +589,78 @@ async fn revocation_closes_a_live_tunnel_within_one_second_and_invalid_edit_keep
     let p = o.addr.port();
     let keep = origin::http(origin::loopback().await, "keep");
     let kp = keep.addr.port();
-    let proxy = TestProxy::start(&policy(&[p, kp], &["echo.test", "keep.test"], ""), &[("echo.test", LO), ("keep.test", LO)], |_| {})
-        .await
-        .unwrap();
+    let proxy = TestProxy::start(
+        &policy(&[p, kp], &["echo.test", "keep.test"], ""),
+        &[("echo.test", LO), ("keep.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
 
     // An invalid edit keeps the old policy.
-    proxy.write_policy("[allow]\nhosts = [\"unterminated\n").unwrap();
+    proxy
+        .write_policy("[allow]\nhosts = [\"unterminated\n")
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy.metric("kennel_proxy_reloads_total{result=\"failed\"}").await.unwrap() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "invalid edit not noticed");
+    while proxy
+        .metric("kennel_proxy_reloads_total{result=\"failed\"}")
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "invalid edit not noticed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(code(&proxy, &format!("http://keep.test:{kp}/")).await, "200");
+    assert_eq!(
+        code(&proxy, &format!("http://keep.test:{kp}/")).await,
+        "200"
+    );
     assert_eq!(proxy.proxy.store().generation(), 1);
 
-    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}")).await.unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .unwrap();
     t.write_all(b"before\n").await.unwrap();
     let mut b = [0u8; 7];
     t.read_exact(&mut b).await.unwrap();
 
     // Revoke echo.test: the live tunnel is closed within 1 s of the edit.
-    proxy.write_policy(&policy(&[p, kp], &["keep.test"], "")).unwrap();
+    proxy
+        .write_policy(&policy(&[p, kp], &["keep.test"], ""))
+        .unwrap();
     let edited = tokio::time::Instant::now();
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(1), t.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "tunnel still open {:?} after the edit: {r:?}", edited.elapsed());
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "tunnel still open {:?} after the edit: {r:?}",
+        edited.elapsed()
+    );
     let rec = proxy.wait_log(|r| r["reason"] == "revoked").await.unwrap();
-    assert_eq!((rec["host"].as_str(), rec["decision"].as_str()), (Some("echo.test"), Some("deny")));
+    assert_eq!(
+        (rec["host"].as_str(), rec["decision"].as_str()),
+        (Some("echo.test"), Some("deny"))
+    );
     assert_eq!(proxy.metric("kennel_proxy_revoked_total").await.unwrap(), 1);
-    assert_eq!(proxy.metric("kennel_proxy_reloads_total{result=\"ok\"}").await.unwrap(), 1);
-    assert!(connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}")).await.is_err());
-    assert_eq!(code(&proxy, &format!("http://keep.test:{kp}/")).await, "200");
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_reloads_total{result=\"ok\"}")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        code(&proxy, &format!("http://keep.test:{kp}/")).await,
+        "200"
+    );
 }
 
 #[tokio::test]
@@ -359,16 +668,27 @@ async fn report_mode_allows_and_logs_would_deny() {
     let o = origin::http(origin::loopback().await, "rep");
     let p = o.addr.port();
     let pol = format!("mode = \"report\"\n{}", policy(&[p], &["origin.test"], ""));
-    let proxy = TestProxy::start(&pol, &[("other.test", LO)], |_| {}).await.unwrap();
-    assert_eq!(code(&proxy, &format!("http://other.test:{p}/")).await, "200");
+    let proxy = TestProxy::start(&pol, &[("other.test", LO)], |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&proxy, &format!("http://other.test:{p}/")).await,
+        "200"
+    );
     let rec = proxy.wait_log(|r| r["host"] == "other.test").await.unwrap();
-    assert_eq!((rec["decision"].as_str(), rec["reason"].as_str()), (Some("would_deny"), Some("not_in_allowlist")));
+    assert_eq!(
+        (rec["decision"].as_str(), rec["reason"].as_str()),
+        (Some("would_deny"), Some("not_in_allowlist"))
+    );
 }
 
 #[tokio::test]
 async fn guard_with_origin_in_a_network_namespace_on_a_documentation_address() {
     if let Some(why) = netns::unavailable() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {why}");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {why}"
+        );
         eprintln!("skipping: {why}");
         return;
     }
@@ -377,17 +697,425 @@ async fn guard_with_origin_in_a_network_namespace_on_a_documentation_address() {
     let p = o.addr.port();
     let nsip = IpAddr::V4(ns.ns_ip);
     let base = format!("[defaults]\nports = [{p}]\n[allow]\nhosts = [\"public.test\"]\n");
-    let proxy = TestProxy::start(&base, &[("public.test", nsip)], |_| {}).await.unwrap();
+    let proxy = TestProxy::start(&base, &[("public.test", nsip)], |_| {})
+        .await
+        .unwrap();
     // 192.0.2.x / 198.51.100.x / 203.0.113.x are documentation addresses: not public.
-    let out = curl(&["-i", "-x", &proxy.url(), &format!("http://public.test:{p}/")]).await.unwrap();
-    assert!(out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains("address_not_allowed"), "{out:?}");
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        &format!("http://public.test:{p}/"),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains("address_not_allowed"),
+        "{out:?}"
+    );
     assert_eq!(code(&proxy, &format!("http://{nsip}:{p}/")).await, "403");
     assert_eq!(o.hits(), 0);
     // Allow exactly that address: the name goes through, connected to the checked address.
-    proxy.write_policy(&format!("{base}cidrs = [\"{nsip}/32\"]\n")).unwrap();
-    assert!(matches!(proxy.proxy.reload(), kennel_policy::reload::ReloadEvent::Reloaded { .. } | kennel_policy::reload::ReloadEvent::Unchanged));
-    let out = curl(&["-x", &proxy.url(), &format!("http://public.test:{p}/ns")]).await.unwrap();
-    assert_eq!(out.stdout, format!("origin ns: GET /ns host=public.test:{p} body=0\n"), "{out:?}");
-    let rec = proxy.wait_log(|r| r["host"] == "public.test" && r["status"] == 200).await.unwrap();
+    proxy
+        .write_policy(&format!("{base}cidrs = [\"{nsip}/32\"]\n"))
+        .unwrap();
+    assert!(matches!(
+        proxy.proxy.reload(),
+        kennel_policy::reload::ReloadEvent::Reloaded { .. }
+            | kennel_policy::reload::ReloadEvent::Unchanged
+    ));
+    let out = curl(&["-x", &proxy.url(), &format!("http://public.test:{p}/ns")])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        format!("origin ns: GET /ns host=public.test:{p} body=0\n"),
+        "{out:?}"
+    );
+    let rec = proxy
+        .wait_log(|r| r["host"] == "public.test" && r["status"] == 200)
+        .await
+        .unwrap();
     assert_eq!(rec["resolved"], format!("{nsip}:{p}"));
+}
+
+#[tokio::test]
+async fn tunnel_half_close_delivers_everything_both_ways() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .unwrap();
+    let (mut r, mut w) = t.into_split();
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let expect = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        // Half-close: the echo origin sees EOF, finishes echoing, then closes its side.
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let _w = writer.await.unwrap();
+    assert_eq!(got.len(), expect.len());
+    assert!(got == expect);
+    let rec = proxy.wait_log(|r| r["method"] == "CONNECT").await.unwrap();
+    assert_eq!(rec["bytes_up"].as_u64(), Some(expect.len() as u64));
+    assert_eq!(rec["bytes_down"].as_u64(), Some(expect.len() as u64));
+}
+
+#[tokio::test]
+async fn idle_tunnel_is_closed_after_the_idle_timeout() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |c| c.limits.idle_timeout_ms = 300,
+    )
+    .await
+    .unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    t.read_exact(&mut b).await.unwrap();
+    let mut rest = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), t.read(&mut rest))
+        .await
+        .unwrap();
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let rec = proxy.wait_log(|r| r["method"] == "CONNECT").await.unwrap();
+    assert_eq!(rec["error"], "closed after the idle timeout");
+}
+
+#[tokio::test]
+async fn connect_refused_is_502_and_blackholed_destination_is_504() {
+    let closed = {
+        let l = origin::loopback().await;
+        l.local_addr().unwrap().port()
+    };
+    let proxy = TestProxy::start(
+        &policy(&[closed], &["closed.test"], ""),
+        &[("closed.test", LO)],
+        |c| c.limits.connect_timeout_ms = 300,
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        &format!("http://closed.test:{closed}/"),
+    ])
+    .await
+    .unwrap();
+    assert!(out.stdout.starts_with("HTTP/1.1 502"), "{out:?}");
+    assert!(
+        out.stdout.contains("X-Kennel-Error: connect_failed") && out.stdout.contains("refused"),
+        "{out:?}"
+    );
+
+    if let Some(why) = netns::unavailable() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {why}"
+        );
+        eprintln!("skipping the 504 half: {why}");
+        return;
+    }
+    let ns = Netns::create().unwrap();
+    ns.drop_tcp(9).unwrap();
+    let hole = IpAddr::V4(ns.ns_ip);
+    let pol = format!(
+        "[defaults]\nports = [9]\n[allow]\nhosts = [\"hole.test\"]\ncidrs = [\"{hole}/32\"]\n"
+    );
+    let proxy = TestProxy::start(&pol, &[("hole.test", hole)], |c| {
+        c.limits.connect_timeout_ms = 300
+    })
+    .await
+    .unwrap();
+    let resp = raw(
+        proxy.proxy.proxy_addr(),
+        b"CONNECT hole.test:9 HTTP/1.1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    let rec = proxy.wait_log(|r| r["host"] == "hole.test").await.unwrap();
+    assert_eq!(
+        (rec["reason"].as_str(), rec["status"].as_u64()),
+        (Some("connect_timeout"), Some(504))
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |c| c.limits.max_connections = 2,
+    )
+    .await
+    .unwrap();
+    let addr = proxy.proxy.proxy_addr();
+    let auth = format!("echo.test:{p}");
+    let t1 = connect_tunnel(addr, &auth).await.unwrap();
+    let _t2 = connect_tunnel(addr, &auth).await.unwrap();
+    let a2 = auth.clone();
+    let third = tokio::spawn(async move { connect_tunnel(addr, &a2).await });
+    // While two tunnels are open the third is not served …
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "third client served beyond max_connections"
+    );
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_connections_active")
+            .await
+            .unwrap(),
+        2
+    );
+    // … and is served as soon as one closes.
+    drop(t1);
+    let mut t3 = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    t3.write_all(b"ok").await.unwrap();
+    let mut b = [0u8; 2];
+    t3.read_exact(&mut b).await.unwrap();
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let o = origin::http(origin::loopback().await, "hop");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        "-H",
+        "Connection: keep-alive, X-Secret",
+        "-H",
+        "X-Secret: 1",
+        "-H",
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "-H",
+        "Keep-Alive: timeout=9",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "X-Keep: yes",
+        &format!("http://origin.test:{p}/headers"),
+    ])
+    .await
+    .unwrap();
+    let (head, body) = out.stdout.split_once("\r\n\r\n").unwrap();
+    assert!(body.contains("x-keep: yes"), "{body}");
+    assert!(body.contains(&format!("host: origin.test:{p}")), "{body}");
+    for gone in [
+        "x-secret",
+        "proxy-authorization",
+        "keep-alive",
+        "te:",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(!body.contains(gone), "{gone} forwarded: {body}");
+    }
+    assert!(
+        !head.to_ascii_lowercase().contains("keep-alive: timeout=5"),
+        "origin's Keep-Alive leaked: {head}"
+    );
+    assert!(head.contains("x-origin: hop"), "{head}");
+}
+
+#[tokio::test]
+async fn origin_connections_are_pooled_across_client_connections() {
+    let o = origin::http(origin::loopback().await, "pool");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test", "alias.test"], ""),
+        &[("origin.test", LO), ("alias.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    for host in ["origin.test", "origin.test", "alias.test"] {
+        assert_eq!(code(&proxy, &format!("http://{host}:{p}/")).await, "200");
+    }
+    assert_eq!(o.hits(), 3);
+    assert_eq!(
+        o.conns(),
+        1,
+        "three requests from three clients over one pooled origin connection"
+    );
+}
+
+#[tokio::test]
+async fn chunked_responses_head_and_http10_clients() {
+    let o = origin::http(origin::loopback().await, "misc");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let u = format!("http://origin.test:{p}");
+    let out = curl(&["-x", &proxy.url(), &format!("{u}/chunked")])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "chunk-one\nchunk-two\n", "{out:?}");
+    let out = curl(&["--http1.0", "-x", &proxy.url(), &format!("{u}/chunked")])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "chunk-one\nchunk-two\n", "{out:?}");
+    let out = curl(&["-I", "-x", &proxy.url(), &format!("{u}/bytes/1234")])
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.starts_with("HTTP/1.1 200")
+            && out
+                .stdout
+                .to_ascii_lowercase()
+                .contains("content-length: 1234"),
+        "{out:?}"
+    );
+    let out = curl(&[
+        "-x",
+        &proxy.url(),
+        &format!("{u}/bytes/3000000"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.stdout, "3000000");
+    let out = curl(&[
+        "-x",
+        &proxy.url(),
+        "--data-binary",
+        "@-",
+        &format!("{u}/post"),
+    ])
+    .await
+    .unwrap();
+    assert!(out.stdout.starts_with("origin misc: POST /post"), "{out:?}");
+}
+
+#[tokio::test]
+async fn keep_alive_connection_to_a_revoked_host_is_closed_on_reload() {
+    let o = origin::http(origin::loopback().await, "ka");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test", "other.test"], ""),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.proxy.proxy_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET http://origin.test:{p}/ HTTP/1.1\r\nHost: origin.test:{p}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let want = format!("origin ka: GET / host=origin.test:{p} body=0\n");
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(&want) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&b[..n]);
+    }
+    proxy
+        .write_policy(&policy(&[p], &["other.test"], ""))
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "keep-alive connection still open after revocation: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failure_is_502_named_and_counted() {
+    let dead = {
+        let l = origin::loopback().await;
+        l.local_addr().unwrap().port()
+    };
+    let o = origin::http(origin::loopback().await, "up");
+    let p = o.addr.port();
+    let extra = format!("[upstream]\ndefault = \"socks5://127.0.0.1:{dead}\"\n");
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], &extra),
+        &[("origin.test", LO)],
+        |c| c.limits.connect_timeout_ms = 2000,
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        &format!("http://origin.test:{p}/"),
+    ])
+    .await
+    .unwrap();
+    assert!(out.stdout.starts_with("HTTP/1.1 502"), "{out:?}");
+    let rec = proxy
+        .wait_log(|r| r["host"] == "origin.test")
+        .await
+        .unwrap();
+    assert_eq!(rec["upstream"], format!("socks5://127.0.0.1:{dead}"));
+    assert_eq!(
+        rec["resolved"],
+        format!("127.0.0.1:{p}"),
+        "socks5:// gets the checked address"
+    );
+    assert!(
+        rec["reason"].as_str().unwrap().starts_with("upstream_"),
+        "{rec}"
+    );
+    let (_, metrics) = proxy.admin_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("kennel_proxy_upstream_failures_total{kind="),
+        "{metrics}"
+    );
+    assert_eq!(o.hits(), 0);
 }

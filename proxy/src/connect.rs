@@ -80,6 +80,7 @@ pub async fn handle(
         Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
     };
     rec.upstream = route.upstream.to_string();
+    rec.resolved = route.addrs.first().map(|a| a.to_string());
     let dialed = match dial::connect(shared, &route, &target, false).await {
         Ok(d) => d,
         Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,

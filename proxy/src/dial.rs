@@ -44,15 +44,25 @@ pub struct Route {
 }
 
 impl Route {
-    /// Key identifying a reusable origin connection for this route.
-    pub fn pool_key(&self, target: &Target) -> String {
+    /// Keys under which a reusable connection for this route may be pooled: one per checked
+    /// address for direct routes (a connection is only ever reused for an address that was
+    /// checked for *this* request), else one key per upstream + target.
+    pub fn pool_keys(&self, target: &Target) -> Vec<(String, Option<SocketAddr>)> {
         match &self.upstream {
             Upstream::Direct => self
                 .addrs
-                .first()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            up => format!("{up}|{target}"),
+                .iter()
+                .map(|a| (a.to_string(), Some(*a)))
+                .collect(),
+            up => vec![(format!("{up}|{target}"), self.addrs.first().copied())],
+        }
+    }
+
+    /// Key to pool a connection under, given the address it actually reached.
+    pub fn pool_key_for(&self, target: &Target, reached: Option<SocketAddr>) -> String {
+        match (&self.upstream, reached) {
+            (Upstream::Direct, Some(a)) => a.to_string(),
+            (up, _) => format!("{up}|{target}"),
         }
     }
 }

@@ -307,7 +307,7 @@ async fn forward(
     }
     let route = dial::route(shared, &policy, &target).await?;
     rec.upstream = route.upstream.to_string();
-    let key = route.pool_key(&target);
+    rec.resolved = route.addrs.first().map(|a| a.to_string());
 
     // Build the outgoing request parts once.
     let listed = connection_listed(&head.headers);
@@ -339,13 +339,21 @@ async fn forward(
 
     // Get a connection: pooled, else dial.
     let mut reused = true;
-    let (sender, hop, resolved) = match shared.pool.checkout(&key).await {
-        Some(s) => (s, pooled_hop(&route), route.addrs.first().copied()),
+    let mut pooled = None;
+    for (k, addr) in route.pool_keys(&target) {
+        if let Some(s) = shared.pool.checkout(&k).await {
+            pooled = Some((s, pooled_hop(&route), addr));
+            break;
+        }
+    }
+    let (sender, hop, resolved) = match pooled {
+        Some(p) => p,
         None => {
             reused = false;
             open(shared, &route, &target).await?
         }
     };
+    let mut resolved = resolved;
     rec.resolved = resolved.map(|a| a.to_string());
     reg.set_target(&target, resolved.map(|a| a.ip()));
 
@@ -434,8 +442,9 @@ async fn forward(
             Err(e) if reused && !has_body(head) => {
                 // A pooled connection the origin had closed: retry once on a fresh one.
                 tracing::debug!("retrying on a fresh origin connection: {e}");
-                let (s, hop2, _) = open(shared, &route, &target).await?;
+                let (s, hop2, r2) = open(shared, &route, &target).await?;
                 sender = s;
+                resolved = r2;
                 sender
                     .send_request(build(ChanBody::empty(), &hop2)?)
                     .await
@@ -444,7 +453,7 @@ async fn forward(
             Err(e) => return Err(Failure::Origin(e.to_string())),
         };
         let r = write_response(&mut wr, resp, client_v11, head.keep_alive, is_head).await?;
-        Ok::<_, Failure>((r, sender))
+        Ok::<_, Failure>((r, sender, resolved))
     };
     tokio::pin!(pump);
     tokio::pin!(exchange);
@@ -456,7 +465,7 @@ async fn forward(
         }
     };
     rec.bytes_up = up.load(std::sync::atomic::Ordering::Relaxed);
-    let ((status, down, origin_keep, client_keep), sender) = result?;
+    let ((status, down, origin_keep, client_keep), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
     rec.decision = if decision.would_deny {
@@ -472,7 +481,9 @@ async fn forward(
         rec.error = Some(e.clone());
     }
     if origin_keep && body_ok && !sender.is_closed() {
-        shared.pool.put(&key, sender);
+        shared
+            .pool
+            .put(&route.pool_key_for(&target, resolved), sender);
     }
     Ok(if client_keep && body_ok {
         Next::KeepAlive

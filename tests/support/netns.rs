@@ -20,13 +20,21 @@ pub struct Netns {
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output()?;
-    anyhow::ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
 fn range_in_use(r: [u8; 3]) -> bool {
     let probe = format!("{}.{}.{}.1", r[0], r[1], r[2]);
-    match Command::new("ip").args(["-4", "route", "show", "to", "match", &probe]).output() {
+    match Command::new("ip")
+        .args(["-4", "route", "show", "to", "match", &probe])
+        .output()
+    {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| !l.starts_with("default") && !l.contains(" dev knt")),
@@ -60,7 +68,11 @@ impl Netns {
             let base = ((slot % 64) * 4) as u8;
             let host_if = format!("knt{slot}h");
             let ns_if = format!("knt{slot}n");
-            if ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]).is_err() {
+            if ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ])
+            .is_err()
+            {
                 continue;
             }
             let ns = Netns {
@@ -73,9 +85,23 @@ impl Netns {
             let _ = ip(&["netns", "del", &ns.name]);
             ip(&["netns", "add", &ns.name])?;
             ip(&["link", "set", &ns_if, "netns", &ns.name])?;
-            ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &host_if])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &host_if,
+            ])?;
             ip(&["link", "set", &host_if, "up"])?;
-            ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{}/30", ns.ns_ip),
+                "dev",
+                &ns_if,
+            ])?;
             ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
             ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
             return Ok(ns);
@@ -102,6 +128,36 @@ impl Netns {
         .join()
         .map_err(|_| anyhow::anyhow!("netns bind thread panicked"))??;
         Ok(tokio::net::TcpListener::from_std(l)?)
+    }
+}
+
+impl Netns {
+    /// Silently drop TCP packets to `port` inside the namespace (a blackholed destination, for
+    /// connect timeouts). The rule disappears with the namespace.
+    pub fn drop_tcp(&self, port: u16) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "iptables in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Origin {
     pub addr: std::net::SocketAddr,
     /// Requests (HTTP) or connections (echo) served.
     pub hits: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -31,14 +33,22 @@ impl Origin {
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// TCP connections accepted so far.
+    pub fn conns(&self) -> u64 {
+        self.conns.load(Ordering::SeqCst)
+    }
 }
 
 /// Bind 127.0.0.1:0.
 pub async fn loopback() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
 }
 
-/// Plain HTTP origin named `name`. Responses: `GET /bytes/N` → N bytes of 'x'; anything else →
+/// Plain HTTP origin named `name`. Responses: `GET /bytes/N` → N bytes of 'x'; `/headers` → the
+/// request's header lines; `/chunked` → a chunked body; anything else →
 /// `origin {name}: {METHOD} {path} host={Host} body={len}` (keep-alive, Content-Length).
 pub fn http(listener: TcpListener, name: &str) -> Origin {
     serve(listener, name, None)
@@ -46,16 +56,24 @@ pub fn http(listener: TcpListener, name: &str) -> Origin {
 
 /// The same origin behind TLS with `config`.
 pub fn https(listener: TcpListener, name: &str, config: Arc<rustls::ServerConfig>) -> Origin {
-    serve(listener, name, Some(tokio_rustls::TlsAcceptor::from(config)))
+    serve(
+        listener,
+        name,
+        Some(tokio_rustls::TlsAcceptor::from(config)),
+    )
 }
 
 fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
     let addr = listener.local_addr().expect("local addr");
     let hits = Arc::new(AtomicU64::new(0));
-    let (h, name) = (hits.clone(), name.to_string());
+    let conns = Arc::new(AtomicU64::new(0));
+    let (h, c, name) = (hits.clone(), conns.clone(), name.to_string());
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
             let (h, name, tls) = (h.clone(), name.clone(), tls.clone());
             tokio::spawn(async move {
                 match tls {
@@ -69,13 +87,25 @@ fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAccepto
             });
         }
     });
-    Origin { addr, hits, task }
+    Origin {
+        addr,
+        hits,
+        conns,
+        task,
+    }
 }
 
 async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits: &AtomicU64) {
     let mut buf = BytesMut::new();
     loop {
-        let Ok(req) = head::read_head(&mut s, &mut buf, 1 << 20, Duration::from_secs(30), Duration::from_secs(30)).await
+        let Ok(req) = head::read_head(
+            &mut s,
+            &mut buf,
+            1 << 20,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )
+        .await
         else {
             return;
         };
@@ -85,17 +115,53 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits
         while let Ok(Some(b)) = body.next(&mut s, &mut buf, 65536).await {
             len += b.len();
         }
-        let host = req.header("host").map(|h| String::from_utf8_lossy(h).to_string()).unwrap_or_default();
-        let resp_body: Vec<u8> = match req.target.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => vec![b'x'; n],
-            None => format!("origin {name}: {} {} host={host} body={len}\n", req.method, req.target).into_bytes(),
-        };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Origin: {name}\r\n\r\n",
-            resp_body.len()
-        );
-        if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&resp_body).await.is_err() {
-            return;
+        let host = req
+            .header("host")
+            .map(|h| String::from_utf8_lossy(h).to_string())
+            .unwrap_or_default();
+        if req.target == "/chunked" {
+            // Chunked response without Content-Length: "chunk-one\nchunk-two\n".
+            let out = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nchunk-one\n\r\na\r\nchunk-two\n\r\n0\r\n\r\n";
+            if s.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+        } else {
+            let resp_body: Vec<u8> = if let Some(n) = req
+                .target
+                .strip_prefix("/bytes/")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                vec![b'x'; n]
+            } else if req.target == "/headers" {
+                // The request's header lines, lowercase names, one per line.
+                req.headers
+                    .iter()
+                    .map(|(n, v)| {
+                        format!(
+                            "{}: {}\n",
+                            n.to_ascii_lowercase(),
+                            String::from_utf8_lossy(v)
+                        )
+                    })
+                    .collect::<String>()
+                    .into_bytes()
+            } else {
+                format!(
+                    "origin {name}: {} {} host={host} body={len}\n",
+                    req.method, req.target
+                )
+                .into_bytes()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Origin: {name}\r\nKeep-Alive: timeout=5\r\n\r\n",
+                resp_body.len()
+            );
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            if req.method != "HEAD" && s.write_all(&resp_body).await.is_err() {
+                return;
+            }
         }
         if !req.keep_alive {
             let _ = s.shutdown().await;
@@ -111,7 +177,9 @@ pub fn echo(listener: TcpListener) -> Origin {
     let h = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             h.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let (mut r, mut w) = tcp.split();
@@ -120,7 +188,12 @@ pub fn echo(listener: TcpListener) -> Origin {
             });
         }
     });
-    Origin { addr, hits, task }
+    Origin {
+        addr,
+        hits,
+        conns: Arc::default(),
+        task,
+    }
 }
 
 /// Sink origin (for throughput): reads and discards, then reports the byte count on close.
@@ -130,7 +203,9 @@ pub fn sink(listener: TcpListener) -> Origin {
     let h = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let h = h.clone();
             tokio::spawn(async move {
                 let mut b = vec![0u8; 256 * 1024];
@@ -143,5 +218,10 @@ pub fn sink(listener: TcpListener) -> Origin {
             });
         }
     });
-    Origin { addr, hits, task }
+    Origin {
+        addr,
+        hits,
+        conns: Arc::default(),
+        task,
+    }
 }

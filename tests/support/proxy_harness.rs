@@ -25,7 +25,11 @@ pub struct TestProxy {
 impl TestProxy {
     /// Start with `policy` (TOML text), static `hosts`, and a config tweak. DNS is disabled
     /// (`static_only`), listeners are ephemeral loopback ports.
-    pub async fn start(policy: &str, hosts: &[(&str, IpAddr)], tweak: impl FnOnce(&mut ProxyConfig)) -> anyhow::Result<TestProxy> {
+    pub async fn start(
+        policy: &str,
+        hosts: &[(&str, IpAddr)],
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> anyhow::Result<TestProxy> {
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy)?;
@@ -33,18 +37,32 @@ impl TestProxy {
         let mut cfg = ProxyConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            access_log: AccessLogSettings { destination: LogDestination::File { file: log_path.clone() }, ..Default::default() },
+            access_log: AccessLogSettings {
+                destination: LogDestination::File {
+                    file: log_path.clone(),
+                },
+                ..Default::default()
+            },
             ..Default::default()
         };
         cfg.policy.file = Some(policy_path.clone());
         cfg.policy.watch_debounce_ms = Some(50);
         cfg.resolver.static_only = true;
         for (h, ip) in hosts {
-            cfg.resolver.hosts.entry(h.to_string()).or_default().push(*ip);
+            cfg.resolver
+                .hosts
+                .entry(h.to_string())
+                .or_default()
+                .push(*ip);
         }
         tweak(&mut cfg);
         let proxy = kennel_proxy::spawn(cfg).await?;
-        Ok(TestProxy { dir, proxy, policy_path, log_path })
+        Ok(TestProxy {
+            dir,
+            proxy,
+            policy_path,
+            log_path,
+        })
     }
 
     /// `http://127.0.0.1:PORT` of the proxy.
@@ -62,13 +80,20 @@ impl TestProxy {
     }
 
     /// Wait (≤ 5 s) for an access-log record matching `pred`.
-    pub async fn wait_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<serde_json::Value> {
+    pub async fn wait_log(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(r) = self.log().into_iter().find(|r| pred(r)) {
                 return Ok(r);
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no matching access-log record in: {:#?}", self.log());
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no matching access-log record in: {:#?}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -83,10 +108,20 @@ impl TestProxy {
 
     /// GET a path on the admin listener; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let addr = self.proxy.admin_addr().ok_or_else(|| anyhow::anyhow!("admin disabled"))?;
-        let resp = raw(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let addr = self
+            .proxy
+            .admin_addr()
+            .ok_or_else(|| anyhow::anyhow!("admin disabled"))?;
+        let resp = raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let status = resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -95,7 +130,10 @@ impl TestProxy {
         let (_, text) = self.admin_get("/metrics").await?;
         Ok(text
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<u64>().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
             .unwrap_or(0))
     }
 }
@@ -140,7 +178,8 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> anyhow::Result<String> {
 /// or the proxy's full response text as the error.
 pub async fn connect_tunnel(proxy: SocketAddr, authority: &str) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(proxy).await?;
-    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     // Read the response head byte by byte so no tunnel payload is consumed.

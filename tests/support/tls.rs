@@ -35,7 +35,11 @@ impl TestCa {
         let cert = params.self_signed(&key)?;
         let pem = cert.pem();
         let cert_der = cert.der().clone();
-        Ok(TestCa { issuer: Issuer::new(params, key), cert_der, pem })
+        Ok(TestCa {
+            issuer: Issuer::new(params, key),
+            cert_der,
+            pem,
+        })
     }
 
     /// Write the CA certificate to `dir/ca.pem` (for `curl --cacert`).
@@ -47,7 +51,8 @@ impl TestCa {
 
     /// A leaf certificate for `names` (DNS names or IP literals).
     pub fn leaf(&self, names: &[&str]) -> anyhow::Result<Leaf> {
-        let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
@@ -65,19 +70,23 @@ impl TestCa {
 
     /// A TLS client config trusting only this CA (ring provider).
     pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots()?)
-            .with_no_client_auth();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(self.roots()?)
+        .with_no_client_auth();
         Ok(Arc::new(cfg))
     }
 }
 
 /// A TLS server config presenting `leaf` (ring provider).
 pub fn server_config(leaf: Leaf) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(leaf.chain, leaf.key)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(leaf.chain, leaf.key)?;
     Ok(Arc::new(cfg))
 }
