@@ -54,7 +54,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
             eprintln!("kennel-supervisord: {err:#}");
             ExitCode::from(1)
         }
@@ -100,5 +99,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = daemon::bind_socket(&args.socket, groups.first().copied())?;
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "kennel-supervisord listening");
     daemon::run(listener, daemon, daemon::termination_signal()).await;
+    if let Err(e) = std::fs::remove_file(&args.socket) {
+        tracing::warn!(socket = %args.socket.display(), error = %e, "cannot remove the socket");
+    }
+    tracing::info!("stopped");
     Ok(())
 }

@@ -22,6 +22,9 @@ pub fn run(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&envs)?);
     } else {
         print!("{}", table(&envs));
+        if envs.is_empty() {
+            eprintln!("no environments; create one with `kennel up` in a workspace");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
