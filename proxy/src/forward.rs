@@ -371,11 +371,10 @@ async fn forward(
         if let HttpHop::Proxy {
             authorization: Some(a),
         } = hop
+            && let Ok(v) = HeaderValue::from_str(a)
         {
-            if let Ok(v) = HeaderValue::from_str(a) {
-                req.headers_mut()
-                    .insert(http::header::PROXY_AUTHORIZATION, v);
-            }
+            req.headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, v);
         }
         Ok(req)
     };
