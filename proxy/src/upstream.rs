@@ -504,10 +504,11 @@ fn map_socks_error(up: &Upstream, target: &Target, e: tokio_socks::Error) -> Ups
             "the upstream does not support SOCKS5 CONNECT".to_string(),
         ),
         E::Io(io) if is_early_close(&io) => (
-            K::Protocol,
+            K::TargetRefused,
             format!(
-                "the upstream closed the connection during the SOCKS5 handshake for {target} \
-                 ({io})"
+                "the upstream closed the connection without a SOCKS5 reply: it could not \
+                 connect to {target} or refused the request (ssh -D does this when the far \
+                 end cannot connect)"
             ),
         ),
         E::Io(io) => (K::Protocol, format!("SOCKS5 handshake failed: {io}")),

@@ -5,3 +5,4 @@ pub mod netns;
 pub mod origin;
 pub mod proxy_harness;
 pub mod tls;
+pub mod upstreams;
