@@ -43,8 +43,16 @@ async fn sandbox_reaches_allowed_origin_through_proxy_and_gets_403_for_denied() 
         .await;
     let text = r.stdout_str();
     assert!(text.starts_with("403"), "{}", out(&r));
-    assert!(text.contains("denied.kennel-test"), "{}", out(&r));
-    assert!(text.contains("denied"), "{}", out(&r));
+    assert!(
+        text.contains("egress to denied.kennel-test:80 denied"),
+        "{}",
+        out(&r)
+    );
+    assert!(
+        text.contains("To allow it, add \"denied.kennel-test\" to /etc/kennel/policy.toml"),
+        "{}",
+        out(&r)
+    );
 
     // Denied over CONNECT too: curl reports the proxy's 403.
     let r = t
@@ -173,6 +181,15 @@ async fn host_listener_unreachable_from_sandbox() {
         out(&r)
     );
 
+    for host in [internal_gw.as_str(), egress_gw.as_str(), "172.17.0.1"] {
+        let r = t.run(&["probe", "tcp", host, &port, "1500"]).await;
+        assert_ne!(
+            r.exit_code,
+            0,
+            "sandbox reached host listener at {host}: {}",
+            out(&r)
+        );
+    }
     // The internal bridge has no host address at all (inhibit_ipv4).
     let net =
         t.d.docker()
@@ -188,15 +205,6 @@ async fn host_listener_unreachable_from_sandbox() {
         Some("true")
     );
 
-    for host in [internal_gw.as_str(), egress_gw.as_str(), "172.17.0.1"] {
-        let r = t.run(&["probe", "tcp", host, &port, "1500"]).await;
-        assert_ne!(
-            r.exit_code,
-            0,
-            "sandbox reached host listener at {host}: {}",
-            out(&r)
-        );
-    }
     drop(listener);
 }
 
@@ -266,6 +274,17 @@ async fn sandbox_is_unprivileged_read_only_and_blind_to_policy_and_docker() {
     else {
         return;
     };
+    // Exec streams stdout and stderr separately and propagates the exit code.
+    let r = t.sh("echo out; echo err >&2; exit 3").await;
+    assert_eq!(
+        (
+            r.stdout_str().as_str(),
+            r.stderr_str().as_str(),
+            r.exit_code
+        ),
+        ("out\n", "err\n", 3)
+    );
+
     let r = t.run(&["id"]).await;
     assert_eq!(r.exit_code, 0, "{}", out(&r));
     assert!(

@@ -147,6 +147,10 @@ pub type ExecOutputStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Backend
 /// Stdin writer of an exec.
 pub type ExecStdin = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// Resizes an exec's TTY: `(rows, cols)`.
+pub type ResizeFn =
+    Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), BackendError>> + Send + Sync>;
+
 /// Resolves the exit code once the output stream has ended.
 pub struct ExitHandle {
     fut: Box<dyn FnOnce() -> BoxFuture<'static, Result<i64, BackendError>> + Send>,
@@ -182,8 +186,7 @@ pub struct ExecSession {
     /// The exit code, to be awaited after `output` ended.
     pub exit: ExitHandle,
     /// Resizes the TTY (no-op without a TTY): `(rows, cols)`.
-    pub resize:
-        Option<Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), BackendError>> + Send + Sync>>,
+    pub resize: Option<ResizeFn>,
 }
 
 impl std::fmt::Debug for ExecSession {

@@ -83,6 +83,16 @@ impl DockerBackend {
         Ok(v.version.unwrap_or_default())
     }
 
+    /// Number of CPUs the engine reports.
+    pub async fn engine_cpus(&self) -> Result<i64, BackendError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| BackendError::engine("query info of", "engine", e))?;
+        Ok(info.ncpu.unwrap_or(1).max(1))
+    }
+
     /// The IPv4 address of `container` on `network`, if attached and running.
     pub async fn container_ip(
         &self,
@@ -237,8 +247,16 @@ impl DockerBackend {
     async fn create_container(
         &self,
         name: &str,
-        body: ContainerCreateBody,
+        mut body: ContainerCreateBody,
     ) -> Result<(), BackendError> {
+        // The engine refuses a CPU limit above its CPU count; clamp (a limit of "all CPUs" is
+        // what the spec asked for on a smaller machine).
+        if let Some(host) = body.host_config.as_mut()
+            && let Some(nano) = host.nano_cpus
+        {
+            let ncpu = self.engine_cpus().await?;
+            host.nano_cpus = Some(nano.min(ncpu * 1_000_000_000));
+        }
         self.docker
             .create_container(
                 Some(CreateContainerOptions {
@@ -711,9 +729,7 @@ impl Backend for DockerBackend {
             });
             let docker = self.docker.clone();
             let id = exec_id;
-            let resize: Box<
-                dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), BackendError>> + Send + Sync,
-            > = Box::new(move |rows, cols| {
+            let resize: crate::backend::ResizeFn = Box::new(move |rows, cols| {
                 let docker = docker.clone();
                 let id = id.clone();
                 Box::pin(async move {

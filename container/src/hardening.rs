@@ -166,11 +166,8 @@ pub fn proxy_container(plan: &EnvPlan, egress_ip: Ipv4Addr) -> ContainerCreateBo
     host.memory = Some(512 * 1024 * 1024);
     host.pids_limit = Some(256);
     host.nano_cpus = Some(2_000_000_000);
-    host.ulimits = Some(vec![ResourcesUlimits {
-        name: Some("nofile".into()),
-        soft: Some(65536),
-        hard: Some(65536),
-    }]);
+    // No nofile ulimit: the engine's own limit applies (raising it above the daemon's hard
+    // limit fails container start); the proxy caps connections itself.
     // Lets the policy route to an upstream on the host (`socks5h://host.docker.internal:…`).
     host.extra_hosts = Some(vec!["host.docker.internal:host-gateway".into()]);
     let _ = egress_ip;

@@ -22,3 +22,6 @@ pub use docker::DockerBackend;
 pub use error::{BackendError, ImageError, SpecError};
 pub use fake::FakeBackend;
 pub use spec::EnvSpec;
+
+#[cfg(test)]
+mod tests;

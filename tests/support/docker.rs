@@ -291,18 +291,37 @@ pub async fn exec_in(
     }
 }
 
-/// Starts a test container labelled for `env` (role `test-origin`) on `network` with DNS
-/// `aliases`, running `sh -c script` as root, optionally with `binds`. Returns its name.
-pub async fn start_origin(
-    d: &DockerBackend,
-    env: &str,
-    suffix: &str,
-    network: &str,
-    aliases: &[&str],
-    image: &str,
-    script: &str,
-    binds: Vec<String>,
-) -> String {
+/// A test container to start with [`start_origin`].
+#[derive(Debug, Clone)]
+pub struct OriginSpec<'a> {
+    /// Environment label (cleanup).
+    pub env: &'a str,
+    /// Name suffix: the container is `kennel-<env>-<suffix>`.
+    pub suffix: &'a str,
+    /// Network to attach to.
+    pub network: &'a str,
+    /// DNS aliases on that network.
+    pub aliases: &'a [&'a str],
+    /// Image.
+    pub image: &'a str,
+    /// `sh -c` script (runs as root).
+    pub script: &'a str,
+    /// Bind mounts.
+    pub binds: Vec<String>,
+}
+
+/// Starts a test container labelled for `env` (role `test-origin`). Returns its name.
+pub async fn start_origin(d: &DockerBackend, o: &OriginSpec<'_>) -> String {
+    let OriginSpec {
+        env,
+        suffix,
+        network,
+        aliases,
+        image,
+        script,
+        ..
+    } = *o;
+    let binds = o.binds.clone();
     let name = format!("kennel-{env}-{suffix}");
     let labels = HashMap::from([
         (LABEL_ENV.to_string(), env.to_string()),
@@ -432,13 +451,19 @@ fn mint_certs(dir: &Path, ws: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: with rcgen's default DN on both, OpenSSL sees the leaf as self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kennel test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
         .expect("ca cert");
     let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["tls-origin.kennel-test".to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf cert");
+    let mut leaf_params =
+        CertificateParams::new(vec!["tls-origin.kennel-test".to_string()]).expect("leaf params");
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tls-origin.kennel-test");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).expect("leaf cert");
     std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert");
     std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).expect("write key");
     std::fs::write(ws.join("ca.pem"), ca.pem()).expect("write ca");
@@ -492,13 +517,19 @@ impl TestEnv {
             let egress = kennel_container::backend::names::egress_network(&name);
             let o = start_origin(
                 &d,
-                &name,
-                "origin",
-                &egress,
-                &["origin.kennel-test", "tls-origin.kennel-test", "denied.kennel-test"],
-                &image,
-                "httpd -f -p 80 -h /www & probe udp-echo 7 & openssl s_server -quiet -accept 443 -cert /certs/cert.pem -key /certs/key.pem -www & wait",
-                vec![format!("{}:/certs:ro", certs.path().display())],
+                &OriginSpec {
+                    env: &name,
+                    suffix: "origin",
+                    network: &egress,
+                    aliases: &[
+                        "origin.kennel-test",
+                        "tls-origin.kennel-test",
+                        "denied.kennel-test",
+                    ],
+                    image: &image,
+                    script: "httpd -f -p 80 -h /www & probe udp-echo 7 & openssl s_server -quiet -accept 443 -cert /certs/cert.pem -key /certs/key.pem -www & wait",
+                    binds: vec![format!("{}:/certs:ro", certs.path().display())],
+                },
             )
             .await;
             wait_tcp(&d, &o, "127.0.0.1", 80).await;

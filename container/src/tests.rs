@@ -1,0 +1,350 @@
+//! Unit tests of the pure parts: spec parsing and validation, the seed layout, hardening
+//! settings, image packing, the effective policy directory, the fake backend.
+
+use std::path::Path;
+
+use crate::backend::{Backend, EnvPlan, ExecRequest};
+use crate::fake::FakeBackend;
+use crate::spec::{EnvSpec, SpecOverrides, parse_duration, parse_memory, sanitize_env_name};
+use crate::{SpecError, hardening, image, policy_dir};
+
+fn ws() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn parse(dir: &Path, text: &str) -> Result<EnvSpec, SpecError> {
+    EnvSpec::parse_str(text, &dir.join("kennel.toml"), dir)
+}
+
+#[test]
+fn full_spec_parses_with_defaults_filled() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        d.path().join(".devcontainer/whitelist.txt"),
+        "example.com\n",
+    )
+    .expect("w");
+    let s = parse(
+        d.path(),
+        r#"
+name = "task-foo"
+image = "my-dev:1"
+[resources]
+cpus = 2.5
+memory = "512m"
+pids = 77
+nofile = [10, 20]
+[egress]
+upstream = "socks5h://host.docker.internal:8900"
+[[service]]
+name = "postgres"
+image = "postgres:16"
+env = { POSTGRES_PASSWORD = "dev", N = 3 }
+[health]
+max_age = "72h"
+max_disk_percent = 80
+"#,
+    )
+    .expect("valid spec");
+    assert_eq!(s.name, "task-foo");
+    assert_eq!(s.user, "1001:2000");
+    assert!(s.read_only_rootfs);
+    assert_eq!(s.resources.cpus, 2.5);
+    assert_eq!(s.resources.memory_bytes, 512 << 20);
+    assert_eq!(s.resources.pids, 77);
+    assert_eq!(s.resources.nofile, (10, 20));
+    assert_eq!(
+        s.egress.whitelist.as_deref(),
+        Some(d.path().join(".devcontainer/whitelist.txt").as_path())
+    );
+    assert_eq!(
+        s.services[0].env,
+        vec![
+            ("N".into(), "3".into()),
+            ("POSTGRES_PASSWORD".into(), "dev".into())
+        ]
+    );
+    assert_eq!(
+        s.health.max_age,
+        Some(std::time::Duration::from_secs(72 * 3600))
+    );
+}
+
+#[test]
+fn errors_name_file_line_column_and_key() {
+    let d = ws();
+    let e =
+        parse(d.path(), "name = \"ok\"\n[resources]\nmemory = \"8x\"\n").expect_err("bad memory");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("kennel.toml:3:10: key `resources.memory`"),
+        "{msg}"
+    );
+    let e = parse(d.path(), "name = \"ok\"\n[resources]\nmemroy = \"8g\"\n").expect_err("typo");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("kennel.toml:3:1:") && msg.contains("memroy"),
+        "{msg}"
+    );
+    let e = parse(d.path(), "user = \"0:0\"\n").expect_err("root");
+    assert!(
+        e.to_string().contains("key `user`: must not be root"),
+        "{e}"
+    );
+    let e = parse(d.path(), "name = \"Bad_Name\"\n").expect_err("name");
+    assert!(e.to_string().contains("key `name`"), "{e}");
+    let e = parse(d.path(), "[egress]\nupstream = \"ftp://x:1\"\n").expect_err("upstream");
+    assert!(e.to_string().contains("key `egress.upstream`"), "{e}");
+    let e =
+        parse(d.path(), "[[service]]\nname = \"proxy\"\nimage = \"x\"\n").expect_err("reserved");
+    assert!(e.to_string().contains("reserved"), "{e}");
+    let e = parse(d.path(), "[resources]\nnofile = [10, 5]\n").expect_err("nofile");
+    assert!(e.to_string().contains("resources.nofile"), "{e}");
+}
+
+#[test]
+fn seed_layout_without_kennel_toml() {
+    let parent = ws();
+    let dir = parent.path().join("My Project_2");
+    std::fs::create_dir_all(dir.join(".devcontainer")).expect("mkdir");
+    std::fs::write(dir.join(".devcontainer/whitelist.txt"), "github.com\n").expect("w");
+    std::fs::write(
+        dir.join(".devcontainer/.env"),
+        "UPSTREAM_SOCKS5=host.docker.internal:8900\nUSER_WHITELIST_DOMAINS=a.example, b.example\n",
+    )
+    .expect("w");
+    let s = EnvSpec::from_workspace(&dir, &SpecOverrides::default()).expect("seed layout");
+    assert_eq!(s.name, "my-project-2");
+    assert_eq!(s.workspace, dir);
+    assert_eq!(s.user, "1001:2000");
+    assert_eq!(
+        s.egress.whitelist,
+        Some(dir.join(".devcontainer/whitelist.txt"))
+    );
+    assert_eq!(
+        s.egress.legacy.upstream_socks5.as_deref(),
+        Some("host.docker.internal:8900")
+    );
+    // The legacy upstream becomes the policy's default upstream, names resolved remotely.
+    assert_eq!(
+        policy_dir::effective_upstream(&s),
+        "socks5h://host.docker.internal:8900"
+    );
+
+    let o = SpecOverrides {
+        name: Some("other".into()),
+        image: Some("img:2".into()),
+        ..Default::default()
+    };
+    let s = EnvSpec::from_workspace(&dir, &o).expect("overrides");
+    assert_eq!((s.name.as_str(), s.image.as_str()), ("other", "img:2"));
+    let bad = SpecOverrides {
+        name: Some("-bad".into()),
+        ..Default::default()
+    };
+    assert!(EnvSpec::from_workspace(&dir, &bad).is_err());
+}
+
+#[test]
+fn value_parsers() {
+    assert_eq!(parse_memory("8g"), Some(8 << 30));
+    assert_eq!(parse_memory("8GiB"), Some(8 << 30));
+    assert_eq!(parse_memory("512m"), Some(512 << 20));
+    assert_eq!(parse_memory("123"), Some(123));
+    assert_eq!(parse_memory("x"), None);
+    assert_eq!(parse_memory("0"), None);
+    assert_eq!(parse_duration("2d").map(|d| d.as_secs()), Some(172_800));
+    assert_eq!(parse_duration("h"), None);
+    assert_eq!(sanitize_env_name("--Foo..Bar--"), Some("foo-bar".into()));
+    assert_eq!(sanitize_env_name("___"), None);
+    assert!(crate::spec::validate_env_name(&"a".repeat(41)).is_err());
+    assert!(crate::spec::validate_env_name(&"a".repeat(40)).is_ok());
+}
+
+fn plan(dir: &Path, extra: &str) -> EnvPlan {
+    let spec = parse(dir, &format!("name = \"t\"\nimage = \"img\"\n{extra}")).expect("spec");
+    EnvPlan {
+        spec,
+        policy_dir: dir.to_path_buf(),
+        proxy_image: "kennel-proxy:abc".into(),
+        state_labels: vec![("k".into(), "v".into())],
+    }
+}
+
+#[test]
+fn sandbox_settings_are_hardened() {
+    let d = ws();
+    let token = d.path().join("tok");
+    std::fs::write(&token, "t").expect("w");
+    let p = plan(
+        d.path(),
+        &format!("[credentials]\ngit_token_file = \"{}\"\n", token.display()),
+    );
+    let c = hardening::sandbox_container(&p, Some(Path::new("/state/askpass")));
+    let h = c.host_config.as_ref().expect("host config");
+    assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(h.readonly_rootfs, Some(true));
+    assert_eq!(h.privileged, Some(false));
+    assert_eq!(
+        h.security_opt,
+        Some(vec!["no-new-privileges:true".to_string()])
+    );
+    assert_eq!(h.network_mode.as_deref(), Some("kennel-t"));
+    assert_eq!(h.dns, Some(vec!["127.0.0.1".to_string()]));
+    assert_eq!(h.pids_limit, Some(1000));
+    assert_eq!(h.memory, Some(8 << 30));
+    assert_eq!(h.nano_cpus, Some(4_000_000_000));
+    let binds = h.binds.clone().unwrap_or_default();
+    assert!(binds.iter().all(|b| !b.contains("docker.sock")));
+    assert!(binds.contains(&format!("{}:/run/kennel/git-token:ro", token.display())));
+    let env = c.env.clone().unwrap_or_default();
+    assert!(env.contains(&"HTTPS_PROXY=http://proxy:8888".to_string()));
+    assert!(env.contains(&"https_proxy=http://proxy:8888".to_string()));
+    assert!(env.contains(&"GIT_ASKPASS=/run/kennel/git-askpass".to_string()));
+    assert_eq!(c.user.as_deref(), Some("1001:2000"));
+    let labels = c.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("dev.kennel.env").map(String::as_str), Some("t"));
+    assert_eq!(
+        labels.get("dev.kennel.role").map(String::as_str),
+        Some("sandbox")
+    );
+    assert_eq!(labels.get("k").map(String::as_str), Some("v"));
+    let tmpfs = h.tmpfs.clone().unwrap_or_default();
+    assert!(tmpfs["/home/claude"].contains("uid=1001,gid=2000"));
+
+    let n = hardening::internal_network(&p);
+    assert_eq!(n.internal, Some(true));
+    assert_eq!(
+        n.options
+            .unwrap_or_default()
+            .get(hardening::INHIBIT_IPV4)
+            .map(String::as_str),
+        Some("true")
+    );
+    let proxy = hardening::proxy_container(&p, "10.9.0.2".parse().expect("ip"));
+    let ph = proxy.host_config.expect("host");
+    assert_eq!(
+        ph.binds,
+        Some(vec![format!("{}:/etc/kennel:ro", d.path().display())])
+    );
+    assert_eq!(proxy.user.as_deref(), Some("65532:65532"));
+    assert!(
+        hardening::proxy_config("10.9.0.2".parse().expect("ip"))
+            .contains("admin = \"10.9.0.2:9901\"")
+    );
+}
+
+#[test]
+fn image_pack_is_deterministic_and_content_tagged() {
+    let a = image::RootfsImage::new()
+        .file("/bin/x", "abc", 0o755)
+        .cmd(&["/bin/x"]);
+    let (tag1, tar1) = a.pack("repo").expect("pack");
+    let (tag2, tar2) = a.pack("repo").expect("pack");
+    assert_eq!(tag1, tag2);
+    assert_eq!(tar1, tar2);
+    let b = image::RootfsImage::new()
+        .file("/bin/x", "abd", 0o755)
+        .cmd(&["/bin/x"]);
+    assert_ne!(b.pack("repo").expect("pack").0, tag1);
+    let mut ar = tar::Archive::new(tar1.as_slice());
+    let names: Vec<String> = ar
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(names.contains(&"manifest.json".to_string()), "{names:?}");
+}
+
+#[test]
+fn elf_interpreter_tells_static_from_dynamic() {
+    let sh = Path::new("/bin/sh");
+    if sh.is_file() {
+        let interp = image::elf_interpreter(sh).expect("elf");
+        assert!(interp.is_some_and(|i| i.contains("ld-linux")));
+    }
+    let d = ws();
+    let f = d.path().join("not-elf");
+    std::fs::write(&f, "#!/bin/sh\n").expect("w");
+    assert!(image::elf_interpreter(&f).is_err());
+    assert!(matches!(
+        image::proxy_rootfs(sh),
+        Err(crate::ImageError::NotStatic { .. })
+    ));
+}
+
+#[test]
+fn effective_policy_dir_loads_in_the_policy_crate() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        d.path().join(".devcontainer/.env"),
+        "NO_UPSTREAM=corp.example\nUSER_WHITELIST_DOMAINS=extra.example\n",
+    )
+    .expect("w");
+    let spec = parse(
+        d.path(),
+        "name = \"p\"\n[egress]\nupstream = \"http://up.example:3128\"\n",
+    )
+    .expect("spec");
+    let out = d.path().join("policy");
+    let file =
+        policy_dir::write_effective_policy(&out, &spec, Some("project.example\n")).expect("write");
+    let policy = kennel_policy::Policy::load(&file).expect("the written policy loads");
+    let allowed = |h: &str| {
+        policy
+            .decide(&kennel_policy::Target::from_host_port(h, 443).expect("target"))
+            .is_allowed()
+    };
+    assert!(allowed("github.com"), "embedded default list included");
+    assert!(
+        allowed("sub.project.example"),
+        "project whitelist, seed meaning"
+    );
+    assert!(allowed("extra.example"), "USER_WHITELIST_DOMAINS");
+    assert!(!allowed("evil.example"));
+    let up = policy.upstream_for(&kennel_policy::Host::parse("x.corp.example").expect("host"));
+    assert_eq!(up.to_string(), "direct");
+    let up = policy.upstream_for(&kennel_policy::Host::parse("other.example").expect("host"));
+    assert!(up.to_string().starts_with("http://up.example:3128"), "{up}");
+}
+
+#[tokio::test]
+async fn fake_backend_conflicts_execs_and_removes() {
+    let d = ws();
+    let fake = FakeBackend::new();
+    let p = plan(d.path(), "");
+    let st = fake.create_env(&p).await.expect("create");
+    assert_eq!(st.containers.len(), 2);
+    assert!(matches!(
+        fake.create_env(&p).await,
+        Err(crate::BackendError::AlreadyExists(_))
+    ));
+    let r = fake
+        .exec(
+            "t",
+            ExecRequest {
+                cmd: vec!["echo".into(), "hi".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!((r.stdout_str().as_str(), r.exit_code), ("echo hi\n", 0));
+    fake.remove_env("t").await.expect("remove");
+    assert!(fake.inspect_env("t").await.expect("inspect").is_none());
+    assert!(matches!(
+        fake.exec("t", ExecRequest::default()).await,
+        Err(crate::BackendError::NotFound(_))
+    ));
+}
