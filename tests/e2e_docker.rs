@@ -285,6 +285,27 @@ async fn sandbox_is_unprivileged_read_only_and_blind_to_policy_and_docker() {
         ("out\n", "err\n", 3)
     );
 
+    // With a TTY, output arrives on stdout and the command sees a terminal.
+    let s =
+        t.d.exec(
+            &t.name,
+            kennel_container::ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), "test -t 1 && echo tty".into()],
+                tty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("tty exec");
+    assert!(s.resize.is_some(), "a TTY exec can be resized");
+    let r = s.collect().await.expect("collect");
+    assert_eq!(
+        (r.stdout_str().trim(), r.exit_code),
+        ("tty", 0),
+        "{}",
+        out(&r)
+    );
+
     let r = t.run(&["id"]).await;
     assert_eq!(r.exit_code, 0, "{}", out(&r));
     assert!(
@@ -671,4 +692,132 @@ async fn git_token_is_a_read_only_file_never_an_env_var() {
     let r = t.run(&["probe", "write", "/run/kennel/git-token"]).await;
     assert_ne!(r.exit_code, 0, "token file writable: {}", out(&r));
     drop(token_dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_image_is_static_scratch_content_tagged_and_reused() {
+    let Some(d) = kennel_test_support::docker::engine("proxy_image").await else {
+        return;
+    };
+    let Some(bin) = kennel_test_support::docker::proxy_binary("proxy_image") else {
+        return;
+    };
+    let tag = kennel_container::image::ensure_proxy_image(&d, &bin)
+        .await
+        .expect("proxy image");
+    assert!(tag.starts_with("kennel-proxy:"), "{tag}");
+    let again = kennel_container::image::ensure_proxy_image(&d, &bin)
+        .await
+        .expect("proxy image again");
+    assert_eq!(tag, again, "same binary, same tag (no reload)");
+    let info = d.docker().inspect_image(&tag).await.expect("inspect image");
+    let cfg = info.config.expect("config");
+    assert_eq!(cfg.user.as_deref(), Some("65532:65532"));
+    assert_eq!(cfg.entrypoint, Some(vec!["/kennel-proxy".to_string()]));
+    let layers = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+    assert_eq!(layers.len(), 1, "one layer, FROM scratch");
+    // A dynamically linked binary is refused with a message that says how to build a static one.
+    let err = kennel_container::image::ensure_proxy_image(&d, std::path::Path::new("/bin/sh"))
+        .await
+        .expect_err("dynamic binary");
+    assert!(err.to_string().contains("crt-static"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_is_reachable_from_sandbox_only_on_the_internal_network() {
+    let image_probe = kennel_test_support::docker::engine("service").await;
+    let Some(d) = image_probe else {
+        return;
+    };
+    let image = kennel_test_support::docker::test_image(&d).await;
+    let Some(t) = TestEnv::start(
+        "service",
+        "svc",
+        EnvOptions {
+            spec_extra: format!(
+                "[[service]]\nname = \"web\"\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let svc = names::service(&t.name, "web");
+    let info =
+        t.d.docker()
+            .inspect_container(
+                &svc,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .expect("inspect service");
+    let nets = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    assert_eq!(
+        nets.keys().collect::<Vec<_>>(),
+        vec![&names::network(&t.name)]
+    );
+    let caps = info
+        .host_config
+        .and_then(|h| h.cap_drop)
+        .unwrap_or_default();
+    assert!(caps.contains(&"NET_RAW".to_string()), "{caps:?}");
+
+    // The sandbox reaches the service by name, directly (NO_PROXY lists it).
+    let r = t
+        .sh("echo $NO_PROXY; curl -sS --max-time 10 http://web:8080/index.html")
+        .await;
+    assert_eq!(r.exit_code, 0, "{}", out(&r));
+    assert!(r.stdout_str().contains(",web"), "{}", out(&r));
+    assert!(
+        r.stdout_str().ends_with("hello from kennel origin\n"),
+        "{}",
+        out(&r)
+    );
+    // The service has no way out either.
+    let origin_ip = t.ip(&t.proxy_peer(), &names::egress_network(&t.name)).await;
+    let r = exec_in(
+        &t.d,
+        &svc,
+        &["probe", "tcp", &origin_ip, "80", "1500"],
+        None,
+    )
+    .await;
+    assert_ne!(r.exit_code, 0, "service reached the origin: {}", out(&r));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_edit_in_the_state_dir_reaches_the_running_proxy() {
+    let Some(t) = TestEnv::start("policy_edit", "pedit", EnvOptions::default()).await else {
+        return;
+    };
+    let probe = "curl -s --max-time 10 -o /dev/null -w '%{http_code}' http://denied.kennel-test/";
+    let r = t.sh(probe).await;
+    assert_eq!(r.stdout_str(), "403", "{}", out(&r));
+    // Editors replace files by rename; the directory mount sees the new file.
+    let dir = t.policy_dir.path();
+    let new_policy = kennel_test_support::docker::TEST_POLICY.replace(
+        "\"tls-origin.kennel-test\"]",
+        "\"tls-origin.kennel-test\", \"denied.kennel-test\"]",
+    );
+    assert_ne!(new_policy, kennel_test_support::docker::TEST_POLICY);
+    std::fs::write(dir.join(".policy.toml.new"), new_policy).expect("write");
+    std::fs::rename(dir.join(".policy.toml.new"), dir.join("policy.toml")).expect("rename");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = t.sh(probe).await;
+        if r.stdout_str() == "200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "policy edit not applied: {}",
+            out(&r)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
