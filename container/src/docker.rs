@@ -363,6 +363,11 @@ impl DockerBackend {
             });
         }
 
+        // The proxy (uid 65532) must read the policy directory through its bind mount; the
+        // directory's parents do not matter (the mount bypasses them), its own mode does.
+        set_mode(&plan.policy_dir, 0o755)
+            .map_err(|e| BackendError::engine("chmod", plan.policy_dir.display().to_string(), e))?;
+
         // Networks.
         let (proxy_ip, _gateway) = self.create_egress_network(plan).await?;
         self.create_network(hardening::internal_network(plan))
@@ -392,7 +397,7 @@ impl DockerBackend {
 
         // Proxy: created on the internal network, connected to egress at its fixed address.
         let proxy = names::proxy(env);
-        self.create_container(&proxy, hardening::proxy_container(plan, proxy_ip))
+        self.create_container(&proxy, hardening::proxy_container(plan))
             .await?;
         let egress = names::egress_network(env);
         self.docker

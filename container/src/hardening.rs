@@ -150,8 +150,8 @@ fn hardened_host_config() -> HostConfig {
 }
 
 /// The proxy container, created on the internal network (alias `proxy`); the backend connects
-/// it to the egress network at `egress_ip` before starting it.
-pub fn proxy_container(plan: &EnvPlan, egress_ip: Ipv4Addr) -> ContainerCreateBody {
+/// it to the egress network at a fixed address ([`proxy_egress_endpoint`]) before starting it.
+pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let mut host = hardened_host_config();
     host.binds = Some(vec![format!(
@@ -170,7 +170,6 @@ pub fn proxy_container(plan: &EnvPlan, egress_ip: Ipv4Addr) -> ContainerCreateBo
     // limit fails container start); the proxy caps connections itself.
     // Lets the policy route to an upstream on the host (`socks5h://host.docker.internal:…`).
     host.extra_hosts = Some(vec!["host.docker.internal:host-gateway".into()]);
-    let _ = egress_ip;
     ContainerCreateBody {
         image: Some(plan.proxy_image.clone()),
         user: Some(PROXY_USER.into()),

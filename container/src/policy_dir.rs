@@ -104,6 +104,8 @@ fn write_atomic(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBu
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, content)?;
+    // Readable by the proxy's user (65532) through the read-only mount, whatever the umask.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
@@ -118,6 +120,7 @@ pub fn write_effective_policy(
     project_whitelist: Option<&str>,
 ) -> Result<PathBuf, std::io::Error> {
     std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     write_atomic(dir, DEFAULT_LIST_FILE, kennel_policy::EMBEDDED_DEFAULT_LIST)?;
     write_atomic(
         dir,

@@ -222,7 +222,7 @@ fn sandbox_settings_are_hardened() {
             .map(String::as_str),
         Some("true")
     );
-    let proxy = hardening::proxy_container(&p, "10.9.0.2".parse().expect("ip"));
+    let proxy = hardening::proxy_container(&p);
     let ph = proxy.host_config.expect("host");
     assert_eq!(
         ph.binds,
