@@ -11,7 +11,7 @@ use kennel_cli::commands::up::{UpArgs, build_request};
 use kennel_container::{Backend, DockerBackend};
 use kennel_supervisord::api::types::{EnvInfo, ExecRequest, Removed};
 use kennel_supervisord::auth::Authorizer;
-use kennel_supervisord::daemon::{DockerProxyImage, bind_socket, run};
+use kennel_supervisord::daemon::{DockerImages, bind_socket, run};
 use kennel_supervisord::registry::Daemon;
 use kennel_supervisord::state::StateDir;
 use kennel_test_support::docker::{
@@ -29,7 +29,11 @@ impl RunningDaemon {
         let docker = Arc::new(d.clone());
         let daemon = Daemon::new(
             docker.clone(),
-            Arc::new(DockerProxyImage::new(docker, Some(proxy_bin.to_path_buf()))),
+            Arc::new(DockerImages::new(
+                docker,
+                Some(proxy_bin.to_path_buf()),
+                None,
+            )),
             StateDir::open(state).expect("state dir"),
             Authorizer::new(0, [], []),
         );

@@ -324,3 +324,40 @@ fn permission_denied_on_the_socket_names_the_group_to_join() {
     assert!(err.contains("permission denied"), "{err}");
     assert!(err.contains("join the group `users`"), "{err}");
 }
+
+#[test]
+fn image_build_reports_both_images() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let out = d.kennel(&["image", "build"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "proxy image: kennel-proxy:test\ndemo sandbox image: kennel-sandbox:latest (the default image of `kennel up`)\n"
+    );
+    let proxy_only = d.kennel(&["image", "build", "--proxy-only"]);
+    assert_eq!(stdout(&proxy_only), "proxy image: kennel-proxy:test\n");
+}
+
+#[test]
+fn version_and_health_answer() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let client = kennel_cli::client::Client::new(&d.socket);
+    let (version, health) = d.rt.block_on(async {
+        let v: kennel_supervisord::api::types::VersionInfo = client.get("/version").await.unwrap();
+        let h: kennel_supervisord::api::types::HealthInfo = client.get("/health").await.unwrap();
+        (v, h)
+    });
+    assert_eq!(version.api, "v1");
+    assert_eq!(
+        (health.status.as_str(), health.environments),
+        ("ok", Some(0))
+    );
+    let err =
+        d.rt.block_on(client.get::<serde_json::Value>("/nope"))
+            .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    let err =
+        d.rt.block_on(client.delete::<serde_json::Value>("/envs"))
+            .unwrap_err();
+    assert_eq!(err.status(), Some(405));
+}

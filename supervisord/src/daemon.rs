@@ -181,48 +181,87 @@ pub async fn termination_signal() {
     }
 }
 
-/// The proxy image built from the static `kennel-proxy` binary and imported into Docker
-/// (`kennel-proxy:<content hash>`); rebuilt when the binary changes. Builds are serialised.
-pub struct DockerProxyImage {
+/// Images on the Docker engine, built from host files: the proxy image from the static
+/// `kennel-proxy` binary (`kennel-proxy:<content hash>`, rebuilt when the binary changes) unless
+/// a fixed tag is configured, and the demo sandbox image. Builds are serialised.
+pub struct DockerImages {
     docker: Arc<kennel_container::docker::DockerBackend>,
     binary: Option<PathBuf>,
+    fixed_proxy: Option<String>,
     lock: tokio::sync::Mutex<()>,
+    /// The last proxy build: binary path, size, mtime -> tag (skips re-hashing an unchanged binary).
+    last_proxy: tokio::sync::Mutex<Option<(PathBuf, u64, std::time::SystemTime, String)>>,
 }
 
-impl DockerProxyImage {
-    /// Builds from `binary`, or from the binary [`kennel_container::image::find_proxy_binary`] finds.
+impl DockerImages {
+    /// Builds the proxy image from `binary`, or from the binary
+    /// [`kennel_container::image::find_proxy_binary`] finds; `fixed_proxy` skips the build.
     pub fn new(
         docker: Arc<kennel_container::docker::DockerBackend>,
         binary: Option<PathBuf>,
-    ) -> DockerProxyImage {
-        DockerProxyImage {
+        fixed_proxy: Option<String>,
+    ) -> DockerImages {
+        DockerImages {
             docker,
             binary,
+            fixed_proxy,
             lock: tokio::sync::Mutex::new(()),
+            last_proxy: tokio::sync::Mutex::new(None),
         }
     }
 }
 
-impl std::fmt::Debug for DockerProxyImage {
+impl std::fmt::Debug for DockerImages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DockerProxyImage")
+        f.debug_struct("DockerImages")
             .field("binary", &self.binary)
+            .field("fixed_proxy", &self.fixed_proxy)
             .finish_non_exhaustive()
     }
 }
 
-impl crate::registry::ProxyImageSource for DockerProxyImage {
+impl crate::registry::ImageSource for DockerImages {
     fn proxy_image(
         &self,
     ) -> kennel_container::backend::BoxFuture<'_, Result<String, kennel_container::error::ImageError>>
     {
         Box::pin(async move {
+            if let Some(tag) = &self.fixed_proxy {
+                return Ok(tag.clone());
+            }
             let _one_at_a_time = self.lock.lock().await;
             let binary = match &self.binary {
                 Some(b) => b.clone(),
                 None => kennel_container::image::find_proxy_binary()?,
             };
-            kennel_container::image::ensure_proxy_image(&self.docker, &binary).await
+            let stamp = std::fs::metadata(&binary)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let mut last = self.last_proxy.lock().await;
+            if let (Some((path, len, mtime, tag)), Some((cur_len, cur_mtime))) =
+                (last.as_ref(), stamp)
+                && *path == binary
+                && *len == cur_len
+                && *mtime == cur_mtime
+                && kennel_container::image::image_exists(&self.docker, tag).await?
+            {
+                return Ok(tag.clone());
+            }
+            let started = std::time::Instant::now();
+            let tag = kennel_container::image::ensure_proxy_image(&self.docker, &binary).await?;
+            tracing::info!(image = %tag, binary = %binary.display(), ms = started.elapsed().as_millis() as u64, "proxy image ready");
+            *last = stamp.map(|(len, mtime)| (binary, len, mtime, tag.clone()));
+            Ok(tag)
+        })
+    }
+
+    fn demo_sandbox_image(
+        &self,
+    ) -> kennel_container::backend::BoxFuture<'_, Result<String, kennel_container::error::ImageError>>
+    {
+        Box::pin(async move {
+            let _one_at_a_time = self.lock.lock().await;
+            crate::images::ensure_demo_sandbox_image(&self.docker).await
         })
     }
 }

@@ -111,7 +111,7 @@ impl ApiError {
                 format!("inspect it with `kennel inspect {env}`, or recreate it (`kennel down {env}` then `kennel up`)")
             }
             ApiError::Image(_) => {
-                "build the proxy image explicitly with `kennel image build`, or set KENNEL_PROXY_BIN for the daemon".to_string()
+                "the proxy image needs a static kennel-proxy binary (scripts/build-proxy-static, or KENNEL_PROXY_BIN / --proxy-bin for the daemon); the demo sandbox image needs busybox-static and curl on the host (scripts/setup); retry with `kennel image build`".to_string()
             }
             ApiError::State(_) => "check the daemon's --state-dir (permissions, free space)".to_string(),
             ApiError::ShuttingDown => "retry once the daemon is back (`systemctl status kennel-supervisord`)".to_string(),

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod daemon;
 pub mod error;
 pub mod frame;
+pub mod images;
 pub mod policy;
 pub mod registry;
 pub mod server;

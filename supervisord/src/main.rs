@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use kennel_supervisord::auth::Authorizer;
 use kennel_supervisord::daemon::{self, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
-use kennel_supervisord::registry::{Daemon, FixedProxyImage, ProxyImageSource};
+use kennel_supervisord::registry::Daemon;
 use kennel_supervisord::state::StateDir;
 
 /// The kennel daemon: owns sandbox environments and serves the `kennel` CLI on a Unix socket.
@@ -88,13 +88,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("failed to connect to the Docker engine (check `docker version`)")?,
     );
-    let images: Arc<dyn ProxyImageSource> = match args.proxy_image {
-        Some(tag) => Arc::new(FixedProxyImage(tag)),
-        None => Arc::new(daemon::DockerProxyImage::new(
-            docker.clone(),
-            args.proxy_bin,
-        )),
-    };
+    let images = Arc::new(daemon::DockerImages::new(
+        docker.clone(),
+        args.proxy_bin,
+        args.proxy_image,
+    ));
     let daemon = Daemon::new(docker, images, state, authorizer);
     let listener = daemon::bind_socket(&args.socket, groups.first().copied())?;
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "kennel-supervisord listening");

@@ -32,21 +32,27 @@ pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
 /// carrying its own id (or recorded in its state), never another daemon's or a test's.
 pub const LABEL_DAEMON: &str = "dev.kennel.daemon";
 
-/// Where the proxy image comes from (Docker: built from the static `kennel-proxy` binary and
-/// imported; tests: a fixed tag).
-pub trait ProxyImageSource: Send + Sync + 'static {
+/// Where images come from (Docker: built from host files and imported, see
+/// [`crate::daemon::DockerImages`]; tests: fixed tags).
+pub trait ImageSource: Send + Sync + 'static {
     /// The proxy image tag to use, building/importing it first if needed.
     fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
+    /// Builds/imports the demo sandbox image (`kennel-sandbox:latest`); returns its tag.
+    fn demo_sandbox_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
 }
 
-/// A proxy image that is assumed to exist already.
+/// Images assumed to exist already: the given proxy tag and `kennel-sandbox:latest`.
 #[derive(Debug, Clone)]
 pub struct FixedProxyImage(pub String);
 
-impl ProxyImageSource for FixedProxyImage {
+impl ImageSource for FixedProxyImage {
     fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>> {
         let tag = self.0.clone();
         Box::pin(async move { Ok(tag) })
+    }
+
+    fn demo_sandbox_image(&self) -> BoxFuture<'_, Result<String, ImageError>> {
+        Box::pin(async move { Ok(format!("{}:latest", crate::images::DEMO_SANDBOX_REPO)) })
     }
 }
 
@@ -66,7 +72,7 @@ pub struct ReconcileReport {
 /// The daemon: shared by every connection.
 pub struct Daemon {
     backend: Arc<dyn Backend>,
-    images: Arc<dyn ProxyImageSource>,
+    images: Arc<dyn ImageSource>,
     state: StateDir,
     authorizer: Authorizer,
     daemon_uid: u32,
@@ -101,7 +107,7 @@ impl Daemon {
     /// A daemon over `backend`, keeping state in `state`; `authorizer` decides who may call.
     pub fn new(
         backend: Arc<dyn Backend>,
-        images: Arc<dyn ProxyImageSource>,
+        images: Arc<dyn ImageSource>,
         state: StateDir,
         authorizer: Authorizer,
     ) -> Arc<Daemon> {
@@ -163,6 +169,18 @@ impl Daemon {
         }
     }
 
+    /// `POST /v1/images/proxy`: builds/imports the proxy image if missing or stale.
+    pub async fn build_proxy_image(&self) -> Result<String, ApiError> {
+        self.check_running()?;
+        Ok(self.images.proxy_image().await?)
+    }
+
+    /// `POST /v1/images/demo-sandbox`: builds/imports `kennel-sandbox:latest` from host files.
+    pub async fn build_demo_sandbox_image(&self) -> Result<String, ApiError> {
+        self.check_running()?;
+        Ok(self.images.demo_sandbox_image().await?)
+    }
+
     /// `GET /v1/version`.
     pub fn version(&self) -> VersionInfo {
         VersionInfo {
@@ -192,6 +210,7 @@ impl Daemon {
     #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
     pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
+        let started = std::time::Instant::now();
         let name = req.spec.name.clone();
         validate_env_name(&name)?;
         let spec: EnvSpec = req.spec.clone().into();
@@ -250,7 +269,7 @@ impl Daemon {
         };
         let status = self.backend.create_env(&plan).await?;
         reservation.commit();
-        tracing::info!(env = %name, "environment created");
+        tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
         Ok(self.info(status, Some(&record)))
     }
 
@@ -359,7 +378,7 @@ impl Daemon {
             name: status.name,
             network: status.network,
             proxy_address: status.proxy_address,
-            created: status.created,
+            created: status.created.map(|c| rfc3339_if_epoch(&c)),
             containers,
             workspace: record.map(|r| r.request.spec.workspace.clone()),
             image: record.map(|r| r.request.spec.image.clone()),
@@ -534,6 +553,31 @@ impl Daemon {
     }
 }
 
+/// Engine timestamps given as Unix seconds become RFC 3339 (UTC); anything else is kept.
+pub fn rfc3339_if_epoch(text: &str) -> String {
+    let Ok(secs) = text.trim().parse::<i64>() else {
+        return text.to_string();
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn state_str(s: EnvState) -> &'static str {
     match s {
         EnvState::Running => "running",
@@ -602,5 +646,21 @@ where
             r = &mut output_fut => return r,
             () = &mut stdin_fut, if !stdin_done => stdin_done = true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_if_epoch;
+
+    #[test]
+    fn epoch_seconds_become_rfc3339() {
+        assert_eq!(rfc3339_if_epoch("0"), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_if_epoch("1795436888"), "2026-11-23T12:28:08Z");
+        assert_eq!(rfc3339_if_epoch("951782400"), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339_if_epoch("2026-01-01T00:00:00Z"),
+            "2026-01-01T00:00:00Z"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod down;
 pub mod exec;
+pub mod image;
 pub mod inspect;
 pub mod ls;
 pub mod policy;

@@ -8,6 +8,8 @@
 //! | `GET` | `/v1/envs` | | `[`[`types::EnvInfo`]`]` |
 //! | `GET` | `/v1/envs/{name}` | | [`types::EnvInfo`] |
 //! | `DELETE` | `/v1/envs/{name}` | | [`types::Removed`] |
+//! | `POST` | `/v1/images/proxy` | | [`types::ImageBuilt`] |
+//! | `POST` | `/v1/images/demo-sandbox` | | [`types::ImageBuilt`] |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
@@ -124,6 +126,18 @@ async fn route(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["version"]) => Ok(json(StatusCode::OK, &daemon.version())),
         (&Method::GET, ["health"]) => Ok(json(StatusCode::OK, &daemon.health().await)),
+        (&Method::POST, ["images", "proxy"]) => Ok(json(
+            StatusCode::OK,
+            &types::ImageBuilt {
+                image: daemon.build_proxy_image().await?,
+            },
+        )),
+        (&Method::POST, ["images", "demo-sandbox"]) => Ok(json(
+            StatusCode::OK,
+            &types::ImageBuilt {
+                image: daemon.build_demo_sandbox_image().await?,
+            },
+        )),
         (&Method::GET, ["envs"]) => Ok(json(StatusCode::OK, &daemon.list().await?)),
         (&Method::POST, ["envs"]) => {
             let body: types::CreateEnv = read_json(req.into_body()).await?;
@@ -163,12 +177,16 @@ async fn route(
                 .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
             Ok(resp)
         }
-        (_, ["version" | "health" | "envs"] | ["envs", _] | ["envs", _, "exec"]) => {
-            Err(ApiError::MethodNotAllowed {
-                method: method.to_string(),
-                path,
-            })
-        }
+        (
+            _,
+            ["version" | "health" | "envs"]
+            | ["envs", _]
+            | ["envs", _, "exec"]
+            | ["images", "proxy" | "demo-sandbox"],
+        ) => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+        }),
         _ => Err(ApiError::NoRoute {
             method: method.to_string(),
             path,

@@ -350,3 +350,10 @@ mod convert {
         }
     }
 }
+
+/// `POST /v1/images/proxy` and `POST /v1/images/demo-sandbox` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageBuilt {
+    /// The image reference, e.g. `kennel-proxy:0123456789abcdef` or `kennel-sandbox:latest`.
+    pub image: String,
+}
