@@ -364,6 +364,33 @@ impl UpstreamDialer {
     }
 }
 
+/// The `Proxy-Authorization` value for an HTTP(S) upstream's credentials:
+/// `Basic base64(user:pass)` (RFC 7617). Secret: never log it.
+pub fn proxy_authorization(c: &Credentials) -> String {
+    basic_authorization(c)
+}
+
+/// Checks the status of a response that an HTTP(S) upstream returned for a forwarded
+/// plain-HTTP request (an [`HttpHop::Proxy`] connection). A `407` is the upstream rejecting
+/// *kennel's* credentials (the client never sent any), so it must not reach the client as a
+/// `407`: the caller answers `502` with this error instead. Other statuses are the request's
+/// own answer and pass.
+pub fn check_proxy_response(up: &Upstream, status: u16) -> Result<(), UpstreamError> {
+    if status != 407 {
+        return Ok(());
+    }
+    let what = if up.credentials().is_some() {
+        "authentication rejected"
+    } else {
+        "authentication required (no credentials configured)"
+    };
+    Err(UpstreamError::new(
+        up,
+        UpstreamErrorKind::AuthRejected,
+        format!("{what} (407 Proxy Authentication Required)"),
+    ))
+}
+
 /// The upstream's host (IPv6 without brackets).
 fn upstream_host(up: &Upstream) -> &str {
     match up {
@@ -750,6 +777,27 @@ mod tests {
             other => panic!("socks5h must send the name, got {other:?}"),
         }
         assert!(socks_target(&up, &t, None, false).is_err());
+    }
+
+    #[test]
+    fn proxy_407_becomes_auth_rejected() {
+        let up = Upstream::Http {
+            host: "proxy.corp".into(),
+            port: 3128,
+            credentials: Some(Credentials {
+                username: "u".into(),
+                password: "hunter2".into(),
+            }),
+            tls: false,
+        };
+        assert!(check_proxy_response(&up, 200).is_ok());
+        assert!(check_proxy_response(&up, 503).is_ok());
+        let e = check_proxy_response(&up, 407).expect_err("407 must be an upstream error");
+        assert_eq!(e.kind(), "auth_rejected");
+        assert_eq!(
+            e.to_string(),
+            "upstream http://proxy.corp:3128: authentication rejected (407 Proxy Authentication Required)"
+        );
     }
 
     #[test]
