@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kennel_cli::client::Client;
 use kennel_cli::commands::up::{UpArgs, build_request};
 use kennel_container::{Backend, DockerBackend};
-use kennel_supervisord::api::types::{EnvInfo, ExecRequest, Removed};
+use kennel_supervisord::api::types::{EnvInfo, ExecRequest, ImageBuilt, Removed};
 use kennel_supervisord::auth::Authorizer;
 use kennel_supervisord::daemon::{DockerImages, bind_socket, run};
 use kennel_supervisord::registry::Daemon;
@@ -241,5 +241,60 @@ async fn supervisor_restart_keeps_known_envs_and_removes_orphans_on_docker() {
         "the kept env survived the restart"
     );
     let _: Removed = client.delete(&format!("/envs/{kept}")).await.expect("down");
+    daemon.stop().await;
+}
+
+/// The README path: `kennel image build`, then `kennel up` in a directory without kennel.toml
+/// (default image `kennel-sandbox:latest`, embedded default policy + seed whitelist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_demo_sandbox_from_host_files_on_docker() {
+    let test = "supervisor_demo_sandbox_from_host_files_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let name = unique_env("sup-demo");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+
+    let built: ImageBuilt = client
+        .post("/images/demo-sandbox", &serde_json::json!({}))
+        .await
+        .expect("demo image");
+    assert_eq!(built.image, "kennel-sandbox:latest");
+
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    let req = build_request(&UpArgs {
+        spec: None,
+        name: Some(name.clone()),
+        image: None,
+        workspace: Some(ws.path().into()),
+    })
+    .expect("spec from the seed layout");
+    assert_eq!(req.spec.image, "kennel-sandbox:latest");
+    let info: EnvInfo = client.post("/envs", &req).await.expect("create");
+    assert_eq!(info.state, "running");
+
+    let (out, err, code) = exec(
+        &client,
+        &name,
+        "id -u; id -g; pwd; touch /workspace/made-here && echo ok",
+    )
+    .await;
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("1001\n2000\n/workspace\nok\n", "", 0)
+    );
+    assert!(
+        ws.path().join("made-here").is_file(),
+        "the workspace is the host directory"
+    );
+
+    let _: Removed = client.delete(&format!("/envs/{name}")).await.expect("down");
+    assert!(d.inspect_env(&name).await.expect("inspect").is_none());
     daemon.stop().await;
 }
