@@ -155,6 +155,24 @@ async fn supervisor_up_exec_ls_down_on_docker() {
     assert_eq!(err, "to-err\n");
     assert_eq!(code, 3);
 
+    // `kennel exec -i`: stdin is forwarded until EOF.
+    let cat = ExecRequest {
+        cmd: vec!["/bin/cat".into()],
+        stdin: true,
+        ..Default::default()
+    };
+    let input: Box<dyn tokio::io::AsyncRead + Send + Unpin> =
+        Box::new(std::io::Cursor::new(b"via stdin\n".to_vec()));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = client
+        .exec(&name, &cat, Some(input), &mut out, &mut err)
+        .await
+        .expect("exec -i");
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("via stdin\n", 0)
+    );
+
     // The sandbox reaches its proxy, which runs the daemon-written policy: a host outside it is
     // refused with 403 (decided before any DNS lookup, so nothing leaves the machine).
     let mut status = String::new();

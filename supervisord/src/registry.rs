@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -213,8 +213,8 @@ impl Daemon {
         let started = std::time::Instant::now();
         let name = req.spec.name.clone();
         validate_env_name(&name)?;
-        let spec: EnvSpec = req.spec.clone().into();
-        self.validate_spec(peer, &spec)?;
+        let mut spec: EnvSpec = req.spec.clone().into();
+        self.validate_spec(peer, &mut spec)?;
 
         let _busy = self.mark_busy(&name)?;
         if self.state.read_record(&name)?.is_some() {
@@ -250,6 +250,9 @@ impl Daemon {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut req = req;
+        // Record what is mounted: the validated, canonical paths.
+        req.spec = (&spec).into();
         let record = EnvRecord {
             name: name.clone(),
             request: req,
@@ -273,9 +276,10 @@ impl Daemon {
         Ok(self.info(status, Some(&record)))
     }
 
-    /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller;
-    /// the sandbox user is not root.
-    fn validate_spec(&self, peer: &Peer, spec: &EnvSpec) -> Result<(), ApiError> {
+    /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller
+    /// (checked on the canonical path, which replaces the given one, so a symlink cannot point
+    /// the mount elsewhere); the sandbox user and group are not root.
+    fn validate_spec(&self, peer: &Peer, spec: &mut EnvSpec) -> Result<(), ApiError> {
         let bad = |what: String, message: String| {
             ApiError::Spec(SpecError::InvalidValue { what, message })
         };
@@ -285,51 +289,52 @@ impl Daemon {
                 "must be an existing directory, given as an absolute path".into(),
             ));
         }
-        let uid = spec.user.split(':').next().unwrap_or_default();
-        match uid.parse::<u32>() {
-            Ok(0) => {
+        let ids: Vec<Option<u32>> = spec
+            .user
+            .split(':')
+            .map(|p| p.parse::<u32>().ok())
+            .collect();
+        match ids.as_slice() {
+            [Some(uid), Some(gid)] if *uid != 0 && *gid != 0 => {}
+            [Some(_), Some(_)] => {
                 return Err(bad(
                     format!("user {:?}", spec.user),
-                    "the sandbox must not run as root".into(),
+                    "the sandbox must not run as root or in group root".into(),
                 ));
             }
-            Ok(_) => {}
-            Err(_) => {
+            _ => {
                 return Err(bad(
                     format!("user {:?}", spec.user),
                     "expected numeric `uid:gid`".into(),
                 ));
             }
         }
-        let creds = &spec.credentials;
-        let mut paths: Vec<(&str, &Path)> = vec![("workspace", &spec.workspace)];
-        paths.extend(
-            creds
-                .git_config
-                .as_deref()
-                .map(|p| ("credentials.git_config", p)),
-        );
-        paths.extend(creds.ssh_dir.as_deref().map(|p| ("credentials.ssh_dir", p)));
-        paths.extend(
-            creds
-                .git_token_file
-                .as_deref()
-                .map(|p| ("credentials.git_token_file", p)),
-        );
-        paths.extend(
-            creds
-                .agent_config
-                .iter()
-                .map(|p| ("credentials.agent_config", p.as_path())),
-        );
-        for (what, path) in paths {
+        let checked = |what: &str, path: &mut PathBuf| -> Result<(), ApiError> {
             if !path.is_absolute() {
                 return Err(bad(
                     format!("{what} {}", path.display()),
                     "must be an absolute path".into(),
                 ));
             }
-            self.check_owner(peer, what, path)?;
+            let canonical = std::fs::canonicalize(&*path)
+                .map_err(|e| ApiError::PathNotAllowed(format!("{what} {}: {e}", path.display())))?;
+            self.check_owner(peer, what, &canonical)?;
+            *path = canonical;
+            Ok(())
+        };
+        checked("workspace", &mut spec.workspace)?;
+        let creds = &mut spec.credentials;
+        if let Some(p) = creds.git_config.as_mut() {
+            checked("credentials.git_config", p)?;
+        }
+        if let Some(p) = creds.ssh_dir.as_mut() {
+            checked("credentials.ssh_dir", p)?;
+        }
+        if let Some(p) = creds.git_token_file.as_mut() {
+            checked("credentials.git_token_file", p)?;
+        }
+        for p in &mut creds.agent_config {
+            checked("credentials.agent_config", p)?;
         }
         Ok(())
     }

@@ -400,3 +400,56 @@ async fn exec_frames_carry_stdout_stderr_and_the_exit_code() {
     assert_eq!(&frames[1].payload[..], b"to stderr\n");
     assert_eq!(frames[2].exit_code().unwrap(), 7);
 }
+
+#[tokio::test]
+async fn a_symlink_cannot_point_a_callers_mount_at_someone_elses_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to chown the test workspace");
+        return;
+    }
+    let f = fixture();
+    let caller = Peer {
+        pid: None,
+        uid: 4242,
+        gid: 4242,
+        groups: vec![],
+    };
+    let own = f.workspace.path().join("mine");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(4242), Some(4242)).unwrap();
+    let link = f.workspace.path().join("link-to-etc");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(4242), Some(4242)).unwrap();
+
+    let err = f
+        .daemon
+        .create(&caller, request(&link, "sneaky"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::FORBIDDEN);
+    assert!(
+        err.to_string().contains("workspace /etc is owned by uid 0"),
+        "{err}"
+    );
+
+    let own_link = f.workspace.path().join("link-to-mine");
+    std::os::unix::fs::symlink(&own, &own_link).unwrap();
+    f.daemon
+        .create(&caller, request(&own_link, "honest"))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.fake.plan("honest").unwrap().spec.workspace,
+        own,
+        "the canonical path is mounted"
+    );
+}
+
+#[tokio::test]
+async fn a_root_group_is_refused_too() {
+    let f = fixture();
+    let mut req = request(f.workspace.path(), "rootgroup");
+    req.spec.user = "1001:0".into();
+    let err = f.daemon.create(&root(), req).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
