@@ -608,7 +608,14 @@ async fn e2e_ssh_dynamic_forward_from_legacy_upstream_socks5() {
     let up = UpstreamProxy::ssh_dynamic().await;
     let env_dir = tempfile::tempdir().expect("tempdir");
     let dotenv = env_dir.path().join(".env");
-    std::fs::write(&dotenv, format!("UPSTREAM_SOCKS5={}\n", up.addr())).expect("write .env");
+    std::fs::write(
+        &dotenv,
+        format!(
+            "# the seeds' .devcontainer/.env\nUPSTREAM_SOCKS5={}\nNO_UPSTREAM=origin.kennel.test\n",
+            up.addr()
+        ),
+    )
+    .expect("write .env");
     let c = Chain::start_with("", |cfg| cfg.policy.dotenv = Some(dotenv.clone())).await;
     c.assert_reaches_origins("localhost", &up.url("socks5h"))
         .await;
@@ -619,6 +626,17 @@ async fn e2e_ssh_dynamic_forward_from_legacy_upstream_socks5() {
     ))
     .await;
     c.assert_denied_never_reaches(&up, "localhost").await;
+    // NO_UPSTREAM domains bypass the tunnel.
+    let before = up.connections();
+    let (status, body) = c.get("origin.kennel.test", "/no-upstream").await;
+    assert_eq!(status, "200", "{body}");
+    let rec = c
+        .proxy
+        .wait_log(|r| r["host"] == "origin.kennel.test" && r["status"] == 200)
+        .await
+        .expect("access-log record");
+    assert_eq!(rec["upstream"], "direct", "{rec}");
+    assert_eq!(up.connections(), before, "{}", up.log_text());
 }
 
 #[tokio::test]
