@@ -76,6 +76,8 @@ pub async fn serve(
             }
         });
     }
+    // Close the listening socket now, so new clients are refused instead of queued.
+    drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
     daemon.begin_shutdown();
     let _ = stop_tx.send(true);
