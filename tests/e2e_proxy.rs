@@ -1119,3 +1119,37 @@ async fn upstream_failure_is_502_named_and_counted() {
     );
     assert_eq!(o.hits(), 0);
 }
+
+#[tokio::test]
+async fn listens_on_ipv4_and_ipv6_at_once() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    }
+    let o = origin::http(origin::loopback().await, "dual");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |c| {
+            c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.proxy.proxy_addrs().len(), 2);
+    for a in proxy.proxy.proxy_addrs() {
+        let out = curl(&[
+            "-x",
+            &format!("http://{a}"),
+            &format!("http://origin.test:{p}/"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            out.stdout,
+            format!("origin dual: GET / host=origin.test:{p} body=0\n"),
+            "{a}: {out:?}"
+        );
+    }
+}

@@ -47,6 +47,7 @@ pub async fn handle(
         upstream: "direct".into(),
         ..Default::default()
     };
+    let generation = shared.store.generation();
     let policy = shared.store.current();
     let target = match Target::parse_authority(&head.target) {
         Ok(t) => t,
@@ -87,6 +88,11 @@ pub async fn handle(
     };
     rec.resolved = dialed.resolved.map(|a| a.to_string());
     reg.set_target(&target, dialed.resolved.map(|a| a.ip()));
+    // A reload between the decision and the registration would have missed this connection:
+    // decide again against the policy in force now.
+    if let Some(d) = crate::registry::recheck(shared, generation, &target, dialed.resolved) {
+        return fail(shared, &mut client, &mut rec, Some(&target), d, start).await;
+    }
     let decision_word = if decision.would_deny {
         "would_deny"
     } else {

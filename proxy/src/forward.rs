@@ -81,7 +81,11 @@ impl Body for ChanBody {
 struct Idle {
     since: tokio::time::Instant,
     sender: SendRequest<ChanBody>,
+    hop: HttpHop,
 }
+
+/// A pooled origin connection and how requests are written on it.
+type Pooled = (SendRequest<ChanBody>, HttpHop);
 
 /// Idle origin connections keyed by checked address (or upstream + target).
 #[derive(Default)]
@@ -95,7 +99,7 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_KEY: usize = 32;
 
 impl Pool {
-    fn take(&self, key: &str) -> Vec<SendRequest<ChanBody>> {
+    fn take(&self, key: &str) -> Vec<Pooled> {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let Some(v) = m.get_mut(key) else {
             return Vec::new();
@@ -103,32 +107,33 @@ impl Pool {
         let out: Vec<_> = v
             .drain(..)
             .filter(|i| i.since.elapsed() < POOL_IDLE && !i.sender.is_closed())
-            .map(|i| i.sender)
+            .map(|i| (i.sender, i.hop))
             .collect();
         m.remove(key);
         out
     }
 
-    async fn checkout(&self, key: &str) -> Option<SendRequest<ChanBody>> {
+    async fn checkout(&self, key: &str) -> Option<Pooled> {
         let mut cands = self.take(key);
         let mut found = None;
-        while let Some(mut s) = cands.pop() {
+        while let Some((mut s, hop)) = cands.pop() {
             if found.is_none() && s.ready().await.is_ok() {
-                found = Some(s);
+                found = Some((s, hop));
             } else if found.is_some() {
-                self.put(key, s);
+                self.put(key, s, hop);
             }
         }
         found
     }
 
-    fn put(&self, key: &str, sender: SendRequest<ChanBody>) {
+    fn put(&self, key: &str, sender: SendRequest<ChanBody>, hop: HttpHop) {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let v = m.entry(key.to_string()).or_default();
         if v.len() < POOL_PER_KEY {
             v.push(Idle {
                 since: tokio::time::Instant::now(),
                 sender,
+                hop,
             });
         }
     }
@@ -298,6 +303,7 @@ async fn forward(
             });
         }
     }
+    let generation = shared.store.generation();
     let policy = shared.store.current();
     let decision = policy.decide(&target);
     rec.rule = decision.rule.as_ref().map(|r| r.to_string());
@@ -341,8 +347,8 @@ async fn forward(
     let mut reused = true;
     let mut pooled = None;
     for (k, addr) in route.pool_keys(&target) {
-        if let Some(s) = shared.pool.checkout(&k).await {
-            pooled = Some((s, pooled_hop(&route), addr));
+        if let Some((s, hop)) = shared.pool.checkout(&k).await {
+            pooled = Some((s, hop, addr));
             break;
         }
     }
@@ -356,6 +362,9 @@ async fn forward(
     let mut resolved = resolved;
     rec.resolved = resolved.map(|a| a.to_string());
     reg.set_target(&target, resolved.map(|a| a.ip()));
+    if let Some(d) = crate::registry::recheck(shared, generation, &target, resolved) {
+        return Err(d);
+    }
 
     let build = |body: ChanBody, hop: &HttpHop| -> Result<http::Request<ChanBody>, Failure> {
         let uri = match hop {
@@ -482,7 +491,7 @@ async fn forward(
     if origin_keep && body_ok && !sender.is_closed() {
         shared
             .pool
-            .put(&route.pool_key_for(&target, resolved), sender);
+            .put(&route.pool_key_for(&target, resolved), sender, hop.clone());
     }
     Ok(if client_keep && body_ok {
         Next::KeepAlive
@@ -493,22 +502,6 @@ async fn forward(
 
 fn has_body(head: &RequestHead) -> bool {
     head.framing != Framing::None
-}
-
-fn pooled_hop(route: &dial::Route) -> HttpHop {
-    match &route.upstream {
-        kennel_policy::Upstream::Http { credentials, .. } => HttpHop::Proxy {
-            authorization: credentials.as_ref().map(|c| {
-                use base64::Engine as _;
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{}:{}", c.username, c.password))
-                )
-            }),
-        },
-        _ => HttpHop::Origin,
-    }
 }
 
 async fn open(

@@ -90,7 +90,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Contro
                 ctl.tracker.spawn(async move {
                     tokio::select! {
                         _ = connection(&s, tcp, peer, &c) => {}
-                        _ = c.hard_stop.cancelled() => {}
+                        // The connection sees hard_stop itself and logs; this is the backstop.
+                        _ = async {
+                            c.hard_stop.cancelled().await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        } => {}
                     }
                     s.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);

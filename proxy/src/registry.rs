@@ -106,3 +106,27 @@ impl Drop for Registration<'_> {
         self.registry.lock().remove(&self.id);
     }
 }
+
+/// If the policy changed since `generation`, decide `target` (and its checked address) again;
+/// `Some(failure)` when the policy in force now refuses it.
+pub fn recheck(
+    shared: &crate::Shared,
+    generation: u64,
+    target: &Target,
+    resolved: Option<std::net::SocketAddr>,
+) -> Option<crate::respond::Failure> {
+    if shared.store.generation() == generation {
+        return None;
+    }
+    let policy = shared.store.current();
+    let decision = policy.decide(target);
+    if !decision.is_allowed() {
+        return Some(crate::respond::Failure::Denied { decision });
+    }
+    if let Some(a) = resolved
+        && let Err(g) = crate::resolve::guard(&policy, a.ip())
+    {
+        return Some(crate::respond::Failure::Guard(g));
+    }
+    None
+}

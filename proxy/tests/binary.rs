@@ -309,3 +309,40 @@ fn accept_loop_survives_fd_exhaustion() {
     sig(&p, libc::SIGTERM);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = echo();
+    let cfg = write_config(
+        dir.path(),
+        e.port(),
+        "", // watch stays on, but the edit below is checked right after SIGHUP
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("[policy]\n", "[policy]\nwatch = false\n");
+    std::fs::write(&cfg, text).expect("write");
+    let (mut p, rx) = start(&["--config", cfg.to_str().expect("utf8")], None);
+    let addr = listen_addr(&wait_line(&rx, "listening on").0);
+    let auth = format!("echo.test:{}", e.port());
+    let mut t = tunnel(addr, &auth).expect("tunnel");
+    roundtrip(&mut t, b"1\n");
+    // Revoke echo.test and SIGHUP: the live tunnel is closed and new ones are denied.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        format!("[defaults]\nports = [{}]\n[allow]\nhosts = [\"other.test\"]\ncidrs = [\"127.0.0.0/8\"]\n", e.port()),
+    )
+    .expect("write policy");
+    sig(&p, libc::SIGHUP);
+    wait_line(&rx, "SIGHUP: policy in force");
+    let mut b = [0u8; 4];
+    assert!(
+        matches!(t.read(&mut b), Ok(0) | Err(_)),
+        "revoked tunnel still open"
+    );
+    let denied = tunnel(addr, &auth).expect_err("denied after reload");
+    assert!(denied.to_string().starts_with("HTTP/1.1 403"), "{denied}");
+    sig(&p, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(10)).code(), Some(0));
+}
