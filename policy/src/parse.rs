@@ -176,6 +176,8 @@ impl Builder {
     /// Adds a parsed list as allow rules with the default ports.
     fn add_list(&mut self, display: &Arc<str>, entries: Vec<(HostPattern, u32)>) {
         let ports = self.default_ports.clone();
+        self.allow.reserve(entries.len());
+        self.allow_idx.reserve(entries.len());
         for (p, line) in entries {
             let rule = RuleRef {
                 file: display.clone(),
@@ -268,7 +270,7 @@ pub(crate) fn parse_list(
     file: &Path,
     format: ListFormat,
 ) -> Result<Vec<(HostPattern, u32)>, PolicyError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(src.bytes().filter(|b| *b == b'\n').count() + 1);
     let mut offset = 0;
     for (n, raw) in src.split_inclusive('\n').enumerate() {
         let start = offset;

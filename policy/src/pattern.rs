@@ -2,6 +2,7 @@
 //! matches a host against any number of them in time proportional to its label count.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::target::{MAX_LABEL_LEN, MAX_NAME_LEN, normalize_name};
 
@@ -131,10 +132,7 @@ impl HostPattern {
                 ),
             ));
         };
-        if crate::target::Host::parse(&domain)
-            .map(|h| h.as_name().is_none())
-            .unwrap_or(true)
-        {
+        if !matches!(crate::target::parse_ipv4_like(&domain), Ok(None)) {
             return Err((
                 off,
                 format!(
@@ -170,14 +168,65 @@ impl std::fmt::Display for HostPattern {
 
 const NONE: u32 = u32::MAX;
 
+/// The Fx hash (rustc's): fast for short keys. Keys come only from the policy (trusted), so
+/// hash flooding through insertion is not possible; lookups with client-chosen hosts only probe.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 /// Index from host patterns to ids. Lookup costs one hash probe per label of the host,
 /// independent of the number of patterns.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HostIndex {
     /// Exact host -> head node.
-    exact: HashMap<Box<str>, u32>,
+    exact: FxMap<Box<str>, u32>,
     /// Domain whose proper subdomains match -> head node.
-    sub: HashMap<Box<str>, u32>,
+    sub: FxMap<Box<str>, u32>,
     /// Linked nodes: (id, next node).
     nodes: Vec<(u32, u32)>,
     len: usize,
@@ -197,7 +246,7 @@ impl HostIndex {
         }
     }
 
-    fn push(nodes: &mut Vec<(u32, u32)>, map: &mut HashMap<Box<str>, u32>, key: &str, id: u32) {
+    fn push(nodes: &mut Vec<(u32, u32)>, map: &mut FxMap<Box<str>, u32>, key: &str, id: u32) {
         let node = u32::try_from(nodes.len()).unwrap_or(NONE);
         match map.get_mut(key) {
             Some(head) => {
@@ -218,6 +267,13 @@ impl HostIndex {
                 map.insert(key.into(), node);
             }
         }
+    }
+
+    /// Reserves room for `n` more patterns.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.exact.reserve(n);
+        self.sub.reserve(n);
+        self.nodes.reserve(n + n / 2);
     }
 
     /// Number of patterns inserted.

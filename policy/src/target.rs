@@ -236,13 +236,12 @@ fn parse_ipv4_part(part: &str) -> Option<Result<u64, ()>> {
 }
 
 /// WHATWG "ends in a number" + inet_aton parsing. `Ok(None)` when the host is a name.
-fn parse_ipv4_like(s: &str) -> Result<Option<Ipv4Addr>, TargetError> {
+pub(crate) fn parse_ipv4_like(s: &str) -> Result<Option<Ipv4Addr>, TargetError> {
     let s_trim = s.strip_suffix('.').unwrap_or(s);
     if s_trim.is_empty() {
         return Ok(None);
     }
-    let parts: Vec<&str> = s_trim.split('.').collect();
-    let last = parts.last().copied().unwrap_or("");
+    let last = s_trim.rsplit('.').next().unwrap_or("");
     let last_numeric = !last.is_empty()
         && (last.bytes().all(|b| b.is_ascii_digit())
             || last
@@ -253,6 +252,7 @@ fn parse_ipv4_like(s: &str) -> Result<Option<Ipv4Addr>, TargetError> {
         return Ok(None);
     }
     let bad = || TargetError::InvalidIpv4(s.to_string());
+    let parts: Vec<&str> = s_trim.split('.').collect();
     if parts.len() > 4 {
         return Err(bad());
     }
