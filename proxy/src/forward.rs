@@ -535,7 +535,14 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let status = resp.status().as_u16();
     let (parts, mut body) = resp.into_parts();
     let no_body = is_head || status == 204 || status == 304 || (100..200).contains(&status);
-    let cl = parts.headers.get(http::header::CONTENT_LENGTH).cloned();
+    // With Transfer-Encoding present the body was de-chunked by hyper and its length is not the
+    // Content-Length the origin may also have sent: drop that header and re-frame.
+    let te = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let cl = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .cloned()
+        .filter(|_| !te);
     let origin_close = parts
         .headers
         .get_all(http::header::CONNECTION)
@@ -571,7 +578,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         .as_bytes(),
     );
     for (name, value) in &parts.headers {
-        if is_hop(name.as_str(), &listed) {
+        if is_hop(name.as_str(), &listed) || (te && name == http::header::CONTENT_LENGTH) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
