@@ -30,7 +30,7 @@ async fn code(proxy: &TestProxy, url: &str) -> String {
         url,
     ])
     .await
-    .unwrap()
+    .expect("run curl")
     .stdout
 }
 
