@@ -193,6 +193,26 @@ impl Client {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
+        let input = ExecInput {
+            stdin,
+            resize: None,
+        };
+        self.exec_with(env, req, input, stdout, stderr).await
+    }
+
+    /// [`Client::exec`] with terminal size updates (`(rows, cols)`, sent as resize frames).
+    pub async fn exec_with<O, E>(
+        &self,
+        env: &str,
+        req: &ExecRequest,
+        input: ExecInput,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<i32, ClientError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
         let body = serde_json::to_vec(req)
             .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
         let mut http_req = Self::request(Method::POST, &format!("/envs/{env}/exec"), Some(body))?;
@@ -210,28 +230,48 @@ impl Client {
         }
         let upgraded = hyper::upgrade::on(resp).await?;
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
-        let stdin_task = stdin.map(|mut input| {
+        let ExecInput {
+            mut stdin,
+            mut resize,
+        } = input;
+        let input_task = (stdin.is_some() || resize.is_some()).then(|| {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    match input.read(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            let _ = frame::write_frame(
-                                &mut wr,
-                                &Frame::new(FrameKind::Stdin, Bytes::new()),
-                            )
-                            .await;
-                            return;
-                        }
-                        Ok(n) => {
-                            let chunk = Bytes::copy_from_slice(&buf[..n]);
-                            if frame::write_frame(&mut wr, &Frame::new(FrameKind::Stdin, chunk))
-                                .await
-                                .is_err()
-                            {
-                                return;
+                    let next = tokio::select! {
+                        read = async {
+                            match stdin.as_mut() {
+                                Some(s) => s.read(&mut buf).await,
+                                None => std::future::pending().await,
                             }
-                        }
+                        } => match read {
+                            Ok(0) | Err(_) => {
+                                stdin = None;
+                                Frame::new(FrameKind::Stdin, Bytes::new())
+                            }
+                            Ok(n) => Frame::new(FrameKind::Stdin, Bytes::copy_from_slice(&buf[..n])),
+                        },
+                        size = async {
+                            match resize.as_mut() {
+                                Some(r) => r.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => match size {
+                            Some((rows, cols)) => Frame::resize(rows, cols),
+                            None => {
+                                resize = None;
+                                if stdin.is_none() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    if frame::write_frame(&mut wr, &next).await.is_err() {
+                        return;
+                    }
+                    if stdin.is_none() && resize.is_none() {
+                        return;
                     }
                 }
             })
@@ -258,17 +298,37 @@ impl Client {
                             String::from_utf8_lossy(&f.payload).into_owned(),
                         ));
                     }
-                    FrameKind::Stdin => {
-                        return Err(ClientError::Protocol("stdin frame from the daemon".into()));
+                    FrameKind::Stdin | FrameKind::Resize => {
+                        return Err(ClientError::Protocol(
+                            "client-side frame from the daemon".into(),
+                        ));
                     }
                 }
             }
         }
         .await;
-        if let Some(task) = stdin_task {
+        if let Some(task) = input_task {
             task.abort();
         }
         result
+    }
+}
+
+/// What an exec sends to the command besides its arguments.
+#[derive(Default)]
+pub struct ExecInput {
+    /// Forwarded as stdin until it ends.
+    pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Terminal sizes `(rows, cols)` for a TTY exec.
+    pub resize: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
+}
+
+impl std::fmt::Debug for ExecInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecInput")
+            .field("stdin", &self.stdin.is_some())
+            .field("resize", &self.resize.is_some())
+            .finish()
     }
 }
 

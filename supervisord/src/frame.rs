@@ -29,6 +29,8 @@ pub enum FrameKind {
     Exit = 3,
     /// The exec failed inside the daemon (UTF-8 message); the last frame.
     Error = 4,
+    /// The client's terminal size (client → daemon): rows, cols as `u16` big endian.
+    Resize = 5,
 }
 
 impl FrameKind {
@@ -39,6 +41,7 @@ impl FrameKind {
             2 => FrameKind::Stderr,
             3 => FrameKind::Exit,
             4 => FrameKind::Error,
+            5 => FrameKind::Resize,
             _ => return None,
         })
     }
@@ -67,6 +70,25 @@ impl Frame {
         Frame::new(FrameKind::Exit, Bytes::copy_from_slice(&code.to_be_bytes()))
     }
 
+    /// A resize frame.
+    pub fn resize(rows: u16, cols: u16) -> Frame {
+        let mut b = [0u8; 4];
+        b[..2].copy_from_slice(&rows.to_be_bytes());
+        b[2..].copy_from_slice(&cols.to_be_bytes());
+        Frame::new(FrameKind::Resize, Bytes::copy_from_slice(&b))
+    }
+
+    /// `(rows, cols)` of a [`FrameKind::Resize`] frame.
+    pub fn size(&self) -> Result<(u16, u16), FrameError> {
+        match self.payload.as_ref() {
+            [r0, r1, c0, c1] => Ok((
+                u16::from_be_bytes([*r0, *r1]),
+                u16::from_be_bytes([*c0, *c1]),
+            )),
+            _ => Err(FrameError::BadResize),
+        }
+    }
+
     /// The exit code of an [`FrameKind::Exit`] frame.
     pub fn exit_code(&self) -> Result<i32, FrameError> {
         let bytes: [u8; 4] = self
@@ -93,6 +115,9 @@ pub enum FrameError {
     /// An exit frame whose payload is not 4 bytes.
     #[error("exec stream: malformed exit-code frame")]
     BadExit,
+    /// A resize frame whose payload is not 4 bytes.
+    #[error("exec stream: malformed resize frame")]
+    BadResize,
     /// The stream ended inside a frame.
     #[error("exec stream ended in the middle of a frame")]
     Truncated,
@@ -220,6 +245,11 @@ mod tests {
             Frame::new(FrameKind::Exit, "x").exit_code(),
             Err(FrameError::BadExit)
         ));
+        assert!(matches!(
+            Frame::new(FrameKind::Resize, "x").size(),
+            Err(FrameError::BadResize)
+        ));
+        assert_eq!(Frame::resize(24, 80).size().unwrap(), (24, 80));
     }
 
     #[tokio::test]

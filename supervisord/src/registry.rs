@@ -593,28 +593,47 @@ fn state_str(s: EnvState) -> &'static str {
 }
 
 /// Streams an exec session over `io`: output frames, then the exit (or error) frame; stdin
-/// frames from the client go to the command.
+/// frames from the client go to the command, resize frames to the TTY.
 pub async fn pump<IO>(mut session: ExecSession, io: IO) -> Result<(), frame::FrameError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
-    let stdin = session.stdin.take();
-    let stdin_fut = async move {
-        let Some(mut stdin) = stdin else { return };
+    let mut stdin = session.stdin.take();
+    let resize = session.resize.take();
+    let input_fut = async move {
+        if stdin.is_none() && resize.is_none() {
+            return;
+        }
         loop {
-            match frame::read_frame(&mut rd).await {
-                Ok(Some(f)) if f.kind == FrameKind::Stdin && !f.payload.is_empty() => {
-                    if stdin.write_all(&f.payload).await.is_err() {
-                        return;
+            let frame = match frame::read_frame(&mut rd).await {
+                Ok(Some(f)) => f,
+                // End of stream or a broken stream: end of input.
+                _ => break,
+            };
+            match frame.kind {
+                FrameKind::Stdin if frame.payload.is_empty() => {
+                    if let Some(mut s) = stdin.take() {
+                        let _ = s.shutdown().await;
                     }
                 }
-                // Empty stdin frame, end of stream or a broken stream: end of input.
-                _ => {
-                    let _ = stdin.shutdown().await;
-                    return;
+                FrameKind::Stdin => {
+                    if let Some(s) = stdin.as_mut()
+                        && s.write_all(&frame.payload).await.is_err()
+                    {
+                        stdin = None;
+                    }
                 }
+                FrameKind::Resize => {
+                    if let (Some(resize), Ok((rows, cols))) = (&resize, frame.size()) {
+                        let _ = resize(rows, cols).await;
+                    }
+                }
+                _ => break,
             }
+        }
+        if let Some(mut s) = stdin.take() {
+            let _ = s.shutdown().await;
         }
     };
     let output_fut = async move {
@@ -644,12 +663,12 @@ where
         let _ = wr.shutdown().await;
         Ok(())
     };
-    tokio::pin!(stdin_fut, output_fut);
-    let mut stdin_done = false;
+    tokio::pin!(input_fut, output_fut);
+    let mut input_done = false;
     loop {
         tokio::select! {
             r = &mut output_fut => return r,
-            () = &mut stdin_fut, if !stdin_done => stdin_done = true,
+            () = &mut input_fut, if !input_done => input_done = true,
         }
     }
 }

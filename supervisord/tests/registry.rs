@@ -453,3 +453,63 @@ async fn a_root_group_is_refused_too() {
     let err = f.daemon.create(&root(), req).await.unwrap_err();
     assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn exec_input_frames_reach_stdin_and_resize_the_tty() {
+    use kennel_container::backend::{ExecOutput, ExecSession, ExitHandle};
+    use tokio::io::AsyncReadExt;
+
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stdin_w, mut stdin_r) = tokio::io::duplex(64);
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let recorded = sizes.clone();
+    let session = ExecSession {
+        output: Box::pin(futures_util::stream::once(async move {
+            let _ = release_rx.await;
+            Ok(ExecOutput::Stdout(bytes::Bytes::from_static(b"done")))
+        })),
+        stdin: Some(Box::pin(stdin_w)),
+        exit: ExitHandle::new(|| Box::pin(async { Ok(0) })),
+        resize: Some(Box::new(move |rows, cols| {
+            recorded.lock().unwrap().push((rows, cols));
+            Box::pin(async { Ok(()) })
+        })),
+    };
+    let (daemon_side, mut client_side) = tokio::io::duplex(1024);
+    let pump = tokio::spawn(kennel_supervisord::registry::pump(session, daemon_side));
+
+    frame::write_frame(&mut client_side, &frame::Frame::resize(30, 100))
+        .await
+        .unwrap();
+    frame::write_frame(
+        &mut client_side,
+        &frame::Frame::new(FrameKind::Stdin, "typed"),
+    )
+    .await
+    .unwrap();
+    frame::write_frame(&mut client_side, &frame::Frame::new(FrameKind::Stdin, ""))
+        .await
+        .unwrap();
+    let mut got = String::new();
+    stdin_r.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "typed", "stdin bytes, then EOF");
+    frame::write_frame(&mut client_side, &frame::Frame::resize(40, 120))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sizes.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resize frames not applied: {sizes:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(*sizes.lock().unwrap(), [(30, 100), (40, 120)]);
+
+    release_tx.send(()).unwrap();
+    let out = frame::read_frame(&mut client_side).await.unwrap().unwrap();
+    assert_eq!(&out.payload[..], b"done");
+    let exit = frame::read_frame(&mut client_side).await.unwrap().unwrap();
+    assert_eq!(exit.exit_code().unwrap(), 0);
+    pump.await.unwrap().unwrap();
+}
