@@ -112,6 +112,11 @@ async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
             .unwrap()
             > 0
     );
+    let rule_series = format!(
+        "kennel_proxy_rule_allowed_bytes_total{{rule=\"{}:4\"}}",
+        proxy.policy_path.display()
+    );
+    assert!(proxy.metric(&rule_series).await.unwrap() > 0);
     assert!(
         proxy
             .metric("kennel_proxy_connections_total")
@@ -1152,4 +1157,50 @@ async fn listens_on_ipv4_and_ipv6_at_once() {
             "{a}: {out:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn readyz_reports_draining_while_a_tunnel_finishes() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .unwrap();
+    let admin = proxy.proxy.admin_addr().unwrap();
+    let TestProxy {
+        proxy: running,
+        dir: _dir,
+        ..
+    } = proxy;
+    let draining = tokio::spawn(running.shutdown());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = raw(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if r.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported draining: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The live tunnel still works during the drain; closing it ends the shutdown.
+    t.write_all(b"still here").await.unwrap();
+    let mut b = [0u8; 10];
+    t.read_exact(&mut b).await.unwrap();
+    drop(t);
+    tokio::time::timeout(Duration::from_secs(5), draining)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -472,3 +472,52 @@ mod tests {
         assert!(r.next(&mut io, &mut buf, 65536).await.is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the head parser, and a parsed head is never ambiguous.
+        #[test]
+        fn head_parser_total(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut b = BytesMut::from(&bytes[..]);
+            if let Ok(Some(h)) = try_parse(&mut b, 65536) {
+                prop_assert!(h.header_count("content-length") <= 1);
+                prop_assert!(!(h.header_count("content-length") == 1 && h.header_count("transfer-encoding") > 0));
+            }
+        }
+
+        /// Any request carrying both Content-Length and Transfer-Encoding, in any order and case,
+        /// is refused.
+        #[test]
+        fn cl_te_always_refused(cl in 0u32..100000, te_first in any::<bool>(), upper in any::<bool>()) {
+            let (c, t) = if upper { ("CONTENT-LENGTH", "TRANSFER-ENCODING") } else { ("content-length", "transfer-encoding") };
+            let hs = if te_first {
+                format!("{t}: chunked\r\n{c}: {cl}\r\n")
+            } else {
+                format!("{c}: {cl}\r\n{t}: chunked\r\n")
+            };
+            let mut b = BytesMut::from(format!("POST http://a/ HTTP/1.1\r\nHost: a\r\n{hs}\r\n").as_bytes());
+            prop_assert!(matches!(try_parse(&mut b, 65536), Err(HeadError::Bad(_))));
+        }
+
+        /// The chunked decoder terminates on arbitrary input without panicking.
+        #[test]
+        fn chunked_decoder_total(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            rt.block_on(async {
+                let mut io: &[u8] = b"";
+                let mut buf = BytesMut::from(&bytes[..]);
+                let mut r = BodyReader::new(Framing::Chunked);
+                for _ in 0..2048 {
+                    match r.next(&mut io, &mut buf, 65536).await {
+                        Ok(Some(_)) => continue,
+                        _ => break,
+                    }
+                }
+            });
+        }
+    }
+}

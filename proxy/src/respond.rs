@@ -202,3 +202,82 @@ pub fn reason_phrase(status: u16) -> &'static str {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Unknown")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kennel_policy::{Policy, Target};
+
+    fn denied(policy: &str, target: &str) -> (u16, String, String) {
+        let p = Policy::from_toml_str(policy, Path::new("/etc/kennel/policy.toml")).unwrap();
+        let t = Target::parse_authority(target).unwrap();
+        let d = p.decide(&t);
+        assert!(!d.is_allowed());
+        let f = Failure::Denied { decision: d };
+        (f.status(), f.reason(), f.body(Some(&t), p.primary_file()))
+    }
+
+    #[test]
+    fn deny_bodies_say_how_to_allow() {
+        let pol = "[defaults]\nports = [443]\n[allow]\nhosts = [\"github.com\"]\n[deny]\nhosts = [\"gist.github.com\"]\n";
+        let (s, r, b) = denied(pol, "evil.example:443");
+        assert_eq!((s, r.as_str()), (403, "not_in_allowlist"));
+        assert_eq!(
+            b,
+            "kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to /etc/kennel/policy.toml\n"
+        );
+        let (_, r, b) = denied(pol, "github.com:8443");
+        assert_eq!(r, "port_not_allowed");
+        assert!(
+            b.contains("add a [[rule]] with hosts = [\"github.com\"] and ports = [8443]"),
+            "{b}"
+        );
+        let (_, r, b) = denied(pol, "gist.github.com:443");
+        assert_eq!(r, "denied_by_rule");
+        assert!(
+            b.contains("deny entry \"gist.github.com\" at /etc/kennel/policy.toml:6"),
+            "{b}"
+        );
+        let (_, r, b) = denied(pol, "[::ffff:169.254.169.254]:443");
+        assert_eq!(r, "ip_literal_not_allowed");
+        assert!(
+            b.contains("\"169.254.169.254/32\"") || b.contains("/128\""),
+            "{b}"
+        );
+    }
+
+    #[test]
+    fn embedded_policy_deny_points_to_config() {
+        let t = Target::parse_authority("evil.example:443").unwrap();
+        let d = Policy::embedded_default().decide(&t);
+        let b = Failure::Denied { decision: d }.body(Some(&t), None);
+        assert!(b.starts_with("kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to a policy file"), "{b}");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Failure::HeadTooLarge.status(), 431);
+        assert_eq!(Failure::ConnectTimeout("x".into()).status(), 504);
+        assert_eq!(
+            Failure::Upstream {
+                kind: "timeout",
+                detail: String::new(),
+                timeout: true
+            }
+            .status(),
+            504
+        );
+        assert_eq!(
+            Failure::Upstream {
+                kind: "auth_rejected",
+                detail: String::new(),
+                timeout: false
+            }
+            .status(),
+            502
+        );
+        let resp = String::from_utf8(Failure::NotProxyRequest.response(None, None)).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{resp}");
+        assert!(resp.contains("X-Kennel-Error: not_a_proxy_request\r\n"));
+    }
+}
