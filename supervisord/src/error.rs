@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The environment already exists (or is being created right now).
     #[error("environment {0:?} already exists")]
     Conflict(String),
+    /// Another create or remove of this environment is running right now.
+    #[error("environment {0:?} is being created or removed right now")]
+    Busy(String),
     /// The workspace's spec is invalid.
     #[error("invalid environment spec: {0}")]
     Spec(#[from] SpecError),
@@ -70,7 +73,7 @@ impl ApiError {
             ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Busy(_) => StatusCode::CONFLICT,
             ApiError::Spec(_) | ApiError::Policy(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Backend(e) => match e {
@@ -98,7 +101,9 @@ impl ApiError {
                 "list environments with `kennel ls`".to_string()
             }
             ApiError::Conflict(name) | ApiError::Backend(BackendError::AlreadyExists(name)) => {
-                format!("remove it first (`kennel down {name}`) or pick another name (`kennel up --name …`)")
+                format!(
+                    "remove it first (`kennel down {name}`) or pick another name (`kennel up --name …`); if `kennel ls` does not show it, another daemon or a person made it: `docker ps -a --filter label=dev.kennel.env={name}`"
+                )
             }
             ApiError::Spec(_) => "fix the spec file (kennel.toml, or .devcontainer/) and run `kennel up` again".to_string(),
             ApiError::Policy(_) => {
@@ -114,6 +119,7 @@ impl ApiError {
                 "the proxy image needs a static kennel-proxy binary (scripts/build-proxy-static, or KENNEL_PROXY_BIN / --proxy-bin for the daemon); the demo sandbox image needs busybox-static and curl on the host (scripts/setup); retry with `kennel image build`".to_string()
             }
             ApiError::State(_) => "check the daemon's --state-dir (permissions, free space)".to_string(),
+            ApiError::Busy(_) => "retry in a moment".to_string(),
             ApiError::ShuttingDown => "retry once the daemon is back (`systemctl status kennel-supervisord`)".to_string(),
             ApiError::BadRequest(_) | ApiError::NoRoute { .. } | ApiError::MethodNotAllowed { .. } | ApiError::PathNotAllowed(_) | ApiError::Backend(BackendError::InvalidPlan { .. }) => {
                 return None;

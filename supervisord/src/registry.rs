@@ -153,7 +153,7 @@ impl Daemon {
 
     fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
         if !self.busy_set().insert(name.to_string()) {
-            return Err(ApiError::Conflict(name.to_string()));
+            return Err(ApiError::Busy(name.to_string()));
         }
         Ok(BusyGuard {
             daemon: self,
