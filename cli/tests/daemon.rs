@@ -307,6 +307,42 @@ fn a_configured_user_is_allowed() {
     let out = kennel_at(&d.socket, &["ls", "--json"], Some(65534));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "[]");
+
+    // Their own workspace can be mounted; somebody else's cannot.
+    let ws = seed_workspace();
+    std::os::unix::fs::chown(ws.path(), Some(65534), Some(65534)).unwrap();
+    let ws_path = ws.path().to_str().unwrap();
+    let up = kennel_at(
+        &d.socket,
+        &["up", "--workspace", ws_path, "--name", "mine"],
+        Some(65534),
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(created_by(&d.fake.plan("mine").unwrap()), "65534");
+    let other = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let other_path = other.path().to_str().unwrap();
+    let up = kennel_at(
+        &d.socket,
+        &["up", "--workspace", other_path, "--name", "theirs"],
+        Some(65534),
+    );
+    assert_eq!(up.status.code(), Some(2));
+    assert!(
+        stderr(&up).contains("is owned by uid 0, not by you (uid 65534)"),
+        "{}",
+        stderr(&up)
+    );
+}
+
+/// The `dev.kennel.created-by` label of a plan.
+fn created_by(plan: &kennel_container::backend::EnvPlan) -> String {
+    let label = kennel_supervisord::registry::LABEL_CREATED_BY;
+    plan.state_labels
+        .iter()
+        .find(|(k, _)| k == label)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
 }
 
 #[test]
