@@ -397,3 +397,50 @@ fn version_and_health_answer() {
             .unwrap_err();
     assert_eq!(err.status(), Some(405));
 }
+
+#[test]
+fn up_reads_kennel_toml_from_the_current_directory_or_spec() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        "name = \"from-cwd\"\nimage = \"my-image:1\"\n[resources]\nmemory = \"2g\"\npids = 300\n",
+    )
+    .unwrap();
+    let out = Command::new(kennel_bin())
+        .current_dir(ws.path())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("up")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = d.fake.plan("from-cwd").unwrap();
+    assert_eq!(plan.spec.image, "my-image:1");
+    assert_eq!(
+        (plan.spec.resources.memory_bytes, plan.spec.resources.pids),
+        (2 << 30, 300)
+    );
+    assert_eq!(plan.spec.workspace, ws.path());
+
+    // --spec elsewhere, --name and --image override it.
+    let spec_dir = tempfile::tempdir().unwrap();
+    let spec = spec_dir.path().join("other.toml");
+    std::fs::write(&spec, "name = \"ignored\"\nimage = \"spec-image:2\"\n").unwrap();
+    let ws_path = ws.path().to_str().unwrap();
+    let out = d.kennel(&[
+        "up",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--workspace",
+        ws_path,
+        "--name",
+        "overridden",
+        "--image",
+        "flag-image:3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = d.fake.plan("overridden").unwrap();
+    assert_eq!(plan.spec.image, "flag-image:3");
+    assert!(d.fake.plan("ignored").is_none());
+}
