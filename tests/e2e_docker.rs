@@ -484,6 +484,23 @@ async fn sandbox_limits_are_applied() {
     assert_eq!(ul.len(), 1);
     assert_eq!((ul[0].soft, ul[0].hard), (Some(512), Some(1024)));
 
+    let stats =
+        t.d.stats(&t.name)
+            .await
+            .expect("stats")
+            .expect("sandbox stats");
+    assert_eq!(
+        stats.memory_limit_bytes,
+        Some(256 * 1024 * 1024),
+        "{stats:?}"
+    );
+    assert!(stats.pids.is_some_and(|p| p >= 1), "{stats:?}");
+    assert!(
+        stats.memory_percent().is_some_and(|p| p < 100.0),
+        "{stats:?}"
+    );
+    assert!(stats.started_at.is_some(), "{stats:?}");
+
     let r = t.sh("ulimit -n; ulimit -Hn").await;
     assert_eq!(r.stdout_str(), "512\n1024\n", "{}", out(&r));
     // The pids limit stops a fork loop well before 100 children.

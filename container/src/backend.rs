@@ -46,6 +46,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes every object labelled with the environment's name (containers first, then
     /// networks). Idempotent: removing an absent environment is `Ok`.
     fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Resource usage of the sandbox (for the health monitor and `kennel stats`); `None` when
+    /// the environment or its sandbox does not exist. The default reports nothing.
+    fn stats<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EnvStats>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(None) })
+    }
     /// Runs a command in the sandbox. Output arrives tagged stdout/stderr; the exit code after.
     fn exec<'a>(
         &'a self,
@@ -116,6 +122,31 @@ pub struct EnvStatus {
     pub created: Option<String>,
     /// The sandbox's labels (includes the plan's `state_labels`).
     pub labels: HashMap<String, String>,
+}
+
+/// Resource usage of an environment's sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvStats {
+    /// Memory in use, page cache excluded (as `docker stats` shows it).
+    pub memory_usage_bytes: Option<u64>,
+    /// The memory limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// Cumulative CPU time in nanoseconds.
+    pub cpu_total_ns: Option<u64>,
+    /// Processes/threads now.
+    pub pids: Option<u64>,
+    /// When the sandbox started (engine's RFC 3339 string).
+    pub started_at: Option<String>,
+}
+
+impl EnvStats {
+    /// Memory use as a percentage of the limit.
+    pub fn memory_percent(&self) -> Option<f64> {
+        match (self.memory_usage_bytes, self.memory_limit_bytes) {
+            (Some(u), Some(l)) if l > 0 => Some(u as f64 * 100.0 / l as f64),
+            _ => None,
+        }
+    }
 }
 
 /// A command to run in the sandbox.

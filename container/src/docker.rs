@@ -12,13 +12,13 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, Star
 use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, StatsOptions,
 };
 use futures_util::StreamExt;
 
 use crate::backend::{
-    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest,
-    ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
+    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStats, EnvStatus, ExecOutput,
+    ExecRequest, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
 };
 use crate::error::BackendError;
 use crate::hardening;
@@ -624,6 +624,56 @@ impl Backend for DockerBackend {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn stats<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EnvStats>, BackendError>> {
+        Box::pin(async move {
+            let sandbox = names::sandbox(name);
+            let info = match self
+                .docker
+                .inspect_container(&sandbox, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                Err(e) if is_status(&e, 404) => return Ok(None),
+                Err(e) => return Err(BackendError::engine("inspect container", &sandbox, e)),
+            };
+            let started_at = info.state.and_then(|s| s.started_at);
+            let mut stream = self.docker.stats(
+                &sandbox,
+                Some(StatsOptions {
+                    stream: false,
+                    one_shot: true,
+                }),
+            );
+            let Some(sample) = stream.next().await else {
+                return Ok(Some(EnvStats {
+                    started_at,
+                    ..Default::default()
+                }));
+            };
+            let sample = sample.map_err(|e| BackendError::engine("read stats of", &sandbox, e))?;
+            let mem = sample.memory_stats.unwrap_or_default();
+            let cache = mem
+                .stats
+                .as_ref()
+                .and_then(|s| {
+                    s.get("total_inactive_file")
+                        .or_else(|| s.get("inactive_file"))
+                })
+                .copied()
+                .unwrap_or(0);
+            Ok(Some(EnvStats {
+                memory_usage_bytes: mem.usage.map(|u| u.saturating_sub(cache)),
+                memory_limit_bytes: mem.limit,
+                cpu_total_ns: sample
+                    .cpu_stats
+                    .and_then(|c| c.cpu_usage)
+                    .and_then(|u| u.total_usage),
+                pids: sample.pids_stats.and_then(|p| p.current),
+                started_at,
+            }))
         })
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::backend::{
-    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest,
-    ExecResult, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
+    Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStats, EnvStatus, ExecOutput,
+    ExecRequest, ExecResult, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
 };
 use crate::error::BackendError;
 use crate::hardening;
@@ -20,6 +20,7 @@ struct State {
     scripted: HashMap<Vec<String>, ExecResult>,
     fail_create: Option<String>,
     execs: Vec<(String, ExecRequest)>,
+    stats: HashMap<String, EnvStats>,
 }
 
 /// In-memory backend. Cheap to clone (shared state).
@@ -66,6 +67,11 @@ impl FakeBackend {
     /// The plan an environment was created from.
     pub fn plan(&self, name: &str) -> Option<EnvPlan> {
         self.lock().plans.get(name).cloned()
+    }
+
+    /// Sets what `stats` reports for an environment (default: an empty [`EnvStats`]).
+    pub fn set_stats(&self, name: &str, stats: EnvStats) {
+        self.lock().stats.insert(name.to_string(), stats);
     }
 
     /// Marks an environment's containers stopped (for health/reconcile tests).
@@ -155,6 +161,16 @@ impl Backend for FakeBackend {
             st.envs.remove(name);
             st.plans.remove(name);
             Ok(())
+        })
+    }
+
+    fn stats<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EnvStats>, BackendError>> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(st
+                .envs
+                .contains_key(name)
+                .then(|| st.stats.get(name).cloned().unwrap_or_default()))
         })
     }
 
