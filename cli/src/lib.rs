@@ -36,6 +36,8 @@ pub enum Command {
     Down(commands::down::DownArgs),
     /// Run a command in an environment's sandbox (stdout/stderr kept apart, exit code propagated).
     Exec(commands::exec::ExecArgs),
+    /// An interactive shell in an environment's sandbox (`exec -t ENV -- sh`).
+    Shell(commands::shell::ShellArgs),
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
         Command::Down(args) => commands::down::run(&client::Client::new(&cli.socket), args),
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
+        Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
     }
 }

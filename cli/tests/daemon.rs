@@ -444,3 +444,39 @@ fn up_reads_kennel_toml_from_the_current_directory_or_spec() {
     assert_eq!(plan.spec.image, "flag-image:3");
     assert!(d.fake.plan("ignored").is_none());
 }
+
+#[test]
+fn shell_without_a_terminal_forwards_stdin_without_a_tty() {
+    use std::io::Write;
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = seed_workspace();
+    assert!(
+        d.kennel(&[
+            "up",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "--name",
+            "sh"
+        ])
+        .status
+        .success()
+    );
+    let mut child = Command::new(kennel_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["shell", "sh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"id\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "sh\n", "the fake echoes the command line");
+    let (_, req) = d.fake.exec_log().pop().unwrap();
+    assert_eq!(
+        (req.cmd, req.stdin, req.tty),
+        (vec!["sh".to_string()], true, false)
+    );
+}

@@ -31,6 +31,11 @@ pub struct ExecArgs {
     pub cmd: Vec<String>,
 }
 
+/// Whether kennel's stdin is a terminal.
+pub fn stdin_is_tty() -> bool {
+    terminal::is_tty(0)
+}
+
 /// Runs `kennel exec`; the exit code is the command's (255 if it does not fit a byte).
 pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut env_vars = args.env_vars;

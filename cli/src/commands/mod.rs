@@ -6,4 +6,5 @@ pub mod image;
 pub mod inspect;
 pub mod ls;
 pub mod policy;
+pub mod shell;
 pub mod up;
