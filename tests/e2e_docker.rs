@@ -664,6 +664,8 @@ async fn git_token_is_a_read_only_file_never_an_env_var() {
     let token_dir = tempfile::tempdir().expect("tmp");
     let token = token_dir.path().join("token");
     std::fs::write(&token, "s3cr3t-token-value\n").expect("write token");
+    let gitconfig = token_dir.path().join("gitconfig");
+    std::fs::write(&gitconfig, "[user]\n\tname = kennel test\n").expect("write gitconfig");
     kennel_test_support::docker::share_dir(token_dir.path(), 0, 0, 0o755);
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
@@ -672,7 +674,11 @@ async fn git_token_is_a_read_only_file_never_an_env_var() {
         "token",
         EnvOptions {
             origin: false,
-            spec_extra: format!("[credentials]\ngit_token_file = \"{}\"\n", token.display()),
+            spec_extra: format!(
+                "[credentials]\ngit_token_file = \"{}\"\ngit_config = \"{}\"\n",
+                token.display(),
+                gitconfig.display()
+            ),
             ..Default::default()
         },
     )
@@ -708,6 +714,18 @@ async fn git_token_is_a_read_only_file_never_an_env_var() {
     assert_eq!(r.stdout_str(), "x-access-token\n", "{}", out(&r));
     let r = t.run(&["probe", "write", "/run/kennel/git-token"]).await;
     assert_ne!(r.exit_code, 0, "token file writable: {}", out(&r));
+    // Credentials land in the (tmpfs) home, read-only.
+    let r = t.run(&["cat", "/home/claude/.gitconfig"]).await;
+    assert_eq!(
+        r.stdout_str(),
+        "[user]\n\tname = kennel test\n",
+        "{}",
+        out(&r)
+    );
+    let r = t.run(&["probe", "write", "/home/claude/.gitconfig"]).await;
+    assert_ne!(r.exit_code, 0, "credential mount writable: {}", out(&r));
+    let r = t.run(&["probe", "write", "/home/claude/other"]).await;
+    assert_eq!(r.exit_code, 0, "home still writable: {}", out(&r));
     drop(token_dir);
 }
 
