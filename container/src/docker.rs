@@ -186,6 +186,7 @@ impl DockerBackend {
     async fn create_egress_network(
         &self,
         plan: &EnvPlan,
+        created: &mut Vec<Created>,
     ) -> Result<(Ipv4Addr, Ipv4Addr), BackendError> {
         let env = &plan.spec.name;
         let name = names::egress_network(env);
@@ -222,7 +223,10 @@ impl DockerBackend {
             let req =
                 hardening::egress_network(plan, &format!("{net}/{prefix}"), &gateway.to_string());
             match self.docker.create_network(req).await {
-                Ok(_) => return Ok((proxy_ip, gateway)),
+                Ok(res) => {
+                    created.push(Created::Network(res.id));
+                    return Ok((proxy_ip, gateway));
+                }
                 Err(e) => {
                     // A concurrent creation took the pool between probe and create; try again.
                     last_err = Some(BackendError::engine("create network", &name, e));
@@ -239,8 +243,10 @@ impl DockerBackend {
         &self,
         name: &str,
         body: ContainerCreateBody,
+        created: &mut Vec<Created>,
     ) -> Result<(), BackendError> {
         self.create_container(name, body).await?;
+        created.push(Created::Container(name.to_string()));
         self.start(name).await
     }
 
@@ -324,7 +330,40 @@ impl DockerBackend {
         }
     }
 
-    async fn create_env_inner(&self, plan: &EnvPlan) -> Result<EnvStatus, BackendError> {
+    /// Removes what a failed `create_env` made, newest first, and nothing else (another
+    /// creator's objects with the same name stay untouched).
+    async fn rollback(&self, created: Vec<Created>) {
+        for obj in created.into_iter().rev() {
+            let res = match &obj {
+                Created::Container(name) => self
+                    .docker
+                    .remove_container(
+                        name,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(|e| BackendError::engine("remove container", name, e)),
+                Created::Network(id) => self
+                    .docker
+                    .remove_network(id)
+                    .await
+                    .map_err(|e| BackendError::engine("remove network", id, e)),
+            };
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "rollback after failed create");
+            }
+        }
+    }
+
+    async fn create_env_inner(
+        &self,
+        plan: &EnvPlan,
+        created: &mut Vec<Created>,
+    ) -> Result<EnvStatus, BackendError> {
         let spec = &plan.spec;
         let env = &spec.name;
         crate::spec::validate_env_name(env).map_err(|e| BackendError::InvalidPlan {
@@ -369,9 +408,11 @@ impl DockerBackend {
             .map_err(|e| BackendError::engine("chmod", plan.policy_dir.display().to_string(), e))?;
 
         // Networks.
-        let (proxy_ip, _gateway) = self.create_egress_network(plan).await?;
-        self.create_network(hardening::internal_network(plan))
+        let (proxy_ip, _gateway) = self.create_egress_network(plan, created).await?;
+        let id = self
+            .create_network(hardening::internal_network(plan))
             .await?;
+        created.push(Created::Network(id));
 
         // Files the containers mount from the policy directory.
         let write = |file: &str, content: &str| {
@@ -399,6 +440,7 @@ impl DockerBackend {
         let proxy = names::proxy(env);
         self.create_container(&proxy, hardening::proxy_container(plan))
             .await?;
+        created.push(Created::Container(proxy.clone()));
         let egress = names::egress_network(env);
         self.docker
             .connect_network(
@@ -417,6 +459,7 @@ impl DockerBackend {
             self.create_and_start(
                 &names::service(env, &svc.name),
                 hardening::service_container(plan, svc),
+                created,
             )
             .await?;
         }
@@ -424,6 +467,7 @@ impl DockerBackend {
         self.create_and_start(
             &names::sandbox(env),
             hardening::sandbox_container(plan, askpass.as_deref()),
+            created,
         )
         .await?;
 
@@ -441,6 +485,12 @@ impl DockerBackend {
         }
         Ok(Some(status_from(name, containers)))
     }
+}
+
+/// An object `create_env` made (for rollback).
+enum Created {
+    Network(String),
+    Container(String),
 }
 
 fn path_str(dir: &std::path::Path, file: &str) -> String {
@@ -550,12 +600,11 @@ impl Backend for DockerBackend {
             if self.inspect_env_inner(&name).await?.is_some() {
                 return Err(BackendError::AlreadyExists(name));
             }
-            match self.create_env_inner(plan).await {
+            let mut created = Vec::new();
+            match self.create_env_inner(plan, &mut created).await {
                 Ok(status) => Ok(status),
                 Err(e) => {
-                    if let Err(cleanup) = self.remove_env(&name).await {
-                        tracing::warn!(env = %name, error = %cleanup, "cleanup after failed create failed");
-                    }
+                    self.rollback(created).await;
                     Err(e)
                 }
             }
