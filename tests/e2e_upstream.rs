@@ -801,6 +801,76 @@ async fn e2e_upstream_down_gives_502_without_waiting_for_the_timeout() {
 }
 
 #[tokio::test]
+async fn e2e_upstream_timeout_gives_504_and_refused_target_502() {
+    // An "upstream" that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dante = UpstreamProxy::dante().await;
+    let closed = free_port();
+    let c = Chain::start_with(
+        &format!(
+            "[upstream]\ndefault = \"socks5h://{silent_addr}\"\n\
+             [[upstream.route]]\nhosts = [\".via-socks.kennel.test\"]\nvia = \"{}\"\n",
+            dante.url("socks5")
+        ),
+        |cfg| cfg.limits.connect_timeout_ms = 300,
+    )
+    .await;
+
+    let (status, body) = c.get("localhost", "/slow").await;
+    assert_eq!(status, "504", "{body}");
+    assert!(
+        body.contains(&format!("upstream socks5h://{silent_addr}")),
+        "{body}"
+    );
+    assert!(body.contains("timed out"), "{body}");
+    let rec = c
+        .proxy
+        .wait_log(|r| r["reason"] == "upstream_timeout")
+        .await
+        .expect("access-log record");
+    assert_eq!(rec["status"], 504, "{rec}");
+
+    // dante is reachable but the target port is closed: the upstream refuses the target.
+    let url = format!("http://a.via-socks.kennel.test:{closed}/");
+    let out = curl(&["-w", "\n%{http_code}", "-x", &c.proxy.url(), &url])
+        .await
+        .expect("curl");
+    let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
+    // The policy only allows the origins' ports: allow the closed one too for this request.
+    assert_eq!(status, "403", "port rules come first: {body}");
+    c.proxy
+        .write_policy(&format!(
+            "[defaults]\nports = [{closed}]\n[allow]\nhosts = [\".via-socks.kennel.test\"]\n\
+             cidrs = [\"127.0.0.0/8\"]\n[upstream]\ndefault = \"{}\"\n",
+            dante.url("socks5")
+        ))
+        .expect("rewrite policy");
+    wait_generation(&c, 2).await;
+    let out = curl(&["-w", "\n%{http_code}", "-x", &c.proxy.url(), &url])
+        .await
+        .expect("curl");
+    let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
+    assert_eq!(status, "502", "{body}");
+    assert!(
+        body.contains(&format!("upstream {}", dante.url("socks5"))),
+        "{body}"
+    );
+    assert!(body.contains("connection refused"), "{body}");
+    c.proxy
+        .wait_log(|r| r["reason"] == "upstream_target_refused")
+        .await
+        .expect("access-log record");
+    hold.abort();
+}
+
+#[tokio::test]
 async fn e2e_route_selection_by_pattern() {
     let socks_up = UpstreamProxy::dante().await;
     let http_up = UpstreamProxy::tinyproxy(None).await;

@@ -280,7 +280,10 @@ impl UpstreamDialer {
             Err(_) => Err(UpstreamError::new(
                 up,
                 UpstreamErrorKind::Timeout,
-                format!("timed out after {} ms", self.connect_timeout.as_millis()),
+                format!(
+                    "timed out after {} ms setting up the connection through the upstream",
+                    self.connect_timeout.as_millis()
+                ),
             )),
         }
     }
