@@ -508,10 +508,12 @@ impl TestEnv {
             proxy_image,
             state_labels: vec![("dev.kennel.test".into(), test.into())],
         };
+        let started = std::time::Instant::now();
         let status = d
             .create_env(&plan)
             .await
             .unwrap_or_else(|e| panic!("create_env {name}: {e}"));
+        eprintln!("create_env {name}: {:?}", started.elapsed());
 
         let origin = if opts.origin {
             let egress = kennel_container::backend::names::egress_network(&name);
