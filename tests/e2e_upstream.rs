@@ -737,6 +737,10 @@ async fn e2e_wrong_credentials_give_502_naming_the_upstream() {
     assert_eq!(rec["upstream"], http_url, "{rec}");
     let log = std::fs::read_to_string(&c.proxy.log_path).expect("access log");
     assert!(!log.contains("wrong-pass"), "{log}");
+    let (_, policy) = c.proxy.admin_get("/policy").await.expect("GET /policy");
+    assert!(!policy.contains("wrong-pass"), "{policy}");
+    let (_, metrics) = c.proxy.admin_get("/metrics").await.expect("GET /metrics");
+    assert!(!metrics.contains("wrong-pass"), "{metrics}");
     let n = c
         .proxy
         .metric("kennel_proxy_upstream_failures_total{kind=\"auth_rejected\"}")
