@@ -75,31 +75,32 @@ impl Drop for TestDaemon {
     }
 }
 
-fn kennel_at(socket: &Path, args: &[&str], uid: Option<u32>) -> Output {
-    let mut cmd = Command::new(kennel_bin());
+/// Runs `kennel --socket SOCKET ARGS…`; with `as_user = Some((uid, dir))` as that uid (and gid),
+/// from a copy of the binary in `dir` (a 0755 temp dir the test owns, so other uids can run it
+/// whatever the target directory's permissions).
+fn kennel_at(socket: &Path, args: &[&str], as_user: Option<(u32, &Path)>) -> Output {
+    let mut cmd = match as_user {
+        Some((uid, dir)) => {
+            let bin = dir.join("kennel");
+            if !bin.exists() {
+                std::fs::copy(kennel_bin(), &bin).unwrap();
+                std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let mut cmd = Command::new(bin);
+            cmd.uid(uid).gid(uid);
+            cmd
+        }
+        None => Command::new(kennel_bin()),
+    };
     cmd.arg("--socket")
         .arg(socket)
         .args(args)
         .env_remove("KENNEL_SOCKET");
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
     cmd.output().expect("run kennel")
 }
 
-/// The kennel binary, copied once to a world-readable place so other uids can run it.
 fn kennel_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kennel-cli-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("kennel");
-        std::fs::copy(env!("CARGO_BIN_EXE_kennel"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        bin
-    })
-    .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_kennel"))
 }
 
 fn stdout(o: &Output) -> String {
@@ -286,7 +287,7 @@ fn a_caller_that_is_not_allowed_gets_403_with_the_fix() {
     let d = TestDaemon::start(Authorizer::new(0, [], []));
     // Let everybody open the socket, so only the peer-credential check stands in the way.
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = kennel_at(&d.socket, &["ls"], Some(65534));
+    let out = kennel_at(&d.socket, &["ls"], Some((65534, d.dir.path())));
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
@@ -304,7 +305,7 @@ fn a_configured_user_is_allowed() {
     }
     let d = TestDaemon::start(Authorizer::new(0, [65534], []));
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = kennel_at(&d.socket, &["ls", "--json"], Some(65534));
+    let out = kennel_at(&d.socket, &["ls", "--json"], Some((65534, d.dir.path())));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "[]");
 
@@ -315,7 +316,7 @@ fn a_configured_user_is_allowed() {
     let up = kennel_at(
         &d.socket,
         &["up", "--workspace", ws_path, "--name", "mine"],
-        Some(65534),
+        Some((65534, d.dir.path())),
     );
     assert!(up.status.success(), "{}", stderr(&up));
     assert_eq!(created_by(&d.fake.plan("mine").unwrap()), "65534");
@@ -325,7 +326,7 @@ fn a_configured_user_is_allowed() {
     let up = kennel_at(
         &d.socket,
         &["up", "--workspace", other_path, "--name", "theirs"],
-        Some(65534),
+        Some((65534, d.dir.path())),
     );
     assert_eq!(up.status.code(), Some(2));
     assert!(
@@ -354,7 +355,7 @@ fn permission_denied_on_the_socket_names_the_group_to_join() {
     let d = TestDaemon::start(Authorizer::new(0, [], [100]));
     // What the daemon does with `--allow-group users`: mode 0660, group users.
     nix::unistd::chown(&d.socket, None, Some(nix::unistd::Gid::from_raw(100))).unwrap();
-    let out = kennel_at(&d.socket, &["ls"], Some(65534));
+    let out = kennel_at(&d.socket, &["ls"], Some((65534, d.dir.path())));
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("permission denied"), "{err}");
