@@ -1,6 +1,6 @@
 //! One-tunnel throughput on loopback: direct vs through kennel-proxy (CONNECT), both directions.
 //! Bounded in time (about 2 s per measurement). Run with:
-//! `cargo run --release -p kennel-proxy --example tunnel_throughput`
+//! `cargo run --release -p kennel-proxy --example tunnel_throughput [relay-buffer-bytes]`
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -62,14 +62,19 @@ async fn measure(mut s: TcpStream, up: bool) -> anyhow::Result<f64> {
 async fn via_proxy(proxy: SocketAddr, origin: SocketAddr) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(proxy).await?;
     s.set_nodelay(true)?;
-    s.write_all(format!("CONNECT bench.test:{} HTTP/1.1\r\n\r\n", origin.port()).as_bytes()).await?;
+    s.write_all(format!("CONNECT bench.test:{} HTTP/1.1\r\n\r\n", origin.port()).as_bytes())
+        .await?;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         anyhow::ensure!(s.read(&mut b).await? == 1, "proxy closed");
         head.push(b[0]);
     }
-    anyhow::ensure!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     Ok(s)
 }
 
@@ -78,26 +83,53 @@ async fn main() -> anyhow::Result<()> {
     let o = origin().await?;
     let dir = tempfile::tempdir()?;
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, format!("[defaults]\nports = [{}]\n[allow]\nhosts = [\"bench.test\"]\ncidrs = [\"127.0.0.0/8\"]\n", o.port()))?;
+    std::fs::write(
+        &policy,
+        format!(
+            "[defaults]\nports = [{}]\n[allow]\nhosts = [\"bench.test\"]\ncidrs = [\"127.0.0.0/8\"]\n",
+            o.port()
+        ),
+    )?;
     let mut cfg = ProxyConfig {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
         admin: None,
-        access_log: AccessLogSettings { destination: LogDestination::Off, ..Default::default() },
+        access_log: AccessLogSettings {
+            destination: LogDestination::Off,
+            ..Default::default()
+        },
         require_sni: false,
         ..Default::default()
     };
     cfg.policy.file = Some(policy);
+    if let Some(b) = std::env::args().nth(1) {
+        cfg.limits.buffer_bytes = b.parse()?;
+    }
+    let bufsize = cfg.limits.buffer_bytes;
     cfg.resolver.static_only = true;
-    cfg.resolver.hosts.insert("bench.test".into(), vec!["127.0.0.1".parse()?]);
+    cfg.resolver
+        .hosts
+        .insert("bench.test".into(), vec!["127.0.0.1".parse()?]);
     let proxy = kennel_proxy::spawn(cfg).await?;
     let p = proxy.proxy_addr();
 
-    println!("one tunnel, loopback, {SECS} s per run, {} KiB writes", CHUNK / 1024);
-    for (label, up) in [("upload (client -> origin)", true), ("download (origin -> client)", false)] {
+    println!(
+        "one tunnel, loopback, {SECS} s per run, {} KiB writes, proxy relay buffer {} KiB",
+        CHUNK / 1024,
+        bufsize / 1024
+    );
+    for (label, up) in [
+        ("upload (client -> origin)", true),
+        ("download (origin -> client)", false),
+    ] {
         let direct = measure(TcpStream::connect(o).await?, up).await?;
         let proxied = measure(via_proxy(p, o).await?, up).await?;
-        println!("{label:28} direct {direct:6.2} Gbit/s   via kennel-proxy {proxied:6.2} Gbit/s   ({:.0} %)", proxied / direct * 100.0);
+        println!(
+            "{label:28} direct {direct:6.2} Gbit/s   via kennel-proxy {proxied:6.2} Gbit/s   ({:.0} %)",
+            proxied / direct * 100.0
+        );
     }
-    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown()).await.ok();
+    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown())
+        .await
+        .ok();
     Ok(())
 }
