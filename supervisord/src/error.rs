@@ -58,6 +58,9 @@ pub enum ApiError {
     /// Reading or writing the daemon's state directory failed.
     #[error("state directory: {0}")]
     State(#[from] crate::state::StateError),
+    /// A bug or an unexpected failure inside the daemon.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The daemon is shutting down.
     #[error("kennel-supervisord is shutting down")]
     ShuttingDown,
@@ -85,7 +88,7 @@ impl ApiError {
                 BackendError::Engine { .. } => StatusCode::BAD_GATEWAY,
             },
             ApiError::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::State(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -120,6 +123,9 @@ impl ApiError {
             }
             ApiError::State(_) => "check the daemon's --state-dir (permissions, free space)".to_string(),
             ApiError::Busy(_) => "retry in a moment".to_string(),
+            ApiError::Internal(_) => {
+                "see the daemon's log (`journalctl -u kennel-supervisord`) and report the bug".to_string()
+            }
             ApiError::ShuttingDown => "retry once the daemon is back (`systemctl status kennel-supervisord`)".to_string(),
             ApiError::BadRequest(_) | ApiError::NoRoute { .. } | ApiError::MethodNotAllowed { .. } | ApiError::PathNotAllowed(_) | ApiError::Backend(BackendError::InvalidPlan { .. }) => {
                 return None;

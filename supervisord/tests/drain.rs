@@ -19,11 +19,12 @@ use kennel_supervisord::state::StateDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-/// FakeBackend whose exec blocks until the test releases it.
+/// FakeBackend whose exec (or create) blocks until the test releases it.
 struct SlowExec {
     fake: FakeBackend,
     release: Mutex<Option<oneshot::Receiver<()>>>,
     started: Mutex<Option<oneshot::Sender<()>>>,
+    slow_create: bool,
 }
 
 impl Backend for SlowExec {
@@ -31,7 +32,17 @@ impl Backend for SlowExec {
         &'a self,
         plan: &'a EnvPlan,
     ) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
-        self.fake.create_env(plan)
+        if !self.slow_create {
+            return self.fake.create_env(plan);
+        }
+        let release = self.release.lock().unwrap().take().unwrap();
+        if let Some(started) = self.started.lock().unwrap().take() {
+            let _ = started.send(());
+        }
+        Box::pin(async move {
+            let _ = release.await;
+            self.fake.create_env(plan).await
+        })
     }
     fn list_envs(&self) -> BoxFuture<'_, Result<Vec<EnvStatus>, BackendError>> {
         self.fake.list_envs()
@@ -80,6 +91,7 @@ async fn shutdown_refuses_new_clients_and_lets_a_running_exec_finish() {
         fake: FakeBackend::new(),
         release: Mutex::new(Some(release_rx)),
         started: Mutex::new(Some(started_tx)),
+        slow_create: false,
     });
     let daemon = Daemon::new(
         backend,
@@ -169,4 +181,77 @@ async fn shutdown_refuses_new_clients_and_lets_a_running_exec_finish() {
         .await
         .expect("daemon drained")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_finishes_even_when_the_client_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kennel.sock");
+    let workspace = tempfile::tempdir().unwrap();
+    let (release_tx, release_rx) = oneshot::channel();
+    let (started_tx, started_rx) = oneshot::channel();
+    let fake = FakeBackend::new();
+    let backend = Arc::new(SlowExec {
+        fake: fake.clone(),
+        release: Mutex::new(Some(release_rx)),
+        started: Mutex::new(Some(started_tx)),
+        slow_create: true,
+    });
+    let daemon = Daemon::new(
+        backend,
+        Arc::new(FixedProxyImage("kennel-proxy:test".into())),
+        StateDir::open(&dir.path().join("state")).unwrap(),
+        Authorizer::new(0, [], []),
+    );
+    let listener = kennel_supervisord::daemon::bind_socket(&socket, None).unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let served = tokio::spawn(kennel_supervisord::daemon::run(
+        listener,
+        daemon.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let spec = kennel_container::spec::EnvSpec::from_workspace(
+        workspace.path(),
+        &kennel_container::spec::SpecOverrides {
+            name: Some("steady".into()),
+            workspace: Some(workspace.path().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&kennel_supervisord::api::types::CreateEnv {
+        spec: (&spec).into(),
+        project_whitelist: None,
+    })
+    .unwrap();
+    let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let head = format!(
+        "POST /v1/envs HTTP/1.1\r\nHost: kennel\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    started_rx.await.unwrap();
+    drop(conn); // the client gives up while the engine is still creating
+    release_tx.send(()).unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = fake.inspect_env("steady").await.unwrap().is_some()
+            && dir.path().join("state/envs/steady/spec.json").is_file();
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the create was abandoned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(daemon.inspect("steady").await.unwrap().state, "running");
+    stop_tx.send(()).unwrap();
+    served.await.unwrap();
 }

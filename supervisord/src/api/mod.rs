@@ -86,6 +86,19 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     json(status, &err.body())
 }
 
+/// Runs `work` as a tracked task of its own, so it completes (and shutdown waits for it) even
+/// when the client disconnects and the request future is dropped.
+async fn detach<T: Send + 'static>(
+    daemon: &Daemon,
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    daemon
+        .tasks()
+        .spawn(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("request task failed: {e}")))?
+}
+
 async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
@@ -141,12 +154,15 @@ async fn route(
         (&Method::GET, ["envs"]) => Ok(json(StatusCode::OK, &daemon.list().await?)),
         (&Method::POST, ["envs"]) => {
             let body: types::CreateEnv = read_json(req.into_body()).await?;
-            let info = daemon.create(&peer, body).await?;
+            // Runs to completion even if the client goes away (no half-created environment).
+            let d = daemon.clone();
+            let info = detach(&daemon, async move { d.create(&peer, body).await }).await?;
             Ok(json(StatusCode::CREATED, &info))
         }
         (&Method::GET, ["envs", name]) => Ok(json(StatusCode::OK, &daemon.inspect(name).await?)),
         (&Method::DELETE, ["envs", name]) => {
-            daemon.remove(name).await?;
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            detach(&daemon, async move { d.remove(&n).await }).await?;
             Ok(json(
                 StatusCode::OK,
                 &types::Removed {
