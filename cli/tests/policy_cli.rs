@@ -323,6 +323,17 @@ fn check_credentials_from_env_are_not_printed() {
     let o = Command::new(env!("CARGO_BIN_EXE_kennel"))
         .args(["policy", "check", "p.toml"])
         .current_dir(d.path())
+        .env("KENNEL_TEST_UPSTREAM_CREDS", "no-colon")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "p.toml:3:23: credentials variable KENNEL_TEST_UPSTREAM_CREDS does not hold user:password\n"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_kennel"))
+        .args(["policy", "check", "p.toml"])
+        .current_dir(d.path())
         .env_remove("KENNEL_TEST_UPSTREAM_CREDS")
         .output()
         .unwrap();

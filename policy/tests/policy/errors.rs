@@ -419,3 +419,80 @@ fn list_file_policy_errors() {
         "whitelist.txt:2:1: regular expression \"foo|bar\" is not supported in a seed list",
     );
 }
+
+#[test]
+fn remaining_messages_table() {
+    let table: &[(&str, &str)] = &[
+        (
+            "include = [{ path = 3 }]\n",
+            "policy.toml:1:12: include path must be a string; expected \"file.txt\" or { path = \"file.txt\", format = \"seed\" | \"native\" }",
+        ),
+        (
+            "include = [{ format = \"seed\" }]\n",
+            "policy.toml:1:12: include without path; expected \"file.txt\" or { path = \"file.txt\", format = \"seed\" | \"native\" }",
+        ),
+        (
+            "[allow]\nhosts = [\"me@github.com\"]\n",
+            "policy.toml:2:13: host pattern \"me@github.com\" contains `@`; expected example.com, *.example.com or .example.com",
+        ),
+        (
+            "[allow]\nhosts = [\"*.\"]\n",
+            "policy.toml:2:13: host pattern \"*.\" has no domain after the prefix; expected example.com, *.example.com or .example.com",
+        ),
+        (
+            "[allow]\ncidrs = [\"not-an-ip\"]\n",
+            "policy.toml:2:11: invalid cidr \"not-an-ip\"; expected an address range such as 10.0.0.0/8 or fd00::/8",
+        ),
+        (
+            "[upstream]\n[[upstream.route]]\nvia = \"direct\"\n",
+            "policy.toml:2:1: [[upstream.route]] has no hosts and no cidrs; expected hosts = [\".corp.example\"]",
+        ),
+        (
+            "[upstream]\ndefault_credentials = { env = \"X\" }\n",
+            "policy.toml:2:23: default_credentials without default; expected default = \"socks5h://host:port\" or similar",
+        ),
+        (
+            "[upstream]\ndefault = \"http://p:1\"\ndefault_credentials = {}\n",
+            "policy.toml:3:23: credentials name no source; expected { env = \"VAR\" } or { file = \"path\" }",
+        ),
+        (
+            "[upstream]\ndefault = \"proxy:1080\"\n",
+            "policy.toml:2:12: upstream \"proxy:1080\" is not a URL; expected direct, socks5://host:port, socks5h://host:port, http://host:port or https://host:port",
+        ),
+        (
+            "[upstream]\ndefault = \"http://p:1/path\"\n",
+            "policy.toml:2:12: upstream \"http://p:1/path\" has a path; expected direct, socks5://host:port, socks5h://host:port, http://host:port or https://host:port",
+        ),
+        (
+            "[upstream]\ndefault = \"http://[::1:1\"\n",
+            "policy.toml:2:12: upstream \"http://[::1:1\" has an unclosed `[`; expected direct, socks5://host:port, socks5h://host:port, http://host:port or https://host:port",
+        ),
+        (
+            "[upstream]\ndefault = \"http://[zz]:1\"\n",
+            "policy.toml:2:12: upstream \"http://[zz]:1\" has an invalid IPv6 address; expected direct, socks5://host:port, socks5h://host:port, http://host:port or https://host:port",
+        ),
+        (
+            "[upstream]\ndefault = \"http://p:0\"\n",
+            "policy.toml:2:12: upstream \"http://p:0\" has an invalid port \"0\"; expected 1-65535",
+        ),
+        (
+            "[upstream]\ndefault = \"http://:8080\"\n",
+            "policy.toml:2:12: upstream \"http://:8080\" has no host; expected direct, socks5://host:port, socks5h://host:port, http://host:port or https://host:port",
+        ),
+        (
+            "[upstream]\ndefault = \"http://a..b:8080\"\n",
+            "policy.toml:2:12: upstream \"http://a..b:8080\" has an invalid host: invalid host name \"a..b\"",
+        ),
+        (
+            "[upstream]\ndefault = \"http://u:%zz@p:8080\"\n",
+            "policy.toml:2:12: upstream \"http://…@p:8080\" has invalid percent-encoding in its user:password",
+        ),
+        (
+            "[upstream]\ndefault = \"http://nopass@p:8080\"\n",
+            "policy.toml:2:12: upstream \"http://…@p:8080\" has credentials that are not user:password",
+        ),
+    ];
+    for (toml, want) in table {
+        assert_eq!(toml_err(toml), *want, "{toml}");
+    }
+}
