@@ -98,7 +98,7 @@ impl HostPattern {
                 ),
             ));
         }
-        if body.starts_with('.') {
+        if body.starts_with('.') || body.ends_with('.') {
             return Err((
                 off,
                 format!(

@@ -286,7 +286,7 @@ pub(crate) fn parse_ipv4_like(s: &str) -> Result<Option<Ipv4Addr>, TargetError> 
 /// Returns `None` when the name is invalid.
 pub(crate) fn normalize_name(s: &str) -> Option<String> {
     let s = s.strip_suffix('.').unwrap_or(s);
-    if s.is_empty() {
+    if s.is_empty() || s.ends_with('.') {
         return None;
     }
     let ascii = if s.bytes().all(|b| {

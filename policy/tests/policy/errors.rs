@@ -440,6 +440,10 @@ fn remaining_messages_table() {
             "policy.toml:2:13: host pattern \"*.\" has no domain after the prefix; expected example.com, *.example.com or .example.com",
         ),
         (
+            "[allow]\nhosts = [\"github.com..\"]\n",
+            "policy.toml:2:11: host pattern \"github.com..\" has an empty label; expected labels separated by single dots",
+        ),
+        (
             "[allow]\ncidrs = [\"not-an-ip\"]\n",
             "policy.toml:2:11: invalid cidr \"not-an-ip\"; expected an address range such as 10.0.0.0/8 or fd00::/8",
         ),

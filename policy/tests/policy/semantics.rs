@@ -286,6 +286,14 @@ fn target_parsing_table() {
         ),
         ("a..b:443", TargetError::InvalidName("a..b".into())),
         (
+            "github.com..:443",
+            TargetError::InvalidName("github.com..".into()),
+        ),
+        (
+            ".github.com:443",
+            TargetError::InvalidName(".github.com".into()),
+        ),
+        (
             "xn--zz.example:443",
             TargetError::InvalidName("xn--zz.example".into()),
         ),
