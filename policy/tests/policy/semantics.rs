@@ -378,3 +378,32 @@ fn host_header_and_sni() {
     );
     assert_eq!(Host::parse("[::1]").unwrap().to_string(), "[::1]");
 }
+
+#[test]
+fn defaults_ports_apply_to_includes_allow_and_legacy_but_not_rules() {
+    let d = Dir::new();
+    d.write("list.txt", "listed.example\n");
+    let path = d.write(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[defaults]\nports = [8443, 8443, 443]\n[allow]\nhosts = [\"allowed.example\"]\n[[rule]]\nhosts = [\"ruled.example\"]\nports = [9000]\n",
+    );
+    let legacy = kennel_policy::LegacyEnv {
+        user_whitelist_domains: Some("legacy.example".into()),
+        ..kennel_policy::LegacyEnv::default()
+    };
+    let p = Policy::load_with(&path, &legacy).unwrap();
+    for h in ["listed.example", "allowed.example", "legacy.example"] {
+        assert!(decide(&p, &format!("{h}:8443")).is_allowed(), "{h}");
+        assert!(decide(&p, &format!("{h}:443")).is_allowed(), "{h}");
+        assert_eq!(
+            decide(&p, &format!("{h}:80")).reason,
+            Reason::PortNotAllowed,
+            "{h}"
+        );
+    }
+    assert!(decide(&p, "ruled.example:9000").is_allowed());
+    assert_eq!(
+        decide(&p, "ruled.example:443").reason,
+        Reason::PortNotAllowed
+    );
+}
