@@ -1204,3 +1204,49 @@ async fn readyz_reports_draining_while_a_tunnel_finishes() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn tls_without_sni_is_refused_unless_require_sni_is_off() {
+    let ca = TestCa::new().unwrap();
+    let o = origin::https(
+        origin::loopback().await,
+        "nosni",
+        server_config(ca.leaf(&["tls.test", "127.0.0.1"]).unwrap()).unwrap(),
+    );
+    let p = o.addr.port();
+    for require_sni in [true, false] {
+        let proxy = TestProxy::start(&policy(&[p], &["tls.test"], ""), &[("tls.test", LO)], |c| {
+            c.require_sni = require_sni
+        })
+        .await
+        .unwrap();
+        let tunnel = connect_tunnel(proxy.proxy.proxy_addr(), &format!("tls.test:{p}"))
+            .await
+            .unwrap();
+        // An IP-address server name makes rustls send no SNI at all.
+        let sn = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let tls = tokio_rustls::TlsConnector::from(ca.client_config().unwrap());
+        let r = tokio::time::timeout(Duration::from_secs(5), tls.connect(sn, tunnel))
+            .await
+            .unwrap();
+        if require_sni {
+            assert!(r.is_err(), "handshake without SNI must fail");
+            let rec = proxy
+                .wait_log(|r| r["reason"] == "sni_missing")
+                .await
+                .unwrap();
+            assert_eq!(rec["decision"], "deny");
+        } else {
+            let mut s = r.expect("handshake allowed with require_sni = false");
+            s.write_all(
+                format!("GET / HTTP/1.1\r\nHost: tls.test:{p}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+            assert!(out.contains("origin nosni: GET /"), "{out}");
+        }
+    }
+}
