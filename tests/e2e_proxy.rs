@@ -1250,3 +1250,64 @@ async fn tls_without_sni_is_refused_unless_require_sni_is_off() {
         }
     }
 }
+
+#[tokio::test]
+async fn names_resolved_over_dns_are_guarded_and_dialed_at_the_checked_address() {
+    let o = origin::http(origin::loopback().await, "dns");
+    let p = o.addr.port();
+    let dns = origin::dns(vec![
+        ("good.test", LO),
+        ("private.test", "10.9.8.7".parse().unwrap()),
+        ("metadata.test", "169.254.169.254".parse().unwrap()),
+        ("mapped.test", "::ffff:127.0.0.1".parse().unwrap()),
+    ])
+    .await;
+    let pol = format!(
+        "[defaults]\nports = [{p}]\n[allow]\nhosts = [\"good.test\", \"private.test\", \"metadata.test\", \"mapped.test\", \"missing.test\"]\ncidrs = [\"127.0.0.0/8\"]\n"
+    );
+    let proxy = TestProxy::start(&pol, &[], |c| {
+        c.resolver.static_only = false;
+        c.resolver.nameservers = vec![dns.addr];
+    })
+    .await
+    .unwrap();
+    let out = curl(&["-x", &proxy.url(), &format!("http://good.test:{p}/")])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        format!("origin dns: GET / host=good.test:{p} body=0\n"),
+        "{out:?}"
+    );
+    assert!(dns.hits() > 0, "the name was resolved over DNS");
+    for (host, why) in [
+        ("private.test", "10.9.8.7"),
+        ("metadata.test", "169.254.169.254"),
+    ] {
+        let out = curl(&["-i", "-x", &proxy.url(), &format!("http://{host}:{p}/")])
+            .await
+            .unwrap();
+        assert!(
+            out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains(why),
+            "{host}: {out:?}"
+        );
+        assert!(
+            out.stdout
+                .contains("X-Kennel-Deny-Reason: address_not_allowed"),
+            "{out:?}"
+        );
+    }
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        &format!("http://missing.test:{p}/"),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains("dns_failure"),
+        "{out:?}"
+    );
+    assert_eq!(o.hits(), 1);
+}

@@ -163,6 +163,8 @@ pub struct ResolverSettings {
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
     /// Never send DNS queries: names not in `hosts` fail to resolve (tests, air-gapped hosts).
     pub static_only: bool,
+    /// DNS servers (`ip:port`, UDP then TCP) to use instead of `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `[upstream]`: settings of the upstream-proxy dialer.

@@ -38,6 +38,7 @@ pub struct GuardDenied {
 pub struct Resolver {
     hosts: HashMap<String, Vec<IpAddr>>,
     static_only: bool,
+    nameservers: Vec<std::net::SocketAddr>,
     dns: OnceCell<Result<TokioResolver, String>>,
 }
 
@@ -58,6 +59,7 @@ impl Resolver {
         Resolver {
             hosts,
             static_only: settings.static_only,
+            nameservers: settings.nameservers.clone(),
             dns: OnceCell::new(),
         }
     }
@@ -80,14 +82,7 @@ impl Resolver {
                 "not in the static hosts map and DNS is disabled (resolver.static_only)".into(),
             ));
         }
-        let dns = self
-            .dns
-            .get_or_init(|| async {
-                TokioResolver::builder_tokio()
-                    .and_then(|b| b.build())
-                    .map_err(|e| format!("cannot configure DNS: {e}"))
-            })
-            .await;
+        let dns = self.dns.get_or_init(|| async { self.build_dns() }).await;
         let dns = dns.as_ref().map_err(|e| fail(e.clone()))?;
         let lookup = dns
             .lookup_ip(name.as_str())
@@ -98,6 +93,33 @@ impl Resolver {
             return Err(fail("no addresses".into()));
         }
         Ok(ips)
+    }
+}
+
+impl Resolver {
+    fn build_dns(&self) -> Result<TokioResolver, String> {
+        let built = if self.nameservers.is_empty() {
+            TokioResolver::builder_tokio().and_then(|b| b.build())
+        } else {
+            use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+            let servers = self
+                .nameservers
+                .iter()
+                .map(|sa| {
+                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+                    for c in &mut ns.connections {
+                        c.port = sa.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+            )
+            .build()
+        };
+        built.map_err(|e| format!("cannot configure DNS: {e}"))
     }
 }
 

@@ -225,3 +225,86 @@ pub fn sink(listener: TcpListener) -> Origin {
         task,
     }
 }
+
+/// A tiny authoritative DNS server on UDP for proxy tests: answers A/AAAA queries from `records`
+/// (lowercase names without trailing dot), NXDOMAIN for unknown names. Counts queries in `hits`.
+pub async fn dns(records: Vec<(&str, std::net::IpAddr)>) -> Origin {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp");
+    let addr = sock.local_addr().expect("local addr");
+    let records: Vec<(String, std::net::IpAddr)> = records
+        .into_iter()
+        .map(|(n, ip)| (n.to_string(), ip))
+        .collect();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            h.fetch_add(1, Ordering::SeqCst);
+            if let Some(resp) = dns_answer(&buf[..n], &records) {
+                let _ = sock.send_to(&resp, peer).await;
+            }
+        }
+    });
+    Origin {
+        addr,
+        hits,
+        conns: Arc::default(),
+        task,
+    }
+}
+
+fn dns_answer(q: &[u8], records: &[(String, std::net::IpAddr)]) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    // Question name.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let qend = i + 4;
+    let name = labels.join(".");
+    let known = records.iter().any(|(n, _)| *n == name);
+    let answers: Vec<&std::net::IpAddr> = records
+        .iter()
+        .filter(|(n, ip)| {
+            *n == name && ((qtype == 1 && ip.is_ipv4()) || (qtype == 28 && ip.is_ipv6()))
+        })
+        .map(|(_, ip)| ip)
+        .collect();
+    let mut r = Vec::with_capacity(512);
+    r.extend_from_slice(&q[..2]); // id
+    r.extend_from_slice(&[0x85, if known { 0x80 } else { 0x83 }]); // QR AA RD, RA, rcode
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(q.get(12..qend)?);
+    for ip in answers {
+        r.extend_from_slice(&[0xc0, 0x0c]);
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&v4.octets());
+            }
+            std::net::IpAddr::V6(v6) => {
+                r.extend_from_slice(&[0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+                r.extend_from_slice(&v6.octets());
+            }
+        }
+    }
+    Some(r)
+}
