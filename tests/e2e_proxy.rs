@@ -1311,3 +1311,30 @@ async fn names_resolved_over_dns_are_guarded_and_dialed_at_the_checked_address()
     );
     assert_eq!(o.hits(), 1);
 }
+
+#[tokio::test]
+async fn server_first_protocols_work_through_a_tunnel_with_require_sni() {
+    let o = origin::banner(origin::loopback().await, "220 smtp.test ready\r\n");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["smtp.test"], ""),
+        &[("smtp.test", LO)],
+        |c| c.require_sni = true,
+    )
+    .await
+    .unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("smtp.test:{p}"))
+        .await
+        .unwrap();
+    // The client sends nothing before the server's greeting arrives.
+    let mut b = vec![0u8; 21];
+    tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b, b"220 smtp.test ready\r\n");
+    t.write_all(b"EHLO x\r\n").await.unwrap();
+    let mut e = vec![0u8; 8];
+    t.read_exact(&mut e).await.unwrap();
+    assert_eq!(e, b"EHLO x\r\n");
+}

@@ -112,8 +112,24 @@ pub async fn handle(
 
     // SNI check on the client's first flight (bytes stay in `buf` and are forwarded unchanged).
     if shared.config.require_sni && matches!(target.host, Host::Name(_)) {
+        // A TLS server never speaks first: if the destination sends bytes before the client
+        // does (SMTP, FTP, some SSH servers), this is not a TLS tunnel and there is no SNI to
+        // check. Only visible for direct connections; through an upstream we wait for the client.
+        let origin_tcp: Option<&TcpStream> = match &dialed.conn {
+            dial::Conn::Tcp(t) => Some(t),
+            dial::Conn::Upstream(_) => None,
+        };
+        let origin_speaks_first = async move {
+            match origin_tcp {
+                Some(t) => {
+                    let _ = t.readable().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         let peek = tokio::select! {
             p = sni::peek_client_hello(&mut client, &mut buf, shared.config.limits.idle_timeout()) => p,
+            _ = origin_speaks_first => Ok(Peek::NotTls),
             _ = reg.cancel.cancelled() => Err(std::io::Error::other("revoked")),
             _ = hard_stop.cancelled() => Err(std::io::Error::other("shutdown")),
         };

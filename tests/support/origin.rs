@@ -308,3 +308,31 @@ fn dns_answer(q: &[u8], records: &[(String, std::net::IpAddr)]) -> Option<Vec<u8
     }
     Some(r)
 }
+
+/// Server-first origin: sends `banner` on accept, then echoes.
+pub fn banner(listener: TcpListener, banner: &'static str) -> Origin {
+    let addr = listener.local_addr().expect("local addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            h.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if tcp.write_all(banner.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Origin {
+        addr,
+        hits,
+        conns: Arc::default(),
+        task,
+    }
+}
