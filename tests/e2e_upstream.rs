@@ -407,6 +407,58 @@ async fn dialer_upstream_down_timeout_and_garbage() {
 }
 
 #[tokio::test]
+async fn dialer_keeps_bytes_the_upstream_sent_with_its_connect_reply() {
+    // A server-speaks-first target (SSH) behind an HTTP upstream: the banner can arrive in the
+    // same segment as the `200`; it must be the first thing read from the tunnel.
+    let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = fake.local_addr().expect("addr");
+    let serve = tokio::spawn(async move {
+        let (mut s, _) = fake.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut b).await.expect("read CONNECT");
+            assert!(n == 1, "client closed before the end of its CONNECT head");
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-fake\r\n")
+            .await
+            .expect("write");
+        let mut echo = [0u8; 5];
+        s.read_exact(&mut echo).await.expect("read client bytes");
+        s.write_all(&echo).await.expect("echo");
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let mut io = dialer()
+        .open_tunnel(
+            &http_up(addr, false, creds("u", "p")),
+            &target("git.example:22"),
+            None,
+        )
+        .await
+        .expect("tunnel");
+    let mut banner = [0u8; 14];
+    tokio::time::timeout(IO_TIMEOUT, io.read_exact(&mut banner))
+        .await
+        .expect("the banner sent with the 200 is readable from the tunnel")
+        .expect("banner");
+    assert_eq!(&banner, b"SSH-2.0-fake\r\n");
+    io.write_all(b"hello").await.expect("write");
+    let mut back = [0u8; 5];
+    io.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"hello");
+    let head = serve.await.expect("fake upstream");
+    assert!(
+        head.starts_with("CONNECT git.example:22 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nProxy-Authorization: Basic dTpw\r\n"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
 async fn dialer_socks5h_name_only_the_upstream_knows() {
     if !hermetic_dns() {
         eprintln!(
