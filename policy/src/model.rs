@@ -198,10 +198,14 @@ fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     if net.contains(&ip) {
         return true;
     }
+    // The same embeddings the address classifier unwraps (mapped, compatible, NAT64, 6to4), so
+    // a v4 CIDR covers every IPv6 spelling `addr::classify` treats as that v4 address.
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
+        // `::` and `::1` are not embeddings (unspecified / loopback), as in `classify`.
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_loopback() => false,
+        IpAddr::V6(v6) => {
+            crate::addr::embedded_v4(v6).is_some_and(|v4| net.contains(&IpAddr::V4(v4)))
+        }
         IpAddr::V4(_) => false,
     }
 }
@@ -306,6 +310,16 @@ impl Policy {
             .map(|e| e.rule.clone())
     }
 
+    /// For the proxy's SSRF guard: the deny `cidrs` entry that matches `ip`, if any. The guard
+    /// checks this for every resolved address before anything else (deny wins, also over
+    /// public addresses).
+    pub fn cidr_denying(&self, ip: IpAddr) -> Option<RuleRef> {
+        self.deny_cidrs
+            .iter()
+            .find(|e| net_contains(&e.net, ip))
+            .map(|e| e.rule.clone())
+    }
+
     /// The first matching `[[upstream.route]]` for the host, else the default upstream.
     pub fn upstream_for(&self, host: &Host) -> &Upstream {
         match host {
@@ -364,5 +378,74 @@ impl Policy {
             cidrs: self.allow_cidrs.len() + self.deny_cidrs.len(),
             routes: self.routes.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(src: &str) -> Policy {
+        Policy::from_toml_str(src, Path::new("/p/policy.toml")).expect("valid policy")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("valid IP")
+    }
+
+    /// Every IPv6 spelling that embeds an IPv4 address is matched against IPv4 CIDRs, the same
+    /// embeddings the address classifier unwraps.
+    #[test]
+    fn v4_cidrs_match_every_embedded_v4_spelling() {
+        let p = policy("[allow]\ncidrs = [\"10.1.0.0/16\"]\n[deny]\ncidrs = [\"10.9.0.0/16\"]\n");
+        for s in [
+            "10.1.2.3",
+            "::ffff:10.1.2.3",
+            "::10.1.2.3",
+            "64:ff9b::a01:203",
+            "2002:a01:203::1",
+        ] {
+            assert!(p.cidr_allowing(ip(s)).is_some(), "{s} is in 10.1.0.0/16");
+            let d = p.decide(&Target {
+                host: Host::Ip(ip(s)),
+                port: 443,
+            });
+            assert_eq!(d.reason, Reason::AllowedByCidr, "{s}");
+        }
+        for s in [
+            "10.9.0.1",
+            "::ffff:10.9.0.1",
+            "::10.9.0.1",
+            "64:ff9b::a09:1",
+            "2002:a09:1::1",
+        ] {
+            let d = p.decide(&Target {
+                host: Host::Ip(ip(s)),
+                port: 443,
+            });
+            assert_eq!(
+                d.reason,
+                Reason::DeniedByRule,
+                "{s} is in the deny 10.9.0.0/16"
+            );
+        }
+        assert!(p.cidr_allowing(ip("2001:db8::a01:203")).is_none());
+        let all = policy("[allow]\ncidrs = [\"0.0.0.0/0\"]\n");
+        assert!(all.cidr_allowing(ip("::1")).is_none(), "::1 is not 0.0.0.1");
+        assert!(all.cidr_allowing(ip("::")).is_none(), ":: is not 0.0.0.0");
+    }
+
+    #[test]
+    fn cidr_denying_names_the_deny_rule_for_public_and_private_addresses() {
+        let p = policy(
+            "[allow]\ncidrs = [\"10.0.0.0/8\"]\n[deny]\ncidrs = [\"10.9.0.0/16\", \"8.8.8.0/24\"]\n",
+        );
+        let r = p
+            .cidr_denying(ip("8.8.8.8"))
+            .expect("public address in a deny cidr");
+        assert_eq!(r.pattern, "8.8.8.0/24");
+        assert!(p.cidr_denying(ip("::ffff:10.9.1.1")).is_some());
+        assert!(p.cidr_denying(ip("10.1.1.1")).is_none());
+        assert!(p.cidr_denying(ip("1.1.1.1")).is_none());
     }
 }
