@@ -26,12 +26,18 @@ pub enum ResolveError {
 
 /// An address the guard refused.
 #[derive(Debug, thiserror::Error, Clone)]
-#[error("{ip} is a {class} address and no `cidrs` entry allows it")]
+#[error("{}", match denied_by {
+    Some(rule) => format!("{ip} is denied by the [deny] cidrs entry {} ({rule})", rule.pattern),
+    None => format!("{ip} is a {class} address and no `cidrs` entry allows it"),
+})]
 pub struct GuardDenied {
     /// The address.
     pub ip: IpAddr,
     /// Its class ("loopback", "private", …).
     pub class: &'static str,
+    /// The `[deny] cidrs` entry that matched, when that is why (deny wins over public and over
+    /// allow entries).
+    pub denied_by: Option<RuleRef>,
 }
 
 /// Resolver with a static hosts map in front of DNS.
@@ -123,9 +129,17 @@ impl Resolver {
     }
 }
 
-/// Check one address: public, or allowed by a `cidrs` entry (returned).
+/// Check one address: not in a `[deny] cidrs` entry, and public or allowed by an allow `cidrs`
+/// entry (returned).
 pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied> {
     let class = addr::classify(ip);
+    if let Some(rule) = policy.cidr_denying(ip) {
+        return Err(GuardDenied {
+            ip,
+            class: class.as_str(),
+            denied_by: Some(rule),
+        });
+    }
     if class.is_public() {
         return Ok(None);
     }
@@ -134,6 +148,7 @@ pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied
         None => Err(GuardDenied {
             ip,
             class: class.as_str(),
+            denied_by: None,
         }),
     }
 }
@@ -141,8 +156,58 @@ pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied
 /// Check every address; the first refusal denies the whole destination (a name that resolves to
 /// one public and one private address is refused: that is what DNS rebinding looks like).
 pub fn guard_all(policy: &Policy, ips: &[IpAddr]) -> Result<(), GuardDenied> {
+    // Deny entries first, over every address, so a denied address is named as such even when
+    // another address is refused for its class.
+    for ip in ips {
+        if let Some(rule) = policy.cidr_denying(*ip) {
+            return Err(GuardDenied {
+                ip: *ip,
+                class: addr::classify(*ip).as_str(),
+                denied_by: Some(rule),
+            });
+        }
+    }
     for ip in ips {
         guard(policy, *ip)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(src: &str) -> Policy {
+        Policy::from_toml_str(src, std::path::Path::new("/p/policy.toml")).expect("valid policy")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("valid IP")
+    }
+
+    #[test]
+    fn deny_cidrs_refuse_public_and_allowed_addresses() {
+        let p = policy(
+            "[allow]\ncidrs = [\"127.0.0.0/8\"]\n[deny]\ncidrs = [\"127.0.0.9/32\", \"8.8.8.0/24\"]\n",
+        );
+        assert!(guard(&p, ip("127.0.0.1")).is_ok());
+        assert!(guard(&p, ip("1.1.1.1")).is_ok());
+        for s in ["8.8.8.8", "::ffff:8.8.8.8", "127.0.0.9"] {
+            let e = guard(&p, ip(s)).expect_err(s);
+            assert_eq!(
+                e.denied_by.as_ref().map(|r| r.pattern.as_str()),
+                Some(if s == "127.0.0.9" {
+                    "127.0.0.9/32"
+                } else {
+                    "8.8.8.0/24"
+                }),
+                "{s}"
+            );
+            assert!(e.to_string().contains("[deny] cidrs"), "{e}");
+        }
+        // Every address is checked; the deny is reported even after a refused private one.
+        let e = guard_all(&p, &[ip("1.1.1.1"), ip("10.0.0.1"), ip("8.8.8.8")]).unwrap_err();
+        assert_eq!(e.ip, ip("8.8.8.8"));
+        assert!(guard_all(&p, &[ip("1.1.1.1"), ip("127.0.0.1")]).is_ok());
+    }
 }

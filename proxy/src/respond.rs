@@ -180,6 +180,14 @@ impl Failure {
                 };
                 format!("kennel: egress to {dest} denied ({what}). {how}\n")
             }
+            Failure::Guard(GuardDenied {
+                ip,
+                denied_by: Some(rule),
+                ..
+            }) => format!(
+                "kennel: egress to {dest} denied: it resolves to {ip}, which the [deny] cidrs entry {} ({rule}) refuses\n",
+                rule.pattern
+            ),
             Failure::Guard(g) => format!(
                 "kennel: egress to {dest} denied: it resolves to {}, a {} address, and no [allow] cidrs entry allows it. To allow it, add \"{}\" to [allow] cidrs in {file}\n",
                 g.ip,
