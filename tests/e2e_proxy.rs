@@ -549,7 +549,7 @@ async fn one_thousand_concurrent_tunnels() {
     let proxy = TestProxy::start(
         &policy(&[p], &["echo.test"], ""),
         &[("echo.test", LO)],
-        |_| {},
+        |c| c.plaintext_tunnel_ports = vec![p],
     )
     .await
     .unwrap();
@@ -597,7 +597,7 @@ async fn revocation_closes_a_live_tunnel_within_one_second_and_invalid_edit_keep
     let proxy = TestProxy::start(
         &policy(&[p, kp], &["echo.test", "keep.test"], ""),
         &[("echo.test", LO), ("keep.test", LO)],
-        |_| {},
+        |c| c.plaintext_tunnel_ports = vec![p],
     )
     .await
     .unwrap();
@@ -751,7 +751,7 @@ async fn tunnel_half_close_delivers_everything_both_ways() {
     let proxy = TestProxy::start(
         &policy(&[p], &["echo.test"], ""),
         &[("echo.test", LO)],
-        |_| {},
+        |c| c.plaintext_tunnel_ports = vec![p],
     )
     .await
     .unwrap();
@@ -787,7 +787,10 @@ async fn idle_tunnel_is_closed_after_the_idle_timeout() {
     let proxy = TestProxy::start(
         &policy(&[p], &["echo.test"], ""),
         &[("echo.test", LO)],
-        |c| c.limits.idle_timeout_ms = 300,
+        |c| {
+            c.limits.idle_timeout_ms = 300;
+            c.plaintext_tunnel_ports = vec![p];
+        },
     )
     .await
     .unwrap();
@@ -873,7 +876,10 @@ async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
     let proxy = TestProxy::start(
         &policy(&[p], &["echo.test"], ""),
         &[("echo.test", LO)],
-        |c| c.limits.max_connections = 2,
+        |c| {
+            c.limits.max_connections = 2;
+            c.plaintext_tunnel_ports = vec![p];
+        },
     )
     .await
     .unwrap();
@@ -1166,7 +1172,7 @@ async fn readyz_reports_draining_while_a_tunnel_finishes() {
     let proxy = TestProxy::start(
         &policy(&[p], &["echo.test"], ""),
         &[("echo.test", LO)],
-        |_| {},
+        |c| c.plaintext_tunnel_ports = vec![p],
     )
     .await
     .unwrap();
@@ -1319,7 +1325,11 @@ async fn server_first_protocols_work_through_a_tunnel_with_require_sni() {
     let proxy = TestProxy::start(
         &policy(&[p], &["smtp.test"], ""),
         &[("smtp.test", LO)],
-        |c| c.require_sni = true,
+        |c| {
+            c.require_sni = true;
+            // A server-first protocol is not TLS: its port must be opted in.
+            c.plaintext_tunnel_ports = vec![p];
+        },
     )
     .await
     .unwrap();
@@ -1337,4 +1347,71 @@ async fn server_first_protocols_work_through_a_tunnel_with_require_sni() {
     let mut e = vec![0u8; 8];
     t.read_exact(&mut e).await.unwrap();
     assert_eq!(e, b"EHLO x\r\n");
+}
+
+/// Regression (security review, HIGH): a plaintext request inside a CONNECT tunnel to an allowed
+/// name could carry any `Host` header, and shared front ends route by it. Non-TLS tunnels are
+/// refused unless their port is in `plaintext_tunnel_ports`.
+#[tokio::test]
+async fn plaintext_http_inside_a_connect_tunnel_is_refused_by_default() {
+    let o = origin::http(origin::loopback().await, "front");
+    let p = o.addr.port();
+    let smtp = origin::banner(origin::loopback().await, "220 smtp.test ready\r\n");
+    let sp = smtp.addr.port();
+    let pol = policy(&[p, sp], &["www.front.test", "smtp.test"], "");
+    let hosts = [("www.front.test", LO), ("smtp.test", LO)];
+    let proxy = TestProxy::start(&pol, &hosts, |_| {}).await.unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(b"GET / HTTP/1.1\r\nHost: attacker.front.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out))
+        .await
+        .expect("the tunnel is closed");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    let rec = proxy
+        .wait_log(|r| r["reason"] == "not_tls" && r["host"] == "www.front.test")
+        .await
+        .unwrap();
+    assert_eq!(rec["decision"], "deny");
+    assert_eq!(o.hits(), 0, "the request never reached the origin");
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_decisions_total{kind=\"connect\",decision=\"deny\",reason=\"not_tls\"}")
+            .await
+            .unwrap(),
+        1
+    );
+
+    // A destination that speaks first is not TLS either: refused unless opted in.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("smtp.test:{sp}"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out))
+        .await
+        .expect("the tunnel is closed");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    proxy
+        .wait_log(|r| r["reason"] == "not_tls" && r["host"] == "smtp.test")
+        .await
+        .unwrap();
+
+    // With the port opted in, the same request goes through.
+    let proxy = TestProxy::start(&pol, &hosts, |c| c.plaintext_tunnel_ports = vec![p])
+        .await
+        .unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(b"GET / HTTP/1.1\r\nHost: www.front.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_string(&mut out)).await;
+    assert!(out.contains("origin front: GET /"), "{out}");
+    assert_eq!(o.hits(), 1);
 }

@@ -27,8 +27,16 @@ pub struct ProxyConfig {
     /// Upstream-proxy dialer settings (the routes themselves are in the policy).
     pub upstream: UpstreamConfig,
     /// Close CONNECT tunnels whose TLS ClientHello has no SNI or an SNI different from the
-    /// CONNECT host (name targets only).
+    /// CONNECT host (name targets only). Also refuses non-TLS tunnels to name targets (see
+    /// `plaintext_tunnel_ports`). `false` turns every tunnel check off, which lets a client
+    /// reach any site behind a shared front end of an allowed name (plain HTTP with another
+    /// `Host`, or a TLS SNI for another site).
     pub require_sni: bool,
+    /// Ports on which a CONNECT tunnel to a name may carry a non-TLS protocol (the client's
+    /// first bytes are not a TLS ClientHello, or the destination speaks first), e.g. `[22]` for
+    /// git over SSH. Default empty: such tunnels are closed (`not_tls`), because a plaintext
+    /// request to an allowed name can carry any `Host` header and shared front ends route by it.
+    pub plaintext_tunnel_ports: Vec<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -42,6 +50,7 @@ impl Default for ProxyConfig {
             resolver: ResolverSettings::default(),
             upstream: UpstreamConfig::default(),
             require_sni: true,
+            plaintext_tunnel_ports: Vec::new(),
         }
     }
 }
@@ -386,6 +395,7 @@ mod tests {
 listen = ["127.0.0.1:8888", "[::1]:8888"]
 admin = "127.0.0.1:9901"
 require_sni = false
+plaintext_tunnel_ports = [22]
 [policy]
 file = "policy.toml"
 [access_log]
@@ -410,5 +420,7 @@ ca_file = "ca.pem"
             }
         );
         assert_eq!(cfg.resolver.hosts["origin.test"].len(), 2);
+        assert_eq!(cfg.plaintext_tunnel_ports, vec![22]);
+        assert!(ProxyConfig::default().plaintext_tunnel_ports.is_empty());
     }
 }

@@ -111,7 +111,10 @@ pub async fn handle(
     rec.status = 200;
 
     // SNI check on the client's first flight (bytes stay in `buf` and are forwarded unchanged).
-    if shared.config.require_sni && matches!(target.host, Host::Name(_)) {
+    // Ports in `plaintext_tunnel_ports` may carry anything (no TLS to check), so they are
+    // spliced at once (server-first protocols then also work through upstream proxies).
+    let plaintext_ok = shared.config.plaintext_tunnel_ports.contains(&target.port);
+    if shared.config.require_sni && matches!(target.host, Host::Name(_)) && !plaintext_ok {
         // A TLS server never speaks first: if the destination sends bytes before the client
         // does (SMTP, FTP, some SSH servers), this is not a TLS tunnel and there is no SNI to
         // check. Only visible for direct connections; through an upstream we wait for the client.
@@ -134,7 +137,15 @@ pub async fn handle(
             _ = hard_stop.cancelled() => Err(std::io::Error::other("shutdown")),
         };
         let refuse = match peek {
-            Ok(Peek::NotTls) => None,
+            // Not TLS: nothing ties the bytes to the CONNECT host (a plain HTTP request can
+            // carry any Host header, and shared front ends route by it).
+            Ok(Peek::NotTls) => Some((
+                "not_tls",
+                format!(
+                    "the tunnel does not start with a TLS ClientHello and port {} is not in plaintext_tunnel_ports",
+                    target.port
+                ),
+            )),
             Ok(Peek::Tls(Some(sni))) => {
                 rec.sni = Some(sni.clone());
                 match Host::parse(&sni) {

@@ -125,7 +125,7 @@ fn write_config(dir: &Path, echo_port: u16, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n[policy]\nfile = \"policy.toml\"\n[access_log]\ndestination = \"off\"\n[resolver]\nstatic_only = true\nhosts = {{ \"echo.test\" = [\"127.0.0.1\"] }}\n{extra}"
+            "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nplaintext_tunnel_ports = [{echo_port}]\n[policy]\nfile = \"policy.toml\"\n[access_log]\ndestination = \"off\"\n[resolver]\nstatic_only = true\nhosts = {{ \"echo.test\" = [\"127.0.0.1\"] }}\n{extra}"
         ),
     )
     .expect("write config");
