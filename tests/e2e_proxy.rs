@@ -1415,3 +1415,42 @@ async fn plaintext_http_inside_a_connect_tunnel_is_refused_by_default() {
     assert!(out.contains("origin front: GET /"), "{out}");
     assert_eq!(o.hits(), 1);
 }
+
+/// Regression (security review, LOW): readiness of the destination socket (an EOF, a reset or a
+/// spurious wake-up) is not "the destination spoke first"; only bytes are. A destination that
+/// closes without a word ends the tunnel and is not taken for a server-first protocol.
+#[tokio::test]
+async fn destination_closing_without_bytes_is_not_taken_for_a_server_first_protocol() {
+    let l = origin::loopback().await;
+    let p = l.local_addr().unwrap().port();
+    let closer = tokio::spawn(async move {
+        // Accept one connection and close it at once (FIN, no bytes).
+        let (s, _) = l.accept().await.unwrap();
+        drop(s);
+    });
+    let proxy = TestProxy::start(
+        &policy(&[p], &["closer.test"], ""),
+        &[("closer.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("closer.test:{p}"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out))
+        .await
+        .expect("the tunnel is closed");
+    closer.await.unwrap();
+    let rec = proxy
+        .wait_log(|r| r["host"] == "closer.test")
+        .await
+        .unwrap();
+    assert_ne!(rec["reason"], "not_tls", "{rec}");
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(
+        rec["error"], "the destination closed before the client sent anything",
+        "{rec}"
+    );
+}

@@ -122,17 +122,26 @@ pub async fn handle(
             dial::Conn::Tcp(t) => Some(t),
             dial::Conn::Upstream(_) => None,
         };
+        // Readiness alone is not "the origin spoke": it can be spurious, or an EOF / reset.
+        // Only bytes actually waiting (peek > 0) count; a closed origin ends the tunnel.
         let origin_speaks_first = async move {
             match origin_tcp {
                 Some(t) => {
-                    let _ = t.readable().await;
+                    let mut one = [0u8; 1];
+                    matches!(t.peek(&mut one).await, Ok(n) if n > 0)
                 }
-                None => std::future::pending::<()>().await,
+                None => std::future::pending::<bool>().await,
             }
         };
         let peek = tokio::select! {
             p = sni::peek_client_hello(&mut client, &mut buf, shared.config.limits.idle_timeout()) => p,
-            _ = origin_speaks_first => Ok(Peek::NotTls),
+            spoke = origin_speaks_first => if spoke {
+                Ok(Peek::NotTls)
+            } else {
+                rec.decision = decision_word;
+                rec.error = Some("the destination closed before the client sent anything".into());
+                return finish(shared, rec, start, "connect");
+            },
             _ = reg.cancel.cancelled() => Err(std::io::Error::other("revoked")),
             _ = hard_stop.cancelled() => Err(std::io::Error::other("shutdown")),
         };
