@@ -8,7 +8,7 @@ use std::time::Duration;
 use kennel_test_support::netns::{self, Netns};
 use kennel_test_support::origin;
 use kennel_test_support::proxy_harness::{TestProxy, connect_tunnel, curl, raw};
-use kennel_test_support::tls::{TestCa, server_config};
+use kennel_test_support::tls::{TestCa, client_hello, server_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -1453,4 +1453,40 @@ async fn destination_closing_without_bytes_is_not_taken_for_a_server_first_proto
         rec["error"], "the destination closed before the client sent anything",
         "{rec}"
     );
+}
+
+/// Regression (security review, MEDIUM): with Encrypted Client Hello the SNI kennel sees is only
+/// the public cover name; the real destination is hidden. Such hellos are refused (`sni_ech`)
+/// unless `allow_ech = true`.
+#[tokio::test]
+async fn client_hello_with_ech_is_refused_unless_allow_ech() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let pol = policy(&[p], &["cover.test"], "");
+    for allow_ech in [false, true] {
+        let proxy = TestProxy::start(&pol, &[("cover.test", LO)], |c| c.allow_ech = allow_ech)
+            .await
+            .unwrap();
+        // Control: the same hello without ECH passes (the echo origin sends it back).
+        for ech in [false, true] {
+            let hello = client_hello("cover.test", ech);
+            let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("cover.test:{p}"))
+                .await
+                .unwrap();
+            t.write_all(&hello).await.unwrap();
+            let mut back = vec![0u8; hello.len()];
+            let r = tokio::time::timeout(Duration::from_secs(5), t.read_exact(&mut back))
+                .await
+                .expect("tunnel answered or closed");
+            if ech && !allow_ech {
+                assert!(r.is_err(), "an ECH hello must not pass");
+                let rec = proxy.wait_log(|r| r["reason"] == "sni_ech").await.unwrap();
+                assert_eq!(rec["decision"], "deny");
+                assert_eq!(rec["sni"], "cover.test");
+            } else {
+                r.expect("hello relayed");
+                assert_eq!(back, hello, "ech={ech} allow_ech={allow_ech}");
+            }
+        }
+    }
 }

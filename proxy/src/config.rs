@@ -37,6 +37,10 @@ pub struct ProxyConfig {
     /// git over SSH. Default empty: such tunnels are closed (`not_tls`), because a plaintext
     /// request to an allowed name can carry any `Host` header and shared front ends route by it.
     pub plaintext_tunnel_ports: Vec<u16>,
+    /// Let TLS tunnels use Encrypted Client Hello (`encrypted_client_hello` / draft
+    /// `encrypted_server_name`). Default false: such tunnels are closed (`sni_ech`), because
+    /// the SNI kennel checks is then only the public "cover" name and the real one is hidden.
+    pub allow_ech: bool,
 }
 
 impl Default for ProxyConfig {
@@ -51,6 +55,7 @@ impl Default for ProxyConfig {
             upstream: UpstreamConfig::default(),
             require_sni: true,
             plaintext_tunnel_ports: Vec::new(),
+            allow_ech: false,
         }
     }
 }

@@ -155,7 +155,17 @@ pub async fn handle(
                     target.port
                 ),
             )),
-            Ok(Peek::Tls(Some(sni))) => {
+            Ok(Peek::Tls { sni, ech: true }) if !shared.config.allow_ech => {
+                rec.sni = sni;
+                Some((
+                    "sni_ech",
+                    "TLS ClientHello with encrypted_client_hello / encrypted_server_name: the real server name is hidden (allow_ech = false)".to_string(),
+                ))
+            }
+            Ok(Peek::Tls {
+                sni: Some(sni),
+                ech: _,
+            }) => {
                 rec.sni = Some(sni.clone());
                 match Host::parse(&sni) {
                     Ok(h) if h == target.host => None,
@@ -168,7 +178,9 @@ pub async fn handle(
                     )),
                 }
             }
-            Ok(Peek::Tls(None)) => Some(("sni_missing", "TLS ClientHello without SNI".to_string())),
+            Ok(Peek::Tls { sni: None, ech: _ }) => {
+                Some(("sni_missing", "TLS ClientHello without SNI".to_string()))
+            }
             Ok(Peek::Malformed(m)) => {
                 Some(("sni_unreadable", format!("unreadable ClientHello: {m}")))
             }

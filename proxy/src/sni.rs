@@ -12,8 +12,14 @@ pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 /// What the client's first bytes were.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peek {
-    /// A TLS ClientHello, with its SNI (None = no server_name extension).
-    Tls(Option<String>),
+    /// A TLS ClientHello.
+    Tls {
+        /// The (outer) SNI; `None` = no server_name extension.
+        sni: Option<String>,
+        /// The hello carries an `encrypted_client_hello` (0xfe0d) or draft
+        /// `encrypted_server_name` (0xffce) extension: the real server name is hidden.
+        ech: bool,
+    },
     /// Not TLS (first byte is not a handshake record), or the client sent nothing and closed.
     NotTls,
     /// Looks like TLS but the ClientHello could not be parsed.
@@ -72,10 +78,89 @@ pub fn classify(buf: &[u8]) -> Option<Peek> {
     }
     match acceptor.accept() {
         Ok(None) => None,
-        Ok(Some(accepted)) => Some(Peek::Tls(
-            accepted.client_hello().server_name().map(str::to_string),
-        )),
+        Ok(Some(accepted)) => {
+            let sni = accepted.client_hello().server_name().map(str::to_string);
+            Some(match hello_extension_types(buf) {
+                Some(types) => Peek::Tls {
+                    sni,
+                    ech: types.iter().any(|t| ECH_EXTENSIONS.contains(t)),
+                },
+                None => Peek::Malformed("ClientHello extensions could not be read".into()),
+            })
+        }
         Err((e, _alert)) => Some(Peek::Malformed(e.to_string())),
+    }
+}
+
+/// `encrypted_client_hello` (RFC 9849 / draft-ietf-tls-esni) and the older draft
+/// `encrypted_server_name`.
+pub const ECH_EXTENSIONS: [u16; 2] = [0xfe0d, 0xffce];
+
+/// The extension types of the ClientHello at the start of `buf` (TLS records), in order; `None`
+/// if the bytes are not a complete, well-formed ClientHello. Every length is bounds-checked.
+pub fn hello_extension_types(buf: &[u8]) -> Option<Vec<u16>> {
+    // Concatenate the payloads of the leading handshake records until the message is complete.
+    let mut hs: Vec<u8> = Vec::new();
+    let mut rest = buf;
+    let need = loop {
+        if hs.len() >= 4 {
+            let len = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
+            if hs.len() >= 4 + len {
+                break 4 + len;
+            }
+        }
+        let (&ty, _) = rest.split_first()?;
+        if ty != 0x16 || rest.len() < 5 {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let payload = rest.get(5..5 + len)?;
+        hs.extend_from_slice(payload);
+        rest = &rest[5 + len..];
+    };
+    let mut r = Reader(hs.get(..need)?);
+    if r.u8()? != 0x01 {
+        return None; // not a ClientHello
+    }
+    r.take(3)?; // handshake length (checked above)
+    r.take(2 + 32)?; // legacy_version, random
+    let n = usize::from(r.u8()?);
+    r.take(n)?; // session_id
+    let n = usize::from(r.u16()?);
+    r.take(n)?; // cipher_suites
+    let n = usize::from(r.u8()?);
+    r.take(n)?; // compression_methods
+    if r.0.is_empty() {
+        return Some(Vec::new()); // no extensions block
+    }
+    let n = usize::from(r.u16()?);
+    let mut ext = Reader(r.take(n)?);
+    let mut types = Vec::new();
+    while !ext.0.is_empty() {
+        types.push(ext.u16()?);
+        let n = usize::from(ext.u16()?);
+        ext.take(n)?;
+    }
+    Some(types)
+}
+
+/// A bounds-checked big-endian cursor.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 }
 
@@ -92,6 +177,121 @@ mod tests {
     #[test]
     fn partial_record_needs_more() {
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), None);
+    }
+
+    /// A minimal ClientHello handshake message with these extensions.
+    fn hello(exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7u8; 32]); // random
+        body.push(0); // session_id
+        body.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0xc0, 0x2f]); // cipher suites
+        body.extend_from_slice(&[0x01, 0x00]); // compression: null
+        let mut e = Vec::new();
+        for (ty, data) in exts {
+            e.extend_from_slice(&ty.to_be_bytes());
+            e.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            e.extend_from_slice(data);
+        }
+        body.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        body.extend_from_slice(&e);
+        let mut hs = vec![0x01];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        hs
+    }
+
+    /// signature_algorithms (rustls requires it).
+    fn sig_algs() -> (u16, Vec<u8>) {
+        (0x000d, vec![0, 4, 0x04, 0x03, 0x08, 0x04])
+    }
+
+    /// A well-formed outer `encrypted_client_hello` (HPKE suite, config id, enc, payload).
+    fn ech_outer() -> Vec<u8> {
+        let mut d = vec![0x00, 0x00, 0x01, 0x00, 0x01, 0x05, 0x00, 0x20];
+        d.extend_from_slice(&[9u8; 32]);
+        d.extend_from_slice(&[0x00, 0x10]);
+        d.extend_from_slice(&[3u8; 16]);
+        d
+    }
+
+    fn sni_ext(name: &str) -> (u16, Vec<u8>) {
+        let n = name.as_bytes();
+        let mut d = ((n.len() + 3) as u16).to_be_bytes().to_vec();
+        d.push(0);
+        d.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        d.extend_from_slice(n);
+        (0x0000, d)
+    }
+
+    /// Wrap `hs` in handshake records, split at the given offsets.
+    fn records(hs: &[u8], splits: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in splits.iter().copied().chain([hs.len()]) {
+            let part = &hs[start..end];
+            out.extend_from_slice(&[0x16, 0x03, 0x01]);
+            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            out.extend_from_slice(part);
+            start = end;
+        }
+        out
+    }
+
+    #[test]
+    fn hello_without_ech_is_tls_with_its_sni() {
+        let hs = hello(&[sni_ext("a.test"), sig_algs(), (0x000a, vec![0, 2, 0, 0x1d])]);
+        for splits in [vec![], vec![10], vec![1, 50]] {
+            let buf = records(&hs, &splits);
+            assert_eq!(
+                hello_extension_types(&buf),
+                Some(vec![0x0000, 0x000d, 0x000a])
+            );
+            assert_eq!(
+                classify(&buf),
+                Some(Peek::Tls {
+                    sni: Some("a.test".into()),
+                    ech: false
+                }),
+                "{splits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hello_with_ech_or_esni_is_flagged_also_when_split_over_two_records() {
+        for ext in ECH_EXTENSIONS {
+            let hs = hello(&[sni_ext("cover.test"), sig_algs(), (ext, ech_outer())]);
+            for splits in [vec![], vec![hs.len() / 2]] {
+                let buf = records(&hs, &splits);
+                assert_eq!(
+                    classify(&buf),
+                    Some(Peek::Tls {
+                        sni: Some("cover.test".into()),
+                        ech: true
+                    }),
+                    "{ext:#x} {splits:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_or_lying_lengths_never_panic() {
+        let hs = hello(&[sni_ext("a.test"), sig_algs(), (0xfe0d, ech_outer())]);
+        let full = records(&hs, &[20]);
+        for cut in 0..full.len() {
+            assert_eq!(hello_extension_types(&full[..cut]), None, "cut at {cut}");
+            let _ = classify(&full[..cut]);
+        }
+        // Every single-byte corruption: any answer, but no panic.
+        for i in 0..full.len() {
+            for v in [0x00, 0x01, 0x7f, 0xff] {
+                let mut b = full.clone();
+                b[i] = v;
+                let _ = hello_extension_types(&b);
+                let _ = classify(&b);
+            }
+        }
     }
 
     #[test]

@@ -90,3 +90,43 @@ pub fn server_config(leaf: Leaf) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     .with_single_cert(leaf.chain, leaf.key)?;
     Ok(Arc::new(cfg))
 }
+
+/// A minimal, well-formed TLS ClientHello (one handshake record) for `sni`, with an outer
+/// `encrypted_client_hello` (0xfe0d) extension when `ech` is set. Only for feeding the proxy's
+/// ClientHello check: no handshake can follow it.
+pub fn client_hello(sni: &str, ech: bool) -> Vec<u8> {
+    fn ext(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+    let n = sni.as_bytes();
+    let mut server_name = ((n.len() + 3) as u16).to_be_bytes().to_vec();
+    server_name.push(0);
+    server_name.extend_from_slice(&(n.len() as u16).to_be_bytes());
+    server_name.extend_from_slice(n);
+    let mut exts = Vec::new();
+    ext(&mut exts, 0x0000, &server_name);
+    ext(&mut exts, 0x000d, &[0, 4, 0x04, 0x03, 0x08, 0x04]);
+    if ech {
+        // Outer ECH: HPKE KDF/AEAD, config id, 32-byte enc, 16-byte payload.
+        let mut d = vec![0x00, 0x00, 0x01, 0x00, 0x01, 0x05, 0x00, 0x20];
+        d.extend_from_slice(&[9u8; 32]);
+        d.extend_from_slice(&[0x00, 0x10]);
+        d.extend_from_slice(&[3u8; 16]);
+        ext(&mut exts, 0xfe0d, &d);
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0xc0, 0x2f, 0x01, 0x00]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
