@@ -90,8 +90,12 @@ impl Resolver {
         }
         let dns = self.dns.get_or_init(|| async { self.build_dns() }).await;
         let dns = dns.as_ref().map_err(|e| fail(e.clone()))?;
+        // Always fully qualified: a relative name would get the host's search domains
+        // appended (resolv.conf `search` / `ndots`), reaching a name the policy never checked.
+        // Names are stored without the trailing dot (Host::parse strips it), so add it here.
+        let fqdn = format!("{name}.");
         let lookup = dns
-            .lookup_ip(name.as_str())
+            .lookup_ip(fqdn.as_str())
             .await
             .map_err(|e| fail(e.to_string()))?;
         let ips: Vec<IpAddr> = lookup.iter().collect();
@@ -176,6 +180,76 @@ pub fn guard_all(policy: &Policy, ips: &[IpAddr]) -> Result<(), GuardDenied> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Regression: lookups must be fully qualified, so a configured search domain (with a high
+    /// `ndots`) is never appended to a checked name.
+    #[tokio::test]
+    async fn dns_lookups_are_fully_qualified_so_search_domains_never_apply() {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::proto::rr::Name;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind udp");
+        let ns = sock.local_addr().expect("local addr");
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        // Tiny DNS server: records each question name and answers NXDOMAIN.
+        let server = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                let q = &buf[..n];
+                let mut i = 12;
+                let mut labels = Vec::new();
+                while let Some(&len) = q.get(i) {
+                    i += 1;
+                    if len == 0 {
+                        break;
+                    }
+                    let Some(l) = q.get(i..i + usize::from(len)) else {
+                        break;
+                    };
+                    labels.push(String::from_utf8_lossy(l).to_ascii_lowercase());
+                    i += usize::from(len);
+                }
+                log.lock().expect("lock").push(labels.join("."));
+                let Some(question) = q.get(12..i + 4) else {
+                    continue;
+                };
+                let mut r = vec![q[0], q[1], 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0];
+                r.extend_from_slice(question);
+                let _ = sock.send_to(&r, peer).await;
+            }
+        });
+        let mut server_cfg = NameServerConfig::udp_and_tcp(ns.ip());
+        for c in &mut server_cfg.connections {
+            c.port = ns.port();
+        }
+        let mut cfg = ResolverConfig::from_name_servers(vec![server_cfg]);
+        cfg.add_search(Name::from_ascii("corp.example.").expect("name"));
+        let mut b = TokioResolver::builder_with_config(
+            cfg,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        );
+        b.options_mut().ndots = 5;
+        b.options_mut().attempts = 1;
+        b.options_mut().timeout = std::time::Duration::from_secs(2);
+        let resolver = Resolver {
+            hosts: HashMap::new(),
+            static_only: false,
+            nameservers: vec![ns],
+            dns: OnceCell::new_with(Some(b.build().map_err(|e| e.to_string()))),
+        };
+        let host = Host::parse("missing.test").expect("host");
+        assert!(resolver.resolve(&host).await.is_err());
+        server.abort();
+        let seen = seen.lock().expect("lock").clone();
+        assert!(!seen.is_empty(), "the DNS server was asked");
+        assert!(
+            seen.iter().all(|n| n == "missing.test"),
+            "only the checked name may be looked up: {seen:?}"
+        );
+    }
 
     fn policy(src: &str) -> Policy {
         Policy::from_toml_str(src, std::path::Path::new("/p/policy.toml")).expect("valid policy")
