@@ -54,7 +54,7 @@ impl Route {
                 .iter()
                 .map(|a| (a.to_string(), Some(*a)))
                 .collect(),
-            up => vec![(format!("{up}|{target}"), self.addrs.first().copied())],
+            up => vec![(upstream_key(up, target), self.addrs.first().copied())],
         }
     }
 
@@ -62,9 +62,26 @@ impl Route {
     pub fn pool_key_for(&self, target: &Target, reached: Option<SocketAddr>) -> String {
         match (&self.upstream, reached) {
             (Upstream::Direct, Some(a)) => a.to_string(),
-            (up, _) => format!("{up}|{target}"),
+            (up, _) => upstream_key(up, target),
         }
     }
+}
+
+/// Pool key of a connection through upstream `up` to `target`. `Upstream`'s Display omits the
+/// credentials, so a hash of them is part of the key: routes to the same upstream with different
+/// credentials must never share a connection (it was authenticated as someone else). The hash
+/// stays in memory; it is never logged.
+fn upstream_key(up: &Upstream, target: &Target) -> String {
+    use std::hash::{Hash, Hasher};
+    let creds = match up.credentials() {
+        Some(c) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&c.username, &c.password).hash(&mut h);
+            format!("{:016x}", h.finish())
+        }
+        None => "-".to_string(),
+    };
+    format!("{up}|{creds}|{target}")
 }
 
 /// Decide how to reach `target` and guard every address that will be used.
@@ -310,5 +327,52 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kennel_policy::Credentials;
+
+    fn via(user: &str, pass: &str) -> Route {
+        Route {
+            upstream: Upstream::Http {
+                host: "127.0.0.1".into(),
+                port: 3128,
+                credentials: Some(Credentials {
+                    username: user.into(),
+                    password: pass.into(),
+                }),
+                tls: false,
+            },
+            addrs: Vec::new(),
+        }
+    }
+
+    /// Regression: two routes to the same upstream with different credentials must not share
+    /// pooled connections.
+    #[test]
+    fn pool_keys_differ_by_upstream_credentials() {
+        let t = Target::parse_authority("origin.test:80").expect("target");
+        let key = |r: &Route| r.pool_keys(&t)[0].0.clone();
+        let alice = via("alice", "one");
+        assert_eq!(key(&alice), key(&via("alice", "one")));
+        assert_eq!(key(&alice), alice.pool_key_for(&t, None));
+        for other in [via("alice", "two"), via("bob", "one")] {
+            assert_ne!(key(&alice), key(&other));
+            assert_ne!(alice.pool_key_for(&t, None), other.pool_key_for(&t, None));
+        }
+        let anonymous = Route {
+            upstream: Upstream::Http {
+                host: "127.0.0.1".into(),
+                port: 3128,
+                credentials: None,
+                tls: false,
+            },
+            addrs: Vec::new(),
+        };
+        assert_ne!(key(&alice), key(&anonymous));
+        assert!(!key(&alice).contains("one"), "no password in the key");
     }
 }
