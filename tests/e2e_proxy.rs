@@ -1490,3 +1490,70 @@ async fn client_hello_with_ech_is_refused_unless_allow_ech() {
         }
     }
 }
+
+/// Regression (security review): a 407 from an HTTP upstream on plain-HTTP forwarding reached
+/// the client raw. It is the upstream's failure: 502 naming the upstream, counted.
+#[tokio::test]
+async fn http_upstream_407_on_forwarding_is_a_502_naming_the_upstream() {
+    let up = origin::loopback().await;
+    let up_port = up.local_addr().unwrap().port();
+    // A fake HTTP proxy that demands authentication on every request (bounded: 5 connections).
+    let fake = tokio::spawn(async move {
+        for _ in 0..5 {
+            let Ok((mut s, _)) = up.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"fake\"\r\nContent-Length: 11\r\n\r\nlog in here")
+                    .await;
+            });
+        }
+    });
+    let o = origin::http(origin::loopback().await, "behind");
+    let p = o.addr.port();
+    let extra = format!("[upstream]\ndefault = \"http://127.0.0.1:{up_port}\"\n");
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], &extra),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-i",
+        "-x",
+        &proxy.url(),
+        &format!("http://origin.test:{p}/"),
+    ])
+    .await
+    .unwrap();
+    assert!(out.stdout.starts_with("HTTP/1.1 502"), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("127.0.0.1:{up_port}")),
+        "the body names the upstream: {out:?}"
+    );
+    assert!(!out.stdout.contains("log in here"), "{out:?}");
+    let rec = proxy
+        .wait_log(|r| r["host"] == "origin.test")
+        .await
+        .unwrap();
+    assert_eq!(rec["status"], 502, "{rec}");
+    assert_eq!(rec["reason"], "upstream_auth_rejected", "{rec}");
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_upstream_failures_total{kind=\"auth_rejected\"}")
+            .await
+            .unwrap(),
+        1
+    );
+    fake.abort();
+}

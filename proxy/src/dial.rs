@@ -158,7 +158,8 @@ pub async fn connect(
     }
 }
 
-fn upstream_failure(e: &UpstreamError) -> Failure {
+/// The failure (502/504 naming the upstream) for an upstream error.
+pub(crate) fn upstream_failure(e: &UpstreamError) -> Failure {
     Failure::Upstream {
         kind: e.kind(),
         detail: e.to_string(),

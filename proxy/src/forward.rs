@@ -445,6 +445,7 @@ async fn forward(
     let is_head = method == http::Method::HEAD;
     let exchange = async {
         let mut sender = sender;
+        let mut via_proxy = matches!(hop, HttpHop::Proxy { .. });
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
             Err(e) if reused && !has_body(head) => {
@@ -453,6 +454,7 @@ async fn forward(
                 let (s, hop2, r2) = open(shared, &route, &target).await?;
                 sender = s;
                 resolved = r2;
+                via_proxy = matches!(hop2, HttpHop::Proxy { .. });
                 sender
                     .send_request(build(ChanBody::empty(), &hop2)?)
                     .await
@@ -460,6 +462,15 @@ async fn forward(
             }
             Err(e) => return Err(Failure::Origin(e.to_string())),
         };
+        // Through an HTTP upstream, its own refusals (407) are the upstream's failure, not the
+        // origin's answer: 502 naming the upstream, as for tunnels.
+        if via_proxy
+            && let Err(e) =
+                crate::upstream::check_proxy_response(&route.upstream, resp.status().as_u16())
+        {
+            shared.metrics.upstream_failure(e.kind());
+            return Err(dial::upstream_failure(&e));
+        }
         let r = write_response(&mut wr, resp, client_v11, head.keep_alive, is_head).await?;
         Ok::<_, Failure>((r, sender, resolved))
     };
