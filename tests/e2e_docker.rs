@@ -48,8 +48,14 @@ async fn sandbox_reaches_allowed_origin_through_proxy_and_gets_403_for_denied() 
         "{}",
         out(&r)
     );
+    // It names the policy file as the person sees it on the host (the environment's policy
+    // directory in the state dir), not the path inside the proxy container.
+    let host_policy = t.policy_dir.path().join("policy.toml");
     assert!(
-        text.contains("To allow it, add \"denied.kennel-test\" to /etc/kennel/policy.toml"),
+        text.contains(&format!(
+            "To allow it, add \"denied.kennel-test\" to {}",
+            host_policy.display()
+        )),
         "{}",
         out(&r)
     );

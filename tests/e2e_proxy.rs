@@ -1557,3 +1557,38 @@ async fn http_upstream_407_on_forwarding_is_a_502_naming_the_upstream() {
     );
     fake.abort();
 }
+
+/// Environments run the proxy in a container where the policy lives at /etc/kennel; a deny
+/// message must name the file the person can edit on the host (`[policy] shown_as`), for plain
+/// HTTP and for CONNECT alike.
+#[tokio::test]
+async fn deny_messages_name_the_policy_as_configured_in_shown_as() {
+    let proxy = TestProxy::start(&policy(&[80, 443], &["origin.test"], ""), &[], |cfg| {
+        cfg.policy.shown_as = Some("/var/lib/kennel/envs/demo/policy/policy.toml".into());
+    })
+    .await
+    .unwrap();
+    let want = "To allow it, add \"evil.test\" to /var/lib/kennel/envs/demo/policy/policy.toml";
+
+    let http = raw(
+        proxy.proxy.proxy_addr(),
+        b"GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(http.starts_with("HTTP/1.1 403"), "{http}");
+    assert!(http.contains(want), "{http}");
+    assert!(
+        !http.contains(&proxy.policy_path.display().to_string()),
+        "{http}"
+    );
+
+    let connect = raw(
+        proxy.proxy.proxy_addr(),
+        b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(connect.starts_with("HTTP/1.1 403"), "{connect}");
+    assert!(connect.contains(want), "{connect}");
+}

@@ -425,7 +425,14 @@ impl DockerBackend {
         };
         write(
             hardening::PROXY_CONFIG_FILE,
-            &hardening::proxy_config(proxy_ip),
+            &hardening::proxy_config(
+                proxy_ip,
+                &plan
+                    .policy_dir
+                    .join(crate::policy_dir::POLICY_FILE)
+                    .display()
+                    .to_string(),
+            ),
         )?;
         let askpass = if spec.credentials.git_token_file.is_some() {
             let p = write("git-askpass", hardening::GIT_ASKPASS_SCRIPT)?;

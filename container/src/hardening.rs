@@ -121,14 +121,19 @@ pub fn proxy_egress_ip(network: Ipv4Addr, gateway: Ipv4Addr) -> Ipv4Addr {
 /// The proxy's config file (TOML for `kennel-proxy --config`): proxy port on all addresses of
 /// the container (the internal side is the only one the sandbox reaches), admin port on the
 /// egress-side address only, policy from the read-only policy directory.
-pub fn proxy_config(egress_ip: Ipv4Addr) -> String {
+///
+/// Deny messages name `policy_shown_as` (the host path of the environment's policy directory),
+/// not the path inside the proxy container, so the person reading one knows what to edit.
+pub fn proxy_config(egress_ip: Ipv4Addr, policy_shown_as: &str) -> String {
+    let shown = crate::policy_dir::toml_str(policy_shown_as);
     format!(
         "# Written by kennel for this environment's proxy container; do not edit.\n\
          listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
          admin = \"{egress_ip}:{ADMIN_PORT}\"\n\
          \n\
          [policy]\n\
-         file = \"{PROXY_POLICY_DIR}/policy.toml\"\n"
+         file = \"{PROXY_POLICY_DIR}/policy.toml\"\n\
+         shown_as = {shown}\n"
     )
 }
 

@@ -14,10 +14,7 @@ pub const DEFAULT_LIST_FILE: &str = "default-whitelist.txt";
 pub const PROJECT_LIST_FILE: &str = "whitelist.txt";
 /// `USER_WHITELIST_DOMAINS` from the legacy `.env` (seed format).
 pub const LEGACY_LIST_FILE: &str = "legacy-whitelist.txt";
-/// Local additions by a person (`kennel allow`); kept when the policy is rewritten.
-pub const LOCAL_FILE: &str = "local.toml";
-
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -72,8 +69,10 @@ pub fn effective_upstream(spec: &EnvSpec) -> String {
 pub fn render_policy(spec: &EnvSpec) -> String {
     let mut t = String::new();
     t.push_str(&format!(
-        "# Effective egress policy of kennel environment {:?}. Written by kennel; edit {LOCAL_FILE}\n\
-         # (kept across rewrites) or the project's whitelist and re-import it.\n",
+        "# Effective egress policy of kennel environment {:?}, written by kennel when the\n\
+         # environment is created. Edits here apply to the running proxy at once (it watches this\n\
+         # directory) and last until the environment is recreated; lasting changes belong in the\n\
+         # project's whitelist.\n",
         spec.name
     ));
     t.push_str("mode = \"enforce\"\n");

@@ -229,9 +229,15 @@ fn sandbox_settings_are_hardened() {
         Some(vec![format!("{}:/etc/kennel:ro", d.path().display())])
     );
     assert_eq!(proxy.user.as_deref(), Some("65532:65532"));
+    let config = hardening::proxy_config(
+        "10.9.0.2".parse().expect("ip"),
+        "/state/a \"b\"/policy.toml",
+    );
+    assert!(config.contains("admin = \"10.9.0.2:9901\""), "{config}");
+    // Deny messages name the host path of the policy, escaped as a TOML string.
     assert!(
-        hardening::proxy_config("10.9.0.2".parse().expect("ip"))
-            .contains("admin = \"10.9.0.2:9901\"")
+        config.contains(r#"shown_as = "/state/a \"b\"/policy.toml""#),
+        "{config}"
     );
 }
 

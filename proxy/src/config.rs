@@ -74,6 +74,10 @@ pub struct PolicySettings {
     pub watch_debounce_ms: Option<u64>,
     /// Watch the policy files for changes (default true).
     pub watch: Option<bool>,
+    /// How deny messages name the policy (default: the policy file's path). kennel-supervisord
+    /// sets the host path of the environment's policy, because the path inside the proxy
+    /// container means nothing to the person (or agent) reading the message.
+    pub shown_as: Option<String>,
 }
 
 /// Access-log destination.

@@ -284,7 +284,7 @@ async fn fail(
 ) {
     let policy = shared.store.current();
     let _ = client
-        .write_all(&f.response(target, policy.primary_file()))
+        .write_all(&f.response(target, shared.policy_shown_as(&policy).as_deref()))
         .await;
     let _ = client.shutdown().await;
     rec.status = f.status();

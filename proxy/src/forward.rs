@@ -237,7 +237,7 @@ pub async fn handle(
             let target = Target::from_host_port(&rec.host, rec.port)
                 .ok()
                 .filter(|_| rec.port != 0);
-            let mut resp = f.response(target.as_ref(), policy.primary_file());
+            let mut resp = f.response(target.as_ref(), shared.policy_shown_as(&policy).as_deref());
             // A denied request without a body leaves the connection usable: keep it open
             // (every following request is decided again).
             let keep = !has_body && head.keep_alive && matches!(f, Failure::Denied { .. });

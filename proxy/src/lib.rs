@@ -83,6 +83,15 @@ pub enum StartError {
 }
 
 impl Shared {
+    /// The policy as deny messages name it: `[policy] shown_as`, else the policy file's path
+    /// (`None` for the embedded default policy).
+    pub fn policy_shown_as(&self, policy: &kennel_policy::Policy) -> Option<std::path::PathBuf> {
+        match &self.config.policy.shown_as {
+            Some(shown) => Some(std::path::PathBuf::from(shown)),
+            None => policy.primary_file().map(std::path::Path::to_path_buf),
+        }
+    }
+
     /// Build the shared state (loads the policy, opens the access log).
     pub fn build(config: ProxyConfig) -> Result<Arc<Shared>, StartError> {
         config.validate()?;

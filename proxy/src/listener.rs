@@ -156,7 +156,7 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
                 };
                 let policy = shared.store.current();
                 let _ = tcp
-                    .write_all(&f.response(None, policy.primary_file()))
+                    .write_all(&f.response(None, shared.policy_shown_as(&policy).as_deref()))
                     .await;
                 linger_close(&mut tcp).await;
                 let rec = AccessRecord {
