@@ -803,7 +803,6 @@ async fn e2e_wrong_credentials_give_502_naming_the_upstream() {
 }
 
 #[tokio::test]
-#[ignore = "needs forward.rs to call upstream::check_proxy_response (see /work/notes/upstream-api.md)"]
 async fn e2e_http_upstream_407_on_a_forwarded_request_becomes_502() {
     let squid_up = UpstreamProxy::squid("frank", "right-pass").await;
     let http_url = squid_up.url("http");
