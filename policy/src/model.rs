@@ -182,6 +182,9 @@ pub struct Policy {
     pub(crate) primary: Option<PathBuf>,
     pub(crate) sources: Vec<PathBuf>,
     pub(crate) hash: String,
+    /// Digest of everything the policy was built from, secrets included; never shown, only
+    /// compared by the reloader to tell an unchanged policy from a changed one.
+    pub(crate) change_digest: [u8; 32],
     pub(crate) allow: Vec<AllowEntry>,
     pub(crate) allow_idx: HostIndex,
     pub(crate) deny: Vec<RuleRef>,

@@ -112,6 +112,10 @@ pub(crate) struct Builder {
     primary: Option<PathBuf>,
     sources: Vec<PathBuf>,
     hasher: Sha256,
+    /// Secrets (credentials) are hashed here only: the version hash is shown by the proxy's
+    /// `/policy`, and a hash of a short `user:password` could be brute-forced offline. This one
+    /// only feeds the reload's change detection, which never leaves the process.
+    secret_hasher: Sha256,
     allow: Vec<AllowEntry>,
     allow_idx: HostIndex,
     deny: Vec<RuleRef>,
@@ -133,6 +137,7 @@ impl Builder {
             primary: None,
             sources: Vec::new(),
             hasher: Sha256::new(),
+            secret_hasher: Sha256::new(),
             allow: Vec::new(),
             allow_idx: HostIndex::default(),
             deny: Vec::new(),
@@ -152,6 +157,17 @@ impl Builder {
         self.hasher.update([0]);
         self.hasher.update((content.len() as u64).to_le_bytes());
         self.hasher.update(content);
+    }
+
+    /// Hashes a secret: its name goes into the version hash, its value only into the change
+    /// digest (see `secret_hasher`).
+    fn hash_secret(&mut self, tag: &str, content: &[u8]) {
+        self.hash_part(tag, b"<secret>");
+        self.secret_hasher.update(tag.as_bytes());
+        self.secret_hasher.update([0]);
+        self.secret_hasher
+            .update((content.len() as u64).to_le_bytes());
+        self.secret_hasher.update(content);
     }
 
     fn add_source(&mut self, path: &Path, content: &str) {
@@ -189,17 +205,21 @@ impl Builder {
     }
 
     fn finish(self) -> Policy {
-        let hash = self
-            .hasher
-            .finalize()
+        let version = self.hasher.finalize();
+        let hash = version
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>();
+        let mut change = Sha256::new();
+        change.update(version);
+        change.update(self.secret_hasher.finalize());
+        let change_digest: [u8; 32] = change.finalize().into();
         Policy {
             mode: self.mode,
             primary: self.primary,
             sources: self.sources,
             hash,
+            change_digest,
             allow: self.allow,
             allow_idx: self.allow_idx,
             deny: self.deny,
@@ -407,7 +427,7 @@ impl Ctx<'_> {
                         "credentials variable {var} is not set; expected it to hold user:password"
                     ),
                 })?;
-                b.hash_part(&format!("env:{var}"), value.as_bytes());
+                b.hash_secret(&format!("env:{var}"), value.as_bytes());
                 Credentials::parse_pair(&value).ok_or_else(|| PolicyError::Credentials {
                     file: self.file.to_path_buf(),
                     line,
@@ -425,7 +445,10 @@ impl Ctx<'_> {
                         format!("cannot read credentials file {}: {e}", path.display()),
                     )
                 })?;
-                b.add_source(&path, &value);
+                b.hash_secret(&path.to_string_lossy(), value.as_bytes());
+                if !b.sources.iter().any(|p| p == &path) {
+                    b.sources.push(path.clone());
+                }
                 Credentials::parse_pair(&value).ok_or_else(|| {
                     self.err(
                         at,
@@ -690,7 +713,12 @@ fn split_legacy(v: &str) -> Vec<(usize, &str)> {
 fn apply_legacy(b: &mut Builder, legacy: &LegacyEnv) -> Result<(), PolicyError> {
     let entries = legacy.entries();
     for (name, value) in &entries {
-        b.hash_part(&format!("${name}"), value.as_bytes());
+        // The upstream variables may carry user:password (UPSTREAM_PROXY=http://u:p@h:port).
+        if name.starts_with("UPSTREAM_") {
+            b.hash_secret(&format!("${name}"), value.as_bytes());
+        } else {
+            b.hash_part(&format!("${name}"), value.as_bytes());
+        }
     }
     let upstream_vars: Vec<(&str, &str)> = entries
         .iter()

@@ -96,7 +96,7 @@ impl Reloader {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match build(self.path.as_deref(), &self.legacy) {
             Err(e) => ReloadEvent::Failed(e),
-            Ok(p) if p.version_hash() == self.store.current().version_hash() => {
+            Ok(p) if p.change_digest == self.store.current().change_digest => {
                 ReloadEvent::Unchanged
             }
             Ok(p) => ReloadEvent::Reloaded {

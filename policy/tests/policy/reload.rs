@@ -178,3 +178,37 @@ fn embedded_default_reloader() {
     assert!(matches!(r.reload(), ReloadEvent::Unchanged));
     assert!(allowed(&r, "github.com:443"));
 }
+
+/// The version hash is public (the proxy's `/policy` shows it): it must not be a hash of the
+/// credentials, which a short password would let anyone brute-force offline. A changed secret
+/// must still be picked up by a reload.
+#[test]
+fn version_hash_hides_credentials_but_a_credential_change_reloads() {
+    let d = Dir::new();
+    d.write("creds.txt", "alice:first-secret\n");
+    d.write(
+        "policy.toml",
+        "[upstream]\ndefault = \"socks5h://127.0.0.1:1080\"\ndefault_credentials = { file = \"creds.txt\" }\n",
+    );
+    let r = Reloader::new(Some(d.path("policy.toml")), LegacyEnv::default()).unwrap();
+    let before = r.store().current().version_hash().to_string();
+
+    d.write("creds.txt", "alice:second-secret\n");
+    assert!(
+        matches!(r.reload(), ReloadEvent::Reloaded { generation: 2 }),
+        "a new password must be applied"
+    );
+    let policy = r.store().current();
+    assert_eq!(
+        policy.version_hash(),
+        before,
+        "the password changed the public hash"
+    );
+    assert_eq!(
+        policy
+            .default_upstream()
+            .credentials()
+            .map(|c| c.password.as_str()),
+        Some("second-secret")
+    );
+}
