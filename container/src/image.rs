@@ -326,6 +326,74 @@ pub fn elf_interpreter(path: &Path) -> std::io::Result<Option<String>> {
     Ok(None)
 }
 
+/// Host libraries a dynamically linked binary needs, as `ldd` lists them (the loader included).
+pub fn host_libraries(image: &str, bin: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let out = std::process::Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|source| ImageError::ReadFile {
+            image: image.to_string(),
+            path: bin.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|line| match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        })
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// A sandbox-style root file system from host files, the base of the demo sandbox image and of
+/// the test images: Debian's busybox-static at `/bin/busybox` with `applets` linked to it, each
+/// host binary of `tools` at `/usr/bin/<file name>` with the libraries `ldd` lists, the host's
+/// CA bundle, the seeds' users root and claude (1001) in group dev (2000), and `/tmp`, `/root`,
+/// `/home`, `/workspace`, `/run`. `image` names the image in errors.
+pub fn busybox_rootfs(
+    image: &str,
+    applets: &[&str],
+    tools: &[&Path],
+) -> Result<RootfsImage, ImageError> {
+    let busybox = Path::new("/bin/busybox");
+    let mut img = RootfsImage::new().host_file("/bin/busybox", busybox, 0o755)?;
+    for applet in applets {
+        img = img.symlink(&format!("/bin/{applet}"), "/bin/busybox");
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    for tool in tools {
+        let name = tool
+            .file_name()
+            .map_or_else(|| "tool".into(), |n| n.to_string_lossy());
+        img = img.host_file(&format!("/usr/bin/{name}"), tool, 0o755)?;
+        libs.extend(host_libraries(image, tool)?);
+    }
+    for lib in libs {
+        img = img.host_file(&lib.display().to_string(), &lib, 0o755)?;
+    }
+    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca.is_file() {
+        img = img.host_file("/etc/ssl/certs/ca-certificates.crt", ca, 0o644)?;
+    }
+    Ok(img
+        .file(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nclaude:x:1001:2000:claude:/home/claude:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
+            0o644,
+        )
+        .file("/etc/group", "root:x:0:\ndev:x:2000:claude\nnogroup:x:65534:\n", 0o644)
+        .file("/etc/nsswitch.conf", "hosts: files dns\n", 0o644)
+        .dir("/tmp")
+        .dir("/root")
+        .dir("/home")
+        .dir("/workspace")
+        .dir("/run")
+        .env("PATH=/usr/local/bin:/usr/bin:/bin"))
+}
+
 /// The proxy image's content: the static binary at `/kennel-proxy`, the host's CA bundle (for
 /// `https://` upstreams), `/tmp`, run as 65532:65532.
 pub fn proxy_rootfs(proxy_binary: &Path) -> Result<RootfsImage, ImageError> {

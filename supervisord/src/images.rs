@@ -3,12 +3,11 @@
 //! sandbox image, `kennel-sandbox:latest` — the default image of a spec — with busybox-static,
 //! curl, the host's CA bundle and the seeds' user `claude` (1001) in group `dev` (2000).
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kennel_container::DockerBackend;
 use kennel_container::error::{BackendError, ImageError};
-use kennel_container::image::{RootfsImage, ensure_image};
+use kennel_container::image::{RootfsImage, busybox_rootfs, ensure_image};
 
 /// Repository of the demo sandbox image.
 pub const DEMO_SANDBOX_REPO: &str = "kennel-sandbox";
@@ -87,28 +86,6 @@ fn missing(image: &str, path: &Path, what: &str) -> ImageError {
     }
 }
 
-/// Host libraries a dynamically linked binary needs (`ldd`), including the loader.
-fn ldd(image: &str, bin: &Path) -> Result<Vec<PathBuf>, ImageError> {
-    let out = std::process::Command::new("ldd")
-        .arg(bin)
-        .output()
-        .map_err(|source| ImageError::ReadFile {
-            image: image.to_string(),
-            path: bin.to_path_buf(),
-            source,
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|line| match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        })
-        .filter(|p| p.starts_with('/'))
-        .map(PathBuf::from)
-        .collect())
-}
-
 /// The demo sandbox's root file system, from host files.
 pub fn demo_sandbox_rootfs() -> Result<RootfsImage, ImageError> {
     let busybox = Path::new("/bin/busybox");
@@ -120,36 +97,8 @@ pub fn demo_sandbox_rootfs() -> Result<RootfsImage, ImageError> {
         .map(Path::new)
         .find(|p| p.is_file())
         .ok_or_else(|| missing(DEMO_SANDBOX_REPO, Path::new("/usr/bin/curl"), "curl"))?;
-    let mut img = RootfsImage::new()
-        .host_file("/bin/busybox", busybox, 0o755)?
-        .host_file("/usr/bin/curl", curl, 0o755)?;
-    for a in APPLETS {
-        img = img.symlink(&format!("/bin/{a}"), "/bin/busybox");
-    }
-    let libs: BTreeSet<PathBuf> = ldd(DEMO_SANDBOX_REPO, curl)?.into_iter().collect();
-    for lib in libs {
-        let shown = lib.display().to_string();
-        img = img.host_file(&shown, &lib, 0o755)?;
-    }
-    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if ca.is_file() {
-        img = img.host_file("/etc/ssl/certs/ca-certificates.crt", ca, 0o644)?;
-    }
-    Ok(img
-        .file(
-            "/etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nclaude:x:1001:2000:claude:/home/claude:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
-            0o644,
-        )
-        .file("/etc/group", "root:x:0:\ndev:x:2000:claude\nnogroup:x:65534:\n", 0o644)
-        .file("/etc/nsswitch.conf", "hosts: files dns\n", 0o644)
-        .dir("/tmp")
-        .dir("/root")
-        .dir("/home")
+    Ok(busybox_rootfs(DEMO_SANDBOX_REPO, APPLETS, &[curl])?
         .dir("/home/claude")
-        .dir("/workspace")
-        .dir("/run")
-        .env("PATH=/usr/local/bin:/usr/bin:/bin")
         .env("HOME=/home/claude")
         .workdir("/workspace")
         .label("dev.kennel.image", "demo-sandbox")

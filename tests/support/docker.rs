@@ -6,7 +6,7 @@
 //! Safety: everything created here carries `dev.kennel.env=<unique test env>` and
 //! `dev.kennel.managed=true` and is removed by [`EnvGuard`] on drop, also when a test fails.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +17,6 @@ use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, Network
 use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
 use futures_util::StreamExt;
 use kennel_container::backend::{ExecResult, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE};
-use kennel_container::image::RootfsImage;
 use kennel_container::{Backend, DockerBackend};
 use sha2::{Digest, Sha256};
 
@@ -155,23 +154,6 @@ pub fn probe_binary() -> PathBuf {
     out
 }
 
-/// Host libraries a dynamically linked binary needs (`ldd`), including the loader.
-fn ldd(bin: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(bin).output().expect("run ldd");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    libs
-}
-
 fn which(name: &str) -> PathBuf {
     for dir in ["/usr/bin", "/bin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
@@ -191,48 +173,14 @@ const BUSYBOX_APPLETS: [&str; 22] = [
 /// curl and openssl with their libraries, the host's CA bundle, users root / claude (1001) and
 /// group dev (2000), a web root `/www`. Loaded once per content hash; returns its tag.
 pub async fn test_image(d: &DockerBackend) -> String {
-    let mut img = RootfsImage::new()
-        .host_file("/bin/busybox", Path::new("/bin/busybox"), 0o755)
-        .expect("busybox-static at /bin/busybox (scripts/setup installs it)")
+    let tools = [which("curl"), which("openssl")];
+    let tools: Vec<&Path> = tools.iter().map(PathBuf::as_path).collect();
+    let img = kennel_container::image::busybox_rootfs("kennel-test", &BUSYBOX_APPLETS, &tools)
+        .expect("busybox-static, curl and openssl on the host (scripts/setup installs them)")
         .host_file("/usr/local/bin/probe", &probe_binary(), 0o755)
-        .expect("probe binary");
-    for a in BUSYBOX_APPLETS {
-        img = img.symlink(&format!("/bin/{a}"), "/bin/busybox");
-    }
-    let mut libs = BTreeSet::new();
-    for tool in ["curl", "openssl"] {
-        let bin = which(tool);
-        img = img
-            .host_file(&format!("/usr/bin/{tool}"), &bin, 0o755)
-            .expect("tool binary");
-        libs.extend(ldd(&bin));
-    }
-    for lib in libs {
-        let shown = lib.display().to_string();
-        img = img.host_file(&shown, &lib, 0o755).expect("library");
-    }
-    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if ca.is_file() {
-        img = img
-            .host_file("/etc/ssl/certs/ca-certificates.crt", ca, 0o644)
-            .expect("CA bundle");
-    }
-    let img = img
-        .file(
-            "/etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nclaude:x:1001:2000:claude:/home/claude:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
-            0o644,
-        )
-        .file("/etc/group", "root:x:0:\ndev:x:2000:claude\nnogroup:x:65534:\n", 0o644)
-        .file("/etc/nsswitch.conf", "hosts: files dns\n", 0o644)
+        .expect("probe binary")
         .file("/www/index.html", "hello from kennel origin\n", 0o644)
-        .dir("/tmp")
-        .dir("/root")
-        .dir("/home")
-        .dir("/workspace")
-        .dir("/run")
         .dir("/certs")
-        .env("PATH=/usr/local/bin:/usr/bin:/bin")
         .cmd(&["/bin/busybox", "sleep", "3600"]);
     kennel_container::image::ensure_image(d, "kennel-test", &img)
         .await
