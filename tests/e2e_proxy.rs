@@ -19,6 +19,27 @@ fn policy(ports: &[u16], hosts: &[&str], extra: &str) -> String {
     )
 }
 
+/// An echo origin on loopback and a proxy allowing `echo.test` on its port, with plain bytes
+/// in tunnels to that port opted in (`plaintext_tunnel_ports`) and `tweak` applied. Returns the
+/// origin (keep it alive), its port and the proxy.
+async fn echo_behind_proxy(
+    tweak: impl FnOnce(&mut kennel_proxy::ProxyConfig),
+) -> (origin::Origin, u16, TestProxy) {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |c| {
+            c.plaintext_tunnel_ports = vec![p];
+            tweak(c);
+        },
+    )
+    .await
+    .expect("start the proxy");
+    (o, p, proxy)
+}
+
 async fn code(proxy: &TestProxy, url: &str) -> String {
     curl(&[
         "-o",
@@ -544,15 +565,7 @@ fn raise_nofile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_thousand_concurrent_tunnels() {
     raise_nofile();
-    let o = origin::echo(origin::loopback().await);
-    let p = o.addr.port();
-    let proxy = TestProxy::start(
-        &policy(&[p], &["echo.test"], ""),
-        &[("echo.test", LO)],
-        |c| c.plaintext_tunnel_ports = vec![p],
-    )
-    .await
-    .unwrap();
+    let (o, p, proxy) = echo_behind_proxy(|_| {}).await;
     let addr = proxy.proxy.proxy_addr();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..1000 {
@@ -746,15 +759,7 @@ async fn guard_with_origin_in_a_network_namespace_on_a_documentation_address() {
 
 #[tokio::test]
 async fn tunnel_half_close_delivers_everything_both_ways() {
-    let o = origin::echo(origin::loopback().await);
-    let p = o.addr.port();
-    let proxy = TestProxy::start(
-        &policy(&[p], &["echo.test"], ""),
-        &[("echo.test", LO)],
-        |c| c.plaintext_tunnel_ports = vec![p],
-    )
-    .await
-    .unwrap();
+    let (_o, p, proxy) = echo_behind_proxy(|_| {}).await;
     let t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
         .await
         .unwrap();
@@ -782,18 +787,7 @@ async fn tunnel_half_close_delivers_everything_both_ways() {
 
 #[tokio::test]
 async fn idle_tunnel_is_closed_after_the_idle_timeout() {
-    let o = origin::echo(origin::loopback().await);
-    let p = o.addr.port();
-    let proxy = TestProxy::start(
-        &policy(&[p], &["echo.test"], ""),
-        &[("echo.test", LO)],
-        |c| {
-            c.limits.idle_timeout_ms = 300;
-            c.plaintext_tunnel_ports = vec![p];
-        },
-    )
-    .await
-    .unwrap();
+    let (_o, p, proxy) = echo_behind_proxy(|c| c.limits.idle_timeout_ms = 300).await;
     let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
         .await
         .unwrap();
@@ -871,18 +865,7 @@ async fn connect_refused_is_502_and_blackholed_destination_is_504() {
 
 #[tokio::test]
 async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
-    let o = origin::echo(origin::loopback().await);
-    let p = o.addr.port();
-    let proxy = TestProxy::start(
-        &policy(&[p], &["echo.test"], ""),
-        &[("echo.test", LO)],
-        |c| {
-            c.limits.max_connections = 2;
-            c.plaintext_tunnel_ports = vec![p];
-        },
-    )
-    .await
-    .unwrap();
+    let (_o, p, proxy) = echo_behind_proxy(|c| c.limits.max_connections = 2).await;
     let addr = proxy.proxy.proxy_addr();
     let auth = format!("echo.test:{p}");
     let t1 = connect_tunnel(addr, &auth).await.unwrap();
@@ -1167,15 +1150,7 @@ async fn listens_on_ipv4_and_ipv6_at_once() {
 
 #[tokio::test]
 async fn readyz_reports_draining_while_a_tunnel_finishes() {
-    let o = origin::echo(origin::loopback().await);
-    let p = o.addr.port();
-    let proxy = TestProxy::start(
-        &policy(&[p], &["echo.test"], ""),
-        &[("echo.test", LO)],
-        |c| c.plaintext_tunnel_ports = vec![p],
-    )
-    .await
-    .unwrap();
+    let (_o, p, proxy) = echo_behind_proxy(|_| {}).await;
     let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
         .await
         .unwrap();
