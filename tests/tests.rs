@@ -4,3 +4,4 @@ mod e2e_docker;
 mod e2e_proxy;
 mod e2e_supervisor;
 mod e2e_upstream;
+mod regression;

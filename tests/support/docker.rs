@@ -126,16 +126,39 @@ impl Drop for EnvGuard {
     }
 }
 
-/// Compiles the probe (`tests/probe/probe.rs`) into a static binary, cached by content hash.
+/// The probe binary for test images: `$KENNEL_PROBE_BIN` when set, else compiled once into
+/// `target/test-helpers/` (see [`build_probe_into`]).
 pub fn probe_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KENNEL_PROBE_BIN") {
+        return PathBuf::from(p);
+    }
+    build_probe_into(&workspace_root().join("target/test-helpers"))
+}
+
+/// Compiles the probe (`tests/probe/probe.rs`) into a static binary in `dir`, named by the hash
+/// of its source, and returns its path. Safe to call from many test processes and threads at
+/// once: nextest runs every test in its own process, and two rustc runs sharing an output
+/// directory share intermediate object names (the linker then reads a file another rustc is
+/// rewriting). So the build holds an exclusive lock on `<name>.lock`, compiles in a private
+/// directory of its own, and renames the finished binary into place; whoever waited on the lock
+/// finds it there.
+pub fn build_probe_into(dir: &Path) -> PathBuf {
     let src = workspace_root().join("tests/probe/probe.rs");
     let code = std::fs::read(&src).expect("read tests/probe/probe.rs");
     let hash = format!("{:x}", Sha256::digest(&code));
-    let out = std::env::temp_dir().join(format!("kennel-probe-{}", &hash[..16]));
+    let name = format!("kennel-probe-{}", &hash[..16]);
+    let out = dir.join(&name);
     if out.is_file() {
         return out;
     }
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::create_dir_all(dir).expect("create the test-helpers dir");
+    let lock = std::fs::File::create(dir.join(format!("{name}.lock"))).expect("create lock file");
+    lock.lock().expect("lock the probe build");
+    if out.is_file() {
+        return out;
+    }
+    let private = tempfile::tempdir_in(dir).expect("private build dir");
+    let tmp = private.path().join(&name);
     let status = Command::new("rustc")
         .args([
             "-O",
