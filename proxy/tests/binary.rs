@@ -93,9 +93,9 @@ fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
 }
 
 fn sig(p: &Proc, s: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(p.0.id() as i32, s) };
-    assert_eq!(rc, 0);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).expect("pid fits in i32"));
+    let signal = nix::sys::signal::Signal::try_from(s).expect("a valid signal number");
+    nix::sys::signal::kill(pid, signal).expect("signal our own child");
 }
 
 /// Echo server on loopback (std threads).

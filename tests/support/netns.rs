@@ -44,8 +44,7 @@ fn range_in_use(r: [u8; 3]) -> bool {
 
 /// Why namespaces cannot be used here (not root, no `ip`), or None.
 pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("network namespaces need root".into());
     }
     if Command::new("ip").arg("-V").output().is_err() {
@@ -117,10 +116,8 @@ impl Netns {
         // stays in the namespace it was created in.
         let l = std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
             let f = std::fs::File::open(&path)?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: `f` is an open namespace file for the duration of the call.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            anyhow::ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| anyhow::anyhow!("setns {path}: {e}"))?;
             let l = std::net::TcpListener::bind(addr)?;
             l.set_nonblocking(true)?;
             Ok(l)

@@ -78,30 +78,31 @@ pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
 
-/// Terminal handling for `-t`: raw mode and window size (libc termios/ioctl).
+/// Terminal handling for `-t`: raw mode and window size, through rustix's safe termios calls.
 mod terminal {
-    /// Whether `fd` is a terminal.
-    pub fn is_tty(fd: i32) -> bool {
-        // SAFETY: isatty only inspects the descriptor number; any value is safe to pass.
-        unsafe { libc::isatty(fd) == 1 }
+    use std::os::fd::BorrowedFd;
+
+    use rustix::termios::{self, OptionalActions, Termios};
+
+    fn fd(n: i32) -> Option<BorrowedFd<'static>> {
+        match n {
+            0 => Some(rustix::stdio::stdin()),
+            1 => Some(rustix::stdio::stdout()),
+            _ => None,
+        }
+    }
+
+    /// Whether `fd` (0 = stdin, 1 = stdout) is a terminal.
+    pub fn is_tty(n: i32) -> bool {
+        fd(n).is_some_and(termios::isatty)
     }
 
     /// The size of the terminal on stdout (or stdin), `(rows, cols)`.
     pub fn size() -> Option<(u16, u16)> {
-        for fd in [1, 0] {
-            let mut ws = libc::winsize {
-                ws_row: 0,
-                ws_col: 0,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`.
-            let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-            if rc == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
-                return Some((ws.ws_row, ws.ws_col));
-            }
-        }
-        None
+        [1, 0].into_iter().find_map(|n| {
+            let ws = termios::tcgetwinsize(fd(n)?).ok()?;
+            (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+        })
     }
 
     /// Sends the current size now and after every SIGWINCH.
@@ -131,35 +132,25 @@ mod terminal {
 
     /// Stdin in raw mode until dropped.
     pub struct RawMode {
-        saved: libc::termios,
+        saved: Termios,
     }
 
     impl RawMode {
         /// Switches stdin to raw mode.
         pub fn enable() -> std::io::Result<RawMode> {
-            // SAFETY: termios is a plain C struct; all-zero is a valid value to be overwritten.
-            let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-            // SAFETY: tcgetattr writes into the valid `saved`; fd 0 is checked to be a TTY first.
-            if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut raw = saved;
-            // SAFETY: cfmakeraw only modifies the struct it is given.
-            unsafe { libc::cfmakeraw(&mut raw) };
-            // SAFETY: tcsetattr reads the valid `raw` struct.
-            if unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            let stdin = rustix::stdio::stdin();
+            let saved = termios::tcgetattr(stdin)?;
+            let mut raw = saved.clone();
+            raw.make_raw();
+            termios::tcsetattr(stdin, OptionalActions::Now, &raw)?;
             Ok(RawMode { saved })
         }
     }
 
     impl Drop for RawMode {
         fn drop(&mut self) {
-            // SAFETY: restores the attributes read in `enable` from the valid `saved` struct.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &self.saved);
-            }
+            // Nothing sensible to do if restoring fails while the process exits anyway.
+            let _ = termios::tcsetattr(rustix::stdio::stdin(), OptionalActions::Now, &self.saved);
         }
     }
 }
