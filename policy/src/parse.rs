@@ -230,6 +230,7 @@ impl Builder {
             routes: self.routes,
             route_idx: self.route_idx,
             default_upstream: self.default_upstream,
+            default_ports: self.default_ports,
         }
     }
 }
