@@ -8,6 +8,7 @@
 
 mod error;
 mod hint;
+mod inputs;
 mod legacy;
 mod model;
 mod parse;

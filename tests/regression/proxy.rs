@@ -200,3 +200,60 @@ async fn malformed_chunk_size_is_a_400_not_a_502() {
         .expect("record");
     assert_eq!(rec["reason"], "bad_request", "{rec}");
 }
+
+/// Issue 9, item 6: the access log lives in the watched policy directory (as it does in this
+/// harness). With an invalid policy every log line re-triggered a reload that failed again and
+/// was logged and counted, every debounce period, forever. Only a change of a policy source
+/// reloads, and a still-invalid policy is reported once.
+#[tokio::test]
+async fn writes_next_to_an_invalid_policy_do_not_reload_it_again() {
+    let o = origin::http(origin::loopback().await, "quiet");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .expect("start the proxy");
+    let failed = "kennel_proxy_reloads_total{result=\"failed\"}";
+    proxy
+        .write_policy("[allow]\nhosts = [\"unterminated\n")
+        .expect("write policy");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while proxy.metric(failed).await.expect("metric") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "invalid edit not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ten requests, each writing an access-log line into the watched directory, spread over
+    // several debounce periods (50 ms).
+    for _ in 0..10 {
+        let out = curl(&["-x", &proxy.url(), &format!("http://origin.test:{p}/")])
+            .await
+            .expect("curl");
+        assert!(out.stdout.starts_with("origin quiet"), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proxy.metric(failed).await.expect("metric"),
+        1,
+        "the unchanged invalid policy was re-read and reported again"
+    );
+    // Fixing the policy still reloads.
+    proxy
+        .write_policy(&policy(&[p], &["origin.test", "other.test"], ""))
+        .expect("write policy");
+    let ok = "kennel_proxy_reloads_total{result=\"ok\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while proxy.metric(ok).await.expect("metric") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fixed policy not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

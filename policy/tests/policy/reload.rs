@@ -212,3 +212,70 @@ fn version_hash_hides_credentials_but_a_credential_change_reloads() {
         Some("second-secret")
     );
 }
+
+/// Issue 9, item 6: a file the proxy writes (its access log) in a watched policy directory made
+/// the watcher re-read an invalid policy and report the same failure every debounce period,
+/// forever. Only a change of a file the last attempt read reloads; an unchanged invalid policy
+/// is reported once.
+#[test]
+fn writes_beside_an_unchanged_invalid_policy_do_not_reload_it() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    d.replace("policy.toml", "include = [\"list.txt\"]\nbogus = 1\n");
+    wait_event(&rx, |e| e.starts_with("failed"));
+    // Ten appends to a non-policy file in the same directory, over several debounce periods.
+    for i in 0..10 {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.path("access.log"))
+            .unwrap();
+        writeln!(log, "line {i}").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(400);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        if let Ok(ev) = rx.recv_timeout(left) {
+            panic!("an unchanged policy was reloaded again: {ev}");
+        }
+    }
+    // Touching a source without changing it does not reload either.
+    d.replace("list.txt", "one.example\n");
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // A changed source reloads (and a still-invalid one is reported again, once).
+    d.replace("policy.toml", "include = [\"list.txt\"]\nbogus = 2\n");
+    wait_event(&rx, |e| e.starts_with("failed"));
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"fixed.example\"]\n",
+    );
+    wait_event(&rx, |e| e == "reloaded 2");
+    assert!(allowed(&r, "fixed.example:443"));
+}
+
+/// The files an invalid policy tried to read count as its sources: creating the missing include
+/// it names reloads it.
+#[test]
+fn reload_if_changed_follows_the_files_the_last_attempt_read() {
+    let (d, r) = setup();
+    assert!(r.reload_if_changed().is_none(), "nothing changed");
+    d.write("access.log", "x\n");
+    assert!(r.reload_if_changed().is_none(), "not a policy source");
+    d.replace("policy.toml", "include = [\"list.txt\", \"later.txt\"]\n");
+    match r.reload_if_changed() {
+        Some(ReloadEvent::Failed(e)) => assert!(e.to_string().contains("later.txt"), "{e}"),
+        other => panic!("expected a failed reload, got {other:?}"),
+    }
+    assert!(
+        r.reload_if_changed().is_none(),
+        "still the same invalid policy"
+    );
+    d.write("later.txt", "later.example\n");
+    assert!(matches!(
+        r.reload_if_changed(),
+        Some(ReloadEvent::Reloaded { generation: 2 })
+    ));
+    assert!(allowed(&r, "later.example:443"));
+    assert!(r.reload_if_changed().is_none());
+}
