@@ -166,7 +166,11 @@ impl Reloader {
                         Ok(Msg::Fs) => {}
                         Ok(Msg::Stop) | Err(_) => return,
                     }
-                    // Debounce: wait until the directory is quiet for `debounce`.
+                    // Debounce: wait until the directory is quiet for `debounce`, but no longer
+                    // than MAX_DEBOUNCE_PERIODS of it: a file written continuously in the same
+                    // directory (the access log under traffic) must not postpone a policy edit
+                    // forever.
+                    let latest = Instant::now() + debounce.saturating_mul(MAX_DEBOUNCE_PERIODS);
                     let mut deadline = Instant::now() + debounce;
                     loop {
                         let now = Instant::now();
@@ -174,7 +178,7 @@ impl Reloader {
                             break;
                         }
                         match rx.recv_timeout(deadline - now) {
-                            Ok(Msg::Fs) => deadline = Instant::now() + debounce,
+                            Ok(Msg::Fs) => deadline = (Instant::now() + debounce).min(latest),
                             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                             Err(RecvTimeoutError::Timeout) => break,
                         }
@@ -206,6 +210,9 @@ impl Reloader {
         paths
     }
 }
+
+/// Longest a burst of directory events delays a reload, in debounce periods.
+const MAX_DEBOUNCE_PERIODS: u32 = 10;
 
 enum Msg {
     Fs,

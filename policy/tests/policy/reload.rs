@@ -279,3 +279,45 @@ fn reload_if_changed_follows_the_files_the_last_attempt_read() {
     assert!(allowed(&r, "later.example:443"));
     assert!(r.reload_if_changed().is_none());
 }
+
+/// Issue 9, item 6 (the other half of a busy directory): the debounce waited for a quiet
+/// directory, so an access log written more often than the debounce period postponed a policy
+/// edit forever. The wait is capped.
+#[test]
+fn a_continuously_written_file_beside_the_policy_does_not_postpone_a_reload() {
+    use std::io::Write;
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), d.path("access.log"));
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            // Every 10 ms (debounce is 50 ms), for at most DEADLINE.
+            let end = Instant::now() + DEADLINE;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                writeln!(log, "request").unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"busy.example\"]\n",
+    );
+    let edited = Instant::now();
+    wait_event(&rx, |e| e == "reloaded 2");
+    let took = edited.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(allowed(&r, "busy.example:443"));
+    assert!(
+        took < Duration::from_secs(5),
+        "reload postponed by {took:?}"
+    );
+}
