@@ -53,7 +53,7 @@ async fn sandbox_reaches_allowed_origin_through_proxy_and_gets_403_for_denied() 
     let host_policy = t.policy_dir.path().join("policy.toml");
     assert!(
         text.contains(&format!(
-            "To allow it, add \"denied.kennel-test\" to {}",
+            "To allow it, add \"denied.kennel-test\" to hosts in the [allow] table of {}.",
             host_policy.display()
         )),
         "{}",

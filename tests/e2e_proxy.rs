@@ -92,7 +92,7 @@ async fn http_allowed_and_denied_through_curl_with_log_and_metrics() {
         "{denied:?}"
     );
     let want = format!(
-        "kennel: egress to evil.test:{p} denied (not in allowlist). To allow it, add \"evil.test\" to {}",
+        "kennel: egress to evil.test:{p} denied (not in allowlist). To allow it, add \"evil.test\" to hosts in the [allow] table of {}.",
         proxy.policy_path.display()
     );
     assert!(denied.stdout.contains(&want), "{}", denied.stdout);
@@ -349,7 +349,7 @@ async fn name_resolving_to_private_address_is_denied() {
         let out = curl(&["-i", "-x", &proxy.url(), &format!("http://{host}:{p}/")])
             .await
             .unwrap();
-        assert!(out.stdout.starts_with("HTTP/1.1 502"), "{host}: {out:?}");
+        assert!(out.stdout.starts_with("HTTP/1.1 403"), "{host}: {out:?}");
         assert!(
             out.stdout
                 .contains("X-Kennel-Deny-Reason: address_not_allowed"),
@@ -365,7 +365,7 @@ async fn name_resolving_to_private_address_is_denied() {
         )
         .await
         .unwrap();
-        assert!(resp.starts_with("HTTP/1.1 502"), "{host}: {resp}");
+        assert!(resp.starts_with("HTTP/1.1 403"), "{host}: {resp}");
     }
     assert_eq!(o.hits(), 0);
     let rec = proxy
@@ -723,7 +723,7 @@ async fn guard_with_origin_in_a_network_namespace_on_a_documentation_address() {
     .await
     .unwrap();
     assert!(
-        out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains("address_not_allowed"),
+        out.stdout.starts_with("HTTP/1.1 403") && out.stdout.contains("address_not_allowed"),
         "{out:?}"
     );
     assert_eq!(code(&proxy, &format!("http://{nsip}:{p}/")).await, "403");
@@ -1264,7 +1264,7 @@ async fn names_resolved_over_dns_are_guarded_and_dialed_at_the_checked_address()
             .await
             .unwrap();
         assert!(
-            out.stdout.starts_with("HTTP/1.1 502") && out.stdout.contains(why),
+            out.stdout.starts_with("HTTP/1.1 403") && out.stdout.contains(why),
             "{host}: {out:?}"
         );
         assert!(
@@ -1538,7 +1538,7 @@ async fn deny_messages_name_the_policy_as_configured_in_shown_as() {
     })
     .await
     .unwrap();
-    let want = "To allow it, add \"evil.test\" to /var/lib/kennel/envs/demo/policy/policy.toml";
+    let want = "To allow it, add \"evil.test\" to hosts in the [allow] table of /var/lib/kennel/envs/demo/policy/policy.toml.";
 
     let http = raw(
         proxy.proxy.proxy_addr(),

@@ -7,6 +7,8 @@
 //! host, independent of the number of rules. See `docs/policy.md` for the format.
 
 mod error;
+mod hint;
+mod inputs;
 mod legacy;
 mod model;
 mod parse;
@@ -21,6 +23,7 @@ pub mod reload;
 use std::path::Path;
 
 pub use error::{PolicyError, TargetError};
+pub use hint::{Edit, Hint};
 pub use legacy::LegacyEnv;
 pub use model::{Decision, Mode, Policy, PolicyStats, Reason, RuleRef, Verdict};
 pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat};

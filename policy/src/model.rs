@@ -195,9 +195,11 @@ pub struct Policy {
     pub(crate) routes: Vec<Route>,
     pub(crate) route_idx: HostIndex,
     pub(crate) default_upstream: Upstream,
+    /// `[defaults] ports` (what `[allow]` entries allow), for deny hints.
+    pub(crate) default_ports: Arc<[u16]>,
 }
 
-fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     if net.contains(&ip) {
         return true;
     }
@@ -345,6 +347,11 @@ impl Policy {
                 .find(|r| r.cidrs.iter().any(|n| net_contains(n, *ip)))
                 .map_or(&self.default_upstream, |r| &r.upstream),
         }
+    }
+
+    /// `[defaults] ports`: the ports `[allow]` entries and list files allow.
+    pub fn default_ports(&self) -> &[u16] {
+        &self.default_ports
     }
 
     /// The default upstream (used when no route matches).

@@ -1,6 +1,7 @@
 //! Policy sources -> [`Policy`]: TOML policy files, native and seed-format list files, the
 //! embedded default list and legacy variables. Every error names file, line and column.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::error::PolicyError;
+use crate::inputs::Inputs;
 use crate::legacy::LegacyEnv;
 use crate::model::{AllowEntry, CidrEntry, Mode, Policy, Route, RuleRef};
 use crate::pattern::{HostIndex, HostPattern, PatternKind};
@@ -230,6 +232,7 @@ impl Builder {
             routes: self.routes,
             route_idx: self.route_idx,
             default_upstream: self.default_upstream,
+            default_ports: self.default_ports,
         }
     }
 }
@@ -326,6 +329,8 @@ struct Ctx<'a> {
     file: &'a Path,
     display: Arc<str>,
     src: &'a str,
+    /// Every file read while building (includes, credential files), for the reloader.
+    inputs: &'a RefCell<Inputs>,
 }
 
 impl Ctx<'_> {
@@ -439,7 +444,8 @@ impl Ctx<'_> {
             }
             (None, Some(f)) => {
                 let path = resolve(self.file, f);
-                let value = std::fs::read_to_string(&path).map_err(|e| {
+                let read = self.inputs.borrow_mut().read_to_string(&path);
+                let value = read.map_err(|e| {
                     self.err(
                         at,
                         format!("cannot read credentials file {}: {e}", path.display()),
@@ -557,11 +563,22 @@ pub(crate) fn build_from_toml(
     origin: &Path,
     legacy: &LegacyEnv,
 ) -> Result<Policy, PolicyError> {
+    build_from_toml_recording(src, origin, legacy, &RefCell::default())
+}
+
+/// [`build_from_toml`], recording in `inputs` every file it reads (also when it fails).
+pub(crate) fn build_from_toml_recording(
+    src: &str,
+    origin: &Path,
+    legacy: &LegacyEnv,
+    inputs: &RefCell<Inputs>,
+) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(src).map_err(|e| toml_error(origin, src, &e))?;
     let ctx = Ctx {
         file: origin,
         display: Arc::from(origin.to_string_lossy().as_ref()),
         src,
+        inputs,
     };
     let mut b = Builder::new();
     b.primary = Some(origin.to_path_buf());
@@ -575,7 +592,8 @@ pub(crate) fn build_from_toml(
     for inc in &raw.include {
         let (p, format) = include_spec(&ctx, inc)?;
         let path = resolve(origin, &p);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let read = ctx.inputs.borrow_mut().read_to_string(&path);
+        let text = read.map_err(|e| {
             ctx.err(
                 inc.span().start,
                 format!("cannot read include {}: {e}", path.display()),

@@ -1,7 +1,9 @@
 //! Live policy: [`PolicyStore`] (an `ArcSwap<Policy>` plus a generation counter) and
-//! [`Reloader`], which rebuilds the policy from its source on demand (SIGHUP) or when a file in
-//! a watched directory changes.
+//! [`Reloader`], which rebuilds the policy from its source on demand (SIGHUP) or when a file it
+//! was built from changes (the watcher sees every write in the sources' directories, and
+//! reloads only when a source's content changed).
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
 use crate::error::PolicyError;
+use crate::inputs::Inputs;
 use crate::legacy::LegacyEnv;
 use crate::model::Policy;
 
@@ -70,18 +73,20 @@ pub struct Reloader {
     path: Option<PathBuf>,
     legacy: LegacyEnv,
     store: Arc<PolicyStore>,
-    lock: Mutex<()>,
+    /// The files the last build attempt read, with what they held; held while reloading, so
+    /// reloads never run concurrently.
+    last: Mutex<Inputs>,
 }
 
 impl Reloader {
     /// Loads the policy once (an error here is fatal for the caller) and holds it in a new store.
     pub fn new(path: Option<PathBuf>, legacy: LegacyEnv) -> Result<Reloader, PolicyError> {
-        let policy = build(path.as_deref(), &legacy)?;
+        let (policy, inputs) = build(path.as_deref(), &legacy);
         Ok(Reloader {
+            store: PolicyStore::new(policy?),
             path,
             legacy,
-            store: PolicyStore::new(policy),
-            lock: Mutex::new(()),
+            last: Mutex::new(inputs),
         })
     }
 
@@ -93,8 +98,32 @@ impl Reloader {
     /// Re-reads now (SIGHUP). On error the old policy stays and the error is returned;
     /// unchanged content (same version hash) gives [`ReloadEvent::Unchanged`].
     pub fn reload(&self) -> ReloadEvent {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        match build(self.path.as_deref(), &self.legacy) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.attempt(&mut last)
+    }
+
+    /// What the watcher does: reload only when a file the last attempt read (policy, include,
+    /// credential file, or one it failed to read) now reads differently; `None` otherwise. So
+    /// writes of other files in a watched directory never reload, and a policy that is still
+    /// invalid is reported once, not again on every event.
+    pub fn reload_if_changed(&self) -> Option<ReloadEvent> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if !last.changed() {
+            return None;
+        }
+        Some(self.attempt(&mut last))
+    }
+
+    /// The files the last attempt read (for the watcher: their directories are watched too).
+    fn last_inputs(&self) -> Vec<PathBuf> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.paths().map(Path::to_path_buf).collect()
+    }
+
+    fn attempt(&self, last: &mut Inputs) -> ReloadEvent {
+        let (built, inputs) = build(self.path.as_deref(), &self.legacy);
+        *last = inputs;
+        match built {
             Err(e) => ReloadEvent::Failed(e),
             Ok(p) if p.change_digest == self.store.current().change_digest => {
                 ReloadEvent::Unchanged
@@ -125,7 +154,7 @@ impl Reloader {
         })
         .map_err(|e| watch_error(self.path.as_deref(), e))?;
         let mut watched = BTreeSet::new();
-        update_watches(&mut watcher, &mut watched, &self.store.current())
+        update_watches(&mut watcher, &mut watched, &self.watch_paths())
             .map_err(|e| watch_error(self.path.as_deref(), e))?;
         let this = self.clone();
         let handle = std::thread::Builder::new()
@@ -137,7 +166,11 @@ impl Reloader {
                         Ok(Msg::Fs) => {}
                         Ok(Msg::Stop) | Err(_) => return,
                     }
-                    // Debounce: wait until the directory is quiet for `debounce`.
+                    // Debounce: wait until the directory is quiet for `debounce`, but no longer
+                    // than MAX_DEBOUNCE_PERIODS of it: a file written continuously in the same
+                    // directory (the access log under traffic) must not postpone a policy edit
+                    // forever.
+                    let latest = Instant::now() + debounce.saturating_mul(MAX_DEBOUNCE_PERIODS);
                     let mut deadline = Instant::now() + debounce;
                     loop {
                         let now = Instant::now();
@@ -145,14 +178,15 @@ impl Reloader {
                             break;
                         }
                         match rx.recv_timeout(deadline - now) {
-                            Ok(Msg::Fs) => deadline = Instant::now() + debounce,
+                            Ok(Msg::Fs) => deadline = (Instant::now() + debounce).min(latest),
                             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                             Err(RecvTimeoutError::Timeout) => break,
                         }
                     }
-                    let ev = this.reload();
-                    if let Err(e) =
-                        update_watches(&mut watcher, &mut watched, &this.store.current())
+                    let Some(ev) = this.reload_if_changed() else {
+                        continue;
+                    };
+                    if let Err(e) = update_watches(&mut watcher, &mut watched, &this.watch_paths())
                     {
                         tracing::warn!(error = %e, "policy watcher could not watch a directory");
                     }
@@ -167,16 +201,36 @@ impl Reloader {
     }
 }
 
+impl Reloader {
+    /// The policy in force's sources plus what the last attempt read (a failed attempt may
+    /// name an include in a directory the policy in force does not use).
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.store.current().source_files().to_vec();
+        paths.extend(self.last_inputs());
+        paths
+    }
+}
+
+/// Longest a burst of directory events delays a reload, in debounce periods.
+const MAX_DEBOUNCE_PERIODS: u32 = 10;
+
 enum Msg {
     Fs,
     Stop,
 }
 
-fn build(path: Option<&Path>, legacy: &LegacyEnv) -> Result<Policy, PolicyError> {
-    match path {
-        Some(p) => Policy::load_with(p, legacy),
-        None => Policy::embedded_default_with(legacy),
-    }
+/// Build the policy, and say which files the attempt read (also when it failed).
+fn build(path: Option<&Path>, legacy: &LegacyEnv) -> (Result<Policy, PolicyError>, Inputs) {
+    let Some(p) = path else {
+        return (Policy::embedded_default_with(legacy), Inputs::default());
+    };
+    let inputs = RefCell::new(Inputs::default());
+    // Two statements: the read's mutable borrow must end before the build borrows again.
+    let src = inputs.borrow_mut().read_to_string(p);
+    let built = src
+        .map_err(|e| PolicyError::io(p, e))
+        .and_then(|src| crate::parse::build_from_toml_recording(&src, p, legacy, &inputs));
+    (built, inputs.into_inner())
 }
 
 fn watch_error(path: Option<&Path>, e: notify::Error) -> PolicyError {
@@ -193,13 +247,13 @@ fn dir_of(p: &Path) -> PathBuf {
     }
 }
 
-/// Watches the directories of the policy's sources (and stops watching ones no longer used).
+/// Watches the directories of `sources` (and stops watching ones no longer used).
 fn update_watches(
     watcher: &mut notify::RecommendedWatcher,
     watched: &mut BTreeSet<PathBuf>,
-    policy: &Policy,
+    sources: &[PathBuf],
 ) -> notify::Result<()> {
-    let wanted: BTreeSet<PathBuf> = policy.source_files().iter().map(|p| dir_of(p)).collect();
+    let wanted: BTreeSet<PathBuf> = sources.iter().map(|p| dir_of(p)).collect();
     for gone in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
         let _ = watcher.unwatch(&gone);
         watched.remove(&gone);

@@ -62,24 +62,12 @@ pub async fn handle(
         let f = Failure::BadRequest("CONNECT with a request body".into());
         return fail(shared, &mut client, &mut rec, Some(&target), f, start).await;
     }
-    let decision = policy.decide(&target);
-    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
-    rec.reason = decision.reason.as_str().to_string();
-    if !decision.is_allowed() {
-        return fail(
-            shared,
-            &mut client,
-            &mut rec,
-            Some(&target),
-            Failure::Denied { decision },
-            start,
-        )
-        .await;
-    }
-    let route = match dial::route(shared, &policy, &target).await {
-        Ok(r) => r,
+    let (decision, route) = match crate::admit::admit(shared, &policy, &target).await {
+        Ok(a) => a,
         Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
     };
+    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
+    rec.reason = decision.reason.as_str().to_string();
     rec.upstream = route.upstream.to_string();
     rec.resolved = route.addrs.first().map(|a| a.to_string());
     let dialed = match dial::connect(shared, &route, &target, false).await {
@@ -90,7 +78,7 @@ pub async fn handle(
     reg.set_target(&target, dialed.resolved.map(|a| a.ip()));
     // A reload between the decision and the registration would have missed this connection:
     // decide again against the policy in force now.
-    if let Some(d) = crate::registry::recheck(shared, generation, &target, dialed.resolved) {
+    if let Some(d) = crate::admit::recheck(shared, generation, &target, dialed.resolved) {
         return fail(shared, &mut client, &mut rec, Some(&target), d, start).await;
     }
     let decision_word = if decision.would_deny {
@@ -288,6 +276,9 @@ async fn fail(
         .await;
     let _ = client.shutdown().await;
     rec.status = f.status();
+    if let Some(rule) = f.rule() {
+        rec.rule = Some(rule.to_string());
+    }
     rec.decision = f.decision();
     rec.reason = f.reason();
     rec.error = Some(f.to_string());

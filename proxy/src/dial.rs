@@ -84,7 +84,8 @@ fn upstream_key(up: &Upstream, target: &Target) -> String {
     format!("{up}|{creds}|{target}")
 }
 
-/// Decide how to reach `target` and guard every address that will be used.
+/// Decide how to reach `target`, resolve it, and admit it with every address that will be used
+/// ([`crate::admit::check`]).
 pub async fn route(shared: &Shared, policy: &Policy, target: &Target) -> Result<Route, Failure> {
     let upstream = policy.upstream_for(&target.host).clone();
     let needs_local_dns = match &upstream {
@@ -104,7 +105,8 @@ pub async fn route(shared: &Shared, policy: &Policy, target: &Target) -> Result<
     } else {
         Vec::new()
     };
-    crate::resolve::guard_all(policy, &ips).map_err(Failure::Guard)?;
+    // The admission check again, now with every address this route will use.
+    crate::admit::check(policy, target, &ips)?;
     let addrs = if needs_local_dns {
         ips.into_iter()
             .map(|ip| SocketAddr::new(ip, target.port))

@@ -239,8 +239,8 @@ pub async fn handle(
                 .filter(|_| rec.port != 0);
             let mut resp = f.response(target.as_ref(), shared.policy_shown_as(&policy).as_deref());
             // A denied request without a body leaves the connection usable: keep it open
-            // (every following request is decided again).
-            let keep = !has_body && head.keep_alive && matches!(f, Failure::Denied { .. });
+            // (every following request is admitted again).
+            let keep = !has_body && head.keep_alive && f.side() == crate::respond::Side::Policy;
             if keep {
                 resp = String::from_utf8_lossy(&resp)
                     .replacen("Connection: close\r\n", "", 1)
@@ -251,6 +251,9 @@ pub async fn handle(
                 crate::listener::linger_close(client).await;
             }
             rec.status = f.status();
+            if let Some(rule) = f.rule() {
+                rec.rule = Some(rule.to_string());
+            }
             rec.decision = f.decision();
             rec.reason = f.reason();
             rec.error = Some(f.to_string());
@@ -303,15 +306,16 @@ async fn forward(
             });
         }
     }
+    // The client's framing is checked before anything goes out: a malformed first chunk line
+    // that is already buffered is a 400 here, not a broken exchange with the origin later.
+    if head.framing == Framing::Chunked {
+        crate::head::check_first_chunk_line(buf).map_err(|e| Failure::BadRequest(e.to_string()))?;
+    }
     let generation = shared.store.generation();
     let policy = shared.store.current();
-    let decision = policy.decide(&target);
+    let (decision, route) = crate::admit::admit(shared, &policy, &target).await?;
     rec.rule = decision.rule.as_ref().map(|r| r.to_string());
     rec.reason = decision.reason.as_str().to_string();
-    if !decision.is_allowed() {
-        return Err(Failure::Denied { decision });
-    }
-    let route = dial::route(shared, &policy, &target).await?;
     rec.upstream = route.upstream.to_string();
     rec.resolved = route.addrs.first().map(|a| a.to_string());
 
@@ -362,7 +366,7 @@ async fn forward(
     let mut resolved = resolved;
     rec.resolved = resolved.map(|a| a.to_string());
     reg.set_target(&target, resolved.map(|a| a.ip()));
-    if let Some(d) = crate::registry::recheck(shared, generation, &target, resolved) {
+    if let Some(d) = crate::admit::recheck(shared, generation, &target, resolved) {
         return Err(d);
     }
 
@@ -429,13 +433,13 @@ async fn forward(
                 Ok(Some(data)) => {
                     up.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if tx.send(Ok(data)).await.is_err() {
-                        return Err("origin stopped reading the request body".to_string());
+                        return Err(PumpError::OriginStopped);
                     }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                    return Err(e.to_string());
+                    return Err(PumpError::Client(e));
                 }
             }
         }
@@ -476,7 +480,7 @@ async fn forward(
     };
     tokio::pin!(pump);
     tokio::pin!(exchange);
-    let mut pump_done: Option<Result<(), String>> = None;
+    let mut pump_done: Option<Result<(), PumpError>> = None;
     let result = loop {
         tokio::select! {
             r = &mut pump, if pump_done.is_none() => pump_done = Some(r),
@@ -484,6 +488,13 @@ async fn forward(
         }
     };
     rec.bytes_up = up.load(std::sync::atomic::Ordering::Relaxed);
+    // The exchange broke because the client's body framing was bad (hyper only saw the body
+    // stream fail): that is the client's 400, not an origin error. The pump finishes in the
+    // same poll in which it hands the error to the body, so it is always recorded by now.
+    let result = match (result, &pump_done) {
+        (Err(_), Some(Err(PumpError::Client(e)))) => Err(Failure::BadRequest(e.to_string())),
+        (r, _) => r,
+    };
     let ((status, down, origin_keep, client_keep), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
@@ -497,7 +508,7 @@ async fn forward(
         .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
     let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
     if let Some(Err(e)) = &pump_done {
-        rec.error = Some(e.clone());
+        rec.error = Some(e.to_string());
     }
     if origin_keep && body_ok && !sender.is_closed() {
         shared
@@ -509,6 +520,17 @@ async fn forward(
     } else {
         Next::Close
     })
+}
+
+/// Why streaming the request body to the origin stopped early.
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    /// The client's body is malformed or the client went away mid-body.
+    #[error(transparent)]
+    Client(crate::head::BodyError),
+    /// The origin connection stopped taking the body.
+    #[error("origin stopped reading the request body")]
+    OriginStopped,
 }
 
 fn has_body(head: &RequestHead) -> bool {

@@ -313,18 +313,8 @@ impl BodyReader {
                     return Ok(Some(data));
                 }
                 BodyState::ChunkSize => {
-                    let line = read_line(io, buf, 4096).await?;
-                    let size = line
-                        .split(|b| *b == b';')
-                        .next()
-                        .map(trim)
-                        .unwrap_or_default();
-                    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit)
-                    {
-                        return Err(BodyError("invalid chunk size".into()));
-                    }
-                    let n = u64::from_str_radix(std::str::from_utf8(size).unwrap_or("x"), 16)
-                        .map_err(|_| BodyError("invalid chunk size".into()))?;
+                    let line = read_line(io, buf, MAX_CHUNK_LINE).await?;
+                    let n = chunk_size(&line)?;
                     self.state = if n == 0 {
                         BodyState::Trailers
                     } else {
@@ -348,6 +338,47 @@ impl BodyReader {
             }
         }
     }
+}
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Most hex digits in a chunk size: 15 digits always fit in a u64 (16 may overflow it).
+const MAX_CHUNK_DIGITS: usize = 15;
+
+/// The size on a chunk-size line (without its CRLF); extensions after `;` are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+    let size = line
+        .split(|b| *b == b';')
+        .next()
+        .map(trim)
+        .unwrap_or_default();
+    if size.is_empty() || size.len() > MAX_CHUNK_DIGITS || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(BodyError("invalid chunk size".into()));
+    }
+    // All hex digits, at most 15 of them: always valid UTF-8 and never overflows.
+    std::str::from_utf8(size)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| BodyError("invalid chunk size".into()))
+}
+
+/// Check the first chunk-size line of a chunked body as far as it is already buffered
+/// (`buf` starts where the body starts), so that a malformed one is refused with 400 before
+/// the request goes out rather than found after the head was forwarded. An incomplete line is
+/// refused only when what is there can no longer become valid.
+pub fn check_first_chunk_line(buf: &[u8]) -> Result<(), BodyError> {
+    if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+        return chunk_size(&buf[..pos]).map(|_| ());
+    }
+    let size = buf.split(|b| *b == b';').next().unwrap_or_default();
+    let digits = size.iter().filter(|b| b.is_ascii_hexdigit()).count();
+    let stray = size
+        .iter()
+        .any(|b| !b.is_ascii_hexdigit() && !b.is_ascii_whitespace());
+    if stray || digits > MAX_CHUNK_DIGITS || buf.len() > MAX_CHUNK_LINE + 2 {
+        return Err(BodyError("invalid chunk size".into()));
+    }
+    Ok(())
 }
 
 async fn fill<R: AsyncRead + Unpin>(
@@ -462,6 +493,40 @@ mod tests {
         }
         assert_eq!(out, b"hello world");
         assert_eq!(&buf[..], b"NEXT");
+    }
+
+    /// Issue 9, item 4: the first chunk line is checked where it is already buffered.
+    #[test]
+    fn buffered_first_chunk_line_is_checked_before_forwarding() {
+        for ok in [
+            &b"5\r\nhello"[..],
+            b"5;ext=1\r\n",
+            b"fffffffffffffff\r\n",
+            b"",
+            b"12",
+            b"5 ",
+        ] {
+            assert!(
+                check_first_chunk_line(ok).is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+        for bad in [
+            &b"100000000000000000000\r\nhello"[..],
+            b"ffffffffffffffff\r\n",
+            b"zz\r\n",
+            b"5 x\r\n",
+            b"\r\n",
+            b"fffffffffffffffffffff",
+            b"zz",
+        ] {
+            assert!(
+                check_first_chunk_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[tokio::test]

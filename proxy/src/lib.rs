@@ -5,6 +5,7 @@
 //! harness used by tests (binds what the config says, usually `127.0.0.1:0`).
 
 pub mod admin;
+pub mod admit;
 pub mod config;
 pub mod connect;
 pub mod dial;

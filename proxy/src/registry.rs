@@ -1,14 +1,14 @@
 //! Registry of live client connections, for revocation: each connection registers its current
 //! destination (and the checked address) plus a cancellation token. After every successful
-//! policy reload [`Registry::revoke_denied`] re-decides each entry and cancels those the new
-//! policy denies.
+//! policy reload [`Registry::revoke_denied`] asks the admission step ([`crate::admit::check`])
+//! again for each entry and cancels those the new policy refuses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kennel_policy::{Policy, Target, addr};
+use kennel_policy::{Policy, Target};
 use tokio_util::sync::CancellationToken;
 
 struct Entry {
@@ -64,19 +64,17 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Cancel every connection whose destination `policy` no longer allows (policy verdict or
-    /// address guard). Returns how many were cancelled.
+    /// Cancel every connection whose destination `policy` no longer admits (the same
+    /// [`crate::admit::check`] as the first decision: policy verdict, then the address guard
+    /// over the checked address). Returns how many were cancelled.
     pub fn revoke_denied(&self, policy: &Policy) -> usize {
         let mut n = 0;
         for e in self.lock().values() {
             let Some((target, ip)) = &e.target else {
                 continue;
             };
-            let denied = !policy.decide(target).is_allowed()
-                || ip.is_some_and(|ip| {
-                    !addr::classify(ip).is_public() && policy.cidr_allowing(ip).is_none()
-                });
-            if denied && !e.cancel.is_cancelled() {
+            let ips: &[IpAddr] = ip.as_slice();
+            if crate::admit::check(policy, target, ips).is_err() && !e.cancel.is_cancelled() {
                 e.cancel.cancel();
                 n += 1;
             }
@@ -107,26 +105,28 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// If the policy changed since `generation`, decide `target` (and its checked address) again;
-/// `Some(failure)` when the policy in force now refuses it.
-pub fn recheck(
-    shared: &crate::Shared,
-    generation: u64,
-    target: &Target,
-    resolved: Option<std::net::SocketAddr>,
-) -> Option<crate::respond::Failure> {
-    if shared.store.generation() == generation {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(src: &str) -> Policy {
+        Policy::from_toml_str(src, std::path::Path::new("/p/policy.toml")).expect("valid policy")
     }
-    let policy = shared.store.current();
-    let decision = policy.decide(target);
-    if !decision.is_allowed() {
-        return Some(crate::respond::Failure::Denied { decision });
+
+    /// Issue 9, item 2: revocation had its own address guard that only looked at non-public
+    /// addresses, so a reload adding a `[deny] cidrs` entry never closed a live tunnel to a
+    /// public address in it. Nothing is dialed here: the registry only holds the address.
+    #[test]
+    fn revocation_closes_tunnels_to_public_addresses_in_a_new_deny_cidr() {
+        let registry = Registry::default();
+        let target = Target::parse_authority("pub.test:443").expect("target");
+        let denied = registry.register();
+        denied.set_target(&target, Some("8.8.8.8".parse().expect("ip")));
+        let kept = registry.register();
+        kept.set_target(&target, Some("1.1.1.1".parse().expect("ip")));
+        let p = policy("[allow]\nhosts = [\"pub.test\"]\n[deny]\ncidrs = [\"8.8.8.0/24\"]\n");
+        assert_eq!(registry.revoke_denied(&p), 1);
+        assert!(denied.cancel.is_cancelled(), "tunnel to 8.8.8.8 revoked");
+        assert!(!kept.cancel.is_cancelled(), "tunnel to 1.1.1.1 kept");
     }
-    if let Some(a) = resolved
-        && let Err(g) = crate::resolve::guard(&policy, a.ip())
-    {
-        return Some(crate::respond::Failure::Guard(g));
-    }
-    None
 }

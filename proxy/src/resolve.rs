@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use hickory_resolver::TokioResolver;
-use kennel_policy::{Host, Policy, RuleRef, addr};
+use kennel_policy::{Hint, Host, Policy, RuleRef, addr};
 use tokio::sync::OnceCell;
 
 use crate::config::ResolverSettings;
@@ -38,6 +38,8 @@ pub struct GuardDenied {
     /// The `[deny] cidrs` entry that matched, when that is why (deny wins over public and over
     /// allow entries).
     pub denied_by: Option<RuleRef>,
+    /// The policy edits that would let the guard accept every address of the destination.
+    pub hint: Hint,
 }
 
 /// Resolver with a static hosts map in front of DNS.
@@ -142,6 +144,7 @@ pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied
             ip,
             class: class.as_str(),
             denied_by: Some(rule),
+            hint: policy.how_to_admit_addresses(&[ip]),
         });
     }
     if class.is_public() {
@@ -153,26 +156,33 @@ pub fn guard(policy: &Policy, ip: IpAddr) -> Result<Option<RuleRef>, GuardDenied
             ip,
             class: class.as_str(),
             denied_by: None,
+            hint: policy.how_to_admit_addresses(&[ip]),
         }),
     }
 }
 
 /// Check every address; the first refusal denies the whole destination (a name that resolves to
-/// one public and one private address is refused: that is what DNS rebinding looks like).
+/// one public and one private address is refused: that is what DNS rebinding looks like). The
+/// refusal's hint covers every address, so applying it admits the whole destination.
 pub fn guard_all(policy: &Policy, ips: &[IpAddr]) -> Result<(), GuardDenied> {
+    let refused = |mut g: GuardDenied| {
+        g.hint = policy.how_to_admit_addresses(ips);
+        g
+    };
     // Deny entries first, over every address, so a denied address is named as such even when
     // another address is refused for its class.
     for ip in ips {
         if let Some(rule) = policy.cidr_denying(*ip) {
-            return Err(GuardDenied {
+            return Err(refused(GuardDenied {
                 ip: *ip,
                 class: addr::classify(*ip).as_str(),
                 denied_by: Some(rule),
-            });
+                hint: Hint::default(),
+            }));
         }
     }
     for ip in ips {
-        guard(policy, *ip)?;
+        guard(policy, *ip).map_err(refused)?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kennel_policy::{Decision, Host, Reason, Target};
+use kennel_policy::{Decision, Hint, Reason, RuleRef, Target};
 
 use crate::resolve::{GuardDenied, ResolveError};
 
@@ -44,8 +44,12 @@ pub enum Failure {
     Denied {
         /// The decision.
         decision: Decision,
+        /// The policy edits that would allow it (shown in the body).
+        hint: Hint,
     },
-    /// A resolved address is private/loopback/… and no cidrs entry allows it (502).
+    /// The address guard refused an address of an allowed destination: it is in a `[deny]
+    /// cidrs` entry, or private/loopback/… and no `cidrs` entry allows it (403: a denial, not a
+    /// gateway error, so clients do not retry it).
     #[error("{0}")]
     Guard(GuardDenied),
     /// DNS failure (502).
@@ -97,13 +101,23 @@ impl Failure {
             Failure::NotProxyRequest => "not_a_proxy_request".into(),
             Failure::HostMismatch { .. } => "host_mismatch".into(),
             Failure::HeadTooLarge => "head_too_large".into(),
-            Failure::Denied { decision } => decision.reason.as_str().into(),
+            Failure::Denied { decision, .. } => decision.reason.as_str().into(),
             Failure::Guard(_) => "address_not_allowed".into(),
             Failure::Dns(_) => "dns_failure".into(),
             Failure::Connect { .. } => "connect_failed".into(),
             Failure::ConnectTimeout(_) => "connect_timeout".into(),
             Failure::Upstream { kind, .. } => format!("upstream_{kind}"),
             Failure::Origin(_) => "origin_error".into(),
+        }
+    }
+
+    /// The policy entry behind a refusal: the matched rule of a denial, or the `[deny] cidrs`
+    /// entry the guard applied (access-log `rule`).
+    pub fn rule(&self) -> Option<&RuleRef> {
+        match self {
+            Failure::Denied { decision, .. } => decision.rule.as_ref(),
+            Failure::Guard(g) => g.denied_by.as_ref(),
+            _ => None,
         }
     }
 
@@ -121,7 +135,7 @@ impl Failure {
         match self {
             Failure::BadRequest(_) | Failure::NotProxyRequest | Failure::HostMismatch { .. } => 400,
             Failure::HeadTooLarge => 431,
-            Failure::Denied { .. } => 403,
+            Failure::Denied { .. } | Failure::Guard(_) => 403,
             Failure::ConnectTimeout(_) => 504,
             Failure::Upstream { timeout: true, .. } => 504,
             _ => 502,
@@ -155,48 +169,45 @@ impl Failure {
             || "a policy file (kennel-proxy is running on its embedded default policy; pass --config with [policy] file = …)".to_string(),
             |p| p.display().to_string(),
         );
-        let host = target.map(|t| t.host.to_string()).unwrap_or_default();
+        let how = |hint: &Hint| {
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!(" To allow it, {}.", hint.render(&file))
+            }
+        };
         match self {
-            Failure::Denied { decision } => {
+            Failure::Denied { decision, hint } => {
                 let what = decision.reason.describe();
-                let how = match decision.reason {
-                    Reason::PortNotAllowed => format!(
-                        "To allow it, add a [[rule]] with hosts = [\"{host}\"] and ports = [{}] to {file}",
-                        target.map_or(0, |t| t.port)
-                    ),
+                let why = match decision.reason {
                     Reason::DeniedByRule => match &decision.rule {
-                        Some(r) => format!("It matches the deny entry \"{}\" at {r}; remove that entry to allow it", r.pattern),
-                        None => format!("Remove the matching deny entry from {file} to allow it"),
+                        Some(r) => format!(" It matches the deny entry \"{}\" at {r}.", r.pattern),
+                        None => String::new(),
                     },
                     Reason::IpLiteralNotAllowed => {
-                        let cidr = match target.map(|t| &t.host) {
-                            Some(Host::Ip(std::net::IpAddr::V6(ip))) => format!("{ip}/128"),
-                            Some(Host::Ip(ip)) => format!("{ip}/32"),
-                            _ => "…".into(),
-                        };
-                        format!("IP-literal destinations are allowed only by a cidrs entry. To allow it, add \"{cidr}\" to [allow] cidrs in {file}")
+                        " IP-literal destinations are allowed only by a cidrs entry.".to_string()
                     }
-                    _ => format!("To allow it, add \"{host}\" to {file}"),
+                    _ => String::new(),
                 };
-                format!("kennel: egress to {dest} denied ({what}). {how}\n")
+                format!("kennel: egress to {dest} denied ({what}).{why}{}\n", how(hint))
             }
-            Failure::Guard(GuardDenied {
-                ip,
-                denied_by: Some(rule),
-                ..
-            }) => format!(
-                "kennel: egress to {dest} denied: it resolves to {ip}, which the [deny] cidrs entry {} ({rule}) refuses\n",
-                rule.pattern
-            ),
-            Failure::Guard(g) => format!(
-                "kennel: egress to {dest} denied: it resolves to {}, a {} address, and no [allow] cidrs entry allows it. To allow it, add \"{}\" to [allow] cidrs in {file}\n",
-                g.ip,
-                g.class,
-                match g.ip {
-                    std::net::IpAddr::V4(ip) => format!("{ip}/32"),
-                    std::net::IpAddr::V6(ip) => format!("{ip}/128"),
-                }
-            ),
+            Failure::Guard(g) => {
+                let why = match &g.denied_by {
+                    Some(rule) => format!(
+                        "which the [deny] cidrs entry {} ({rule}) refuses",
+                        rule.pattern
+                    ),
+                    None => format!(
+                        "a {} address, and no [allow] cidrs entry allows it",
+                        g.class
+                    ),
+                };
+                format!(
+                    "kennel: egress to {dest} denied: it resolves to {}, {why}.{}\n",
+                    g.ip,
+                    how(&g.hint)
+                )
+            }
             Failure::NotProxyRequest => "kennel: this is a forward proxy. Send absolute-form requests (GET http://host/path) or CONNECT host:port; set HTTP_PROXY/HTTPS_PROXY to this address.\n".to_string(),
             other => format!("kennel: request to {dest} failed: {other}\n"),
         }
@@ -219,9 +230,7 @@ mod tests {
     fn denied(policy: &str, target: &str) -> (u16, String, String) {
         let p = Policy::from_toml_str(policy, Path::new("/etc/kennel/policy.toml")).unwrap();
         let t = Target::parse_authority(target).unwrap();
-        let d = p.decide(&t);
-        assert!(!d.is_allowed());
-        let f = Failure::Denied { decision: d };
+        let f = crate::admit::check(&p, &t, &[]).expect_err("denied");
         (f.status(), f.reason(), f.body(Some(&t), p.primary_file()))
     }
 
@@ -232,12 +241,12 @@ mod tests {
         assert_eq!((s, r.as_str()), (403, "not_in_allowlist"));
         assert_eq!(
             b,
-            "kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to /etc/kennel/policy.toml\n"
+            "kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to hosts in the [allow] table of /etc/kennel/policy.toml.\n"
         );
         let (_, r, b) = denied(pol, "github.com:8443");
         assert_eq!(r, "port_not_allowed");
         assert!(
-            b.contains("add a [[rule]] with hosts = [\"github.com\"] and ports = [8443]"),
+            b.contains("add a [[rule]] table with hosts = [\"github.com\"] and ports = [8443]"),
             "{b}"
         );
         let (_, r, b) = denied(pol, "gist.github.com:443");
@@ -257,9 +266,9 @@ mod tests {
     #[test]
     fn embedded_policy_deny_points_to_config() {
         let t = Target::parse_authority("evil.example:443").unwrap();
-        let d = Policy::embedded_default().decide(&t);
-        let b = Failure::Denied { decision: d }.body(Some(&t), None);
-        assert!(b.starts_with("kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to a policy file"), "{b}");
+        let f = crate::admit::check(&Policy::embedded_default(), &t, &[]).expect_err("denied");
+        let b = f.body(Some(&t), None);
+        assert!(b.starts_with("kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to hosts in the [allow] table of a policy file"), "{b}");
     }
 
     #[test]

@@ -212,3 +212,112 @@ fn version_hash_hides_credentials_but_a_credential_change_reloads() {
         Some("second-secret")
     );
 }
+
+/// Issue 9, item 6: a file the proxy writes (its access log) in a watched policy directory made
+/// the watcher re-read an invalid policy and report the same failure every debounce period,
+/// forever. Only a change of a file the last attempt read reloads; an unchanged invalid policy
+/// is reported once.
+#[test]
+fn writes_beside_an_unchanged_invalid_policy_do_not_reload_it() {
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    d.replace("policy.toml", "include = [\"list.txt\"]\nbogus = 1\n");
+    wait_event(&rx, |e| e.starts_with("failed"));
+    // Ten appends to a non-policy file in the same directory, over several debounce periods.
+    for i in 0..10 {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.path("access.log"))
+            .unwrap();
+        writeln!(log, "line {i}").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(400);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        if let Ok(ev) = rx.recv_timeout(left) {
+            panic!("an unchanged policy was reloaded again: {ev}");
+        }
+    }
+    // Touching a source without changing it does not reload either.
+    d.replace("list.txt", "one.example\n");
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // A changed source reloads (and a still-invalid one is reported again, once).
+    d.replace("policy.toml", "include = [\"list.txt\"]\nbogus = 2\n");
+    wait_event(&rx, |e| e.starts_with("failed"));
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"fixed.example\"]\n",
+    );
+    wait_event(&rx, |e| e == "reloaded 2");
+    assert!(allowed(&r, "fixed.example:443"));
+}
+
+/// The files an invalid policy tried to read count as its sources: creating the missing include
+/// it names reloads it.
+#[test]
+fn reload_if_changed_follows_the_files_the_last_attempt_read() {
+    let (d, r) = setup();
+    assert!(r.reload_if_changed().is_none(), "nothing changed");
+    d.write("access.log", "x\n");
+    assert!(r.reload_if_changed().is_none(), "not a policy source");
+    d.replace("policy.toml", "include = [\"list.txt\", \"later.txt\"]\n");
+    match r.reload_if_changed() {
+        Some(ReloadEvent::Failed(e)) => assert!(e.to_string().contains("later.txt"), "{e}"),
+        other => panic!("expected a failed reload, got {other:?}"),
+    }
+    assert!(
+        r.reload_if_changed().is_none(),
+        "still the same invalid policy"
+    );
+    d.write("later.txt", "later.example\n");
+    assert!(matches!(
+        r.reload_if_changed(),
+        Some(ReloadEvent::Reloaded { generation: 2 })
+    ));
+    assert!(allowed(&r, "later.example:443"));
+    assert!(r.reload_if_changed().is_none());
+}
+
+/// Issue 9, item 6 (the other half of a busy directory): the debounce waited for a quiet
+/// directory, so an access log written more often than the debounce period postponed a policy
+/// edit forever. The wait is capped.
+#[test]
+fn a_continuously_written_file_beside_the_policy_does_not_postpone_a_reload() {
+    use std::io::Write;
+    let (d, r) = setup();
+    let (_guard, rx) = watch(&r);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), d.path("access.log"));
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            // Every 10 ms (debounce is 50 ms), for at most DEADLINE.
+            let end = Instant::now() + DEADLINE;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                writeln!(log, "request").unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    d.replace(
+        "policy.toml",
+        "include = [\"list.txt\"]\n[allow]\nhosts = [\"busy.example\"]\n",
+    );
+    let edited = Instant::now();
+    wait_event(&rx, |e| e == "reloaded 2");
+    let took = edited.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(allowed(&r, "busy.example:443"));
+    assert!(
+        took < Duration::from_secs(5),
+        "reload postponed by {took:?}"
+    );
+}
