@@ -25,3 +25,5 @@ pub use spec::EnvSpec;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod legacy_tests;

@@ -15,6 +15,7 @@ mod target;
 mod upstream;
 
 pub mod addr;
+pub mod log_env;
 pub mod migrate;
 pub mod reload;
 

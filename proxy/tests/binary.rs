@@ -346,3 +346,61 @@ fn sighup_reloads_the_policy() {
     sig(&p, libc::SIGTERM);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(10)).code(), Some(0));
 }
+
+/// Runs `kennel-proxy --check` (embedded policy) with exactly the log variables given.
+fn check_with_log_env(vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--check")
+        .env_remove("KENNEL_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run kennel-proxy --check")
+}
+
+/// Issue 9 item 7: the proxy containers were given `RUST_LOG`, which the proxy ignored; both
+/// names must work, `KENNEL_LOG` winning.
+#[test]
+fn rust_log_is_honoured_as_an_alias_and_kennel_log_wins() {
+    let debug_line = "loading configuration";
+    let out = check_with_log_env(&[("RUST_LOG", "debug")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(debug_line), "RUST_LOG=debug ignored: {err}");
+
+    let out = check_with_log_env(&[("KENNEL_LOG", "debug")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(debug_line), "KENNEL_LOG=debug ignored: {err}");
+
+    let out = check_with_log_env(&[("KENNEL_LOG", "warn"), ("RUST_LOG", "debug")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains(debug_line), "RUST_LOG won over KENNEL_LOG: {err}");
+
+    let out = check_with_log_env(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains(debug_line), "default is not info: {err}");
+}
+
+/// Issue 9 item 7: log lines piped to a file or `docker logs` carried ANSI colour codes.
+#[test]
+fn piped_stderr_carries_no_ansi_escape_codes() {
+    let out = check_with_log_env(&[("KENNEL_LOG", "debug")]);
+    assert!(!out.stderr.is_empty(), "nothing logged: {out:?}");
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "ESC in piped stderr: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The serving path too (its INFO lines were the coloured ones).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = echo();
+    let cfg = write_config(dir.path(), e.port(), "");
+    let (p, rx) = start(&["--config", cfg.to_str().expect("utf8")], None);
+    let (line, seen) = wait_line(&rx, "listening on");
+    for l in seen.iter().chain([&line]) {
+        assert!(!l.contains('\u{1b}'), "ESC in piped stderr: {l:?}");
+    }
+    drop(p); // kills it
+}
