@@ -22,7 +22,7 @@ pub mod reload;
 use std::path::Path;
 
 pub use error::{PolicyError, TargetError};
-pub use legacy::LegacyEnv;
+pub use legacy::{AppliedVar, LegacyEntry, LegacyEnv, LegacySettings, LegacyUpstream, Origin};
 pub use model::{Decision, Mode, Policy, PolicyStats, Reason, RuleRef, Verdict};
 pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat};
 pub use pattern::{HostPattern, PatternKind};

@@ -55,6 +55,8 @@ pub struct Shared {
     pub loaded_at: Mutex<SystemTime>,
     /// False once shutdown began (`/readyz` → 503).
     pub ready: AtomicBool,
+    /// The legacy variables applied (process environment and `[policy] dotenv`).
+    pub legacy: kennel_policy::LegacySettings,
 }
 
 /// Start-up failed.
@@ -101,14 +103,12 @@ impl Shared {
             LegacyEnv::default()
         };
         if let Some(p) = &config.policy.dotenv {
-            let d = LegacyEnv::from_dotenv(p)?;
-            legacy = LegacyEnv {
-                upstream_socks5: d.upstream_socks5.or(legacy.upstream_socks5),
-                upstream_http: d.upstream_http.or(legacy.upstream_http),
-                upstream_proxy: d.upstream_proxy.or(legacy.upstream_proxy),
-                no_upstream: d.no_upstream.or(legacy.no_upstream),
-                user_whitelist_domains: d.user_whitelist_domains.or(legacy.user_whitelist_domains),
-            };
+            legacy = LegacyEnv::from_dotenv(p)?.or(legacy);
+        }
+        // Resolved once here so its warnings are logged once, not on every reload.
+        let legacy_settings = legacy.resolve()?;
+        for w in &legacy_settings.warnings {
+            tracing::warn!("{w}");
         }
         let reloader = Arc::new(Reloader::new(config.policy.file.clone(), legacy)?);
         let dialer = upstream::UpstreamDialer::new(&upstream::UpstreamSettings {
@@ -127,6 +127,7 @@ impl Shared {
             registry: registry::Registry::default(),
             loaded_at: Mutex::new(SystemTime::now()),
             ready: AtomicBool::new(true),
+            legacy: legacy_settings,
             config,
         }))
     }

@@ -189,6 +189,15 @@ pub struct LegacyDoc {
     /// `UPSTREAM_PROXY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<String>,
+    /// `UPSTREAM_PROXY_TYPE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_type: Option<String>,
+    /// `UPSTREAM_PROXY_HOST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_host: Option<String>,
+    /// `UPSTREAM_PROXY_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_port: Option<String>,
     /// `NO_UPSTREAM`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_upstream: Option<String>,
@@ -264,6 +273,9 @@ mod convert {
                     upstream_socks5: l.upstream_socks5.clone(),
                     upstream_http: l.upstream_http.clone(),
                     upstream_proxy: l.upstream_proxy.clone(),
+                    upstream_proxy_type: l.upstream_proxy_type.clone(),
+                    upstream_proxy_host: l.upstream_proxy_host.clone(),
+                    upstream_proxy_port: l.upstream_proxy_port.clone(),
                     no_upstream: l.no_upstream.clone(),
                     user_whitelist_domains: l.user_whitelist_domains.clone(),
                 },
@@ -301,6 +313,9 @@ mod convert {
             legacy.upstream_socks5 = d.legacy.upstream_socks5;
             legacy.upstream_http = d.legacy.upstream_http;
             legacy.upstream_proxy = d.legacy.upstream_proxy;
+            legacy.upstream_proxy_type = d.legacy.upstream_proxy_type;
+            legacy.upstream_proxy_host = d.legacy.upstream_proxy_host;
+            legacy.upstream_proxy_port = d.legacy.upstream_proxy_port;
             legacy.no_upstream = d.legacy.no_upstream;
             legacy.user_whitelist_domains = d.legacy.user_whitelist_domains;
             EnvSpec {
