@@ -23,6 +23,9 @@ fn kennel(args: &[&str], dir: &Path) -> Output {
         .env_remove("UPSTREAM_HTTP")
         .env_remove("UPSTREAM_PROXY")
         .env_remove("NO_UPSTREAM")
+        .env_remove("UPSTREAM_PROXY_TYPE")
+        .env_remove("UPSTREAM_PROXY_HOST")
+        .env_remove("UPSTREAM_PROXY_PORT")
         .env_remove("USER_WHITELIST_DOMAINS")
         .output()
         .expect("run kennel")
@@ -373,6 +376,30 @@ fn check_dotenv_legacy_variables() {
     assert_eq!(lines[0]["upstream"], "socks5h://host.docker.internal:8900");
     assert_eq!(lines[1]["upstream"], "direct");
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// Issue 9 item 8: `UPSTREAM_SOCKS5` and `UPSTREAM_HTTP` both set was refused; the replaced
+/// system used SOCKS5, and the warning names the file and line.
+#[test]
+fn check_dotenv_with_socks5_and_http_uses_socks5_and_warns_with_file_and_line() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join(".env"),
+        "UPSTREAM_SOCKS5=host.docker.internal:8900\nUPSTREAM_HTTP=host.docker.internal:3128\n",
+    )
+    .unwrap();
+    let o = kennel(&["policy", "check", "--dotenv", ".env"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("default upstream socks5h://host.docker.internal:8900"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).starts_with(".env:2: warning: UPSTREAM_HTTP is ignored because UPSTREAM_SOCKS5 (.env:1) is also set"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -2,3 +2,4 @@
 //! of kennel the bug was in. Each test says which issue it comes from.
 
 mod ci;
+mod legacy;

@@ -1,0 +1,176 @@
+//! Regressions in how kennel reads the replaced system's files (issue 9, item 8; issue 15,
+//! item 2): `kennel-policy` and `kennel-container` each interpreted the `.env` variables and
+//! disagreed at the edges. The documented table is checked against the one implementation and
+//! against the policy an environment's proxy is really given.
+
+use std::path::{Path, PathBuf};
+
+use kennel_container::spec::{EnvSpec, SpecOverrides};
+use kennel_policy::{Host, LegacyEnv, LegacySettings, Policy, Target};
+
+/// One row of the `.env` table in docs/environments.md: the `.env` text and the expected
+/// summary (the first code span of the second column).
+struct Row {
+    env: String,
+    want: String,
+}
+
+fn code_spans(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+fn docs_table() -> Vec<Row> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/environments.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/environments.md");
+    let start = text
+        .find("<!-- legacy-env-table -->")
+        .expect("table start marker");
+    let end = text
+        .find("<!-- /legacy-env-table -->")
+        .expect("table end marker");
+    let rows: Vec<Row> = text[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+            assert_eq!(cells.len(), 2, "a row has two columns: {l}");
+            let mut env = code_spans(cells[0]).join("\n");
+            env.push('\n');
+            let want = code_spans(cells[1])
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("no code span in the kennel column: {l}"));
+            Row { env, want }
+        })
+        .collect();
+    assert!(rows.len() >= 10, "table not found or cut short: {}", rows.len());
+    rows
+}
+
+/// What the legacy resolution amounts to, in the table's words.
+fn summary(s: &LegacySettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(u) = &s.upstream {
+        parts.push(format!("upstream {}", u.upstream));
+    }
+    let join = |v: &[kennel_policy::LegacyEntry]| {
+        v.iter()
+            .map(|e| e.pattern.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !s.no_upstream.is_empty() {
+        parts.push(format!("direct {}", join(&s.no_upstream)));
+    }
+    if !s.allow.is_empty() {
+        parts.push(format!("allow {}", join(&s.allow)));
+    }
+    if !s.warnings.is_empty() {
+        parts.push("warning".to_string());
+    }
+    if parts.is_empty() {
+        "no upstream".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A seed-layout workspace (no kennel.toml) with `.devcontainer/.env`.
+fn workspace(env: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let ws = d.path().join("task");
+    std::fs::create_dir_all(ws.join(".devcontainer")).expect("mkdir");
+    std::fs::write(ws.join(".devcontainer/.env"), env).expect("write .env");
+    (d, ws)
+}
+
+fn upstream(p: &Policy, host: &str) -> String {
+    p.upstream_for(&Host::parse(host).expect("host")).to_string()
+}
+
+/// Issue 9 item 8 / issue 15 item 2: the policy crate refused `.env` files the container
+/// backend accepted (and rendered differently, e.g. `UPSTREAM_PROXY=socks5://` kept local DNS
+/// there). Every documented row must mean the same to `kennel up`, to the environment's
+/// `policy.toml` (what its proxy loads) and to `kennel-proxy` given the file directly.
+#[test]
+fn docs_env_table_matches_the_one_legacy_resolution() {
+    for row in docs_table() {
+        let ctx = format!(".env:\n{}", row.env);
+        let (tmp, ws) = workspace(&row.env);
+        let dotenv = ws.join(".devcontainer/.env");
+        // The one implementation, as the proxy and `kennel policy check --dotenv` use it.
+        let resolved = LegacyEnv::from_dotenv(&dotenv).and_then(|l| l.resolve());
+        let spec = EnvSpec::from_workspace(&ws, &SpecOverrides::default());
+        if row.want == "error" {
+            let e = resolved.err().unwrap_or_else(|| panic!("{ctx}: no error"));
+            assert!(
+                e.to_string().starts_with(&format!("{}:", dotenv.display())),
+                "{ctx}: error does not name the file and line: {e}"
+            );
+            let e = spec
+                .err()
+                .unwrap_or_else(|| panic!("{ctx}: kennel up accepted it"));
+            assert!(
+                e.to_string().starts_with(&format!("{}:", dotenv.display())),
+                "{ctx}: kennel up error does not name the file and line: {e}"
+            );
+            continue;
+        }
+        let settings = resolved.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(summary(&settings), row.want, "{ctx}");
+        for w in &settings.warnings {
+            assert!(
+                w.starts_with(&format!("{}:", dotenv.display())),
+                "{ctx}: warning does not name the file and line: {w}"
+            );
+        }
+
+        // The environment's policy, as the daemon writes it and the proxy container loads it
+        // (the container gets no legacy variables of its own).
+        let spec = spec.unwrap_or_else(|e| panic!("{ctx}: kennel up refused it: {e}"));
+        let dir = tmp.path().join("state/policy");
+        let file = kennel_container::policy_dir::write_effective_policy(&dir, &spec, None)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let env_policy = Policy::load(&file).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        // The stand-alone proxy with the same file as `[policy] dotenv`.
+        let legacy = LegacyEnv::from_dotenv(&dotenv).expect("parsed above");
+        let proxy_policy = Policy::embedded_default_with(&legacy).expect("resolved above");
+
+        let want_default = settings
+            .upstream
+            .as_ref()
+            .map_or_else(|| "direct".to_string(), |u| u.upstream.to_string());
+        for p in [&env_policy, &proxy_policy] {
+            assert_eq!(upstream(p, "unrelated.example"), want_default, "{ctx}");
+            for e in &settings.no_upstream {
+                let h = format!("www.{}", e.pattern.domain);
+                assert_eq!(upstream(p, &h), "direct", "{ctx}: {h}");
+            }
+            for e in &settings.allow {
+                let t = Target::from_host_port(&format!("www.{}", e.pattern.domain), 443)
+                    .expect("target");
+                assert!(p.decide(&t).is_allowed(), "{ctx}: {t} not allowed");
+            }
+        }
+        // The credentials reach the environment's policy (they are used), but no summary shows
+        // them.
+        if row.env.contains("secret") {
+            let text = std::fs::read_to_string(&file).expect("read policy.toml");
+            assert!(text.contains("user:secret@"), "{ctx}: credentials dropped");
+            assert!(!summary(&settings).contains("secret"), "{ctx}");
+            for a in &settings.applied {
+                assert!(!a.to_string().contains("secret"), "{ctx}: {a}");
+            }
+            assert!(
+                text.lines()
+                    .filter(|l| l.starts_with('#'))
+                    .all(|l| !l.contains("secret")),
+                "{ctx}: credentials in a policy.toml comment"
+            );
+        }
+    }
+}
