@@ -178,6 +178,40 @@ impl Shared {
         Ok(Some(guard))
     }
 
+    /// What `--check` prints after the summary: the default upstream and every upstream route
+    /// (URLs without credentials: `Upstream`'s `Display` never shows them), then each legacy
+    /// variable that is set, where it was read and what it does.
+    pub fn check_report(&self) -> Vec<String> {
+        let p = self.store.current();
+        let mut out = vec![format!("upstream default: {}", p.default_upstream())];
+        for (hosts, cidrs, up) in p.upstream_routes() {
+            let matched: Vec<String> = hosts
+                .iter()
+                .map(ToString::to_string)
+                .chain(cidrs.iter().map(ToString::to_string))
+                .collect();
+            out.push(format!("upstream route: {} -> {up}", matched.join(", ")));
+        }
+        // A policy's own `[upstream] default` wins over the legacy variables' upstream.
+        let overridden = self
+            .legacy
+            .upstream
+            .as_ref()
+            .is_some_and(|u| &u.upstream != p.default_upstream());
+        for a in &self.legacy.applied {
+            let note = if overridden && a.effect.starts_with("default upstream") {
+                " (not applied: the policy sets [upstream] default)"
+            } else {
+                ""
+            };
+            out.push(format!("legacy: {a}{note}"));
+        }
+        if self.legacy.applied.is_empty() {
+            out.push("legacy: none of the replaced system's variables is set".to_string());
+        }
+        out
+    }
+
     /// One-line description of the policy in force.
     pub fn policy_summary(&self) -> String {
         let p = self.store.current();

@@ -80,6 +80,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.check {
         let shared = kennel_proxy::Shared::build(config)?;
         println!("config ok; policy: {}", shared.policy_summary());
+        for line in shared.check_report() {
+            println!("{line}");
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
