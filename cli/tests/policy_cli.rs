@@ -457,6 +457,43 @@ fn migrate_tinyproxy_filter() {
     );
 }
 
+/// Issue 9 item 9: the old `FilterURLs On` line was untranslatable, and the report implied
+/// every `.` matched any character; it now says so per line, for unescaped dots only.
+#[test]
+fn migrate_translates_the_url_filter_line_and_notes_unescaped_dots_per_line() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("filter"),
+        "://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\)\n://(.*\\.)?gitlab\\.com(/|$)\n\\.cloudfront\\.net$\napi.github\\.com\n",
+    )
+    .unwrap();
+    let o = kennel(&["policy", "migrate", "filter"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let patterns: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        patterns,
+        [".gitlab.com", ".gitlab.com", "*.cloudfront.net", ".api.github.com"]
+    );
+    assert!(!out.contains("NOT TRANSLATED"), "{out}");
+    assert!(
+        out.contains("#   line 4 api.github\\.com: the unescaped `.` at column 4 matched any character (e.g. apixgithub.com)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("#   line 3 \\.cloudfront\\.net$: the unescaped"),
+        "escaped dots reported as any-character: {out}"
+    );
+    assert!(
+        out.contains("#   line 1 ://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\): in basic regex syntax (Tinyproxy's default, FilterExtended Off) `?` is a literal character"),
+        "{out}"
+    );
+    assert!(
+        out.contains("#   line 2 ://(.*\\.)?gitlab\\.com(/|$) -> .gitlab.com: http://evil.example/x.gitlab.com/ allowed -> denied"),
+        "{out}"
+    );
+}
+
 #[test]
 fn migrate_seed_list_fully_translates() {
     let d = tmp();

@@ -253,9 +253,29 @@ fn migrate_file(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Per line, because only some lines had unescaped dots (or were URL filters).
+    let noted: Vec<_> = m
+        .lines
+        .iter()
+        .filter_map(|l| match &l.outcome {
+            Outcome::Translated { notes, .. } if !notes.is_empty() => Some((l, notes)),
+            _ => None,
+        })
+        .collect();
+    if !noted.is_empty() {
+        text.push_str("#\n# What the old lines did that kennel does not (per line):\n");
+        for (l, notes) in noted {
+            for n in notes {
+                text.push_str(&format!("#   line {} {}: {n}\n", l.line, l.original));
+            }
+        }
+    }
     text.push_str("#\n# Verdict changes (old Tinyproxy filter -> kennel):\n");
     for l in &m.lines {
-        if let Outcome::Translated { pattern, changes } = &l.outcome {
+        if let Outcome::Translated {
+            pattern, changes, ..
+        } = &l.outcome
+        {
             for c in changes {
                 text.push_str(&format!(
                     "#   line {} {} -> {pattern}: {} {} -> {}  ({})\n",
