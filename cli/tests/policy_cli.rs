@@ -432,7 +432,7 @@ fn migrate_tinyproxy_filter() {
         out.contains("#   line 2 github.com -> .github.com: github.com.evil.net allowed -> denied"),
         "{out}"
     );
-    assert!(out.contains("#   line 2 github.com -> .github.com: githubxcom allowed -> denied  (`.` in the old regex \"github.com\" matched any character"), "{out}");
+    assert!(out.contains("#   line 2 github.com -> .github.com: githubxcom allowed -> denied  (an unescaped `.` in the old regex \"github.com\" matched any character"), "{out}");
     assert!(
         out.contains("CONNECT to any port (e.g. github.com:22) was allowed"),
         "{out}"

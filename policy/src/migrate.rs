@@ -338,7 +338,7 @@ pub fn migrate_line(line: &str) -> Outcome {
             };
             let why = if old && !literal_dots.is_match(&host) {
                 format!(
-                    "`.` in the old regex {line:?} matched any character; kennel compares labels literally"
+                    "an unescaped `.` in the old regex {line:?} matched any character; kennel compares labels literally"
                 )
             } else if old {
                 format!(
@@ -540,11 +540,11 @@ impl UrlLine {
             }
             let why = if old {
                 format!(
-                    "the old URL filter {line:?} matched inside the path or query of a request to {host}; kennel decides on the host only"
+                    "the old URL filter `{line}` matched inside the path or query of a request to {host}; kennel decides on the host only"
                 )
             } else if self.syntax == Syntax::Basic && self.subdomains {
                 format!(
-                    "in basic regex syntax `?` is a literal character, so the old line {line:?} did not match this URL; kennel allows what the line was meant to allow"
+                    "in basic regex syntax `?` is a literal character, so the old line `{line}` did not match this URL; kennel allows what the line was meant to allow"
                 )
             } else {
                 format!("kennel's {pattern} covers {host:?}; the old URL filter did not match it")
@@ -561,7 +561,7 @@ impl UrlLine {
         ];
         if self.syntax == Syntax::Basic && self.subdomains {
             notes.push(format!(
-                "in basic regex syntax (Tinyproxy's default, FilterExtended Off) `?` is a literal character: as Tinyproxy compiled this line it matched no real URL of {d}; translated as it was meant, `(.*\\.)?` = any subdomain"
+                "in basic regex syntax (Tinyproxy's default, FilterExtended Off) `?` is a literal character: as Tinyproxy compiled this line it matched only URLs containing the text `.?{d}`, not requests to {d} or its subdomains; translated as it was meant, `(.*\\.)?` = any subdomain"
             ));
         }
         if let Some(n) = dot_note(&self.domain.toks, &unescaped_dots(line, self.domain_at)) {
