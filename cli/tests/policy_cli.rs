@@ -396,7 +396,9 @@ fn check_dotenv_with_socks5_and_http_uses_socks5_and_warns_with_file_and_line() 
         stdout(&o)
     );
     assert!(
-        stderr(&o).starts_with(".env:2: warning: UPSTREAM_HTTP is ignored because UPSTREAM_SOCKS5 (.env:1) is also set"),
+        stderr(&o).starts_with(
+            ".env:2: warning: UPSTREAM_HTTP is ignored because UPSTREAM_SOCKS5 (.env:1) is also set"
+        ),
         "{}",
         stderr(&o)
     );
@@ -473,7 +475,12 @@ fn migrate_translates_the_url_filter_line_and_notes_unescaped_dots_per_line() {
     let patterns: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
         patterns,
-        [".gitlab.com", ".gitlab.com", "*.cloudfront.net", ".api.github.com"]
+        [
+            ".gitlab.com",
+            ".gitlab.com",
+            "*.cloudfront.net",
+            ".api.github.com"
+        ]
     );
     assert!(!out.contains("NOT TRANSLATED"), "{out}");
     assert!(

@@ -8,8 +8,12 @@ use crate::hardening;
 use crate::spec::EnvSpec;
 
 fn plan(dir: &Path) -> EnvPlan {
-    let spec = EnvSpec::parse_str("name = \"t\"\nimage = \"img\"\n", &dir.join("kennel.toml"), dir)
-        .expect("spec");
+    let spec = EnvSpec::parse_str(
+        "name = \"t\"\nimage = \"img\"\n",
+        &dir.join("kennel.toml"),
+        dir,
+    )
+    .expect("spec");
     EnvPlan {
         spec,
         policy_dir: dir.to_path_buf(),

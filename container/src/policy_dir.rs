@@ -62,7 +62,10 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
         t.push_str(&format!("# legacy {a}\n"));
     }
     t.push_str("\n[upstream]\n");
-    t.push_str(&format!("default = {}\n", toml_str(&effective_upstream(spec)?)));
+    t.push_str(&format!(
+        "default = {}\n",
+        toml_str(&effective_upstream(spec)?)
+    ));
     if !legacy.no_upstream.is_empty() {
         let hosts: Vec<String> = legacy
             .no_upstream

@@ -307,7 +307,9 @@ impl LegacyEnv {
                 PolicyError::Located {
                     file: o.file.clone(),
                     line: o.line,
-                    col: o.col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX)),
+                    col: o
+                        .col
+                        .saturating_add(u32::try_from(chars).unwrap_or(u32::MAX)),
                     message,
                 }
             }
@@ -428,7 +430,10 @@ impl LegacyEnv {
             }
             let shown: Vec<String> = entries.iter().map(|e| e.pattern.to_string()).collect();
             if name == "NO_UPSTREAM" {
-                effects.insert(name, format!("direct (no upstream) for {}", shown.join(", ")));
+                effects.insert(
+                    name,
+                    format!("direct (no upstream) for {}", shown.join(", ")),
+                );
                 out.no_upstream = entries;
             } else {
                 effects.insert(name, format!("allowed: {}", shown.join(", ")));

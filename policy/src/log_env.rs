@@ -57,7 +57,10 @@ mod tests {
 
     #[test]
     fn kennel_log_wins_rust_log_is_the_alias_empty_is_unset() {
-        let f = log_filter(env(&[("KENNEL_LOG", "warn"), ("RUST_LOG", "debug")]), "info");
+        let f = log_filter(
+            env(&[("KENNEL_LOG", "warn"), ("RUST_LOG", "debug")]),
+            "info",
+        );
         assert_eq!((f.directive.as_str(), f.from), ("warn", Some("KENNEL_LOG")));
         let f = log_filter(env(&[("KENNEL_LOG", " "), ("RUST_LOG", "debug")]), "info");
         assert_eq!((f.directive.as_str(), f.from), ("debug", Some("RUST_LOG")));

@@ -355,7 +355,9 @@ pub fn migrate_line(line: &str) -> Outcome {
             });
         }
     }
-    let notes = dot_note(&re.toks, &unescaped_dots(line, 0)).into_iter().collect();
+    let notes = dot_note(&re.toks, &unescaped_dots(line, 0))
+        .into_iter()
+        .collect();
     Outcome::Translated {
         pattern,
         changes,
@@ -452,7 +454,11 @@ impl UrlLine {
             None => (false, rest),
         };
         let re = OldRegex::parse(domain).ok()?;
-        if re.anchor_start || re.anchor_end || re.apex_group || matches!(re.toks.first(), Some(Tok::Lit('.') | Tok::Any)) {
+        if re.anchor_start
+            || re.anchor_end
+            || re.apex_group
+            || matches!(re.toks.first(), Some(Tok::Lit('.') | Tok::Any))
+        {
             return None;
         }
         Some(UrlLine {
@@ -486,7 +492,8 @@ impl UrlLine {
                 (false, _) => domain_at(after),
                 // `(.*\.)?`: nothing, or anything ending in a dot.
                 (true, Syntax::Extended) => {
-                    domain_at(after) || (after + 1..=u.len()).any(|j| u[j - 1] == '.' && domain_at(j))
+                    domain_at(after)
+                        || (after + 1..=u.len()).any(|j| u[j - 1] == '.' && domain_at(j))
                 }
                 // In basic syntax `?` is a literal character: the group, then `?`.
                 (true, Syntax::Basic) => (after + 2..=u.len())
@@ -742,11 +749,15 @@ mod tests {
     fn dot_note_names_the_unescaped_dots_of_each_line() {
         assert_eq!(
             notes("api.github\\.com"),
-            ["the unescaped `.` at column 4 matched any character (e.g. apixgithub.com); kennel reads it as a literal dot"]
+            [
+                "the unescaped `.` at column 4 matched any character (e.g. apixgithub.com); kennel reads it as a literal dot"
+            ]
         );
         assert_eq!(
             notes("github.com"),
-            ["the unescaped `.` at column 7 matched any character (e.g. githubxcom); kennel reads it as a literal dot"]
+            [
+                "the unescaped `.` at column 7 matched any character (e.g. githubxcom); kennel reads it as a literal dot"
+            ]
         );
         assert!(notes("\\.cloudfront\\.net$").is_empty());
         assert!(notes("^github\\.com$").is_empty());

@@ -727,7 +727,11 @@ fn apply_legacy(b: &mut Builder, legacy: &LegacyEnv) -> Result<(), PolicyError> 
             b.route_idx.insert(&e.pattern, id);
         }
         b.routes.push(Route {
-            hosts: settings.no_upstream.into_iter().map(|e| e.pattern).collect(),
+            hosts: settings
+                .no_upstream
+                .into_iter()
+                .map(|e| e.pattern)
+                .collect(),
             cidrs: Vec::new(),
             upstream: Upstream::Direct,
         });

@@ -42,8 +42,8 @@ fn main() -> std::process::ExitCode {
 /// Logs to stderr, filtered by `KENNEL_LOG` (alias `RUST_LOG`, default `info`); colour only on a
 /// terminal. An invalid filter is reported, not silently replaced.
 fn init_tracing() {
-    use std::io::IsTerminal as _;
     use kennel_policy::log_env;
+    use std::io::IsTerminal as _;
     let env = |k: &str| std::env::var(k).ok();
     let chosen = log_env::log_filter(env, "info");
     let filter = tracing_subscriber::EnvFilter::try_new(&chosen.directive).unwrap_or_else(|e| {

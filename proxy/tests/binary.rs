@@ -376,7 +376,10 @@ fn rust_log_is_honoured_as_an_alias_and_kennel_log_wins() {
 
     let out = check_with_log_env(&[("KENNEL_LOG", "warn"), ("RUST_LOG", "debug")]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains(debug_line), "RUST_LOG won over KENNEL_LOG: {err}");
+    assert!(
+        !err.contains(debug_line),
+        "RUST_LOG won over KENNEL_LOG: {err}"
+    );
 
     let out = check_with_log_env(&[]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -47,7 +47,11 @@ fn docs_table() -> Vec<Row> {
             Row { env, want }
         })
         .collect();
-    assert!(rows.len() >= 10, "table not found or cut short: {}", rows.len());
+    assert!(
+        rows.len() >= 10,
+        "table not found or cut short: {}",
+        rows.len()
+    );
     rows
 }
 
@@ -89,7 +93,8 @@ fn workspace(env: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn upstream(p: &Policy, host: &str) -> String {
-    p.upstream_for(&Host::parse(host).expect("host")).to_string()
+    p.upstream_for(&Host::parse(host).expect("host"))
+        .to_string()
 }
 
 /// Issue 9 item 8 / issue 15 item 2: the policy crate refused `.env` files the container

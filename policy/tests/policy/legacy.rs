@@ -165,7 +165,10 @@ fn socks5_and_http_both_set_uses_socks5_with_a_warning_naming_file_and_line() {
     );
     let s = r.unwrap();
     assert_eq!(
-        s.upstream.as_ref().map(|u| u.upstream.to_string()).as_deref(),
+        s.upstream
+            .as_ref()
+            .map(|u| u.upstream.to_string())
+            .as_deref(),
         Some("socks5h://host.docker.internal:8900")
     );
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
@@ -175,7 +178,10 @@ fn socks5_and_http_both_set_uses_socks5_with_a_warning_naming_file_and_line() {
     );
     let env = LegacyEnv::from_dotenv(&p).unwrap();
     let pol = Policy::embedded_default_with(&env).unwrap();
-    assert_eq!(up(&pol, "github.com"), "socks5h://host.docker.internal:8900");
+    assert_eq!(
+        up(&pol, "github.com"),
+        "socks5h://host.docker.internal:8900"
+    );
 }
 
 /// Issue 9 item 8: the old `.env.example` spelled the upstream as three variables.
@@ -217,7 +223,10 @@ fn upstream_proxy_socks5_in_a_seed_env_resolves_names_at_the_far_end() {
     let (_, r) = resolve_dotenv(&d, "UPSTREAM_PROXY=socks5://host.docker.internal:8900\n");
     let s = r.unwrap();
     let u = s.upstream.unwrap();
-    assert_eq!(u.upstream.to_string(), "socks5h://host.docker.internal:8900");
+    assert_eq!(
+        u.upstream.to_string(),
+        "socks5h://host.docker.internal:8900"
+    );
     assert_eq!(u.url, "socks5h://host.docker.internal:8900");
     assert!(
         d.strip(&s.applied[0].to_string())
@@ -232,12 +241,30 @@ fn upstream_proxy_socks5_in_a_seed_env_resolves_names_at_the_far_end() {
 fn every_dotenv_error_names_file_line_and_column() {
     let d = Dir::new();
     let cases: &[(&str, &str)] = &[
-        ("# c\n  garbage\n", ".env:2:3: line \"garbage\" is not KEY=VALUE"),
-        ("\nUPSTREAM_SOCKS5=nohost\n", ".env:2:17: upstream \"socks5h://nohost\" has no port"),
-        ("UPSTREAM_SOCKS5=http://h:1\n", ".env:1:17: UPSTREAM_SOCKS5 is a http:// URL; expected host:port"),
-        ("UPSTREAM_HTTP='h:0'\n", ".env:1:16: upstream \"http://h:0\" has an invalid port"),
-        ("X=1\nNO_UPSTREAM=\"ok.com, bad..com\"\n", ".env:2:26: host pattern \"bad..com\" has an empty label"),
-        ("USER_WHITELIST_DOMAINS=a.com,^b\\.com$\n", ".env:1:30: regular expression"),
+        (
+            "# c\n  garbage\n",
+            ".env:2:3: line \"garbage\" is not KEY=VALUE",
+        ),
+        (
+            "\nUPSTREAM_SOCKS5=nohost\n",
+            ".env:2:17: upstream \"socks5h://nohost\" has no port",
+        ),
+        (
+            "UPSTREAM_SOCKS5=http://h:1\n",
+            ".env:1:17: UPSTREAM_SOCKS5 is a http:// URL; expected host:port",
+        ),
+        (
+            "UPSTREAM_HTTP='h:0'\n",
+            ".env:1:16: upstream \"http://h:0\" has an invalid port",
+        ),
+        (
+            "X=1\nNO_UPSTREAM=\"ok.com, bad..com\"\n",
+            ".env:2:26: host pattern \"bad..com\" has an empty label",
+        ),
+        (
+            "USER_WHITELIST_DOMAINS=a.com,^b\\.com$\n",
+            ".env:1:30: regular expression",
+        ),
         (
             "UPSTREAM_PROXY_TYPE=socks4\nUPSTREAM_PROXY_HOST=h\nUPSTREAM_PROXY_PORT=1\n",
             ".env:1:21: UPSTREAM_PROXY_TYPE \"socks4\" is not supported; expected socks5, http or https",
@@ -262,7 +289,10 @@ fn every_dotenv_error_names_file_line_and_column() {
     for (text, want) in cases {
         let (_, r) = resolve_dotenv(&d, text);
         let got = r.err().unwrap_or_else(|| panic!("no error for {text:?}"));
-        assert!(got.starts_with(want), "{text:?}\ngot:  {got}\nwant: {want}…");
+        assert!(
+            got.starts_with(want),
+            "{text:?}\ngot:  {got}\nwant: {want}…"
+        );
     }
 }
 
