@@ -179,3 +179,63 @@ fn docs_env_table_matches_the_one_legacy_resolution() {
         }
     }
 }
+
+/// Starts an in-process proxy whose legacy `.env` is `env` (nothing else sets the upstream),
+/// with an origin on loopback, and fetches `http://localhost:PORT/legacy` through it.
+async fn fetch_through_dotenv(env: &str) -> (u16, String, String) {
+    use kennel_test_support::proxy_harness::{TestProxy, curl};
+    use kennel_test_support::upstreams::Origin;
+    let origin = Origin::http().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dotenv = dir.path().join(".env");
+    std::fs::write(&dotenv, env).expect("write .env");
+    let policy = format!(
+        "[defaults]\nports = [{}]\n[allow]\nhosts = [\"localhost\"]\ncidrs = [\"127.0.0.0/8\"]\n",
+        origin.port()
+    );
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let proxy = TestProxy::start(&policy, &[("localhost", lo)], |cfg| {
+        cfg.policy.dotenv = Some(dotenv.clone());
+    })
+    .await
+    .unwrap_or_else(|e| panic!("proxy refused the .env:\n{env}\n{e:#}"));
+    let url = format!("http://localhost:{}/legacy", origin.port());
+    let out = curl(&["-w", "\n%{http_code}", "-x", &proxy.url(), &url])
+        .await
+        .expect("run curl");
+    let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
+    (origin.port(), status.to_string(), body.to_string())
+}
+
+/// Issue 9 item 8, with real traffic through a SOCKS5 server started here on loopback: a seed
+/// `.env` with both `UPSTREAM_SOCKS5` and `UPSTREAM_HTTP` made the proxy refuse to start; the
+/// replaced system used SOCKS5. The HTTP upstream is a closed port, so a request that went
+/// there would fail.
+#[tokio::test]
+async fn dotenv_with_socks5_and_http_sends_traffic_through_socks5() {
+    use kennel_test_support::upstreams::{UpstreamProxy, free_port};
+    let up = UpstreamProxy::microsocks(None).await;
+    let env = format!(
+        "UPSTREAM_SOCKS5={}\nUPSTREAM_HTTP=127.0.0.1:{}\n",
+        up.addr(),
+        free_port()
+    );
+    let (port, status, body) = fetch_through_dotenv(&env).await;
+    assert_eq!(status, "200", "{body}");
+    // socks5h: the name went to the upstream, which resolved it.
+    up.wait_log_contains(&format!("connected to localhost:{port}"))
+        .await;
+}
+
+/// Issue 9 item 8: `UPSTREAM_PROXY=socks5://…` in a seed `.env` meant names resolved at the
+/// far end (Tinyproxy); kennel sent the locally resolved address instead.
+#[tokio::test]
+async fn dotenv_upstream_proxy_socks5_sends_the_name_to_the_upstream() {
+    use kennel_test_support::upstreams::UpstreamProxy;
+    let up = UpstreamProxy::microsocks(None).await;
+    let env = format!("UPSTREAM_PROXY=socks5://{}\n", up.addr());
+    let (port, status, body) = fetch_through_dotenv(&env).await;
+    assert_eq!(status, "200", "{body}");
+    up.wait_log_contains(&format!("connected to localhost:{port}"))
+        .await;
+}
