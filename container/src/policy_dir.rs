@@ -58,8 +58,24 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
     t.push_str(&format!(
         "include = [\n  {{ path = \"{DEFAULT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{PROJECT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{LEGACY_LIST_FILE}\", format = \"seed\" }},\n]\n"
     ));
+    // Which legacy variables made this policy, for the person reading it. Values that lost
+    // their position still came from the workspace's `.devcontainer/.env`.
     for a in &legacy.applied {
-        t.push_str(&format!("# legacy {a}\n"));
+        let at = if spec.egress.legacy.origins.contains_key(a.name) {
+            a.at.clone()
+        } else {
+            spec.workspace
+                .join(crate::spec::SEED_DOTENV)
+                .display()
+                .to_string()
+        };
+        // A control character (a newline in a path) must not end the comment.
+        let line: String = format!("# legacy {} ({at}): {}", a.name, a.effect)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        t.push_str(&line);
+        t.push('\n');
     }
     t.push_str("\n[upstream]\n");
     t.push_str(&format!(

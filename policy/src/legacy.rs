@@ -219,6 +219,18 @@ impl LegacyEnv {
         Ok(env)
     }
 
+    /// Records where `name`'s value was written (e.g. after the variables travelled over the
+    /// daemon API). Returns false, recording nothing, for a name that is not a legacy variable.
+    pub fn set_origin(&mut self, name: &str, origin: Origin) -> bool {
+        match VARS.iter().find(|v| **v == name) {
+            Some(v) => {
+                self.origins.insert(v, origin);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
         Some(match key {
             "UPSTREAM_SOCKS5" => &mut self.upstream_socks5,

@@ -239,3 +239,40 @@ async fn dotenv_upstream_proxy_socks5_sends_the_name_to_the_upstream() {
     up.wait_log_contains(&format!("connected to localhost:{port}"))
         .await;
 }
+
+/// Issue 9 item 8: "every `.env` error names the file and line" must also hold after the spec
+/// crossed the daemon API (the daemon renders the environment's policy from it).
+#[test]
+fn legacy_origins_survive_the_daemon_api_into_the_environment_policy() {
+    use kennel_supervisord::api::types::SpecDoc;
+    let (tmp, ws) =
+        workspace("# proxy\nUPSTREAM_SOCKS5=h.example:8900\nUPSTREAM_HTTP=h.example:3128\n");
+    let dotenv = ws.join(".devcontainer/.env");
+    let spec = EnvSpec::from_workspace(&ws, &SpecOverrides::default()).expect("spec");
+    let wire = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialize");
+    let back: EnvSpec = serde_json::from_str::<SpecDoc>(&wire)
+        .expect("deserialize")
+        .into();
+    assert_eq!(back.egress.legacy, spec.egress.legacy);
+    let warnings = back.egress.legacy.resolve().expect("resolve").warnings;
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].starts_with(&format!("{}:3: warning:", dotenv.display())),
+        "{}",
+        warnings[0]
+    );
+    let file = kennel_container::policy_dir::write_effective_policy(
+        &tmp.path().join("policy"),
+        &back,
+        None,
+    )
+    .expect("write");
+    let text = std::fs::read_to_string(file).expect("read");
+    assert!(
+        text.contains(&format!(
+            "# legacy UPSTREAM_SOCKS5 ({}:2): default upstream socks5h://h.example:8900",
+            dotenv.display()
+        )),
+        "{text}"
+    );
+}
