@@ -23,6 +23,9 @@ fn kennel(args: &[&str], dir: &Path) -> Output {
         .env_remove("UPSTREAM_HTTP")
         .env_remove("UPSTREAM_PROXY")
         .env_remove("NO_UPSTREAM")
+        .env_remove("UPSTREAM_PROXY_TYPE")
+        .env_remove("UPSTREAM_PROXY_HOST")
+        .env_remove("UPSTREAM_PROXY_PORT")
         .env_remove("USER_WHITELIST_DOMAINS")
         .output()
         .expect("run kennel")
@@ -375,6 +378,32 @@ fn check_dotenv_legacy_variables() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// Issue 9 item 8: `UPSTREAM_SOCKS5` and `UPSTREAM_HTTP` both set was refused; the replaced
+/// system used SOCKS5, and the warning names the file and line.
+#[test]
+fn check_dotenv_with_socks5_and_http_uses_socks5_and_warns_with_file_and_line() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join(".env"),
+        "UPSTREAM_SOCKS5=host.docker.internal:8900\nUPSTREAM_HTTP=host.docker.internal:3128\n",
+    )
+    .unwrap();
+    let o = kennel(&["policy", "check", "--dotenv", ".env"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("default upstream socks5h://host.docker.internal:8900"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).starts_with(
+            ".env:2: warning: UPSTREAM_HTTP is ignored because UPSTREAM_SOCKS5 (.env:1) is also set"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn migrate_tinyproxy_filter() {
     let d = tmp();
@@ -405,7 +434,7 @@ fn migrate_tinyproxy_filter() {
         out.contains("#   line 2 github.com -> .github.com: github.com.evil.net allowed -> denied"),
         "{out}"
     );
-    assert!(out.contains("#   line 2 github.com -> .github.com: githubxcom allowed -> denied  (`.` in the old regex \"github.com\" matched any character"), "{out}");
+    assert!(out.contains("#   line 2 github.com -> .github.com: githubxcom allowed -> denied  (an unescaped `.` in the old regex \"github.com\" matched any character"), "{out}");
     assert!(
         out.contains("CONNECT to any port (e.g. github.com:22) was allowed"),
         "{out}"
@@ -427,6 +456,48 @@ fn migrate_tinyproxy_filter() {
     assert_eq!(
         stdout(&o),
         "allow api.github.com:443 (rule native.txt:2)\ndeny evilgithub.com:443 (not in allowlist)\n"
+    );
+}
+
+/// Issue 9 item 9: the old `FilterURLs On` line was untranslatable, and the report implied
+/// every `.` matched any character; it now says so per line, for unescaped dots only.
+#[test]
+fn migrate_translates_the_url_filter_line_and_notes_unescaped_dots_per_line() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("filter"),
+        "://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\)\n://(.*\\.)?gitlab\\.com(/|$)\n\\.cloudfront\\.net$\napi.github\\.com\n",
+    )
+    .unwrap();
+    let o = kennel(&["policy", "migrate", "filter"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let patterns: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        patterns,
+        [
+            ".gitlab.com",
+            ".gitlab.com",
+            "*.cloudfront.net",
+            ".api.github.com"
+        ]
+    );
+    assert!(!out.contains("NOT TRANSLATED"), "{out}");
+    assert!(
+        out.contains("#   line 4 api.github\\.com: the unescaped `.` at column 4 matched any character (e.g. apixgithub.com)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("#   line 3 \\.cloudfront\\.net$: the unescaped"),
+        "escaped dots reported as any-character: {out}"
+    );
+    assert!(
+        out.contains("#   line 1 ://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\): in basic regex syntax (Tinyproxy's default, FilterExtended Off) `?` is a literal character"),
+        "{out}"
+    );
+    assert!(
+        out.contains("#   line 2 ://(.*\\.)?gitlab\\.com(/|$) -> .gitlab.com: http://evil.example/x.gitlab.com/ allowed -> denied"),
+        "{out}"
     );
 }
 

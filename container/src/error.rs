@@ -37,12 +37,12 @@ pub enum SpecError {
         /// What is wrong and what is expected.
         message: String,
     },
-    /// The seed layout's `.devcontainer/.env` could not be parsed.
-    #[error("{}: {message}", path.display())]
+    /// The seed layout's `.devcontainer/.env` could not be parsed or is invalid.
+    #[error("{message}")]
     Legacy {
         /// The dotenv file.
         path: PathBuf,
-        /// The policy crate's message.
+        /// The policy crate's message (it names the file, line and column).
         message: String,
     },
 }

@@ -182,7 +182,8 @@ pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
             "--config".into(),
             format!("{PROXY_POLICY_DIR}/{PROXY_CONFIG_FILE}"),
         ]),
-        env: Some(vec!["RUST_LOG=info".into()]),
+        // The variable the proxy reads (RUST_LOG is only its alias).
+        env: Some(vec![format!("{}=info", kennel_policy::log_env::LOG_VAR)]),
         labels: Some(labels(env, "proxy", &plan.state_labels)),
         host_config: Some(host),
         networking_config: Some(NetworkingConfig {

@@ -24,4 +24,6 @@ pub use fake::FakeBackend;
 pub use spec::EnvSpec;
 
 #[cfg(test)]
+mod legacy_tests;
+#[cfg(test)]
 mod tests;

@@ -28,45 +28,24 @@ pub(crate) fn toml_str(s: &str) -> String {
     out
 }
 
-fn split_list(s: &str) -> Vec<String> {
-    s.split(|c: char| c == ',' || c.is_whitespace())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Seed meaning of a bare domain: apex and subdomains.
-fn seed_pattern(d: &str) -> String {
-    if d.starts_with('.') || d.starts_with("*.") {
-        d.to_string()
-    } else {
-        format!(".{d}")
-    }
-}
-
-/// The effective upstream: the spec's `egress.upstream`, else the legacy variables
-/// (`UPSTREAM_PROXY` URL, `UPSTREAM_SOCKS5` as `socks5h://`, `UPSTREAM_HTTP` as `http://`),
-/// else `direct`.
-pub fn effective_upstream(spec: &EnvSpec) -> String {
-    let l = &spec.egress.legacy;
+/// The effective default upstream URL (credentials included; never print it): the spec's
+/// `egress.upstream`, else what the legacy variables choose (decided by
+/// [`kennel_policy::LegacyEnv::resolve`], the same code the proxy and the CLI use), else
+/// `direct`.
+pub fn effective_upstream(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyError> {
     if let Some(u) = &spec.egress.upstream {
-        return u.clone();
+        return Ok(u.clone());
     }
-    if let Some(u) = &l.upstream_proxy {
-        return u.clone();
-    }
-    if let Some(h) = &l.upstream_socks5 {
-        return format!("socks5h://{h}");
-    }
-    if let Some(h) = &l.upstream_http {
-        return format!("http://{h}");
-    }
-    "direct".to_string()
+    let legacy = spec.egress.legacy.resolve()?;
+    Ok(legacy
+        .upstream
+        .map_or_else(|| "direct".to_string(), |u| u.url))
 }
 
-/// Renders `policy.toml` for `spec`.
-pub fn render_policy(spec: &EnvSpec) -> String {
+/// Renders `policy.toml` for `spec`. Fails only when the legacy variables are invalid (spec
+/// loading already rejects those, naming the `.env` file and line).
+pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyError> {
+    let legacy = spec.egress.legacy.resolve()?;
     let mut t = String::new();
     t.push_str(&format!(
         "# Effective egress policy of kennel environment {:?}, written by kennel when the\n\
@@ -79,24 +58,42 @@ pub fn render_policy(spec: &EnvSpec) -> String {
     t.push_str(&format!(
         "include = [\n  {{ path = \"{DEFAULT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{PROJECT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{LEGACY_LIST_FILE}\", format = \"seed\" }},\n]\n"
     ));
+    // Which legacy variables made this policy, for the person reading it. Values that lost
+    // their position still came from the workspace's `.devcontainer/.env`.
+    for a in &legacy.applied {
+        let at = if spec.egress.legacy.origins.contains_key(a.name) {
+            a.at.clone()
+        } else {
+            spec.workspace
+                .join(crate::spec::SEED_DOTENV)
+                .display()
+                .to_string()
+        };
+        // A control character (a newline in a path) must not end the comment.
+        let line: String = format!("# legacy {} ({at}): {}", a.name, a.effect)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        t.push_str(&line);
+        t.push('\n');
+    }
     t.push_str("\n[upstream]\n");
     t.push_str(&format!(
         "default = {}\n",
-        toml_str(&effective_upstream(spec))
+        toml_str(&effective_upstream(spec)?)
     ));
-    if let Some(no) = &spec.egress.legacy.no_upstream {
-        let hosts: Vec<String> = split_list(no)
+    if !legacy.no_upstream.is_empty() {
+        let hosts: Vec<String> = legacy
+            .no_upstream
             .iter()
-            .map(|d| toml_str(&seed_pattern(d)))
+            .map(|e| toml_str(&e.pattern.to_string()))
             .collect();
-        if !hosts.is_empty() {
-            t.push_str(&format!(
-                "\n[[upstream.route]]\nhosts = [{}]\nvia = \"direct\"\n",
-                hosts.join(", ")
-            ));
-        }
+        t.push_str(&format!(
+            "\n[[upstream.route]]\nhosts = [{}]\nvia = \"direct\"\n",
+            hosts.join(", ")
+        ));
     }
-    t
+    Ok(t)
 }
 
 fn write_atomic(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
@@ -112,12 +109,19 @@ fn write_atomic(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBu
 /// Writes an environment's effective policy directory: `policy.toml`, `default-whitelist.txt`
 /// (embedded, seed format), `whitelist.txt` (imported copy of the project's whitelist, seed
 /// format), `legacy-whitelist.txt` (`USER_WHITELIST_DOMAINS`). Each file is replaced atomically
-/// (temp + rename). Creates `dir` if missing. Returns the path of `policy.toml`.
+/// (temp + rename). Creates `dir` if missing. Returns the path of `policy.toml`. Invalid legacy
+/// variables (rejected earlier by spec loading) are an `InvalidData` error carrying the policy
+/// crate's message, which names the `.env` file and line.
 pub fn write_effective_policy(
     dir: &Path,
     spec: &EnvSpec,
     project_whitelist: Option<&str>,
 ) -> Result<PathBuf, std::io::Error> {
+    let invalid = |e: kennel_policy::PolicyError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let legacy = spec.egress.legacy.resolve().map_err(invalid)?;
+    let policy = render_policy(spec).map_err(invalid)?;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     write_atomic(dir, DEFAULT_LIST_FILE, kennel_policy::EMBEDDED_DEFAULT_LIST)?;
@@ -126,18 +130,12 @@ pub fn write_effective_policy(
         PROJECT_LIST_FILE,
         project_whitelist.unwrap_or("# no project whitelist\n"),
     )?;
-    let legacy = spec
-        .egress
-        .legacy
-        .user_whitelist_domains
-        .as_deref()
-        .map(split_list)
-        .unwrap_or_default();
     let mut legacy_text = String::from("# USER_WHITELIST_DOMAINS from .devcontainer/.env\n");
-    for d in legacy {
-        legacy_text.push_str(&d);
+    for e in &legacy.allow {
+        // The entry as written: seed format, read back with the same meaning.
+        legacy_text.push_str(&e.text);
         legacy_text.push('\n');
     }
     write_atomic(dir, LEGACY_LIST_FILE, &legacy_text)?;
-    write_atomic(dir, POLICY_FILE, &render_policy(spec))
+    write_atomic(dir, POLICY_FILE, &policy)
 }

@@ -552,10 +552,17 @@ fn load_legacy(workspace: &Path) -> Result<LegacyEnv, SpecError> {
     if !dotenv.is_file() {
         return Ok(LegacyEnv::default());
     }
-    LegacyEnv::from_dotenv(&dotenv).map_err(|e| SpecError::Legacy {
+    let legacy = LegacyEnv::from_dotenv(&dotenv).map_err(|e| SpecError::Legacy {
+        path: dotenv.clone(),
+        message: e.to_string(),
+    })?;
+    // Rejected here, at `kennel up`, with the file and line, rather than when the policy is
+    // written.
+    legacy.resolve().map_err(|e| SpecError::Legacy {
         path: dotenv,
         message: e.to_string(),
-    })
+    })?;
+    Ok(legacy)
 }
 
 fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec>, SpecError> {

@@ -128,7 +128,7 @@ fn seed_layout_without_kennel_toml() {
     );
     // The legacy upstream becomes the policy's default upstream, names resolved remotely.
     assert_eq!(
-        policy_dir::effective_upstream(&s),
+        policy_dir::effective_upstream(&s).expect("valid legacy variables"),
         "socks5h://host.docker.internal:8900"
     );
 

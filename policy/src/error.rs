@@ -30,16 +30,6 @@ pub enum PolicyError {
         /// What is wrong and what was expected.
         message: String,
     },
-    /// Two settings that each choose the default upstream were both given.
-    #[error(
-        "{first} and {second} are both set; they both choose the default upstream, set only one"
-    )]
-    Conflict {
-        /// The first setting's name.
-        first: String,
-        /// The second setting's name.
-        second: String,
-    },
     /// A credentials source named by the policy is unusable (e.g. unset environment variable).
     #[error("{}:{line}:{col}: {message}", file.display())]
     Credentials {
@@ -64,7 +54,7 @@ impl PolicyError {
             | PolicyError::Credentials {
                 file, line, col, ..
             } => Some((file.as_path(), *line, *col)),
-            PolicyError::Io { .. } | PolicyError::Conflict { .. } => None,
+            PolicyError::Io { .. } => None,
         }
     }
 

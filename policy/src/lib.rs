@@ -17,6 +17,7 @@ mod target;
 mod upstream;
 
 pub mod addr;
+pub mod log_env;
 pub mod migrate;
 pub mod reload;
 
@@ -24,7 +25,7 @@ use std::path::Path;
 
 pub use error::{PolicyError, TargetError};
 pub use hint::{Edit, Hint};
-pub use legacy::LegacyEnv;
+pub use legacy::{AppliedVar, LegacyEntry, LegacyEnv, LegacySettings, LegacyUpstream, Origin};
 pub use model::{Decision, Mode, Policy, PolicyStats, Reason, RuleRef, Verdict};
 pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat};
 pub use pattern::{HostPattern, PatternKind};

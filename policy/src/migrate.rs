@@ -13,8 +13,12 @@
 //! | `\.D$`, `\.D`   | `*.D`           |
 //! | `^D$`, `^D`     | `D`             |
 //! | `*.D`, `.D`     | unchanged (already native) |
+//! | `://\(.*\.\)?D\(/\|$\)`, `://(.*\.)?D(/\|$)` | `.D` (a `FilterURLs On` line, basic or `-E` syntax) |
+//! | `://D\(/\|$\)`, `://D(/\|$)` | `D` |
 //!
-//! Anything else (alternation, classes, repetition …) is reported as untranslatable.
+//! Anything else (alternation, classes, repetition …) is reported as untranslatable. Only an
+//! unescaped `.` matched any character; each translated line's notes say which of its dots
+//! were unescaped.
 
 use crate::pattern::{HostPattern, PatternKind};
 
@@ -36,8 +40,12 @@ pub enum Outcome {
     Translated {
         /// The native pattern.
         pattern: HostPattern,
-        /// Example hosts whose verdict differs between the old regex and the pattern.
+        /// Example hosts (for a URL filter line, example URLs) whose verdict differs between
+        /// the old regex and the pattern.
         changes: Vec<Change>,
+        /// What this line meant to Tinyproxy that the pattern does not carry over, e.g. which
+        /// of its dots were unescaped and so matched any character.
+        notes: Vec<String>,
     },
     /// No native equivalent; the line is listed, not dropped.
     Untranslatable {
@@ -49,7 +57,7 @@ pub enum Outcome {
 /// An example host whose verdict changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The example host.
+    /// The example host (for a URL filter line, the example request URL).
     pub host: String,
     /// Whether the old Tinyproxy filter allowed it.
     pub old_allowed: bool,
@@ -296,9 +304,13 @@ pub fn migrate_line(line: &str) -> Outcome {
             Ok(pattern) => Outcome::Translated {
                 pattern,
                 changes: Vec::new(),
+                notes: Vec::new(),
             },
             Err((_, m)) => Outcome::Untranslatable { why: m },
         };
+    }
+    if let Some(shape) = UrlLine::parse(line) {
+        return shape.migrate(line);
     }
     let re = match OldRegex::parse(line) {
         Ok(re) => re,
@@ -326,7 +338,7 @@ pub fn migrate_line(line: &str) -> Outcome {
             };
             let why = if old && !literal_dots.is_match(&host) {
                 format!(
-                    "`.` in the old regex {line:?} matched any character; kennel compares labels literally"
+                    "an unescaped `.` in the old regex {line:?} matched any character; kennel compares labels literally"
                 )
             } else if old {
                 format!(
@@ -343,7 +355,231 @@ pub fn migrate_line(line: &str) -> Outcome {
             });
         }
     }
-    Outcome::Translated { pattern, changes }
+    let notes = dot_note(&re.toks, &unescaped_dots(line, 0))
+        .into_iter()
+        .collect();
+    Outcome::Translated {
+        pattern,
+        changes,
+        notes,
+    }
+}
+
+/// 1-based columns of the unescaped `.`s in `line`, from byte `from` on (escapes are skipped).
+fn unescaped_dots(line: &str, from: usize) -> Vec<usize> {
+    let mut cols = Vec::new();
+    let mut chars = line.char_indices();
+    let mut col = 0;
+    while let Some((i, c)) = chars.next() {
+        col += 1;
+        if c == '\\' {
+            chars.next();
+            col += 1;
+        } else if c == '.' && i >= from {
+            cols.push(col);
+        }
+    }
+    cols
+}
+
+/// The per-line note on unescaped dots: which columns, and an example host each let through.
+/// `cols` are the columns of the `Tok::Any`s of `toks`, in order.
+fn dot_note(toks: &[Tok], cols: &[usize]) -> Option<String> {
+    if cols.is_empty() {
+        return None;
+    }
+    let example: String = {
+        let mut replaced = false;
+        toks.iter()
+            .map(|t| match t {
+                Tok::Any if !replaced => {
+                    replaced = true;
+                    'x'
+                }
+                Tok::Any => '.',
+                Tok::Lit(c) => *c,
+            })
+            .collect()
+    };
+    let at = match cols {
+        [one] => format!("the unescaped `.` at column {one}"),
+        more => format!(
+            "the unescaped `.`s at columns {}",
+            more.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Some(format!(
+        "{at} matched any character (e.g. {example}); kennel reads it as a literal dot"
+    ))
+}
+
+/// Regex syntax of a URL filter line: basic (Tinyproxy's default, `FilterExtended Off`) or
+/// extended (`-E`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    Basic,
+    Extended,
+}
+
+/// The `FilterURLs On` shape `://` + optional `(.*\.)?` + domain + `(/|$)`, matched by Tinyproxy
+/// against the whole request URL.
+#[derive(Debug)]
+struct UrlLine {
+    syntax: Syntax,
+    /// Whether the optional-subdomain group `(.*\.)?` is present.
+    subdomains: bool,
+    /// The domain part, parsed like a host-shaped line.
+    domain: OldRegex,
+    /// Byte offset of the domain part in the line.
+    domain_at: usize,
+}
+
+impl UrlLine {
+    fn parse(line: &str) -> Option<UrlLine> {
+        let rest = line.strip_prefix("://")?;
+        let (syntax, rest) = if let Some(r) = rest.strip_suffix("\\(/\\|$\\)") {
+            (Syntax::Basic, r)
+        } else {
+            (Syntax::Extended, rest.strip_suffix("(/|$)")?)
+        };
+        let group = match syntax {
+            Syntax::Basic => "\\(.*\\.\\)?",
+            Syntax::Extended => "(.*\\.)?",
+        };
+        let (subdomains, domain) = match rest.strip_prefix(group) {
+            Some(d) => (true, d),
+            None => (false, rest),
+        };
+        let re = OldRegex::parse(domain).ok()?;
+        if re.anchor_start
+            || re.anchor_end
+            || re.apex_group
+            || matches!(re.toks.first(), Some(Tok::Lit('.') | Tok::Any))
+        {
+            return None;
+        }
+        Some(UrlLine {
+            syntax,
+            subdomains,
+            // `line` is "://" + `rest`, and `rest` ends with `domain`.
+            domain_at: 3 + (rest.len() - domain.len()),
+            domain: re,
+        })
+    }
+
+    /// Whether Tinyproxy's regex matched `url` (unanchored, case-insensitive).
+    fn is_match(&self, url: &str) -> bool {
+        let u: Vec<char> = url.to_ascii_lowercase().chars().collect();
+        let toks = &self.domain.toks;
+        let domain_at = |j: usize| {
+            let end = j + toks.len();
+            end <= u.len()
+                && toks.iter().zip(&u[j..end]).all(|(t, c)| match t {
+                    Tok::Any => true,
+                    Tok::Lit(l) => l == c,
+                })
+                && (end == u.len() || u[end] == '/')
+        };
+        (0..u.len().saturating_sub(2)).any(|i| {
+            if u[i..i + 3] != [':', '/', '/'] {
+                return false;
+            }
+            let after = i + 3;
+            match (self.subdomains, self.syntax) {
+                (false, _) => domain_at(after),
+                // `(.*\.)?`: nothing, or anything ending in a dot.
+                (true, Syntax::Extended) => {
+                    domain_at(after)
+                        || (after + 1..=u.len()).any(|j| u[j - 1] == '.' && domain_at(j))
+                }
+                // In basic syntax `?` is a literal character: the group, then `?`.
+                (true, Syntax::Basic) => (after + 2..=u.len())
+                    .any(|j| u[j - 2] == '.' && u[j - 1] == '?' && domain_at(j)),
+            }
+        })
+    }
+
+    fn migrate(&self, line: &str) -> Outcome {
+        let domain: String = self
+            .domain
+            .toks
+            .iter()
+            .map(|t| match t {
+                Tok::Lit(c) => *c,
+                Tok::Any => '.',
+            })
+            .collect();
+        let text = if self.subdomains {
+            format!(".{domain}")
+        } else {
+            domain.clone()
+        };
+        let pattern = match HostPattern::parse(&text) {
+            Ok(p) => p,
+            Err((_, m)) => {
+                return Outcome::Untranslatable {
+                    why: format!("the translation is not a valid pattern: {m}"),
+                };
+            }
+        };
+        let d = &pattern.domain;
+        let mut changes = Vec::new();
+        for url in [
+            format!("http://{d}/"),
+            format!("http://www.{d}/"),
+            format!("http://evil{d}/"),
+            format!("http://{d}.evil.example/"),
+            format!("http://evil.example/x.{d}/"),
+            format!("http://evil.example/?next=http://{d}/"),
+        ] {
+            let host = url
+                .trim_start_matches("http://")
+                .split(['/', '?'])
+                .next()
+                .unwrap_or_default();
+            let old = self.is_match(&url);
+            let new = crate::target::normalize_name(host).is_some_and(|h| pattern.matches(&h));
+            if old == new {
+                continue;
+            }
+            let why = if old {
+                format!(
+                    "the old URL filter `{line}` matched inside the path or query of a request to {host}; kennel decides on the host only"
+                )
+            } else if self.syntax == Syntax::Basic && self.subdomains {
+                format!(
+                    "in basic regex syntax `?` is a literal character, so the old line `{line}` did not match this URL; kennel allows what the line was meant to allow"
+                )
+            } else {
+                format!("kennel's {pattern} covers {host:?}; the old URL filter did not match it")
+            };
+            changes.push(Change {
+                host: url,
+                old_allowed: old,
+                new_allowed: new,
+                why,
+            });
+        }
+        let mut notes = vec![
+            "a URL filter line (FilterURLs On): Tinyproxy matched it against the whole request URL; kennel decides on the host and port only".to_string(),
+        ];
+        if self.syntax == Syntax::Basic && self.subdomains {
+            notes.push(format!(
+                "in basic regex syntax (Tinyproxy's default, FilterExtended Off) `?` is a literal character: as Tinyproxy compiled this line it matched only URLs containing the text `.?{d}`, not requests to {d} or its subdomains; translated as it was meant, `(.*\\.)?` = any subdomain"
+            ));
+        }
+        if let Some(n) = dot_note(&self.domain.toks, &unescaped_dots(line, self.domain_at)) {
+            notes.push(n);
+        }
+        Outcome::Translated {
+            pattern,
+            changes,
+            notes,
+        }
+    }
 }
 
 /// Translates a seed list or Tinyproxy filter file.
@@ -369,7 +605,9 @@ mod tests {
 
     fn translated(line: &str) -> (String, Vec<String>) {
         match migrate_line(line) {
-            Outcome::Translated { pattern, changes } => (
+            Outcome::Translated {
+                pattern, changes, ..
+            } => (
                 pattern.to_string(),
                 changes.into_iter().map(|c| c.host).collect(),
             ),
@@ -449,5 +687,82 @@ mod tests {
             m.patterns().map(|p| p.to_string()).collect::<Vec<_>>(),
             vec![".github.com"]
         );
+    }
+
+    fn notes(line: &str) -> Vec<String> {
+        match migrate_line(line) {
+            Outcome::Translated { notes, .. } => notes,
+            Outcome::Untranslatable { why } => panic!("{line}: {why}"),
+        }
+    }
+
+    /// Issue 9 item 9: the URL filter line Tinyproxy's setup wrote with `FilterURLs On`, in
+    /// basic-regex syntax and in its `-E` spelling, was reported as untranslatable.
+    #[test]
+    fn url_filter_line_with_optional_subdomain_group_translates() {
+        for line in [
+            "://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\)",
+            "://(.*\\.)?gitlab\\.com(/|$)",
+        ] {
+            let (p, _) = translated(line);
+            assert_eq!(p, ".gitlab.com", "{line}");
+        }
+        for line in ["://gitlab\\.com\\(/\\|$\\)", "://gitlab\\.com(/|$)"] {
+            let (p, _) = translated(line);
+            assert_eq!(p, "gitlab.com", "{line}");
+        }
+        // The ERE spelling: `.*` also ran across the host into the path.
+        let (_, changes) = translated("://(.*\\.)?gitlab\\.com(/|$)");
+        assert_eq!(
+            changes,
+            [
+                "http://evil.example/x.gitlab.com/",
+                "http://evil.example/?next=http://gitlab.com/"
+            ]
+        );
+        // In basic syntax `?` is a literal character: as Tinyproxy compiled it, the line matched
+        // no real gitlab URL, which the report says.
+        let (_, changes) = translated("://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\)");
+        assert_eq!(
+            changes,
+            ["http://gitlab.com/", "http://www.gitlab.com/"],
+            "basic-regex `?` is literal"
+        );
+        let n = notes("://\\(.*\\.\\)?gitlab\\.com\\(/\\|$\\)").join("\n");
+        assert!(n.contains("`?` is a literal character"), "{n}");
+        // Other URL-ish shapes stay untranslatable rather than guessed.
+        for line in [
+            "://(.*\\.)?gitlab\\.com",
+            "^https?://(.*\\.)?gitlab\\.com(/|$)",
+            "://(a|b)\\.com(/|$)",
+        ] {
+            assert!(
+                matches!(migrate_line(line), Outcome::Untranslatable { .. }),
+                "{line}"
+            );
+        }
+    }
+
+    /// Issue 9 item 9: the report said `.` matched any character for every line; only an
+    /// unescaped `.` did, and the report now says which, per line.
+    #[test]
+    fn dot_note_names_the_unescaped_dots_of_each_line() {
+        assert_eq!(
+            notes("api.github\\.com"),
+            [
+                "the unescaped `.` at column 4 matched any character (e.g. apixgithub.com); kennel reads it as a literal dot"
+            ]
+        );
+        assert_eq!(
+            notes("github.com"),
+            [
+                "the unescaped `.` at column 7 matched any character (e.g. githubxcom); kennel reads it as a literal dot"
+            ]
+        );
+        assert!(notes("\\.cloudfront\\.net$").is_empty());
+        assert!(notes("^github\\.com$").is_empty());
+        assert!(notes("*.example.com").is_empty(), "native, not a regex");
+        let (_, changes) = translated("\\.cloudfront\\.net");
+        assert!(!changes.iter().any(|h| h.contains('x')), "{changes:?}");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::pattern::HostIndex;
+use crate::pattern::{HostIndex, HostPattern};
 use crate::target::{Host, Target};
 use crate::upstream::Upstream;
 
@@ -170,6 +170,9 @@ pub(crate) struct CidrEntry {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
+    /// The host patterns routed this way (kept for [`Policy::upstream_routes`]; matching
+    /// goes through `route_idx`).
+    pub(crate) hosts: Vec<HostPattern>,
     pub(crate) cidrs: Vec<IpNet>,
     pub(crate) upstream: Upstream,
 }
@@ -357,6 +360,14 @@ impl Policy {
     /// The default upstream (used when no route matches).
     pub fn default_upstream(&self) -> &Upstream {
         &self.default_upstream
+    }
+
+    /// The `[[upstream.route]]`s (and the `NO_UPSTREAM` route) in the order they were given:
+    /// host patterns, CIDRs, upstream. The upstream's `Display` never shows credentials.
+    pub fn upstream_routes(&self) -> impl Iterator<Item = (&[HostPattern], &[IpNet], &Upstream)> {
+        self.routes
+            .iter()
+            .map(|r| (r.hosts.as_slice(), r.cidrs.as_slice(), &r.upstream))
     }
 
     /// `enforce` or `report`.

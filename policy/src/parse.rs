@@ -692,45 +692,32 @@ pub(crate) fn build_from_toml_recording(
             }
             let upstream = ctx.upstream(&mut b, &rr.via, rr.credentials.as_ref(), "credentials")?;
             let id = u32::try_from(b.routes.len()).unwrap_or(u32::MAX);
+            let mut hosts = Vec::with_capacity(rr.hosts.len());
             for h in &rr.hosts {
                 let p = ctx.pattern(h)?;
                 b.route_idx.insert(&p, id);
+                hosts.push(p);
             }
             let mut cidrs = Vec::new();
             for c in &rr.cidrs {
                 cidrs.push(ctx.cidr(c)?);
             }
-            b.routes.push(Route { cidrs, upstream });
+            b.routes.push(Route {
+                hosts,
+                cidrs,
+                upstream,
+            });
         }
     }
     apply_legacy(&mut b, legacy)?;
     Ok(b.finish())
 }
 
-/// Splits a legacy list variable on commas and whitespace: (byte offset, entry).
-fn split_legacy(v: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in v.char_indices() {
-        let sep = c == ',' || c.is_whitespace();
-        match (sep, start) {
-            (true, Some(s)) => {
-                out.push((s, &v[s..i]));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push((s, &v[s..]));
-    }
-    out
-}
-
+/// Applies the legacy variables as [`LegacyEnv::resolve`] decides: their default upstream
+/// (unless the policy set one), `NO_UPSTREAM` as direct routes, `USER_WHITELIST_DOMAINS` as an
+/// allow list named `$USER_WHITELIST_DOMAINS`.
 fn apply_legacy(b: &mut Builder, legacy: &LegacyEnv) -> Result<(), PolicyError> {
-    let entries = legacy.entries();
-    for (name, value) in &entries {
+    for (name, value) in legacy.entries() {
         // The upstream variables may carry user:password (UPSTREAM_PROXY=http://u:p@h:port).
         if name.starts_with("UPSTREAM_") {
             b.hash_secret(&format!("${name}"), value.as_bytes());
@@ -738,55 +725,34 @@ fn apply_legacy(b: &mut Builder, legacy: &LegacyEnv) -> Result<(), PolicyError> 
             b.hash_part(&format!("${name}"), value.as_bytes());
         }
     }
-    let upstream_vars: Vec<(&str, &str)> = entries
-        .iter()
-        .copied()
-        .filter(|(n, _)| matches!(*n, "UPSTREAM_SOCKS5" | "UPSTREAM_HTTP" | "UPSTREAM_PROXY"))
-        .collect();
-    if let [(a, _), (c, _), ..] = upstream_vars.as_slice() {
-        return Err(PolicyError::Conflict {
-            first: (*a).to_string(),
-            second: (*c).to_string(),
-        });
-    }
-    if let Some((name, value)) = upstream_vars.first()
+    let settings = legacy.resolve()?;
+    if let Some(up) = settings.upstream
         && !b.default_upstream_set
     {
-        let url = match *name {
-            _ if value.contains("://") => (*value).to_string(),
-            "UPSTREAM_SOCKS5" => format!("socks5h://{value}"),
-            "UPSTREAM_HTTP" => format!("http://{value}"),
-            _ => (*value).to_string(),
-        };
-        let file = PathBuf::from(format!("${name}"));
-        b.default_upstream =
-            parse_upstream_url(&url).map_err(|m| PolicyError::at(&file, value, 0, m))?;
+        b.default_upstream = up.upstream;
         b.default_upstream_set = true;
     }
-    for (name, value) in &entries {
-        if !matches!(*name, "NO_UPSTREAM" | "USER_WHITELIST_DOMAINS") {
-            continue;
+    if !settings.allow.is_empty() {
+        let display: Arc<str> = Arc::from("$USER_WHITELIST_DOMAINS");
+        b.add_list(
+            &display,
+            settings.allow.into_iter().map(|e| (e.pattern, 1)).collect(),
+        );
+    }
+    if !settings.no_upstream.is_empty() {
+        let id = u32::try_from(b.routes.len()).unwrap_or(u32::MAX);
+        for e in &settings.no_upstream {
+            b.route_idx.insert(&e.pattern, id);
         }
-        let file = PathBuf::from(format!("${name}"));
-        let display: Arc<str> = Arc::from(format!("${name}"));
-        let mut parsed = Vec::new();
-        for (off, entry) in split_legacy(value) {
-            let p = parse_seed_entry(entry)
-                .map_err(|(at, m)| PolicyError::at(&file, value, off + at, m))?;
-            parsed.push(p);
-        }
-        if *name == "USER_WHITELIST_DOMAINS" {
-            b.add_list(&display, parsed.into_iter().map(|p| (p, 1)).collect());
-        } else {
-            let id = u32::try_from(b.routes.len()).unwrap_or(u32::MAX);
-            for p in &parsed {
-                b.route_idx.insert(p, id);
-            }
-            b.routes.push(Route {
-                cidrs: Vec::new(),
-                upstream: Upstream::Direct,
-            });
-        }
+        b.routes.push(Route {
+            hosts: settings
+                .no_upstream
+                .into_iter()
+                .map(|e| e.pattern)
+                .collect(),
+            cidrs: Vec::new(),
+            upstream: Upstream::Direct,
+        });
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub struct Shared {
     pub loaded_at: Mutex<SystemTime>,
     /// False once shutdown began (`/readyz` → 503).
     pub ready: AtomicBool,
+    /// The legacy variables applied (process environment and `[policy] dotenv`).
+    pub legacy: kennel_policy::LegacySettings,
 }
 
 /// Start-up failed.
@@ -102,14 +104,12 @@ impl Shared {
             LegacyEnv::default()
         };
         if let Some(p) = &config.policy.dotenv {
-            let d = LegacyEnv::from_dotenv(p)?;
-            legacy = LegacyEnv {
-                upstream_socks5: d.upstream_socks5.or(legacy.upstream_socks5),
-                upstream_http: d.upstream_http.or(legacy.upstream_http),
-                upstream_proxy: d.upstream_proxy.or(legacy.upstream_proxy),
-                no_upstream: d.no_upstream.or(legacy.no_upstream),
-                user_whitelist_domains: d.user_whitelist_domains.or(legacy.user_whitelist_domains),
-            };
+            legacy = LegacyEnv::from_dotenv(p)?.or(legacy);
+        }
+        // Resolved once here so its warnings are logged once, not on every reload.
+        let legacy_settings = legacy.resolve()?;
+        for w in &legacy_settings.warnings {
+            tracing::warn!("{w}");
         }
         let reloader = Arc::new(Reloader::new(config.policy.file.clone(), legacy)?);
         let dialer = upstream::UpstreamDialer::new(&upstream::UpstreamSettings {
@@ -128,6 +128,7 @@ impl Shared {
             registry: registry::Registry::default(),
             loaded_at: Mutex::new(SystemTime::now()),
             ready: AtomicBool::new(true),
+            legacy: legacy_settings,
             config,
         }))
     }
@@ -176,6 +177,40 @@ impl Shared {
             }
         })?;
         Ok(Some(guard))
+    }
+
+    /// What `--check` prints after the summary: the default upstream and every upstream route
+    /// (URLs without credentials: `Upstream`'s `Display` never shows them), then each legacy
+    /// variable that is set, where it was read and what it does.
+    pub fn check_report(&self) -> Vec<String> {
+        let p = self.store.current();
+        let mut out = vec![format!("upstream default: {}", p.default_upstream())];
+        for (hosts, cidrs, up) in p.upstream_routes() {
+            let matched: Vec<String> = hosts
+                .iter()
+                .map(ToString::to_string)
+                .chain(cidrs.iter().map(ToString::to_string))
+                .collect();
+            out.push(format!("upstream route: {} -> {up}", matched.join(", ")));
+        }
+        // A policy's own `[upstream] default` wins over the legacy variables' upstream.
+        let overridden = self
+            .legacy
+            .upstream
+            .as_ref()
+            .is_some_and(|u| &u.upstream != p.default_upstream());
+        for a in &self.legacy.applied {
+            let note = if overridden && a.effect.starts_with("default upstream") {
+                " (not applied: the policy sets [upstream] default)"
+            } else {
+                ""
+            };
+            out.push(format!("legacy: {a}{note}"));
+        }
+        if self.legacy.applied.is_empty() {
+            out.push("legacy: none of the replaced system's variables is set".to_string());
+        }
+        out
     }
 
     /// One-line description of the policy in force.

@@ -29,13 +29,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KENNEL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -45,7 +39,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `KENNEL_LOG` (alias `RUST_LOG`, default `info`); colour only on a
+/// terminal. An invalid filter is reported, not silently replaced.
+fn init_tracing() {
+    use kennel_policy::log_env;
+    use std::io::IsTerminal as _;
+    let env = |k: &str| std::env::var(k).ok();
+    let chosen = log_env::log_filter(env, "info");
+    let filter = tracing_subscriber::EnvFilter::try_new(&chosen.directive).unwrap_or_else(|e| {
+        eprintln!(
+            "kennel-proxy: warning: {}={:?} is not a valid log filter ({e}); using info",
+            chosen.from.unwrap_or(log_env::LOG_VAR),
+            chosen.directive
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(log_env::use_ansi(std::io::stderr().is_terminal(), env))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    tracing::debug!(config = ?args.config, check = args.check, "loading configuration");
     let mut config = match &args.config {
         Some(p) => ProxyConfig::load(p)?,
         None => ProxyConfig::default(),
@@ -63,6 +80,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.check {
         let shared = kennel_proxy::Shared::build(config)?;
         println!("config ok; policy: {}", shared.policy_summary());
+        for line in shared.check_report() {
+            println!("{line}");
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -346,3 +346,134 @@ fn sighup_reloads_the_policy() {
     sig(&p, libc::SIGTERM);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(10)).code(), Some(0));
 }
+
+/// Runs `kennel-proxy --check` (embedded policy) with exactly the log variables given.
+fn check_with_log_env(vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--check")
+        .env_remove("KENNEL_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run kennel-proxy --check")
+}
+
+/// Issue 9 item 7: the proxy containers were given `RUST_LOG`, which the proxy ignored; both
+/// names must work, `KENNEL_LOG` winning.
+#[test]
+fn rust_log_is_honoured_as_an_alias_and_kennel_log_wins() {
+    let debug_line = "loading configuration";
+    let out = check_with_log_env(&[("RUST_LOG", "debug")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(debug_line), "RUST_LOG=debug ignored: {err}");
+
+    let out = check_with_log_env(&[("KENNEL_LOG", "debug")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(debug_line), "KENNEL_LOG=debug ignored: {err}");
+
+    let out = check_with_log_env(&[("KENNEL_LOG", "warn"), ("RUST_LOG", "debug")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains(debug_line),
+        "RUST_LOG won over KENNEL_LOG: {err}"
+    );
+
+    let out = check_with_log_env(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains(debug_line), "default is not info: {err}");
+}
+
+/// Issue 9 item 7: log lines piped to a file or `docker logs` carried ANSI colour codes.
+#[test]
+fn piped_stderr_carries_no_ansi_escape_codes() {
+    let out = check_with_log_env(&[("KENNEL_LOG", "debug")]);
+    assert!(!out.stderr.is_empty(), "nothing logged: {out:?}");
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "ESC in piped stderr: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The serving path too (its INFO lines were the coloured ones).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = echo();
+    let cfg = write_config(dir.path(), e.port(), "");
+    let (p, rx) = start(&["--config", cfg.to_str().expect("utf8")], None);
+    let (line, seen) = wait_line(&rx, "listening on");
+    for l in seen.iter().chain([&line]) {
+        assert!(!l.contains('\u{1b}'), "ESC in piped stderr: {l:?}");
+    }
+    drop(p); // kills it
+}
+
+/// Issue 9 item 10: `--check` said nothing about where traffic goes; it prints the upstream
+/// routes (never their credentials) and the legacy variables it applied, with their origin.
+#[test]
+fn check_prints_upstream_routes_without_credentials_and_the_legacy_variables_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[allow]\nhosts = [\"a.example\"]\n[upstream]\ndefault = \"http://alice:s3cret@127.0.0.1:3128\"\n[[upstream.route]]\nhosts = [\".corp.example\"]\ncidrs = [\"10.0.0.0/8\"]\nvia = \"socks5h://bob:hunter2@127.0.0.1:1080\"\n",
+    )
+    .expect("write policy");
+    std::fs::write(
+        dir.path().join(".env"),
+        "UPSTREAM_SOCKS5=127.0.0.1:8900\nNO_UPSTREAM=intranet.lan\nUSER_WHITELIST_DOMAINS=extra.example\n",
+    )
+    .expect("write .env");
+    let cfg = dir.path().join("kennel-proxy.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[policy]\nfile = \"policy.toml\"\ndotenv = \".env\"\n[access_log]\ndestination = \"off\"\n",
+    )
+    .expect("write config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--config", cfg.to_str().expect("utf8"), "--check"]);
+    for v in [
+        "UPSTREAM_SOCKS5",
+        "UPSTREAM_PROXY",
+        "UPSTREAM_PROXY_TYPE",
+        "UPSTREAM_PROXY_HOST",
+        "UPSTREAM_PROXY_PORT",
+        "NO_UPSTREAM",
+        "USER_WHITELIST_DOMAINS",
+    ] {
+        cmd.env_remove(v);
+    }
+    // From the process environment, under the .env file's UPSTREAM_SOCKS5.
+    let out = cmd
+        .env("UPSTREAM_HTTP", "127.0.0.1:3129")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let env_file = dir.path().join(".env");
+    let env_file = env_file.display();
+    for want in [
+        "upstream default: http://127.0.0.1:3128".to_string(),
+        "upstream route: .corp.example, 10.0.0.0/8 -> socks5h://127.0.0.1:1080".to_string(),
+        "upstream route: .intranet.lan -> direct".to_string(),
+        format!(
+            "legacy: UPSTREAM_SOCKS5 ({env_file}:1): default upstream socks5h://127.0.0.1:8900 (not applied: the policy sets [upstream] default)"
+        ),
+        "legacy: UPSTREAM_HTTP (environment): ignored: UPSTREAM_SOCKS5".to_string(),
+        format!("legacy: NO_UPSTREAM ({env_file}:2): direct (no upstream) for .intranet.lan"),
+        format!("legacy: USER_WHITELIST_DOMAINS ({env_file}:3): allowed: .extra.example"),
+    ] {
+        assert!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
+    }
+    for secret in ["alice", "s3cret", "bob", "hunter2"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} printed:\n{stdout}{stderr}"
+        );
+    }
+    // The ignored UPSTREAM_HTTP is also a warning on stderr.
+    assert!(
+        stderr.contains("$UPSTREAM_HTTP: warning: UPSTREAM_HTTP is ignored"),
+        "{stderr}"
+    );
+}

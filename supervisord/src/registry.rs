@@ -229,6 +229,12 @@ impl Daemon {
             return Err(ApiError::Conflict(name));
         }
 
+        // Invalid legacy variables are the request's fault (the CLI already reports them with
+        // the `.env` file and line), not a state-directory write failure.
+        spec.egress
+            .legacy
+            .resolve()
+            .map_err(|e| ApiError::Policy(e.to_string()))?;
         let policy_dir = self.state.policy_dir(&name);
         let policy_file = crate::policy::write_effective_policy(
             &policy_dir,
@@ -242,8 +248,9 @@ impl Daemon {
                 source: e,
             })
         })?;
-        kennel_policy::Policy::load_with(&policy_file, &spec.egress.legacy)
-            .map_err(|e| ApiError::Policy(e.to_string()))?;
+        // Validated exactly as the proxy container will load it: the legacy variables are
+        // already rendered into the file, and the container gets none of them.
+        kennel_policy::Policy::load(&policy_file).map_err(|e| ApiError::Policy(e.to_string()))?;
 
         let proxy_image = self.images.proxy_image().await?;
         let created_unix = std::time::SystemTime::now()

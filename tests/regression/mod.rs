@@ -2,4 +2,5 @@
 //! of kennel the bug was in. Each test says which issue it comes from.
 
 mod ci;
+mod legacy;
 mod proxy;

@@ -101,7 +101,14 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(l) => l,
             Err(e) => return Ok(invalid(&e)),
         };
-        merge_legacy(&mut legacy, from_file);
+        legacy = from_file.or(legacy);
+    }
+    // Warnings (e.g. UPSTREAM_SOCKS5 and UPSTREAM_HTTP both set) name file and line; errors are
+    // reported by the policy load below with the same text.
+    if let Ok(settings) = legacy.resolve() {
+        for w in &settings.warnings {
+            eprintln!("{w}");
+        }
     }
     let loaded = match &file {
         None => Policy::embedded_default_with(&legacy),
@@ -190,21 +197,6 @@ fn is_toml(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
 }
 
-fn merge_legacy(into: &mut LegacyEnv, from: LegacyEnv) {
-    let LegacyEnv {
-        upstream_socks5,
-        upstream_http,
-        upstream_proxy,
-        no_upstream,
-        user_whitelist_domains,
-    } = from;
-    into.upstream_socks5 = upstream_socks5.or(into.upstream_socks5.take());
-    into.upstream_http = upstream_http.or(into.upstream_http.take());
-    into.upstream_proxy = upstream_proxy.or(into.upstream_proxy.take());
-    into.no_upstream = no_upstream.or(into.no_upstream.take());
-    into.user_whitelist_domains = user_whitelist_domains.or(into.user_whitelist_domains.take());
-}
-
 fn invalid(e: &kennel_policy::PolicyError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
@@ -261,9 +253,29 @@ fn migrate_file(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Per line, because only some lines had unescaped dots (or were URL filters).
+    let noted: Vec<_> = m
+        .lines
+        .iter()
+        .filter_map(|l| match &l.outcome {
+            Outcome::Translated { notes, .. } if !notes.is_empty() => Some((l, notes)),
+            _ => None,
+        })
+        .collect();
+    if !noted.is_empty() {
+        text.push_str("#\n# What the old lines did that kennel does not (per line):\n");
+        for (l, notes) in noted {
+            for n in notes {
+                text.push_str(&format!("#   line {} {}: {n}\n", l.line, l.original));
+            }
+        }
+    }
     text.push_str("#\n# Verdict changes (old Tinyproxy filter -> kennel):\n");
     for l in &m.lines {
-        if let Outcome::Translated { pattern, changes } = &l.outcome {
+        if let Outcome::Translated {
+            pattern, changes, ..
+        } = &l.outcome
+        {
             for c in changes {
                 text.push_str(&format!(
                     "#   line {} {} -> {pattern}: {} {} -> {}  ({})\n",

@@ -58,6 +58,13 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
             "{e}\nhint: fix the spec (kennel.toml or .devcontainer/) and run `kennel up` again"
         )
     })?;
+    // Spec loading already rejected invalid legacy variables; what is left are warnings that
+    // name the `.env` file and line (e.g. UPSTREAM_SOCKS5 and UPSTREAM_HTTP both set).
+    if let Ok(legacy) = spec.egress.legacy.resolve() {
+        for w in &legacy.warnings {
+            eprintln!("kennel: {w}");
+        }
+    }
     let project_whitelist = match &spec.egress.whitelist {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -1,6 +1,6 @@
 //! One test per error message: each asserts FILE:LINE:COL and the text.
 
-use kennel_policy::{LegacyEnv, ListFormat, Policy, PolicyError};
+use kennel_policy::{LegacyEnv, ListFormat, Policy};
 
 use super::support::Dir;
 
@@ -357,18 +357,32 @@ fn location_parts() {
     assert_eq!((file, line, col), (p.as_path(), 2, 13));
 }
 
+/// Issue 9 item 8: a conflict between two upstream variables names both, with file and line.
 #[test]
-fn legacy_conflict_names_both() {
+fn legacy_upstream_conflict_names_both_with_file_and_line() {
+    let d = Dir::new();
+    let p = d.write(
+        ".env",
+        "UPSTREAM_SOCKS5=h:1080\n# comment\nUPSTREAM_PROXY=http://p:3128\n",
+    );
+    let legacy = LegacyEnv::from_dotenv(&p).unwrap();
+    let e = Policy::embedded_default_with(&legacy).unwrap_err();
+    assert_eq!(e.location().map(|(_, l, c)| (l, c)), Some((1, 17)));
+    assert_eq!(
+        d.strip(&e.to_string()),
+        ".env:1:17: UPSTREAM_SOCKS5 and UPSTREAM_PROXY (.env:3) both choose the default upstream; set only one"
+    );
+    // From the process environment the variables are named as such.
     let legacy = LegacyEnv {
         upstream_socks5: Some("h:1080".into()),
-        upstream_http: Some("h:3128".into()),
+        upstream_proxy: Some("http://p:3128".into()),
         ..LegacyEnv::default()
     };
-    let e = Policy::embedded_default_with(&legacy).unwrap_err();
-    assert!(matches!(e, PolicyError::Conflict { .. }));
     assert_eq!(
-        e.to_string(),
-        "UPSTREAM_SOCKS5 and UPSTREAM_HTTP are both set; they both choose the default upstream, set only one"
+        Policy::embedded_default_with(&legacy)
+            .unwrap_err()
+            .to_string(),
+        "$UPSTREAM_SOCKS5:1:1: UPSTREAM_SOCKS5 and UPSTREAM_PROXY ($UPSTREAM_PROXY) both choose the default upstream; set only one"
     );
 }
 

@@ -189,12 +189,37 @@ pub struct LegacyDoc {
     /// `UPSTREAM_PROXY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<String>,
+    /// `UPSTREAM_PROXY_TYPE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_type: Option<String>,
+    /// `UPSTREAM_PROXY_HOST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_host: Option<String>,
+    /// `UPSTREAM_PROXY_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_port: Option<String>,
     /// `NO_UPSTREAM`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_upstream: Option<String>,
     /// `USER_WHITELIST_DOMAINS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_whitelist_domains: Option<String>,
+    /// Where each value was written (variable name → file, line, column), so the daemon's
+    /// messages and the environment's `policy.toml` name the `.env` line too.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub origins: std::collections::BTreeMap<String, OriginDoc>,
+}
+
+/// Wire form of [`kennel_policy::Origin`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginDoc {
+    /// The dotenv file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column of the value.
+    pub col: u32,
 }
 
 /// Wire form of [`kennel_container::spec::ServiceSpec`].
@@ -264,6 +289,23 @@ mod convert {
                     upstream_socks5: l.upstream_socks5.clone(),
                     upstream_http: l.upstream_http.clone(),
                     upstream_proxy: l.upstream_proxy.clone(),
+                    upstream_proxy_type: l.upstream_proxy_type.clone(),
+                    upstream_proxy_host: l.upstream_proxy_host.clone(),
+                    upstream_proxy_port: l.upstream_proxy_port.clone(),
+                    origins: l
+                        .origins
+                        .iter()
+                        .map(|(k, o)| {
+                            (
+                                (*k).to_string(),
+                                super::OriginDoc {
+                                    file: o.file.clone(),
+                                    line: o.line,
+                                    col: o.col,
+                                },
+                            )
+                        })
+                        .collect(),
                     no_upstream: l.no_upstream.clone(),
                     user_whitelist_domains: l.user_whitelist_domains.clone(),
                 },
@@ -301,6 +343,20 @@ mod convert {
             legacy.upstream_socks5 = d.legacy.upstream_socks5;
             legacy.upstream_http = d.legacy.upstream_http;
             legacy.upstream_proxy = d.legacy.upstream_proxy;
+            legacy.upstream_proxy_type = d.legacy.upstream_proxy_type;
+            legacy.upstream_proxy_host = d.legacy.upstream_proxy_host;
+            legacy.upstream_proxy_port = d.legacy.upstream_proxy_port;
+            for (name, o) in d.legacy.origins {
+                // Unknown names are dropped: they can only carry a position, never a value.
+                legacy.set_origin(
+                    &name,
+                    kennel_policy::Origin {
+                        file: o.file,
+                        line: o.line,
+                        col: o.col,
+                    },
+                );
+            }
             legacy.no_upstream = d.legacy.no_upstream;
             legacy.user_whitelist_domains = d.legacy.user_whitelist_domains;
             EnvSpec {
