@@ -471,9 +471,20 @@ impl DockerBackend {
             .await?;
         }
 
+        // Git: the workspace's git directory reachable at its own path, with what git on the
+        // host would execute mounted read-only (crate::git).
+        let git_error = |e: crate::git::GitError| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: format!("git layout of the workspace: {e}"),
+        };
+        let git = crate::git::discover(&spec.workspace).map_err(git_error)?;
+        if let Some(g) = &git {
+            g.prepare_host().map_err(git_error)?;
+        }
+
         self.create_and_start(
             &names::sandbox(env),
-            hardening::sandbox_container(plan, askpass.as_deref()),
+            hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
             created,
         )
         .await?;

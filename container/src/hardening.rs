@@ -13,6 +13,7 @@ use bollard::models::{
 };
 
 use crate::backend::{EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, names};
+use crate::git::GitMounts;
 use crate::spec::{EnvSpec, ServiceSpec};
 
 /// Where the sandbox sees the workspace.
@@ -282,9 +283,13 @@ pub fn user_ids(user: &str) -> (u32, u32) {
 /// default seccomp, read-only rootfs with tmpfs `/tmp` and home, limits, resolver that reaches
 /// nothing but the environment's own names, no Docker socket (nothing from the host but the
 /// workspace and the listed credentials is mounted).
+///
+/// `git` (from [`crate::git::discover`]) adds the git directory and the read-only mounts over
+/// it, and `safe.directory` through `GIT_CONFIG_*` variables.
 pub fn sandbox_container(
     plan: &EnvPlan,
     askpass_host: Option<&std::path::Path>,
+    git: Option<&GitMounts>,
 ) -> ContainerCreateBody {
     let spec = &plan.spec;
     let env = &spec.name;
@@ -292,7 +297,13 @@ pub fn sandbox_container(
     let r = &spec.resources;
     let mut host = hardened_host_config();
     host.readonly_rootfs = Some(spec.read_only_rootfs);
-    host.binds = Some(sandbox_binds(spec, askpass_host));
+    let mut binds = sandbox_binds(spec, askpass_host);
+    let mut env_vars = sandbox_env(spec);
+    if let Some(g) = git {
+        binds.extend(g.binds());
+        env_vars.extend(g.env());
+    }
+    host.binds = Some(binds);
     host.tmpfs = Some(HashMap::from([
         (
             "/tmp".to_string(),
@@ -324,7 +335,7 @@ pub fn sandbox_container(
         image: Some(spec.image.clone()),
         hostname: Some(env.clone()),
         user: Some(spec.user.clone()),
-        env: Some(sandbox_env(spec)),
+        env: Some(env_vars),
         cmd: Some(cmd),
         working_dir: Some(WORKSPACE_MOUNT.into()),
         labels: Some(labels(env, "sandbox", &plan.state_labels)),

@@ -4,6 +4,7 @@
 //! - [`spec`]: `kennel.toml` / seed layout -> validated [`spec::EnvSpec`];
 //! - [`backend`]: the [`backend::Backend`] trait (the engine seam) and its types;
 //! - [`docker`]: the Docker implementation; [`fake`]: an in-memory one for tests;
+//! - [`git`]: a workspace's git directory, mounted so git works and cannot attack the host;
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory.
@@ -12,6 +13,7 @@ pub mod backend;
 pub mod docker;
 pub mod error;
 pub mod fake;
+pub mod git;
 pub mod hardening;
 pub mod image;
 pub mod policy_dir;

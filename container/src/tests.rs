@@ -181,7 +181,7 @@ fn sandbox_settings_are_hardened() {
         d.path(),
         &format!("[credentials]\ngit_token_file = \"{}\"\n", token.display()),
     );
-    let c = hardening::sandbox_container(&p, Some(Path::new("/state/askpass")));
+    let c = hardening::sandbox_container(&p, Some(Path::new("/state/askpass")), None);
     let h = c.host_config.as_ref().expect("host config");
     assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
     assert_eq!(h.readonly_rootfs, Some(true));

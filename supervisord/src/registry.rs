@@ -323,6 +323,16 @@ impl Daemon {
             Ok(())
         };
         checked("workspace", &mut spec.workspace)?;
+        // A worktree's main git directory is mounted read-write too: the caller must own it.
+        let git = kennel_container::git::discover(&spec.workspace).map_err(|e| {
+            bad(
+                format!("workspace {}", spec.workspace.display()),
+                format!("its git layout cannot be mounted safely: {e}"),
+            )
+        })?;
+        if let Some(dir) = git.as_ref().and_then(|g| g.rw_host_dir()) {
+            self.check_owner(peer, "the worktree's main git directory", dir)?;
+        }
         let creds = &mut spec.credentials;
         if let Some(p) = creds.git_config.as_mut() {
             checked("credentials.git_config", p)?;
