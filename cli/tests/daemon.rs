@@ -214,7 +214,7 @@ fn up_ls_inspect_exec_down_through_the_cli() {
 }
 
 #[test]
-fn a_second_up_with_the_same_name_is_refused_with_a_next_step() {
+fn up_twice_is_a_no_op_and_a_name_of_another_workspace_is_refused_with_a_next_step() {
     let d = TestDaemon::start(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     let ws_path = ws.path().to_str().unwrap();
@@ -223,14 +223,32 @@ fn a_second_up_with_the_same_name_is_refused_with_a_next_step() {
             .status
             .success()
     );
+    // The same workspace again: its environment, unchanged.
     let again = d.kennel(&["up", "--workspace", ws_path, "--name", "twice"]);
-    assert_eq!(again.status.code(), Some(2));
-    let err = stderr(&again);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let out = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(
-        err.contains("environment \"twice\" already exists"),
+        out.contains("environment \"twice\" already exists for this workspace; nothing created"),
+        "{out}"
+    );
+    // Another workspace asking for that name explicitly: refused, with what to do.
+    let other = seed_workspace();
+    let refused = d.kennel(&[
+        "up",
+        "--workspace",
+        other.path().to_str().unwrap(),
+        "--name",
+        "twice",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!(
+            "environment name \"twice\" belongs to the workspace {ws_path}"
+        )),
         "{err}"
     );
-    assert!(err.contains("kennel down twice"), "{err}");
+    assert!(err.contains("kennel up --name"), "{err}");
 }
 
 #[test]

@@ -210,8 +210,15 @@ fn sandbox_settings_are_hardened() {
         Some("sandbox")
     );
     assert_eq!(labels.get("k").map(String::as_str), Some("v"));
+    // Home is the environment's volume (kept across down/up), not a tmpfs.
     let tmpfs = h.tmpfs.clone().unwrap_or_default();
-    assert!(tmpfs["/home/claude"].contains("uid=1001,gid=2000"));
+    assert!(!tmpfs.contains_key("/home/claude"));
+    assert!(
+        h.binds
+            .clone()
+            .unwrap_or_default()
+            .contains(&"kennel-t-home:/home/claude:rw".to_string())
+    );
 
     let n = hardening::internal_network(&p);
     assert_eq!(n.internal, Some(true));

@@ -120,15 +120,97 @@ async fn name_collision_is_a_409_that_says_what_to_do() {
         .create(&root(), request(f.workspace.path(), "dup"))
         .await
         .unwrap();
+    let other = tempfile::tempdir().unwrap();
     let err = f
         .daemon
-        .create(&root(), request(f.workspace.path(), "dup"))
+        .create(&root(), request(other.path(), "dup"))
         .await
         .unwrap_err();
     assert_eq!(err.status(), StatusCode::CONFLICT);
     let body = err.body();
-    assert_eq!(body.error, "environment \"dup\" already exists");
-    assert!(body.hint.unwrap().contains("kennel down dup"));
+    let ws = std::fs::canonicalize(f.workspace.path()).unwrap();
+    assert_eq!(
+        body.error,
+        format!(
+            "environment name \"dup\" belongs to the workspace {}",
+            ws.display()
+        )
+    );
+    assert!(body.hint.unwrap().contains("kennel up --name"));
+}
+
+#[tokio::test]
+async fn up_again_in_the_same_workspace_is_a_no_op_that_starts_a_stopped_env() {
+    let f = fixture();
+    let first = f
+        .daemon
+        .create(&root(), request(f.workspace.path(), "idem"))
+        .await
+        .unwrap();
+    assert!(!first.already_existed);
+    let stopped = f.daemon.stop("idem").await.unwrap();
+    assert_eq!(stopped.state, "stopped");
+    let again = f
+        .daemon
+        .create(&root(), request(f.workspace.path(), "idem"))
+        .await
+        .unwrap();
+    assert!(again.already_existed);
+    assert_eq!(again.state, "running");
+    assert_eq!(f.daemon.list().await.unwrap().len(), 1);
+    let started = f.daemon.start("idem").await.unwrap();
+    assert_eq!(started.state, "running");
+}
+
+/// A spec whose name came from the directory name (no `name`, no `--name`).
+fn default_named(workspace: &Path) -> CreateEnv {
+    let spec = EnvSpec::from_workspace(
+        workspace,
+        &SpecOverrides {
+            workspace: Some(workspace.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(spec.name_is_default);
+    CreateEnv {
+        spec: (&spec).into(),
+        project_whitelist: None,
+    }
+}
+
+#[tokio::test]
+async fn two_workspaces_named_task_get_two_environments_and_a_kept_home_holds_its_name() {
+    let f = fixture();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (wa, wb) = (a.path().join("task"), b.path().join("task"));
+    std::fs::create_dir(&wa).unwrap();
+    std::fs::create_dir(&wb).unwrap();
+    let ea = f.daemon.create(&root(), default_named(&wa)).await.unwrap();
+    assert_eq!(ea.name, "task");
+    let eb = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    let wb_canon = std::fs::canonicalize(&wb).unwrap();
+    assert_eq!(
+        eb.name,
+        kennel_supervisord::registry::suffixed_name("task", &wb_canon)
+    );
+    assert!(eb.name.starts_with("task-") && eb.name.len() == "task-".len() + 6);
+    // Each workspace finds its own environment again.
+    let again = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    assert!(again.already_existed);
+    assert_eq!(again.name, eb.name);
+
+    // `down` keeps the home, and with it the name: b still cannot take "task".
+    f.daemon.remove("task").await.unwrap();
+    let eb2 = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    assert_eq!(eb2.name, eb.name, "b keeps its own environment");
+    // `down --purge` frees it.
+    f.daemon.remove_with("task", true).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let wc = fresh.path().join("task");
+    std::fs::create_dir(&wc).unwrap();
+    let ec = f.daemon.create(&root(), default_named(&wc)).await.unwrap();
+    assert_eq!(ec.name, "task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
