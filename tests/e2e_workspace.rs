@@ -241,3 +241,190 @@ async fn plain_group_dev_repository_needs_no_dubious_ownership_workaround() {
     }
     assert!(repo.join(".git/hooks").is_dir());
 }
+
+/// A workspace `<parent>/<dir>` for the test image, without a `name` (the directory gives it),
+/// with `extra` appended to its kennel.toml. Shared with the sandbox user (1001:2000).
+fn named_workspace(parent: &Path, dir: &str, image: &str, extra: &str) -> std::path::PathBuf {
+    let ws = parent.join(dir);
+    std::fs::create_dir(&ws).expect("mkdir workspace");
+    kennel_test_support::docker::share_dir(&ws, 1001, 2000, 0o770);
+    std::fs::write(
+        ws.join("kennel.toml"),
+        format!("image = \"{image}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n{extra}"),
+    )
+    .expect("write kennel.toml");
+    ws
+}
+
+fn up_request(ws: &Path) -> anyhow::Result<kennel_supervisord::api::types::CreateEnv> {
+    kennel_cli::commands::up::build_request(&kennel_cli::commands::up::UpArgs {
+        spec: None,
+        name: None,
+        image: None,
+        workspace: Some(ws.to_path_buf()),
+    })
+}
+
+/// Names, idempotence, stop/start, variables, a home that survives `down` + `up` and is gone
+/// after `down --purge`, agent config copied (not mounted) — through the daemon and the CLI's
+/// request builder, on the real engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_names_home_variables_stop_start_and_purge_on_docker() {
+    use kennel_cli::client::Client;
+    use kennel_supervisord::api::types::{EnvInfo, Removed};
+    use kennel_test_support::docker::{EnvGuard, proxy_binary, test_image, unique_env};
+
+    use crate::e2e_supervisor::{RunningDaemon, exec};
+
+    let test = "supervisor_names_home_variables";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    // One directory name for both workspaces, unique to this run (other runs share the engine).
+    let dir_name = unique_env("task");
+    let (pa, pb) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    for p in [pa.path(), pb.path()] {
+        kennel_test_support::docker::share_dir(p, 0, 0, 0o755);
+    }
+    let host_cfg = tempfile::tempdir().expect("agent config");
+    let claude = host_cfg.path().join(".claude");
+    std::fs::create_dir(&claude).expect("mkdir .claude");
+    std::fs::write(claude.join("settings.json"), "{\"host\": true}\n").expect("settings");
+    let extra_b = format!(
+        "[env]\nFROM_TOML = \"toml-value-7f3a\"\nSHARED = \"from-toml\"\n[credentials]\nagent_config_copy = [\"{}\"]\n",
+        claude.display()
+    );
+    let wa = named_workspace(pa.path(), &dir_name, &image, "");
+    let wb = named_workspace(pb.path(), &dir_name, &image, &extra_b);
+    std::fs::create_dir(wb.join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        wb.join(".devcontainer/.env"),
+        "FROM_DOTENV=dotenv-value-91c2\nSHARED=from-dotenv\nNO_UPSTREAM=example.org\n",
+    )
+    .expect(".env");
+    let name_b = kennel_supervisord::registry::suffixed_name(
+        &dir_name,
+        &std::fs::canonicalize(&wb).expect("canonical"),
+    );
+    let _guards = (EnvGuard::new(&dir_name), EnvGuard::new(&name_b));
+
+    let state = tempfile::tempdir().expect("state");
+    let socket = state.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &state.path().join("state"));
+    let client = Client::new(&socket);
+
+    // Two workspaces with the same directory name: two environments.
+    let a: EnvInfo = client
+        .post("/envs", &up_request(&wa).expect("spec a"))
+        .await
+        .expect("up a");
+    assert_eq!(a.name, dir_name);
+    let req_b = up_request(&wb).expect("spec b");
+    let b: EnvInfo = client.post("/envs", &req_b).await.expect("up b");
+    assert_eq!(b.name, name_b);
+    assert!(!b.already_existed);
+
+    // `up` again: a no-op that reports it.
+    let again: EnvInfo = client.post("/envs", &req_b).await.expect("up b again");
+    assert!(again.already_existed && again.name == name_b, "{again:?}");
+
+    // Variables: [env] over .env; .env's proxy settings are not sandbox variables; inspect shows
+    // names only.
+    let (out, _, code) = exec(&client, &name_b, "env | sort").await;
+    assert_eq!(code, 0);
+    for want in [
+        "FROM_TOML=toml-value-7f3a",
+        "FROM_DOTENV=dotenv-value-91c2",
+        "SHARED=from-toml",
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want} missing in {out}");
+    }
+    assert!(!out.contains("NO_UPSTREAM"), "{out}");
+    let inspect: serde_json::Value = client
+        .get(&format!("/envs/{name_b}"))
+        .await
+        .expect("inspect");
+    let text = inspect.to_string();
+    assert!(
+        text.contains("FROM_TOML") && text.contains("FROM_DOTENV"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("toml-value-7f3a") && !text.contains("dotenv-value-91c2"),
+        "values leak into inspect: {text}"
+    );
+
+    // Home: owned by the sandbox user, agent config copied (the agent's copy is writable, the
+    // host's is untouched), a file written there survives stop/start and down/up.
+    let (out, err, code) = exec(
+        &client,
+        &name_b,
+        "stat -c %u:%g $HOME && cat $HOME/.claude/settings.json && echo agent > $HOME/.claude/settings.json && echo kept > $HOME/survivor",
+    )
+    .await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.starts_with("1001:2000\n{\"host\": true}"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(claude.join("settings.json")).expect("host settings"),
+        "{\"host\": true}\n"
+    );
+    let stopped: EnvInfo = client
+        .post(&format!("/envs/{name_b}/stop"), &())
+        .await
+        .expect("stop");
+    assert_eq!(stopped.state, "stopped", "{stopped:?}");
+    let started: EnvInfo = client
+        .post(&format!("/envs/{name_b}/start"), &())
+        .await
+        .expect("start");
+    assert_eq!(started.state, "running", "{started:?}");
+    let (out, _, _) = exec(&client, &name_b, "cat $HOME/survivor").await;
+    assert_eq!(out, "kept\n");
+
+    let _: Removed = client
+        .delete(&format!("/envs/{name_b}"))
+        .await
+        .expect("down");
+    let back: EnvInfo = client.post("/envs", &req_b).await.expect("up after down");
+    assert_eq!(back.name, name_b, "the kept home keeps the name");
+    let (out, _, _) = exec(
+        &client,
+        &name_b,
+        "cat $HOME/survivor $HOME/.claude/settings.json",
+    )
+    .await;
+    assert_eq!(out, "kept\nagent\n", "home survives down + up");
+
+    // down --purge: the home volume is gone; the next up starts from a fresh home.
+    let _: Removed = client
+        .delete(&format!("/envs/{name_b}?purge=true"))
+        .await
+        .expect("down --purge");
+    let vol = kennel_container::backend::names::home_volume(&name_b);
+    assert!(
+        d.docker().inspect_volume(&vol).await.is_err(),
+        "{vol} still exists after --purge"
+    );
+    let fresh: EnvInfo = client.post("/envs", &req_b).await.expect("up after purge");
+    let (out, _, code) = exec(&client, &fresh.name, "test -e $HOME/survivor").await;
+    assert_ne!(code, 0, "home not fresh after --purge: {out}");
+
+    // A proxy variable in [env] is refused with a clear error, before anything is created.
+    let wc = named_workspace(
+        pa.path(),
+        "proxyvar",
+        &image,
+        "[env]\nhttps_proxy = \"http://elsewhere:3128\"\n",
+    );
+    let err = up_request(&wc)
+        .expect_err("proxy variable refused")
+        .to_string();
+    assert!(err.contains("env.https_proxy"), "{err}");
+    assert!(err.contains("proxy variables are kennel's"), "{err}");
+    daemon.stop().await;
+}

@@ -218,19 +218,26 @@ impl Daemon {
         // Names and idempotence: the same workspace gets its environment back (started if
         // stopped); a name another workspace holds is suffixed when it was only the directory
         // name, and a conflict when it was asked for.
+        // A kept home of this workspace is reused by creating the environment again.
         match self.name_owner(&spec.name).await? {
-            Some(ws) if ws == spec.workspace => return self.existing(&spec.name).await,
-            Some(other) if spec.name_is_default => {
+            Some(NameOwner::Env(ws)) if ws == spec.workspace => {
+                return self.existing(&spec.name).await;
+            }
+            Some(NameOwner::Home(ws)) if ws == spec.workspace => {}
+            Some(NameOwner::Env(other) | NameOwner::Home(other)) if spec.name_is_default => {
                 let suffixed = suffixed_name(&spec.name, &spec.workspace);
                 tracing::info!(env = %suffixed, taken_by = %other.display(), "name taken by another workspace; suffixed");
                 spec.name = suffixed;
                 match self.name_owner(&spec.name).await? {
-                    Some(ws) if ws == spec.workspace => return self.existing(&spec.name).await,
+                    Some(NameOwner::Env(ws)) if ws == spec.workspace => {
+                        return self.existing(&spec.name).await;
+                    }
+                    Some(NameOwner::Home(ws)) if ws == spec.workspace => {}
                     Some(_) => return Err(ApiError::Conflict(spec.name.clone())),
                     None => {}
                 }
             }
-            Some(other) => {
+            Some(NameOwner::Env(other) | NameOwner::Home(other)) => {
                 return Err(ApiError::NameTaken {
                     name: spec.name.clone(),
                     workspace: other,
@@ -303,14 +310,18 @@ impl Daemon {
     /// Which workspace holds `name`: the recorded environment's, else the workspace label of a
     /// home volume `kennel down` kept. Engine objects of this name that this daemon does not know
     /// are a conflict (they are not ours to reuse).
-    async fn name_owner(&self, name: &str) -> Result<Option<PathBuf>, ApiError> {
+    async fn name_owner(&self, name: &str) -> Result<Option<NameOwner>, ApiError> {
         if let Some(r) = self.state.read_record(name)? {
-            return Ok(Some(r.request.spec.workspace));
+            return Ok(Some(NameOwner::Env(r.request.spec.workspace)));
         }
         if self.backend.inspect_env(name).await?.is_some() {
             return Err(ApiError::Conflict(name.to_string()));
         }
-        Ok(self.backend.kept_home(name).await?.map(PathBuf::from))
+        Ok(self
+            .backend
+            .kept_home(name)
+            .await?
+            .map(|w| NameOwner::Home(PathBuf::from(w))))
     }
 
     /// `kennel up` on an environment that exists for this workspace: start it if needed, report it.
@@ -680,6 +691,13 @@ impl Daemon {
         });
         Ok(())
     }
+}
+
+/// Who holds an environment name: a recorded environment, or the home volume `kennel down`
+/// kept; both name the workspace.
+enum NameOwner {
+    Env(PathBuf),
+    Home(PathBuf),
 }
 
 /// The names (never the values) of an environment's sandbox variables.

@@ -87,7 +87,7 @@ pub fn unique_env(prefix: &str) -> String {
     p
 }
 
-/// Removes every object labelled `dev.kennel.env=<name>` when dropped (on a separate thread with
+/// Removes every object labelled `dev.kennel.env=<name>` (and its home volume) when dropped (on a separate thread with
 /// its own runtime, so it works inside and outside async tests, and on panic).
 #[derive(Debug)]
 pub struct EnvGuard {
@@ -115,10 +115,15 @@ impl Drop for EnvGuard {
                 return;
             };
             rt.block_on(async {
-                if let Ok(d) = DockerBackend::connect().await
-                    && let Err(e) = d.remove_env(&name).await
-                {
-                    eprintln!("EnvGuard: cleanup of {name} failed: {e}");
+                if let Ok(d) = DockerBackend::connect().await {
+                    // The home volume outlives remove_env by design; a test leaves nothing.
+                    let res = match d.remove_env(&name).await {
+                        Ok(()) => d.purge_env(&name).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = res {
+                        eprintln!("EnvGuard: cleanup of {name} failed: {e}");
+                    }
                 }
             });
         });
