@@ -361,3 +361,117 @@ async fn fake_backend_conflicts_execs_and_removes() {
         Err(crate::BackendError::NotFound(_))
     ));
 }
+
+#[test]
+fn env_table_env_file_and_dotenv_merge_and_proxy_variables_are_refused_with_the_place() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        d.path().join(".devcontainer/.env"),
+        "UPSTREAM_SOCKS5=h:1080\nA=dotenv\nB=dotenv\nC=dotenv\n",
+    )
+    .expect("w");
+    std::fs::write(d.path().join("vars.env"), "B=file\nC=file\n").expect("w");
+    let s = parse(
+        d.path(),
+        "env_file = \"vars.env\"\n[env]\nC = \"table\"\nN = 3\n",
+    )
+    .expect("valid");
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        s.env.merged(),
+        vec![
+            kv("A", "dotenv"),
+            kv("B", "file"),
+            kv("C", "table"),
+            kv("N", "3")
+        ]
+    );
+    // The .env's proxy settings configure the proxy, not the sandbox.
+    assert!(!s.env.names().contains(&"UPSTREAM_SOCKS5".to_string()));
+    // Values never show in a Debug print of the spec.
+    assert!(!format!("{s:?}").contains("dotenv\""), "{s:?}");
+
+    let e = parse(
+        d.path(),
+        "name = \"x\"\n[env]\nHttps_Proxy = \"http://evil:1\"\n",
+    )
+    .expect_err("proxy variable")
+    .to_string();
+    assert!(e.contains("kennel.toml:2:1"), "{e}");
+    assert!(e.contains("env.Https_Proxy"), "{e}");
+    assert!(e.contains("proxy variables are kennel's"), "{e}");
+    std::fs::write(d.path().join("bad.env"), "NO_PROXY=*\n").expect("w");
+    let e = parse(d.path(), "env_file = \"bad.env\"\n")
+        .expect_err("proxy variable in env_file")
+        .to_string();
+    assert!(e.contains("bad.env") && e.contains("NO_PROXY"), "{e}");
+}
+
+#[test]
+fn mounts_are_read_only_by_default_and_kennel_paths_are_refused() {
+    let d = ws();
+    let src = d.path().join("data");
+    std::fs::create_dir(&src).expect("mkdir");
+    let s = parse(
+        d.path(),
+        "name = \"t\"\n[[mount]]\nsource = \"data\"\ntarget = \"/data\"\n[[mount]]\nsource = \"data\"\ntarget = \"/home/claude/.cache\"\nrw = true\n",
+    )
+    .expect("valid");
+    let binds = hardening::sandbox_binds(&s, None);
+    let data = src.display();
+    assert!(binds.contains(&format!("{data}:/data:ro")), "{binds:?}");
+    assert!(
+        binds.contains(&format!("{data}:/home/claude/.cache:rw")),
+        "{binds:?}"
+    );
+    for target in [
+        "/workspace/x",
+        "/home/claude",
+        "/tmp",
+        "/run/kennel/x",
+        "/proc/x",
+        "rel",
+    ] {
+        let e = parse(
+            d.path(),
+            &format!("[[mount]]\nsource = \"data\"\ntarget = \"{target}\"\n"),
+        )
+        .expect_err(target)
+        .to_string();
+        assert!(e.contains("mount.target"), "{target}: {e}");
+    }
+    let e = parse(d.path(), "[[mount]]\nsource = \"nope\"\ntarget = \"/x\"\n")
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn agent_config_copy_must_exist_and_name_is_default_only_without_a_name() {
+    let d = ws();
+    let cfg = d.path().join(".claude");
+    std::fs::create_dir(&cfg).expect("mkdir");
+    let s = parse(
+        d.path(),
+        &format!(
+            "[credentials]\nagent_config_copy = [\"{}\"]\n",
+            cfg.display()
+        ),
+    )
+    .expect("valid");
+    assert_eq!(s.credentials.agent_config_copy, vec![cfg.clone()]);
+    assert!(s.name_is_default);
+    assert!(
+        !parse(d.path(), "name = \"x\"\n")
+            .expect("valid")
+            .name_is_default
+    );
+    let e = parse(
+        d.path(),
+        "[credentials]\nagent_config_copy = [\"/nonexistent/.codex\"]\n",
+    )
+    .expect_err("missing")
+    .to_string();
+    assert!(e.contains("credentials.agent_config_copy"), "{e}");
+}

@@ -595,3 +595,60 @@ async fn exec_input_frames_reach_stdin_and_resize_the_tty() {
     assert_eq!(exit.exit_code().unwrap(), 0);
     pump.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn variables_show_as_names_only_and_a_proxy_variable_sent_to_the_api_is_refused() {
+    let f = fixture();
+    let mut req = request(f.workspace.path(), "vars");
+    req.spec.env.table = vec![("API_KEY".into(), "value-never-shown-4d1e".into())];
+    let info = f.daemon.create(&root(), req).await.unwrap();
+    assert_eq!(info.env_names, vec!["API_KEY".to_string()]);
+    let shown = serde_json::to_string(&f.daemon.inspect("vars").await.unwrap()).unwrap();
+    assert!(
+        shown.contains("API_KEY") && !shown.contains("value-never-shown"),
+        "{shown}"
+    );
+    // The plan carries the value to the engine (the sandbox needs it).
+    let plan = f.fake.plan("vars").unwrap();
+    assert_eq!(plan.spec.env.merged()[0].1, "value-never-shown-4d1e");
+
+    // A client that skips the CLI's checks is refused by the daemon all the same.
+    let mut req = request(f.workspace.path(), "sneaky");
+    req.spec.env.table = vec![("http_proxy".into(), "http://elsewhere:1".into())];
+    let err = f.daemon.create(&root(), req).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        err.to_string().contains("proxy variables are kennel's"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn mounts_and_agent_config_copies_must_be_the_callers() {
+    let f = fixture();
+    let foreign = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(foreign.path(), Some(4242), Some(4242)).unwrap();
+    let caller = Peer {
+        pid: None,
+        uid: 1234,
+        gid: 1234,
+        groups: vec![],
+    };
+    std::os::unix::fs::chown(f.workspace.path(), Some(1234), Some(1234)).unwrap();
+    let mut req = request(f.workspace.path(), "mnt");
+    req.spec.mounts = vec![kennel_supervisord::api::types::MountDoc {
+        source: foreign.path().to_path_buf(),
+        target: "/data".into(),
+        rw: false,
+    }];
+    let err = f.daemon.create(&caller, req).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::FORBIDDEN, "{err}");
+    assert!(err.to_string().contains("mount.source"), "{err}");
+    let mut req = request(f.workspace.path(), "copy");
+    req.spec.credentials.agent_config_copy = vec![foreign.path().to_path_buf()];
+    let err = f.daemon.create(&caller, req).await.unwrap_err();
+    assert!(
+        err.to_string().contains("credentials.agent_config_copy"),
+        "{err}"
+    );
+}
