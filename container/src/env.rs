@@ -127,9 +127,10 @@ pub fn check_var_name(name: &str) -> Result<(), String> {
     ) || name.starts_with("GIT_CONFIG_KEY_")
         || name.starts_with("GIT_CONFIG_VALUE_")
     {
-        return Err(format!(
+        return Err(
             "is set by kennel (HOME from `home`, git's safe.directory through GIT_CONFIG_*, the token helper); remove it"
-        ));
+                .to_string(),
+        );
     }
     Ok(())
 }
