@@ -224,9 +224,9 @@ impl Daemon {
                 return self.existing(&spec.name).await;
             }
             Some(NameOwner::Home(ws)) if ws == spec.workspace => {}
-            Some(NameOwner::Env(other) | NameOwner::Home(other)) if spec.name_is_default => {
+            Some(owner) if spec.name_is_default => {
                 let suffixed = suffixed_name(&spec.name, &spec.workspace);
-                tracing::info!(env = %suffixed, taken_by = %other.display(), "name taken by another workspace; suffixed");
+                tracing::info!(env = %suffixed, taken_by = %owner.describe(), "name taken; suffixed");
                 spec.name = suffixed;
                 match self.name_owner(&spec.name).await? {
                     Some(NameOwner::Env(ws)) if ws == spec.workspace => {
@@ -243,6 +243,7 @@ impl Daemon {
                     workspace: other,
                 });
             }
+            Some(NameOwner::Foreign) => return Err(ApiError::Conflict(spec.name.clone())),
             None => {}
         }
         let name = spec.name.clone();
@@ -309,13 +310,13 @@ impl Daemon {
 
     /// Which workspace holds `name`: the recorded environment's, else the workspace label of a
     /// home volume `kennel down` kept. Engine objects of this name that this daemon does not know
-    /// are a conflict (they are not ours to reuse).
+    /// hold the name too (they are not ours to reuse).
     async fn name_owner(&self, name: &str) -> Result<Option<NameOwner>, ApiError> {
         if let Some(r) = self.state.read_record(name)? {
             return Ok(Some(NameOwner::Env(r.request.spec.workspace)));
         }
         if self.backend.inspect_env(name).await?.is_some() {
-            return Err(ApiError::Conflict(name.to_string()));
+            return Ok(Some(NameOwner::Foreign));
         }
         Ok(self
             .backend
@@ -340,10 +341,12 @@ impl Daemon {
             status = Some(self.backend.start_env(name).await?);
             tracing::info!(env = %name, "existing environment started");
         }
-        let mut info = match status {
-            Some(s) => self.info(s, Some(&record)),
-            None => self.missing_info(&record),
+        let Some(status) = status else {
+            // Recorded but gone from the engine: nothing to start; `kennel down` clears the
+            // record, then `kennel up` creates it again (the hint of a conflict says so).
+            return Err(ApiError::Conflict(name.to_string()));
         };
+        let mut info = self.info(status, Some(&record));
         info.already_existed = true;
         Ok(info)
     }
@@ -698,6 +701,18 @@ impl Daemon {
 enum NameOwner {
     Env(PathBuf),
     Home(PathBuf),
+    /// Labelled engine objects this daemon has no record of (another daemon's, or by hand).
+    Foreign,
+}
+
+impl NameOwner {
+    fn describe(&self) -> String {
+        match self {
+            NameOwner::Env(w) => format!("environment of {}", w.display()),
+            NameOwner::Home(w) => format!("kept home of {}", w.display()),
+            NameOwner::Foreign => "objects this daemon did not create".into(),
+        }
+    }
 }
 
 /// The names (never the values) of an environment's sandbox variables.
