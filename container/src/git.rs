@@ -326,6 +326,27 @@ impl GitMounts {
     }
 }
 
+/// Files in the workspace's git directories that git on the host would follow but that neither
+/// git nor kennel creates in a main repository: a `commondir` there redirects host git to another
+/// common directory (with a config of its writer's choosing). The sandbox can create one, because
+/// the git directory's root must stay writable; kennel reports it so the person checks before
+/// running git on the host. Empty when there is no git directory or nothing unexpected.
+pub fn unexpected_redirects(workspace: &Path) -> Vec<PathBuf> {
+    let Ok(Some(m)) = discover(workspace) else {
+        return Vec::new();
+    };
+    let main_git_dir = match &m.common_dir {
+        Some(c) => c.host.clone(),
+        None => workspace.join(".git"),
+    };
+    let candidate = main_git_dir.join("commondir");
+    if candidate.exists() {
+        vec![candidate]
+    } else {
+        Vec::new()
+    }
+}
+
 fn bind(l: &Loc, mode: &str) -> String {
     format!("{}:{}:{mode}", l.host.display(), l.container.display())
 }
@@ -441,6 +462,14 @@ mod tests {
         let common = m.common_dir.expect("outside the workspace");
         assert_eq!(common.host, root.path().join("repo/.git"));
         assert_eq!(common.container, Path::new("/repo/.git"));
+
+        // A `commondir` the sandbox could have written into the main git directory is reported.
+        assert!(unexpected_redirects(&w).is_empty());
+        std::fs::write(root.path().join("repo/.git/commondir"), "/elsewhere\n").expect("w");
+        assert_eq!(
+            unexpected_redirects(&w),
+            vec![root.path().join("repo/.git/commondir")]
+        );
 
         // A `.git` file that is not a gitdir line is refused, not guessed at.
         std::fs::write(w.join(".git"), "nonsense\n").expect("w");

@@ -512,6 +512,7 @@ impl Daemon {
             policy_dir: record.map(|r| self.state.policy_dir(&r.name)),
             env_names: record.map(env_names).unwrap_or_default(),
             already_existed: false,
+            warnings: record.map(workspace_warnings).unwrap_or_default(),
         }
     }
 
@@ -528,6 +529,7 @@ impl Daemon {
             policy_dir: Some(self.state.policy_dir(&record.name)),
             env_names: env_names(record),
             already_existed: false,
+            warnings: workspace_warnings(record),
         }
     }
 
@@ -588,12 +590,13 @@ impl Daemon {
     ///
     /// The home volume is kept (agent logins survive `down`/`up`).
     pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
-        self.remove_with(name, false).await
+        self.remove_with(name, false).await.map(|_warnings| ())
     }
 
     /// `DELETE /v1/envs/{name}?purge=true`: [`Daemon::remove`], and with `purge` the home
     /// volume too (also of an environment that is already down but kept its home).
-    pub async fn remove_with(&self, name: &str, purge: bool) -> Result<(), ApiError> {
+    /// Returns the workspace's warnings ([`workspace_warnings`]) for the person to read.
+    pub async fn remove_with(&self, name: &str, purge: bool) -> Result<Vec<String>, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let _busy = self.mark_busy(name)?;
         let record = self.state.read_record(name)?;
@@ -608,7 +611,7 @@ impl Daemon {
         }
         self.state.remove(name)?;
         tracing::info!(env = %name, purge, "environment removed");
-        Ok(())
+        Ok(record.map(|r| workspace_warnings(&r)).unwrap_or_default())
     }
 
     /// Start-up reconcile. Objects carrying this daemon's instance label but without state are
@@ -713,6 +716,21 @@ impl NameOwner {
             NameOwner::Foreign => "objects this daemon did not create".into(),
         }
     }
+}
+
+/// What the person should check before trusting the workspace on the host again: a git
+/// `commondir` in the main git directory (see [`kennel_container::git::unexpected_redirects`]).
+pub fn workspace_warnings(record: &EnvRecord) -> Vec<String> {
+    kennel_container::git::unexpected_redirects(&record.request.spec.workspace)
+        .into_iter()
+        .map(|p| {
+            format!(
+                "{} exists: git does not create it in a main repository, and it redirects git on the host to another repository's config and hooks; the sandbox may have written it. Inspect and remove it before running git in {} on the host",
+                p.display(),
+                record.request.spec.workspace.display()
+            )
+        })
+        .collect()
 }
 
 /// The names (never the values) of an environment's sandbox variables.

@@ -652,3 +652,30 @@ async fn mounts_and_agent_config_copies_must_be_the_callers() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_git_commondir_in_the_main_repository_is_reported_on_inspect_and_down() {
+    let f = fixture();
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(f.workspace.path())
+        .args(["init", "-q"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    f.daemon
+        .create(&root(), request(f.workspace.path(), "gitws"))
+        .await
+        .unwrap();
+    assert!(f.daemon.inspect("gitws").await.unwrap().warnings.is_empty());
+    // What a sandbox could write: host git would follow it to a config of the agent's.
+    std::fs::write(f.workspace.path().join(".git/commondir"), "/tmp/evil\n").unwrap();
+    let warnings = f.daemon.inspect("gitws").await.unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(".git/commondir exists"),
+        "{warnings:?}"
+    );
+    let at_down = f.daemon.remove_with("gitws", false).await.unwrap();
+    assert_eq!(at_down, warnings);
+}

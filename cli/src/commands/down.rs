@@ -34,5 +34,8 @@ pub fn run(client: &Client, args: DownArgs) -> anyhow::Result<ExitCode> {
             removed.name, removed.name
         );
     }
+    for w in &removed.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,5 +23,8 @@ pub fn run(client: &Client, args: StartStopArgs, start: bool) -> anyhow::Result<
     for c in &info.containers {
         println!("  {:<8} {:<32} {}", c.role, c.name, c.state);
     }
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }

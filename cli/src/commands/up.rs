@@ -113,6 +113,9 @@ fn print_up(info: &EnvInfo) {
     if !info.env_names.is_empty() {
         println!("  env      {}", info.env_names.join(" "));
     }
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
         "next: `kennel exec {0} -- sh -c 'id; env | grep -i proxy'`, and `kennel down {0}` when done",
         info.name

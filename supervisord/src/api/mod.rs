@@ -173,11 +173,12 @@ async fn route(
                 }
             };
             let (d, n) = (daemon.clone(), (*name).to_string());
-            detach(&daemon, async move { d.remove_with(&n, purge).await }).await?;
+            let warnings = detach(&daemon, async move { d.remove_with(&n, purge).await }).await?;
             Ok(json(
                 StatusCode::OK,
                 &types::Removed {
                     name: (*name).to_string(),
+                    warnings,
                 },
             ))
         }

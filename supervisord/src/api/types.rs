@@ -55,6 +55,10 @@ pub struct EnvInfo {
     /// but starting it if it was stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_existed: bool,
+    /// Things the person should know before trusting the workspace on the host (e.g. a git
+    /// `commondir` file the sandbox may have written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
@@ -115,6 +119,9 @@ pub struct HealthInfo {
 pub struct Removed {
     /// The removed environment.
     pub name: String,
+    /// As [`EnvInfo::warnings`], checked at removal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Every error response: what went wrong and what to do next.
