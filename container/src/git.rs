@@ -176,6 +176,7 @@ pub fn discover(workspace: &Path) -> Result<Option<GitMounts>, GitError> {
     }
     if meta.is_dir() {
         protect_common(&mut m, &dot_git, true);
+        refuse_links(&m)?;
         return Ok(Some(m));
     }
     // A linked worktree: `.git` names its admin directory `<common>/worktrees/<name>`, whose
@@ -218,7 +219,29 @@ pub fn discover(workspace: &Path) -> Result<Option<GitMounts>, GitError> {
     m.read_only.push((dot_git, Kind::IfExists));
     let c = common.container.display().to_string();
     m.safe_directories.push(c);
+    refuse_links(&m)?;
     Ok(Some(m))
+}
+
+/// A bind mount follows a symlink at its source **on the host**. Every path mounted here is one
+/// the sandbox could have created in an earlier session (e.g. `.git/modules` as a link to
+/// `/root/.ssh`, mounted on the next `kennel up`), so a link is refused, never followed.
+fn refuse_links(m: &GitMounts) -> Result<(), GitError> {
+    let locs = m
+        .read_only
+        .iter()
+        .map(|(l, _)| l)
+        .chain(&m.rw_overlays)
+        .chain(m.common_dir.as_ref());
+    for l in locs {
+        if std::fs::symlink_metadata(&l.host).is_ok_and(|md| md.file_type().is_symlink()) {
+            return Err(unsupported(
+                &l.host,
+                "is a symlink; kennel mounts git paths only as themselves (a link here may have been planted by a sandbox). Inspect it and replace it with the real file or directory",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The files and directories of a git directory that git on the host executes or obeys.
@@ -470,6 +493,12 @@ mod tests {
             unexpected_redirects(&w),
             vec![root.path().join("repo/.git/commondir")]
         );
+
+        // A link where a protected path would be (planted in an earlier session) is refused.
+        std::os::unix::fs::symlink("/etc", root.path().join("repo/.git/modules")).expect("ln");
+        let e = discover(&w).expect_err("planted link");
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+        std::fs::remove_file(root.path().join("repo/.git/modules")).expect("rm");
 
         // A `.git` file that is not a gitdir line is refused, not guessed at.
         std::fs::write(w.join(".git"), "nonsense\n").expect("w");
