@@ -22,6 +22,11 @@ pub const LABEL_ROLE: &str = "dev.kennel.role";
 pub const LABEL_MANAGED: &str = "dev.kennel.managed";
 /// Label: the service name on service containers.
 pub const LABEL_SERVICE: &str = "dev.kennel.service";
+/// Label (in [`EnvPlan::state_labels`], put there by the daemon): the uid of the caller who asked
+/// for the environment. The backend reads host files on that caller's behalf only if they are the
+/// caller's (`agent_config_copy`), so a daemon running as root reads nothing for a caller that the
+/// caller could not read.
+pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
 /// Label: the workspace (absolute host path) on the sandbox and the home volume; tells whose an
 /// environment name is.
 pub const LABEL_WORKSPACE: &str = "dev.kennel.workspace";

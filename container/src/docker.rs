@@ -521,12 +521,26 @@ impl DockerBackend {
             Err(e) => return Err(BackendError::engine("inspect volume", &volume, e)),
         }
         let (uid, gid) = hardening::user_ids(&spec.user);
-        let archive =
-            crate::home::init_archive(&spec.home, uid, gid, &spec.credentials.agent_config_copy)
-                .map_err(|e| BackendError::InvalidPlan {
-                    env: env.clone(),
-                    message: e.to_string(),
-                })?;
+        // Files are read for the caller only if they are the caller's (a root daemon must not
+        // copy what the caller could not read); root and the daemon's own user are trusted.
+        let caller = plan
+            .state_labels
+            .iter()
+            .find(|(k, _)| k == crate::backend::LABEL_CREATED_BY)
+            .and_then(|(_, v)| v.parse::<u32>().ok());
+        let me = nix::unistd::geteuid().as_raw();
+        let only_owner = caller.filter(|c| *c != 0 && *c != me);
+        let archive = crate::home::init_archive(
+            &spec.home,
+            uid,
+            gid,
+            &spec.credentials.agent_config_copy,
+            only_owner,
+        )
+        .map_err(|e| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: e.to_string(),
+        })?;
         self.docker
             .create_volume(hardening::home_volume(plan))
             .await

@@ -4,6 +4,7 @@
 //! `[credentials] agent_config_copy` (copied, never mounted read-write, so the agent writes its own
 //! copy and the host's stays untouched).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// At most this many bytes are copied from the host into a new home.
@@ -21,6 +22,19 @@ pub enum HomeError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// A path to copy belongs to someone else than the caller the copy is made for.
+    #[error(
+        "{} is owned by uid {owner}, not by the caller (uid {caller}); kennel copies only the caller's files into a home",
+        path.display()
+    )]
+    NotYours {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The caller.
+        caller: u32,
     },
     /// The copy would be too large.
     #[error(
@@ -40,11 +54,17 @@ pub enum HomeError {
 /// makes `home` owned by `uid:gid` (mode 0750) and puts a copy of each of `copies` at
 /// `home/<file name>`, everything owned by `uid:gid`. Symlinks are copied as links (not followed);
 /// sockets and devices are skipped; set-id bits are dropped.
+///
+/// `only_owner`: when `Some(uid)`, every directory and file read must belong to that uid (checked
+/// on the opened file, which is opened without following a link), so a daemon running as root
+/// copies nothing its caller could not read, even if the caller swaps a path after the daemon's
+/// check.
 pub fn init_archive(
     home: &str,
     uid: u32,
     gid: u32,
     copies: &[PathBuf],
+    only_owner: Option<u32>,
 ) -> Result<Vec<u8>, HomeError> {
     let base = Path::new(home)
         .file_name()
@@ -54,6 +74,7 @@ pub fn init_archive(
     let mut budget = Budget {
         bytes: 0,
         entries: 0,
+        only_owner,
     };
     let read = |path: &Path| {
         let path = path.to_path_buf();
@@ -72,6 +93,21 @@ pub fn init_archive(
 struct Budget {
     bytes: u64,
     entries: usize,
+    only_owner: Option<u32>,
+}
+
+impl Budget {
+    fn check_owner(&self, path: &Path, meta: &std::fs::Metadata) -> Result<(), HomeError> {
+        use std::os::unix::fs::MetadataExt;
+        match self.only_owner {
+            Some(caller) if meta.uid() != caller => Err(HomeError::NotYours {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                caller,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, uid: u32, gid: u32, size: u64) -> tar::Header {
@@ -124,6 +160,7 @@ fn copy_tree(
         let mut h = header(tar::EntryType::Symlink, 0o777, uid, gid, 0);
         b.append_link(&mut h, dst, &target).map_err(err)?;
     } else if ft.is_dir() {
+        budget.check_owner(src, &meta)?;
         append_dir(b, dst, mode | 0o700, uid, gid).map_err(err)?;
         let mut entries: Vec<_> = std::fs::read_dir(src)
             .map_err(err)?
@@ -141,9 +178,31 @@ fn copy_tree(
                 limit: format!("{} MiB", MAX_COPY_BYTES >> 20),
             });
         }
-        let f = std::fs::File::open(src).map_err(err)?;
-        let mut h = header(tar::EntryType::Regular, mode | 0o600, uid, gid, meta.len());
-        b.append_data(&mut h, dst, f).map_err(err)?;
+        // Opened without following a link, and checked on what was opened (not on the path,
+        // which may have changed since the lstat above).
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(src)
+            .map_err(err)?;
+        let opened = f.metadata().map_err(err)?;
+        if !opened.is_file() {
+            return Err(HomeError::Read {
+                path: src.to_path_buf(),
+                source: std::io::Error::other("changed while being copied"),
+            });
+        }
+        budget.check_owner(src, &opened)?;
+        let mut h = header(
+            tar::EntryType::Regular,
+            mode | 0o600,
+            uid,
+            gid,
+            opened.len(),
+        );
+        b.append_data(&mut h, dst, f.take(opened.len()))
+            .map_err(err)?;
     }
     // Sockets, FIFOs and devices are not configuration; skipped.
     Ok(())
@@ -160,8 +219,27 @@ mod tests {
         std::fs::create_dir_all(claude.join("sub")).expect("mkdir");
         std::fs::write(claude.join("sub/settings.json"), "{}").expect("w");
         std::os::unix::fs::symlink("/etc/shadow", claude.join("link")).expect("ln");
-        let tar = init_archive("/home/claude", 1001, 2000, std::slice::from_ref(&claude))
-            .expect("archive");
+        let tar = init_archive(
+            "/home/claude",
+            1001,
+            2000,
+            std::slice::from_ref(&claude),
+            None,
+        )
+        .expect("archive");
+        // For a caller that does not own them, nothing is read.
+        let e = init_archive(
+            "/home/claude",
+            1001,
+            2000,
+            std::slice::from_ref(&claude),
+            Some(4242),
+        )
+        .expect_err("not the caller's");
+        assert!(
+            e.to_string().contains("not by the caller (uid 4242)"),
+            "{e}"
+        );
         let mut a = tar::Archive::new(tar.as_slice());
         let mut seen = Vec::new();
         for e in a.entries().expect("entries") {

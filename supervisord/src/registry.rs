@@ -26,7 +26,7 @@ use crate::frame::{self, Frame, FrameKind};
 use crate::state::{EnvRecord, StateDir, StateError};
 
 /// Label put on every object of an environment created by the daemon: the creator's uid.
-pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
+pub use kennel_container::backend::LABEL_CREATED_BY;
 /// Label put on every object of an environment created by the daemon: the state directory's
 /// instance id ([`StateDir::instance`]). The daemon lists, removes and reconciles only objects
 /// carrying its own id (or recorded in its state), never another daemon's or a test's.
