@@ -150,7 +150,11 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, (usize, String)
             .unwrap_or(trimmed)
             .trim_start();
         let Some((key, value)) = body.split_once('=') else {
-            return Err((i + 1, format!("{trimmed:?} is not KEY=VALUE")));
+            // The line itself is not echoed: it may hold a secret.
+            return Err((
+                i + 1,
+                "is not KEY=VALUE (nor a # comment or blank)".to_string(),
+            ));
         };
         let value = value.trim();
         let value = match value
