@@ -162,6 +162,14 @@ async fn git_worktree_works_inside_and_cannot_attack_the_host() {
             "another worktree's admin dir",
             common.join("worktrees/other").display().to_string(),
         ),
+        (
+            "commondir redirect in the main git dir",
+            common.join("commondir").display().to_string(),
+        ),
+        (
+            "packed-refs",
+            common.join("packed-refs").display().to_string(),
+        ),
     ];
     for (what, path) in &protected {
         let r = t

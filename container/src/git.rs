@@ -72,11 +72,13 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitMounts {
     /// The main repository's git directory when it lies outside the workspace (a worktree):
-    /// mounted read-write at its own path, so git works unchanged inside.
+    /// mounted **read-only** at its own path, so git works unchanged inside.
     pub common_dir: Option<Loc>,
-    /// Mounted read-write on top of a read-only parent (the worktree's own admin directory
-    /// under the read-only `worktrees/`).
-    pub rw_overlays: Vec<Loc>,
+    /// Whether the main git directory lies inside the workspace (writable with it).
+    pub common_in_workspace: bool,
+    /// Mounted read-write on top of a read-only parent: objects/, refs/, logs/ and the
+    /// worktree's own admin directory, with what to create first when missing.
+    pub rw_overlays: Vec<(Loc, Kind)>,
     /// Mounted read-only over the writable mounts, with what to create first when missing.
     pub read_only: Vec<(Loc, Kind)>,
     /// Paths for `safe.directory` (the workspace and the git directory inside the sandbox), so
@@ -164,6 +166,7 @@ pub fn discover(workspace: &Path) -> Result<Option<GitMounts>, GitError> {
     };
     let mut m = GitMounts {
         common_dir: None,
+        common_in_workspace: false,
         rw_overlays: Vec::new(),
         read_only: Vec::new(),
         safe_directories: vec![WORKSPACE_MOUNT.to_string()],
@@ -200,17 +203,40 @@ pub fn discover(workspace: &Path) -> Result<Option<GitMounts>, GitError> {
     for loc in [&admin, &common] {
         check_mountable(loc)?;
     }
-    // The git directory is reached at its own path; inside the workspace nothing to add.
+    let admin_in_common = admin.host.parent() == Some(common.host.join("worktrees").as_path());
     if !common.host.starts_with(&ws.host) {
+        if !admin_in_common {
+            return Err(unsupported(
+                &dot_git.host,
+                format!(
+                    "points at {}, which is not in {}/worktrees/; kennel supports worktrees made by `git worktree add`",
+                    admin.host.display(),
+                    common.host.display()
+                ),
+            ));
+        }
+        // The usual linked worktree. The main git directory is mounted READ-ONLY at its own
+        // path, and writable on top only what git needs to commit, branch and fetch from a
+        // worktree: objects/, refs/, logs/ (reftable/ if used) and this worktree's admin
+        // directory. So the sandbox can create nothing in the git directory's root (a
+        // `commondir` there would redirect host git), nor touch hooks/, config, info/, modules/
+        // or other worktrees. What needs the root (packed-refs rewrites, gc) fails inside.
         m.common_dir = Some(common.clone());
-    }
-    protect_common(&mut m, &common, false);
-    // Other worktrees' admin directories are read-only (their `commondir`/`config.worktree`
-    // would otherwise attack those checkouts); this worktree's own is writable again on top,
-    // except for the files that redirect or configure git.
-    if admin.host.parent() == Some(common.host.join("worktrees").as_path()) {
-        m.read_only.push((common.child("worktrees"), Kind::Dir));
-        m.rw_overlays.push(admin.clone());
+        for d in ["objects", "refs", "logs"] {
+            m.rw_overlays.push((common.child(d), Kind::Dir));
+        }
+        m.rw_overlays
+            .push((common.child("reftable"), Kind::IfExists));
+        m.rw_overlays.push((admin.clone(), Kind::IfExists));
+    } else {
+        // The main git directory inside the workspace (unusual): writable with the workspace,
+        // so protect what git obeys in place, as for a plain repository.
+        m.common_in_workspace = true;
+        protect_common(&mut m, &common, false);
+        if admin_in_common {
+            m.read_only.push((common.child("worktrees"), Kind::Dir));
+            m.rw_overlays.push((admin.clone(), Kind::IfExists));
+        }
     }
     m.read_only.push((admin.child("commondir"), Kind::IfExists));
     m.read_only.push((admin.child("gitdir"), Kind::IfExists));
@@ -230,8 +256,8 @@ fn refuse_links(m: &GitMounts) -> Result<(), GitError> {
     let locs = m
         .read_only
         .iter()
-        .map(|(l, _)| l)
         .chain(&m.rw_overlays)
+        .map(|(l, _)| l)
         .chain(m.common_dir.as_ref());
     for l in locs {
         if std::fs::symlink_metadata(&l.host).is_ok_and(|md| md.file_type().is_symlink()) {
@@ -300,10 +326,12 @@ impl GitMounts {
     pub fn binds(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(c) = &self.common_dir {
-            out.push(bind(c, "rw"));
+            out.push(bind(c, "ro"));
         }
-        for l in &self.rw_overlays {
-            out.push(bind(l, "rw"));
+        for (l, kind) in &self.rw_overlays {
+            if *kind != Kind::IfExists || l.host.exists() {
+                out.push(bind(l, "rw"));
+            }
         }
         for (l, kind) in &self.read_only {
             if *kind != Kind::IfExists || l.host.exists() {
@@ -319,7 +347,7 @@ impl GitMounts {
     /// host before creating the sandbox.
     pub fn prepare_host(&self) -> Result<(), GitError> {
         use std::os::unix::fs::MetadataExt;
-        for (l, kind) in &self.read_only {
+        for (l, kind) in self.read_only.iter().chain(&self.rw_overlays) {
             if l.host.exists() || *kind == Kind::IfExists {
                 continue;
             }
@@ -343,7 +371,8 @@ impl GitMounts {
         Ok(())
     }
 
-    /// The host directory mounted read-write besides the workspace (checked for ownership).
+    /// The host git directory written to besides the workspace (its objects/, refs/, logs/ are
+    /// writable; checked for ownership).
     pub fn rw_host_dir(&self) -> Option<&Path> {
         self.common_dir.as_ref().map(|l| l.host.as_path())
     }
@@ -430,20 +459,17 @@ mod tests {
             ]
         );
         m.prepare_host().expect("prepare");
-        assert_eq!(
-            std::fs::read(common.join("config.worktree")).expect("cw"),
-            b""
-        );
+        // Under the read-only main git directory nothing needs creating but the admin dir's
+        // config.worktree (the admin dir is writable).
+        assert!(!common.join("config.worktree").exists());
         assert!(common.join("worktrees/task/config.worktree").is_file());
         let binds = m.binds();
         for want in [
-            format!("{c}:{c}:rw"),
-            format!("{c}/worktrees:{c}/worktrees:ro"),
+            format!("{c}:{c}:ro"),
+            format!("{c}/objects:{c}/objects:rw"),
+            format!("{c}/refs:{c}/refs:rw"),
+            format!("{c}/logs:{c}/logs:rw"),
             format!("{c}/worktrees/task:{c}/worktrees/task:rw"),
-            format!("{c}/hooks:{c}/hooks:ro"),
-            format!("{c}/info:{c}/info:ro"),
-            format!("{c}/config:{c}/config:ro"),
-            format!("{c}/config.worktree:{c}/config.worktree:ro"),
             format!("{c}/worktrees/task/commondir:{c}/worktrees/task/commondir:ro"),
             format!("{c}/worktrees/task/gitdir:{c}/worktrees/task/gitdir:ro"),
             format!("{c}/worktrees/task/config.worktree:{c}/worktrees/task/config.worktree:ro"),
@@ -495,10 +521,16 @@ mod tests {
         );
 
         // A link where a protected path would be (planted in an earlier session) is refused.
-        std::os::unix::fs::symlink("/etc", root.path().join("repo/.git/modules")).expect("ln");
+        std::os::unix::fs::symlink("/etc", root.path().join("repo/.git/logs")).expect("ln");
         let e = discover(&w).expect_err("planted link");
         assert!(e.to_string().contains("is a symlink"), "{e}");
-        std::fs::remove_file(root.path().join("repo/.git/modules")).expect("rm");
+        std::fs::remove_file(root.path().join("repo/.git/logs")).expect("rm");
+        // In a plain repository, where .git/ is writable, a planted `modules` link is refused too.
+        let p = tempfile::tempdir().expect("tmp");
+        git(p.path(), &["init", "-q"]);
+        std::os::unix::fs::symlink("/etc", p.path().join(".git/modules")).expect("ln");
+        let e = discover(p.path()).expect_err("planted link");
+        assert!(e.to_string().contains("modules"), "{e}");
 
         // A `.git` file that is not a gitdir line is refused, not guessed at.
         std::fs::write(w.join(".git"), "nonsense\n").expect("w");
