@@ -475,3 +475,33 @@ fn agent_config_copy_must_exist_and_name_is_default_only_without_a_name() {
     .to_string();
     assert!(e.contains("credentials.agent_config_copy"), "{e}");
 }
+
+#[test]
+fn sandbox_gets_workspace_variables_then_kennels_and_the_git_mounts() {
+    let d = ws();
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(d.path())
+        .args(["init", "-q"])
+        .status()
+        .expect("host git");
+    assert!(st.success());
+    let p = plan(d.path(), "[env]\nRUST_LOG = \"debug\"\n");
+    let git = crate::git::discover(d.path())
+        .expect("discover")
+        .expect("repo");
+    let c = hardening::sandbox_container(&p, None, Some(&git));
+    let env = c.env.clone().unwrap_or_default();
+    let pos = |k: &str| env.iter().position(|e| e.starts_with(k));
+    assert!(env.contains(&"RUST_LOG=debug".to_string()), "{env:?}");
+    // The workspace's variables come first; kennel's follow (and their names are refused in
+    // the workspace's sources anyway).
+    assert!(pos("RUST_LOG=") < pos("HTTP_PROXY="), "{env:?}");
+    assert!(
+        env.contains(&"GIT_CONFIG_VALUE_0=/workspace".to_string()),
+        "{env:?}"
+    );
+    let binds = c.host_config.and_then(|h| h.binds).unwrap_or_default();
+    let hooks = format!("{}/.git/hooks:/workspace/.git/hooks:ro", d.path().display());
+    assert!(binds.contains(&hooks), "{binds:?}");
+}
