@@ -18,14 +18,19 @@ use kennel_test_support::docker::{
     EnvGuard, engine, proxy_binary, share_dir, test_image, unique_env,
 };
 
-/// A daemon serving on `socket` until dropped (then drained).
-struct RunningDaemon {
+/// A daemon serving on `socket` until dropped (then drained). Shared with e2e_workspace.
+pub(crate) struct RunningDaemon {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningDaemon {
-    fn start(d: &DockerBackend, proxy_bin: &Path, socket: &Path, state: &Path) -> RunningDaemon {
+    pub(crate) fn start(
+        d: &DockerBackend,
+        proxy_bin: &Path,
+        socket: &Path,
+        state: &Path,
+    ) -> RunningDaemon {
         let docker = Arc::new(d.clone());
         let daemon = Daemon::new(
             docker.clone(),
@@ -48,7 +53,7 @@ impl RunningDaemon {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -84,7 +89,7 @@ fn workspace(name: &str, image: &str) -> tempfile::TempDir {
     ws
 }
 
-async fn exec(client: &Client, env: &str, script: &str) -> (String, String, i32) {
+pub(crate) async fn exec(client: &Client, env: &str, script: &str) -> (String, String, i32) {
     let req = ExecRequest {
         cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
         ..Default::default()
@@ -137,12 +142,10 @@ async fn supervisor_up_exec_ls_down_on_docker() {
     let policy_dir = info.policy_dir.clone().expect("policy dir");
     assert!(policy_dir.join("policy.toml").is_file());
 
-    // A second create of the same name is a 409.
-    let again = client
-        .post::<_, EnvInfo>("/envs", &req)
-        .await
-        .expect_err("duplicate");
-    assert_eq!(again.status(), Some(409), "{again}");
+    // A second create for the same workspace is a no-op that reports the environment.
+    let again: EnvInfo = client.post("/envs", &req).await.expect("up again");
+    assert!(again.already_existed, "{again:?}");
+    assert_eq!(again.name, name);
 
     // `kennel exec`: stdout and stderr apart, exit code propagated, runs as 1001:2000.
     let (out, err, code) = exec(

@@ -32,8 +32,12 @@ pub enum Command {
     Ls(commands::ls::LsArgs),
     /// Show one environment as JSON.
     Inspect(commands::inspect::InspectArgs),
-    /// Remove an environment and every Docker object labelled with it.
+    /// Remove an environment and every Docker object labelled with it (the home volume only with --purge).
     Down(commands::down::DownArgs),
+    /// Stop an environment's containers, keeping everything (`kennel start` resumes it).
+    Stop(commands::startstop::StartStopArgs),
+    /// Start a stopped environment's containers (proxy first).
+    Start(commands::startstop::StartStopArgs),
     /// Run a command in an environment's sandbox (stdout/stderr kept apart, exit code propagated).
     Exec(commands::exec::ExecArgs),
     /// An interactive shell in an environment's sandbox (`exec -t ENV -- sh`).
@@ -51,6 +55,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(args) => commands::ls::run(&client::Client::new(&cli.socket), args),
         Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
         Command::Down(args) => commands::down::run(&client::Client::new(&cli.socket), args),
+        Command::Stop(args) => {
+            commands::startstop::run(&client::Client::new(&cli.socket), args, false)
+        }
+        Command::Start(args) => {
+            commands::startstop::run(&client::Client::new(&cli.socket), args, true)
+        }
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
         Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),

@@ -214,7 +214,7 @@ fn up_ls_inspect_exec_down_through_the_cli() {
 }
 
 #[test]
-fn a_second_up_with_the_same_name_is_refused_with_a_next_step() {
+fn up_twice_is_a_no_op_and_a_name_of_another_workspace_is_refused_with_a_next_step() {
     let d = TestDaemon::start(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     let ws_path = ws.path().to_str().unwrap();
@@ -223,14 +223,32 @@ fn a_second_up_with_the_same_name_is_refused_with_a_next_step() {
             .status
             .success()
     );
+    // The same workspace again: its environment, unchanged.
     let again = d.kennel(&["up", "--workspace", ws_path, "--name", "twice"]);
-    assert_eq!(again.status.code(), Some(2));
-    let err = stderr(&again);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let out = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(
-        err.contains("environment \"twice\" already exists"),
+        out.contains("environment \"twice\" already exists for this workspace; nothing created"),
+        "{out}"
+    );
+    // Another workspace asking for that name explicitly: refused, with what to do.
+    let other = seed_workspace();
+    let refused = d.kennel(&[
+        "up",
+        "--workspace",
+        other.path().to_str().unwrap(),
+        "--name",
+        "twice",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!(
+            "environment name \"twice\" belongs to the workspace {ws_path}"
+        )),
         "{err}"
     );
-    assert!(err.contains("kennel down twice"), "{err}");
+    assert!(err.contains("kennel up --name"), "{err}");
 }
 
 #[test]
@@ -480,4 +498,70 @@ fn shell_without_a_terminal_forwards_stdin_without_a_tty() {
         (req.cmd, req.stdin, req.tty),
         (vec!["sh".to_string()], true, false)
     );
+}
+
+#[test]
+fn stop_start_and_down_purge_through_the_cli() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = seed_workspace();
+    let ws_path = ws.path().to_str().unwrap();
+    assert!(
+        d.kennel(&["up", "--workspace", ws_path, "--name", "ss"])
+            .status
+            .success()
+    );
+    let stop = d.kennel(&["stop", "ss"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(
+        stdout(&stop).contains("environment \"ss\" is stopped"),
+        "{}",
+        stdout(&stop)
+    );
+    let start = d.kennel(&["start", "ss"]);
+    assert!(start.status.success(), "{}", stderr(&start));
+    assert!(
+        stdout(&start).contains("environment \"ss\" is running"),
+        "{}",
+        stdout(&start)
+    );
+    let down = d.kennel(&["down", "ss"]);
+    assert!(
+        stdout(&down).contains("its home volume is kept"),
+        "{}",
+        stdout(&down)
+    );
+    // The kept home holds the name for this workspace: up again gets "ss" back.
+    assert!(
+        d.kennel(&["up", "--workspace", ws_path, "--name", "ss"])
+            .status
+            .success()
+    );
+    let purge = d.kennel(&["down", "--purge", "ss"]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(
+        stdout(&purge).contains("and its home volume)"),
+        "{}",
+        stdout(&purge)
+    );
+    let gone = d.kennel(&["stop", "ss"]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(stderr(&gone).contains("not found"), "{}", stderr(&gone));
+}
+
+#[test]
+fn a_proxy_variable_in_env_is_refused_before_anything_is_created() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        "name = \"pv\"\n[env]\nHTTP_PROXY = \"http://elsewhere:3128\"\n",
+    )
+    .unwrap();
+    let out = d.kennel(&["up", "--workspace", ws.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("kennel.toml:2:"), "{err}");
+    assert!(err.contains("env.HTTP_PROXY"), "{err}");
+    assert!(err.contains("proxy variables are kennel's"), "{err}");
+    assert!(d.fake.plan("pv").is_none());
 }

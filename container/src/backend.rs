@@ -22,6 +22,14 @@ pub const LABEL_ROLE: &str = "dev.kennel.role";
 pub const LABEL_MANAGED: &str = "dev.kennel.managed";
 /// Label: the service name on service containers.
 pub const LABEL_SERVICE: &str = "dev.kennel.service";
+/// Label (in [`EnvPlan::state_labels`], put there by the daemon): the uid of the caller who asked
+/// for the environment. The backend reads host files on that caller's behalf only if they are the
+/// caller's (`agent_config_copy`), so a daemon running as root reads nothing for a caller that the
+/// caller could not read.
+pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
+/// Label: the workspace (absolute host path) on the sandbox and the home volume; tells whose an
+/// environment name is.
+pub const LABEL_WORKSPACE: &str = "dev.kennel.workspace";
 
 /// A boxed, sendable future (keeps [`Backend`] usable as `Arc<dyn Backend>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,6 +54,43 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes every object labelled with the environment's name (containers first, then
     /// networks). Idempotent: removing an absent environment is `Ok`.
     fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Removes what outlives [`Backend::remove_env`]: the environment's home volume
+    /// (`kennel down --purge`). Idempotent. The default has nothing to remove.
+    fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(()) })
+    }
+    /// Stops every container of the environment, keeping them, their networks and the home
+    /// volume (`kennel stop`). [`BackendError::NotFound`] when nothing carries its label. The
+    /// default refuses (a backend that cannot stop must say so, not pretend).
+    fn stop_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: name.to_string(),
+                message: "this backend cannot stop environments".into(),
+            })
+        })
+    }
+    /// Starts the stopped containers of the environment, proxy first (`kennel start`, and
+    /// `kennel up` on a stopped environment). [`BackendError::NotFound`] when nothing carries its
+    /// label. The default refuses.
+    fn start_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: name.to_string(),
+                message: "this backend cannot start environments".into(),
+            })
+        })
+    }
+    /// The workspace label of the environment's home volume, when one is kept (an environment
+    /// removed without `--purge` still owns its name through it). The default keeps none.
+    fn kept_home<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(None) })
+    }
     /// Resource usage of the sandbox (for the health monitor and `kennel stats`); `None` when
     /// the environment or its sandbox does not exist. The default reports nothing.
     fn stats<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EnvStats>, BackendError>> {
@@ -288,5 +333,13 @@ pub mod names {
     /// A service container.
     pub fn service(env: &str, service: &str) -> String {
         format!("kennel-{env}-svc-{service}")
+    }
+    /// The home volume (kept by `kennel down`, removed by `kennel down --purge`).
+    pub fn home_volume(env: &str) -> String {
+        format!("kennel-{env}-home")
+    }
+    /// The short-lived, never started container that initialises a new home volume.
+    pub fn home_init(env: &str) -> String {
+        format!("kennel-{env}-home-init")
     }
 }

@@ -12,13 +12,15 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, Star
 use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions, StatsOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, StatsOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 
 use crate::backend::{
     Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStats, EnvStatus, ExecOutput,
-    ExecRequest, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, names,
+    ExecRequest, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_WORKSPACE,
+    names,
 };
 use crate::error::BackendError;
 use crate::hardening;
@@ -352,6 +354,11 @@ impl DockerBackend {
                     .remove_network(id)
                     .await
                     .map_err(|e| BackendError::engine("remove network", id, e)),
+                Created::Volume(name) => self
+                    .docker
+                    .remove_volume(name, None::<RemoveVolumeOptions>)
+                    .await
+                    .map_err(|e| BackendError::engine("remove volume", name, e)),
             };
             if let Err(e) = res {
                 tracing::warn!(error = %e, "rollback after failed create");
@@ -471,9 +478,22 @@ impl DockerBackend {
             .await?;
         }
 
+        // Git: the workspace's git directory reachable at its own path, with what git on the
+        // host would execute mounted read-only (crate::git).
+        let git_error = |e: crate::git::GitError| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: format!("git layout of the workspace: {e}"),
+        };
+        let git = crate::git::discover(&spec.workspace).map_err(git_error)?;
+        if let Some(g) = &git {
+            g.prepare_host().map_err(git_error)?;
+        }
+
+        self.ensure_home(plan, created).await?;
+
         self.create_and_start(
             &names::sandbox(env),
-            hardening::sandbox_container(plan, askpass.as_deref()),
+            hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
             created,
         )
         .await?;
@@ -481,6 +501,85 @@ impl DockerBackend {
         self.inspect_env_inner(env)
             .await?
             .ok_or_else(|| BackendError::NotFound(env.clone()))
+    }
+
+    /// Makes sure the home volume exists. A new one is initialised through a never-started
+    /// helper container: the engine copies the image's home content into the empty volume, then
+    /// [`crate::home::init_archive`] (unpacked in home's parent) makes home owned by the sandbox
+    /// user and adds the `agent_config_copy` copies. An existing volume is kept as it is.
+    async fn ensure_home(
+        &self,
+        plan: &EnvPlan,
+        created: &mut Vec<Created>,
+    ) -> Result<(), BackendError> {
+        let spec = &plan.spec;
+        let env = &spec.name;
+        let volume = names::home_volume(env);
+        match self.docker.inspect_volume(&volume).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(BackendError::engine("inspect volume", &volume, e)),
+        }
+        let (uid, gid) = hardening::user_ids(&spec.user);
+        // Files are read for the caller only if they are the caller's (a root daemon must not
+        // copy what the caller could not read); root and the daemon's own user are trusted.
+        let caller = plan
+            .state_labels
+            .iter()
+            .find(|(k, _)| k == crate::backend::LABEL_CREATED_BY)
+            .and_then(|(_, v)| v.parse::<u32>().ok());
+        let me = nix::unistd::geteuid().as_raw();
+        let only_owner = caller.filter(|c| *c != 0 && *c != me);
+        let archive = crate::home::init_archive(
+            &spec.home,
+            uid,
+            gid,
+            &spec.credentials.agent_config_copy,
+            only_owner,
+        )
+        .map_err(|e| BackendError::InvalidPlan {
+            env: env.clone(),
+            message: e.to_string(),
+        })?;
+        self.docker
+            .create_volume(hardening::home_volume(plan))
+            .await
+            .map_err(|e| BackendError::engine("create volume", &volume, e))?;
+        created.push(Created::Volume(volume.clone()));
+        let init = names::home_init(env);
+        self.create_container(&init, hardening::home_init_container(plan))
+            .await?;
+        let parent = std::path::Path::new(&spec.home)
+            .parent()
+            .map_or_else(|| "/".to_string(), |p| p.display().to_string());
+        let upload = self
+            .docker
+            .upload_to_container(
+                &init,
+                Some(UploadToContainerOptions {
+                    path: parent,
+                    ..Default::default()
+                }),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| BackendError::engine("initialise home volume through", &init, e));
+        let removed = self
+            .docker
+            .remove_container(
+                &init,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        upload?;
+        if let Err(e) = removed {
+            created.push(Created::Container(init.clone()));
+            return Err(BackendError::engine("remove container", &init, e));
+        }
+        Ok(())
     }
 
     async fn inspect_env_inner(&self, name: &str) -> Result<Option<EnvStatus>, BackendError> {
@@ -498,6 +597,7 @@ impl DockerBackend {
 enum Created {
     Network(String),
     Container(String),
+    Volume(String),
 }
 
 fn path_str(dir: &std::path::Path, file: &str) -> String {
@@ -680,6 +780,130 @@ impl Backend for DockerBackend {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let volume = names::home_volume(name);
+            match self.docker.inspect_volume(&volume).await {
+                // Only kennel's own volume (labelled with this environment) is removed.
+                Ok(v) if v.labels.get(LABEL_ENV).map(String::as_str) == Some(name) => {}
+                Ok(_) => return Ok(()),
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) => return Err(BackendError::engine("inspect volume", &volume, e)),
+            }
+            match self
+                .docker
+                .remove_volume(&volume, None::<RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if is_status(&e, 404) => Ok(()),
+                Err(e) => Err(BackendError::engine("remove volume", &volume, e)),
+            }
+        })
+    }
+
+    fn kept_home<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let volume = names::home_volume(name);
+            match self.docker.inspect_volume(&volume).await {
+                Ok(v) if v.labels.get(LABEL_ENV).map(String::as_str) == Some(name) => Ok(Some(
+                    v.labels.get(LABEL_WORKSPACE).cloned().unwrap_or_default(),
+                )),
+                Ok(_) => Ok(None),
+                Err(e) if is_status(&e, 404) => Ok(None),
+                Err(e) => Err(BackendError::engine("inspect volume", &volume, e)),
+            }
+        })
+    }
+
+    fn stop_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            let label = format!("{LABEL_ENV}={name}");
+            let mut containers = self.list_labelled_containers(&label).await?;
+            if containers.is_empty() {
+                return Err(BackendError::NotFound(name.to_string()));
+            }
+            // The sandbox and services first, the proxy last: nothing runs without its proxy.
+            containers.sort_by_key(|c| {
+                let role = c.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).cloned();
+                role.as_deref() == Some("proxy")
+            });
+            for c in containers {
+                let Some(id) = c.id else { continue };
+                match self
+                    .docker
+                    .stop_container(
+                        &id,
+                        Some(StopContainerOptions {
+                            t: Some(10),
+                            signal: None,
+                        }),
+                    )
+                    .await
+                {
+                    Ok(()) => {}
+                    // 304: already stopped.
+                    Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
+                    Err(e) => return Err(BackendError::engine("stop container", id, e)),
+                }
+            }
+            self.inspect_env_inner(name)
+                .await?
+                .ok_or_else(|| BackendError::NotFound(name.to_string()))
+        })
+    }
+
+    fn start_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            let label = format!("{LABEL_ENV}={name}");
+            let mut containers = self.list_labelled_containers(&label).await?;
+            if containers.is_empty() {
+                return Err(BackendError::NotFound(name.to_string()));
+            }
+            // The proxy first, the sandbox last: the sandbox's only way out must be up.
+            let rank = |c: &bollard::models::ContainerSummary| {
+                match c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_ROLE))
+                    .map(String::as_str)
+                {
+                    Some("proxy") => 0,
+                    Some("service") => 1,
+                    Some("sandbox") => 2,
+                    // Test origins, leftovers: not kennel's to start.
+                    _ => 3,
+                }
+            };
+            containers.sort_by_key(rank);
+            for c in containers {
+                if rank(&c) == 3 {
+                    continue;
+                }
+                let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
+                let Some(id) = c.id else { continue };
+                if running {
+                    continue;
+                }
+                match self
+                    .docker
+                    .start_container(&id, None::<StartContainerOptions>)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 304) => {}
+                    Err(e) => return Err(BackendError::engine("start container", id, e)),
+                }
+            }
+            self.inspect_env_inner(name)
+                .await?
+                .ok_or_else(|| BackendError::NotFound(name.to_string()))
         })
     }
 

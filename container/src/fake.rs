@@ -21,6 +21,8 @@ struct State {
     fail_create: Option<String>,
     execs: Vec<(String, ExecRequest)>,
     stats: HashMap<String, EnvStats>,
+    /// Home volumes: env name -> workspace label (kept by `remove_env`, removed by `purge_env`).
+    homes: BTreeMap<String, String>,
 }
 
 /// In-memory backend. Cheap to clone (shared state).
@@ -138,6 +140,9 @@ impl Backend for FakeBackend {
                 ));
             }
             let status = fake_status(plan);
+            st.homes
+                .entry(name.clone())
+                .or_insert_with(|| plan.spec.workspace.display().to_string());
             st.envs.insert(name.clone(), status.clone());
             st.plans.insert(name, plan.clone());
             Ok(status)
@@ -162,6 +167,47 @@ impl Backend for FakeBackend {
             st.plans.remove(name);
             Ok(())
         })
+    }
+
+    fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.lock().homes.remove(name);
+            Ok(())
+        })
+    }
+
+    fn stop_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            FakeBackend::stop_env(self, name);
+            self.lock()
+                .envs
+                .get(name)
+                .cloned()
+                .ok_or_else(|| BackendError::NotFound(name.to_string()))
+        })
+    }
+
+    fn start_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let e = st
+                .envs
+                .get_mut(name)
+                .ok_or_else(|| BackendError::NotFound(name.to_string()))?;
+            e.state = EnvState::Running;
+            for c in &mut e.containers {
+                c.state = "running".into();
+                c.status = "Up".into();
+            }
+            Ok(e.clone())
+        })
+    }
+
+    fn kept_home<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move { Ok(self.lock().homes.get(name).cloned()) })
     }
 
     fn stats<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EnvStats>, BackendError>> {

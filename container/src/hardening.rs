@@ -10,9 +10,13 @@ use std::net::Ipv4Addr;
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
     NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 
-use crate::backend::{EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, names};
+use crate::backend::{
+    EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_WORKSPACE, names,
+};
+use crate::git::GitMounts;
 use crate::spec::{EnvSpec, ServiceSpec};
 
 /// Where the sandbox sees the workspace.
@@ -215,8 +219,9 @@ pub fn proxy_url() -> String {
     format!("http://{PROXY_ALIAS}:{PROXY_PORT}")
 }
 
-/// Environment variables of the sandbox (proxy variables in both spellings, HOME, and the git
-/// askpass helper when a token file is configured).
+/// Environment variables of the sandbox: the workspace's (`.env`, `containerEnv`, `env_file`,
+/// `[env]`, merged by [`crate::env::SandboxEnv::merged`]), then kennel's: proxy variables in both
+/// spellings, HOME, and the git askpass helper when a token file is configured.
 pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
     let url = proxy_url();
     let mut no_proxy = vec![
@@ -226,7 +231,15 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
     ];
     no_proxy.extend(spec.services.iter().map(|s| s.name.clone()));
     let no_proxy = no_proxy.join(",");
-    let mut env = vec![
+    // The workspace's variables first: kennel's own follow and are never overridden (their
+    // names are refused at parse time anyway, crate::env::check_var_name).
+    let mut env: Vec<String> = spec
+        .env
+        .merged()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.extend([
         format!("HTTP_PROXY={url}"),
         format!("HTTPS_PROXY={url}"),
         format!("http_proxy={url}"),
@@ -235,7 +248,7 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
         format!("no_proxy={no_proxy}"),
         format!("HOME={}", spec.home),
         format!("KENNEL_ENV={}", spec.name),
-    ];
+    ]);
     if spec.credentials.git_token_file.is_some() {
         env.push(format!("GIT_ASKPASS={GIT_ASKPASS_PATH}"));
         env.push("GIT_TERMINAL_PROMPT=0".into());
@@ -243,10 +256,13 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
     env
 }
 
-/// Bind mounts of the sandbox: workspace rw, credentials ro. `askpass_host` is the host path of
+/// Bind mounts of the sandbox: workspace rw, the home volume, credentials ro. `askpass_host` is the host path of
 /// the askpass helper script (written by the backend next to the policy directory).
 pub fn sandbox_binds(spec: &EnvSpec, askpass_host: Option<&std::path::Path>) -> Vec<String> {
-    let mut binds = vec![format!("{}:{WORKSPACE_MOUNT}:rw", spec.workspace.display())];
+    let mut binds = vec![
+        format!("{}:{WORKSPACE_MOUNT}:rw", spec.workspace.display()),
+        format!("{}:{}:rw", names::home_volume(&spec.name), spec.home),
+    ];
     let home = &spec.home;
     let c = &spec.credentials;
     if let Some(p) = &c.git_config {
@@ -270,6 +286,10 @@ pub fn sandbox_binds(spec: &EnvSpec, askpass_host: Option<&std::path::Path>) -> 
             binds.push(format!("{}:{GIT_ASKPASS_PATH}:ro", a.display()));
         }
     }
+    for m in &spec.mounts {
+        let mode = if m.rw { "rw" } else { "ro" };
+        binds.push(format!("{}:{}:{mode}", m.source.display(), m.target));
+    }
     binds
 }
 
@@ -283,27 +303,32 @@ pub fn user_ids(user: &str) -> (u32, u32) {
 /// default seccomp, read-only rootfs with tmpfs `/tmp` and home, limits, resolver that reaches
 /// nothing but the environment's own names, no Docker socket (nothing from the host but the
 /// workspace and the listed credentials is mounted).
+///
+/// `git` (from [`crate::git::discover`]) adds the git directory and the read-only mounts over
+/// it, and `safe.directory` through `GIT_CONFIG_*` variables.
 pub fn sandbox_container(
     plan: &EnvPlan,
     askpass_host: Option<&std::path::Path>,
+    git: Option<&GitMounts>,
 ) -> ContainerCreateBody {
     let spec = &plan.spec;
     let env = &spec.name;
-    let (uid, gid) = user_ids(&spec.user);
     let r = &spec.resources;
     let mut host = hardened_host_config();
     host.readonly_rootfs = Some(spec.read_only_rootfs);
-    host.binds = Some(sandbox_binds(spec, askpass_host));
-    host.tmpfs = Some(HashMap::from([
-        (
-            "/tmp".to_string(),
-            "rw,nosuid,nodev,exec,mode=1777,size=1g".to_string(),
-        ),
-        (
-            spec.home.clone(),
-            format!("rw,nosuid,nodev,exec,mode=0750,uid={uid},gid={gid},size=2g"),
-        ),
-    ]));
+    let mut binds = sandbox_binds(spec, askpass_host);
+    let mut env_vars = sandbox_env(spec);
+    if let Some(g) = git {
+        binds.extend(g.binds());
+        env_vars.extend(g.env());
+    }
+    host.binds = Some(binds);
+    // Home is the environment's named volume (kept across down/up), initialised owned by the
+    // sandbox user (crate::home); /tmp stays a tmpfs.
+    host.tmpfs = Some(HashMap::from([(
+        "/tmp".to_string(),
+        "rw,nosuid,nodev,exec,mode=1777,size=1g".to_string(),
+    )]));
     host.network_mode = Some(names::network(env));
     host.dns = Some(vec![SANDBOX_DNS.into()]);
     host.dns_search = Some(vec![]);
@@ -325,7 +350,7 @@ pub fn sandbox_container(
         image: Some(spec.image.clone()),
         hostname: Some(env.clone()),
         user: Some(spec.user.clone()),
-        env: Some(sandbox_env(spec)),
+        env: Some(env_vars),
         cmd: Some(cmd),
         working_dir: Some(WORKSPACE_MOUNT.into()),
         labels: Some(labels(env, "sandbox", &plan.state_labels)),
@@ -367,6 +392,51 @@ pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBo
                 },
             )])),
         }),
+        ..Default::default()
+    }
+}
+
+/// The environment's home volume: labelled like every kennel object, plus the workspace it
+/// belongs to (an environment removed without `--purge` keeps its name through it).
+pub fn home_volume(plan: &EnvPlan) -> VolumeCreateRequest {
+    let env = &plan.spec.name;
+    let mut l = labels(env, "home", &plan.state_labels);
+    l.insert(
+        LABEL_WORKSPACE.into(),
+        plan.spec.workspace.display().to_string(),
+    );
+    VolumeCreateRequest {
+        name: Some(names::home_volume(env)),
+        driver: Some("local".into()),
+        labels: Some(l),
+        ..Default::default()
+    }
+}
+
+/// The container that initialises a new home volume: never started, no network, the sandbox
+/// image (so the image's own home content is copied into the empty volume by the engine). The
+/// backend unpacks [`crate::home::init_archive`] into it and removes it.
+pub fn home_init_container(plan: &EnvPlan) -> ContainerCreateBody {
+    let spec = &plan.spec;
+    let env = &spec.name;
+    let host = HostConfig {
+        binds: Some(vec![format!(
+            "{}:{}:rw",
+            names::home_volume(env),
+            spec.home
+        )]),
+        network_mode: Some("none".into()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(spec.user.clone()),
+        cmd: Some(vec!["true".into()]),
+        labels: Some(labels(env, "home-init", &plan.state_labels)),
+        host_config: Some(host),
+        network_disabled: Some(true),
         ..Default::default()
     }
 }

@@ -4,15 +4,21 @@
 //! - [`spec`]: `kennel.toml` / seed layout -> validated [`spec::EnvSpec`];
 //! - [`backend`]: the [`backend::Backend`] trait (the engine seam) and its types;
 //! - [`docker`]: the Docker implementation; [`fake`]: an in-memory one for tests;
+//! - [`git`]: a workspace's git directory, mounted so git works and cannot attack the host;
+//! - [`env`]: sandbox variables from the workspace, their precedence and the refused names;
+//! - [`home`]: the home volume's initial content;
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory.
 
 pub mod backend;
 pub mod docker;
+pub mod env;
 pub mod error;
 pub mod fake;
+pub mod git;
 pub mod hardening;
+pub mod home;
 pub mod image;
 pub mod policy_dir;
 pub mod spec;

@@ -12,6 +12,8 @@ use toml::Spanned;
 
 pub use kennel_policy::LegacyEnv;
 
+pub use crate::env::SandboxEnv;
+
 use crate::error::SpecError;
 
 /// Image used when neither the spec nor the caller names one.
@@ -54,6 +56,24 @@ pub struct EnvSpec {
     pub credentials: CredentialMounts,
     /// Sandbox command; `None` = keep the sandbox alive with `sleep infinity`-like default.
     pub command: Option<Vec<String>>,
+    /// Sandbox environment variables by source (`.env`, `containerEnv`, `env_file`, `[env]`).
+    pub env: SandboxEnv,
+    /// Further host paths (`[[mount]]`), read-only unless `rw = true`.
+    pub mounts: Vec<HostMount>,
+    /// The name was derived from the directory name (neither `name` nor `--name` gave it), so
+    /// the daemon may make it unique with a suffix when another workspace has it.
+    pub name_is_default: bool,
+}
+
+/// A `[[mount]]`: a host path in the sandbox. The daemon mounts only paths the caller owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMount {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    /// Writable (default: read-only).
+    pub rw: bool,
 }
 
 /// Resource limits of the sandbox.
@@ -138,6 +158,9 @@ pub struct CredentialMounts {
     /// A file holding a git token; mounted read-only at `/run/kennel/git-token` with a
     /// `GIT_ASKPASS` helper that prints it. Never passed as an environment variable.
     pub git_token_file: Option<PathBuf>,
+    /// Copied (not mounted) into the home volume when it is created, each at
+    /// `$HOME/<file name>`, so the agent can write its own copy (e.g. `~/.claude`).
+    pub agent_config_copy: Vec<PathBuf>,
 }
 
 /// Values given by the caller (CLI flags) that override the spec.
@@ -224,6 +247,19 @@ struct RawSpec {
     service: Vec<RawService>,
     health: Option<RawHealth>,
     credentials: Option<RawCredentials>,
+    env: Option<Spanned<toml::Table>>,
+    env_file: Option<Spanned<String>>,
+    #[serde(default)]
+    mount: Vec<RawMount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    source: Spanned<String>,
+    target: Spanned<String>,
+    #[serde(default)]
+    rw: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -276,6 +312,8 @@ struct RawCredentials {
     #[serde(default)]
     agent_config: Vec<Spanned<String>>,
     git_token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    agent_config_copy: Vec<Spanned<String>>,
 }
 
 /// Context for error messages: the file and its text.
@@ -360,6 +398,7 @@ impl EnvSpec {
         };
         if overrides.workspace.is_some() {
             spec.workspace = dir.clone();
+            spec.env.dotenv = load_dotenv_vars(&dir)?;
             spec.egress.legacy = load_legacy(&dir)?;
             if spec.egress.whitelist.is_none() {
                 let seed = dir.join(SEED_WHITELIST);
@@ -369,6 +408,7 @@ impl EnvSpec {
         if let Some(name) = &overrides.name {
             validate_env_name(name)?;
             spec.name = name.clone();
+            spec.name_is_default = false;
         }
         if let Some(image) = &overrides.image {
             check_image(image).map_err(|message| SpecError::InvalidValue {
@@ -452,6 +492,8 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
     let services = build_services(src, raw.service)?;
     let health = build_health(src, raw.health.unwrap_or_default())?;
     let credentials = build_credentials(src, raw.credentials.unwrap_or_default(), base_dir)?;
+    let env = build_env(src, raw.env, raw.env_file, &workspace)?;
+    let mounts = build_mounts(src, raw.mount, base_dir, &home)?;
 
     Ok(EnvSpec {
         name,
@@ -466,7 +508,111 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         health,
         credentials,
         command,
+        env,
+        mounts,
+        name_is_default: raw.name.is_none(),
     })
+}
+
+/// The `.devcontainer/.env` keys that are sandbox variables (all but the proxy settings).
+fn load_dotenv_vars(workspace: &Path) -> Result<Vec<(String, String)>, SpecError> {
+    let dotenv = workspace.join(SEED_DOTENV);
+    if !dotenv.is_file() {
+        return Ok(Vec::new());
+    }
+    crate::env::read_dotenv(&dotenv, &crate::env::LEGACY_PROXY_KEYS).map_err(|message| {
+        SpecError::InvalidValue {
+            what: "sandbox variables".into(),
+            message,
+        }
+    })
+}
+
+fn build_env(
+    src: &Src<'_>,
+    table: Option<Spanned<toml::Table>>,
+    env_file: Option<Spanned<String>>,
+    workspace: &Path,
+) -> Result<SandboxEnv, SpecError> {
+    let mut env = SandboxEnv {
+        dotenv: load_dotenv_vars(workspace)?,
+        ..Default::default()
+    };
+    if let Some(f) = env_file {
+        let p = expand_path(f.get_ref(), workspace);
+        env.env_file =
+            crate::env::read_dotenv(&p, &[]).map_err(|m| src.err(f.span(), "env_file", m))?;
+    }
+    if let Some(t) = table {
+        let span = t.span();
+        for (k, v) in t.into_inner() {
+            let key = format!("env.{k}");
+            crate::env::check_var_name(&k).map_err(|m| src.err(span.clone(), &key, m))?;
+            let v = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(src.err(span, &key, "must be a string, number or boolean"));
+                }
+            };
+            env.table.push((k, v));
+        }
+    }
+    Ok(env)
+}
+
+/// Sandbox paths a `[[mount]]` may not cover: kennel's own mounts and the kernel's.
+const MOUNT_RESERVED: [&str; 6] = ["/workspace", "/tmp", "/run/kennel", "/proc", "/sys", "/dev"];
+
+fn build_mounts(
+    src: &Src<'_>,
+    raw: Vec<RawMount>,
+    base: &Path,
+    home: &str,
+) -> Result<Vec<HostMount>, SpecError> {
+    let mut out: Vec<HostMount> = Vec::new();
+    for m in raw {
+        let source = expand_path(m.source.get_ref(), base);
+        if !source.exists() {
+            return Err(src.err(
+                m.source.span(),
+                "mount.source",
+                format!("{} does not exist", source.display()),
+            ));
+        }
+        if source.to_string_lossy().contains([':', ',']) {
+            return Err(src.err(
+                m.source.span(),
+                "mount.source",
+                "contains ':' or ','; Docker bind mounts cannot express such a path",
+            ));
+        }
+        let target = m.target.get_ref().trim_end_matches('/').to_string();
+        check_container_path(&target).map_err(|e| src.err(m.target.span(), "mount.target", e))?;
+        let t = Path::new(&target);
+        if target == home || MOUNT_RESERVED.iter().any(|r| t.starts_with(r)) {
+            return Err(src.err(
+                m.target.span(),
+                "mount.target",
+                format!("{target} is kennel's (the workspace, home, /tmp, /run/kennel or a kernel file system); pick another path, e.g. under {home}/"),
+            ));
+        }
+        if out.iter().any(|o| o.target == target) {
+            return Err(src.err(
+                m.target.span(),
+                "mount.target",
+                format!("{target} is mounted twice"),
+            ));
+        }
+        out.push(HostMount {
+            source,
+            target,
+            rw: m.rw,
+        });
+    }
+    Ok(out)
 }
 
 fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {
@@ -671,6 +817,18 @@ fn build_credentials(
             ))
         }
     };
+    let mut agent_config_copy = Vec::new();
+    for a in &raw.agent_config_copy {
+        let p = existing(a, "credentials.agent_config_copy", false)?;
+        if p.file_name().is_none() {
+            return Err(src.err(
+                a.span(),
+                "credentials.agent_config_copy",
+                "needs a file name",
+            ));
+        }
+        agent_config_copy.push(p);
+    }
     let mut agent_config = Vec::new();
     for a in &raw.agent_config {
         let p = existing(a, "credentials.agent_config", false)?;
@@ -696,6 +854,7 @@ fn build_credentials(
             .as_ref()
             .map(|v| existing(v, "credentials.git_token_file", false))
             .transpose()?,
+        agent_config_copy,
     })
 }
 

@@ -181,7 +181,7 @@ fn sandbox_settings_are_hardened() {
         d.path(),
         &format!("[credentials]\ngit_token_file = \"{}\"\n", token.display()),
     );
-    let c = hardening::sandbox_container(&p, Some(Path::new("/state/askpass")));
+    let c = hardening::sandbox_container(&p, Some(Path::new("/state/askpass")), None);
     let h = c.host_config.as_ref().expect("host config");
     assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
     assert_eq!(h.readonly_rootfs, Some(true));
@@ -210,8 +210,15 @@ fn sandbox_settings_are_hardened() {
         Some("sandbox")
     );
     assert_eq!(labels.get("k").map(String::as_str), Some("v"));
+    // Home is the environment's volume (kept across down/up), not a tmpfs.
     let tmpfs = h.tmpfs.clone().unwrap_or_default();
-    assert!(tmpfs["/home/claude"].contains("uid=1001,gid=2000"));
+    assert!(!tmpfs.contains_key("/home/claude"));
+    assert!(
+        h.binds
+            .clone()
+            .unwrap_or_default()
+            .contains(&"kennel-t-home:/home/claude:rw".to_string())
+    );
 
     let n = hardening::internal_network(&p);
     assert_eq!(n.internal, Some(true));
@@ -353,4 +360,148 @@ async fn fake_backend_conflicts_execs_and_removes() {
         fake.exec("t", ExecRequest::default()).await,
         Err(crate::BackendError::NotFound(_))
     ));
+}
+
+#[test]
+fn env_table_env_file_and_dotenv_merge_and_proxy_variables_are_refused_with_the_place() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        d.path().join(".devcontainer/.env"),
+        "UPSTREAM_SOCKS5=h:1080\nA=dotenv\nB=dotenv\nC=dotenv\n",
+    )
+    .expect("w");
+    std::fs::write(d.path().join("vars.env"), "B=file\nC=file\n").expect("w");
+    let s = parse(
+        d.path(),
+        "env_file = \"vars.env\"\n[env]\nC = \"table\"\nN = 3\n",
+    )
+    .expect("valid");
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        s.env.merged(),
+        vec![
+            kv("A", "dotenv"),
+            kv("B", "file"),
+            kv("C", "table"),
+            kv("N", "3")
+        ]
+    );
+    // The .env's proxy settings configure the proxy, not the sandbox.
+    assert!(!s.env.names().contains(&"UPSTREAM_SOCKS5".to_string()));
+    // Values never show in a Debug print of the spec.
+    assert!(!format!("{s:?}").contains("dotenv\""), "{s:?}");
+
+    let e = parse(
+        d.path(),
+        "name = \"x\"\n[env]\nHttps_Proxy = \"http://evil:1\"\n",
+    )
+    .expect_err("proxy variable")
+    .to_string();
+    assert!(e.contains("kennel.toml:2:1"), "{e}");
+    assert!(e.contains("env.Https_Proxy"), "{e}");
+    assert!(e.contains("proxy variables are kennel's"), "{e}");
+    std::fs::write(d.path().join("bad.env"), "NO_PROXY=*\n").expect("w");
+    let e = parse(d.path(), "env_file = \"bad.env\"\n")
+        .expect_err("proxy variable in env_file")
+        .to_string();
+    assert!(e.contains("bad.env") && e.contains("NO_PROXY"), "{e}");
+}
+
+#[test]
+fn mounts_are_read_only_by_default_and_kennel_paths_are_refused() {
+    let d = ws();
+    let src = d.path().join("data");
+    std::fs::create_dir(&src).expect("mkdir");
+    let s = parse(
+        d.path(),
+        "name = \"t\"\n[[mount]]\nsource = \"data\"\ntarget = \"/data\"\n[[mount]]\nsource = \"data\"\ntarget = \"/home/claude/.cache\"\nrw = true\n",
+    )
+    .expect("valid");
+    let binds = hardening::sandbox_binds(&s, None);
+    let data = src.display();
+    assert!(binds.contains(&format!("{data}:/data:ro")), "{binds:?}");
+    assert!(
+        binds.contains(&format!("{data}:/home/claude/.cache:rw")),
+        "{binds:?}"
+    );
+    for target in [
+        "/workspace/x",
+        "/home/claude",
+        "/tmp",
+        "/run/kennel/x",
+        "/proc/x",
+        "rel",
+    ] {
+        let e = parse(
+            d.path(),
+            &format!("[[mount]]\nsource = \"data\"\ntarget = \"{target}\"\n"),
+        )
+        .expect_err(target)
+        .to_string();
+        assert!(e.contains("mount.target"), "{target}: {e}");
+    }
+    let e = parse(d.path(), "[[mount]]\nsource = \"nope\"\ntarget = \"/x\"\n")
+        .expect_err("missing")
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn agent_config_copy_must_exist_and_name_is_default_only_without_a_name() {
+    let d = ws();
+    let cfg = d.path().join(".claude");
+    std::fs::create_dir(&cfg).expect("mkdir");
+    let s = parse(
+        d.path(),
+        &format!(
+            "[credentials]\nagent_config_copy = [\"{}\"]\n",
+            cfg.display()
+        ),
+    )
+    .expect("valid");
+    assert_eq!(s.credentials.agent_config_copy, vec![cfg.clone()]);
+    assert!(s.name_is_default);
+    assert!(
+        !parse(d.path(), "name = \"x\"\n")
+            .expect("valid")
+            .name_is_default
+    );
+    let e = parse(
+        d.path(),
+        "[credentials]\nagent_config_copy = [\"/nonexistent/.codex\"]\n",
+    )
+    .expect_err("missing")
+    .to_string();
+    assert!(e.contains("credentials.agent_config_copy"), "{e}");
+}
+
+#[test]
+fn sandbox_gets_workspace_variables_then_kennels_and_the_git_mounts() {
+    let d = ws();
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(d.path())
+        .args(["init", "-q"])
+        .status()
+        .expect("host git");
+    assert!(st.success());
+    let p = plan(d.path(), "[env]\nRUST_LOG = \"debug\"\n");
+    let git = crate::git::discover(d.path())
+        .expect("discover")
+        .expect("repo");
+    let c = hardening::sandbox_container(&p, None, Some(&git));
+    let env = c.env.clone().unwrap_or_default();
+    let pos = |k: &str| env.iter().position(|e| e.starts_with(k));
+    assert!(env.contains(&"RUST_LOG=debug".to_string()), "{env:?}");
+    // The workspace's variables come first; kennel's follow (and their names are refused in
+    // the workspace's sources anyway).
+    assert!(pos("RUST_LOG=") < pos("HTTP_PROXY="), "{env:?}");
+    assert!(
+        env.contains(&"GIT_CONFIG_VALUE_0=/workspace".to_string()),
+        "{env:?}"
+    );
+    let binds = c.host_config.and_then(|h| h.binds).unwrap_or_default();
+    let hooks = format!("{}/.git/hooks:/workspace/.git/hooks:ro", d.path().display());
+    assert!(binds.contains(&hooks), "{binds:?}");
 }

@@ -61,8 +61,9 @@ impl fmt::Display for Origin {
     }
 }
 
-/// The variable names, in field order.
-pub(crate) const VARS: [&str; 8] = [
+/// The variable names of the replaced system's proxy settings, in field order (a `.env` key in
+/// this list configures the proxy, never the sandbox).
+pub const VARS: [&str; 8] = [
     "UPSTREAM_SOCKS5",
     "UPSTREAM_HTTP",
     "UPSTREAM_PROXY",

@@ -37,6 +37,15 @@ pub enum ApiError {
     /// The environment already exists (or is being created right now).
     #[error("environment {0:?} already exists")]
     Conflict(String),
+    /// The name was asked for (kennel.toml `name` or `--name`) but another workspace's
+    /// environment (or its kept home volume) has it.
+    #[error("environment name {name:?} belongs to the workspace {}", workspace.display())]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The workspace that has it.
+        workspace: std::path::PathBuf,
+    },
     /// Another create or remove of this environment is running right now.
     #[error("environment {0:?} is being created or removed right now")]
     Busy(String),
@@ -76,7 +85,9 @@ impl ApiError {
             ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::Busy(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Busy(_) | ApiError::NameTaken { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::Spec(_) | ApiError::Policy(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Backend(e) => match e {
@@ -108,6 +119,9 @@ impl ApiError {
                     "remove it first (`kennel down {name}`) or pick another name (`kennel up --name …`); if `kennel ls` does not show it, another daemon or a person made it: `docker ps -a --filter label=dev.kennel.env={name}`"
                 )
             }
+            ApiError::NameTaken { name, .. } => format!(
+                "pick another name (`kennel up --name …`, or drop `name` from kennel.toml to get `<dir>-<hash>` automatically); if that workspace is gone, `kennel down --purge {name}` frees the name"
+            ),
             ApiError::Spec(_) => "fix the spec file (kennel.toml, or .devcontainer/) and run `kennel up` again".to_string(),
             ApiError::Policy(_) => {
                 "check the project whitelist and [egress] settings; `kennel policy check <file>` explains policy errors".to_string()

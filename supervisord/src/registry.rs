@@ -26,7 +26,7 @@ use crate::frame::{self, Frame, FrameKind};
 use crate::state::{EnvRecord, StateDir, StateError};
 
 /// Label put on every object of an environment created by the daemon: the creator's uid.
-pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
+pub use kennel_container::backend::LABEL_CREATED_BY;
 /// Label put on every object of an environment created by the daemon: the state directory's
 /// instance id ([`StateDir::instance`]). The daemon lists, removes and reconciles only objects
 /// carrying its own id (or recorded in its state), never another daemon's or a test's.
@@ -211,10 +211,42 @@ impl Daemon {
     pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         let started = std::time::Instant::now();
-        let name = req.spec.name.clone();
-        validate_env_name(&name)?;
+        validate_env_name(&req.spec.name)?;
         let mut spec: EnvSpec = req.spec.clone().into();
         self.validate_spec(peer, &mut spec)?;
+
+        // Names and idempotence: the same workspace gets its environment back (started if
+        // stopped); a name another workspace holds is suffixed when it was only the directory
+        // name, and a conflict when it was asked for.
+        // A kept home of this workspace is reused by creating the environment again.
+        match self.name_owner(&spec.name).await? {
+            Some(NameOwner::Env(ws)) if ws == spec.workspace => {
+                return self.existing(&spec.name).await;
+            }
+            Some(NameOwner::Home(ws)) if ws == spec.workspace => {}
+            Some(owner) if spec.name_is_default => {
+                let suffixed = suffixed_name(&spec.name, &spec.workspace);
+                tracing::info!(env = %suffixed, taken_by = %owner.describe(), "name taken; suffixed");
+                spec.name = suffixed;
+                match self.name_owner(&spec.name).await? {
+                    Some(NameOwner::Env(ws)) if ws == spec.workspace => {
+                        return self.existing(&spec.name).await;
+                    }
+                    Some(NameOwner::Home(ws)) if ws == spec.workspace => {}
+                    Some(_) => return Err(ApiError::Conflict(spec.name.clone())),
+                    None => {}
+                }
+            }
+            Some(NameOwner::Env(other) | NameOwner::Home(other)) => {
+                return Err(ApiError::NameTaken {
+                    name: spec.name.clone(),
+                    workspace: other,
+                });
+            }
+            Some(NameOwner::Foreign) => return Err(ApiError::Conflict(spec.name.clone())),
+            None => {}
+        }
+        let name = spec.name.clone();
 
         let _busy = self.mark_busy(&name)?;
         if self.state.read_record(&name)?.is_some() {
@@ -283,6 +315,76 @@ impl Daemon {
         Ok(self.info(status, Some(&record)))
     }
 
+    /// Which workspace holds `name`: the recorded environment's, else the workspace label of a
+    /// home volume `kennel down` kept. Engine objects of this name that this daemon does not know
+    /// hold the name too (they are not ours to reuse).
+    async fn name_owner(&self, name: &str) -> Result<Option<NameOwner>, ApiError> {
+        if let Some(r) = self.state.read_record(name)? {
+            return Ok(Some(NameOwner::Env(r.request.spec.workspace)));
+        }
+        if self.backend.inspect_env(name).await?.is_some() {
+            return Ok(Some(NameOwner::Foreign));
+        }
+        Ok(self
+            .backend
+            .kept_home(name)
+            .await?
+            .map(|w| NameOwner::Home(PathBuf::from(w))))
+    }
+
+    /// `kennel up` on an environment that exists for this workspace: start it if needed, report it.
+    async fn existing(&self, name: &str) -> Result<EnvInfo, ApiError> {
+        let record = self.state.read_record(name)?;
+        let Some(record) = record else {
+            // Only a kept home: nothing to start; a fresh create would reuse it, but the caller's
+            // name resolution said "existing", so this is a race with a `down`.
+            return Err(ApiError::Busy(name.to_string()));
+        };
+        let mut status = self.backend.inspect_env(name).await?;
+        if let Some(s) = &status
+            && s.state != EnvState::Running
+        {
+            let _busy = self.mark_busy(name)?;
+            status = Some(self.backend.start_env(name).await?);
+            tracing::info!(env = %name, "existing environment started");
+        }
+        let Some(status) = status else {
+            // Recorded but gone from the engine: nothing to start; `kennel down` clears the
+            // record, then `kennel up` creates it again (the hint of a conflict says so).
+            return Err(ApiError::Conflict(name.to_string()));
+        };
+        let mut info = self.info(status, Some(&record));
+        info.already_existed = true;
+        Ok(info)
+    }
+
+    /// `POST /v1/envs/{name}/stop`: stops the containers, keeping everything.
+    pub async fn stop(&self, name: &str) -> Result<EnvInfo, ApiError> {
+        self.start_or_stop(name, false).await
+    }
+
+    /// `POST /v1/envs/{name}/start`: starts the stopped containers, proxy first.
+    pub async fn start(&self, name: &str) -> Result<EnvInfo, ApiError> {
+        self.check_running()?;
+        self.start_or_stop(name, true).await
+    }
+
+    async fn start_or_stop(&self, name: &str, start: bool) -> Result<EnvInfo, ApiError> {
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        let _busy = self.mark_busy(name)?;
+        let record = self.state.read_record(name)?;
+        if self.managed_status(name, record.as_ref()).await?.is_none() {
+            return Err(ApiError::NotFound(name.to_string()));
+        }
+        let status = if start {
+            self.backend.start_env(name).await?
+        } else {
+            self.backend.stop_env(name).await?
+        };
+        tracing::info!(env = %name, start, "environment {}", if start { "started" } else { "stopped" });
+        Ok(self.info(status, record.as_ref()))
+    }
+
     /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller
     /// (checked on the canonical path, which replaces the given one, so a symlink cannot point
     /// the mount elsewhere); the sandbox user and group are not root.
@@ -330,6 +432,16 @@ impl Daemon {
             Ok(())
         };
         checked("workspace", &mut spec.workspace)?;
+        // A worktree's main git directory is mounted read-write too: the caller must own it.
+        let git = kennel_container::git::discover(&spec.workspace).map_err(|e| {
+            bad(
+                format!("workspace {}", spec.workspace.display()),
+                format!("its git layout cannot be mounted safely: {e}"),
+            )
+        })?;
+        if let Some(dir) = git.as_ref().and_then(|g| g.rw_host_dir()) {
+            self.check_owner(peer, "the worktree's main git directory", dir)?;
+        }
         let creds = &mut spec.credentials;
         if let Some(p) = creds.git_config.as_mut() {
             checked("credentials.git_config", p)?;
@@ -343,6 +455,16 @@ impl Daemon {
         for p in &mut creds.agent_config {
             checked("credentials.agent_config", p)?;
         }
+        // Copied by the daemon into the home volume: the caller must own what is read.
+        for p in &mut creds.agent_config_copy {
+            checked("credentials.agent_config_copy", p)?;
+        }
+        for m in &mut spec.mounts {
+            checked("mount.source", &mut m.source)?;
+        }
+        spec.env
+            .validate()
+            .map_err(|m| bad("sandbox variables".into(), m))?;
         Ok(())
     }
 
@@ -395,6 +517,9 @@ impl Daemon {
             workspace: record.map(|r| r.request.spec.workspace.clone()),
             image: record.map(|r| r.request.spec.image.clone()),
             policy_dir: record.map(|r| self.state.policy_dir(&r.name)),
+            env_names: record.map(env_names).unwrap_or_default(),
+            already_existed: false,
+            warnings: record.map(workspace_warnings).unwrap_or_default(),
         }
     }
 
@@ -409,6 +534,9 @@ impl Daemon {
             workspace: Some(record.request.spec.workspace.clone()),
             image: Some(record.request.spec.image.clone()),
             policy_dir: Some(self.state.policy_dir(&record.name)),
+            env_names: env_names(record),
+            already_existed: false,
+            warnings: workspace_warnings(record),
         }
     }
 
@@ -466,18 +594,31 @@ impl Daemon {
 
     /// `DELETE /v1/envs/{name}`: removes every labelled object, then the state.
     #[tracing::instrument(skip(self))]
+    ///
+    /// The home volume is kept (agent logins survive `down`/`up`).
     pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        self.remove_with(name, false).await.map(|_warnings| ())
+    }
+
+    /// `DELETE /v1/envs/{name}?purge=true`: [`Daemon::remove`], and with `purge` the home
+    /// volume too (also of an environment that is already down but kept its home).
+    /// Returns the workspace's warnings ([`workspace_warnings`]) for the person to read.
+    pub async fn remove_with(&self, name: &str, purge: bool) -> Result<Vec<String>, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let _busy = self.mark_busy(name)?;
         let record = self.state.read_record(name)?;
         let status = self.managed_status(name, record.as_ref()).await?;
-        if record.is_none() && status.is_none() {
+        let kept_home = purge && self.backend.kept_home(name).await?.is_some();
+        if record.is_none() && status.is_none() && !kept_home {
             return Err(ApiError::NotFound(name.to_string()));
         }
         self.backend.remove_env(name).await?;
+        if purge {
+            self.backend.purge_env(name).await?;
+        }
         self.state.remove(name)?;
-        tracing::info!(env = %name, "environment removed");
-        Ok(())
+        tracing::info!(env = %name, purge, "environment removed");
+        Ok(record.map(|r| workspace_warnings(&r)).unwrap_or_default())
     }
 
     /// Start-up reconcile. Objects carrying this daemon's instance label but without state are
@@ -563,6 +704,58 @@ impl Daemon {
         });
         Ok(())
     }
+}
+
+/// Who holds an environment name: a recorded environment, or the home volume `kennel down`
+/// kept; both name the workspace.
+enum NameOwner {
+    Env(PathBuf),
+    Home(PathBuf),
+    /// Labelled engine objects this daemon has no record of (another daemon's, or by hand).
+    Foreign,
+}
+
+impl NameOwner {
+    fn describe(&self) -> String {
+        match self {
+            NameOwner::Env(w) => format!("environment of {}", w.display()),
+            NameOwner::Home(w) => format!("kept home of {}", w.display()),
+            NameOwner::Foreign => "objects this daemon did not create".into(),
+        }
+    }
+}
+
+/// What the person should check before trusting the workspace on the host again: a git
+/// `commondir` in the main git directory (see [`kennel_container::git::unexpected_redirects`]).
+pub fn workspace_warnings(record: &EnvRecord) -> Vec<String> {
+    kennel_container::git::unexpected_redirects(&record.request.spec.workspace)
+        .into_iter()
+        .map(|p| {
+            format!(
+                "{} exists: git does not create it in a main repository, and it redirects git on the host to another repository's config and hooks; the sandbox may have written it. Inspect and remove it before running git in {} on the host",
+                p.display(),
+                record.request.spec.workspace.display()
+            )
+        })
+        .collect()
+}
+
+/// The names (never the values) of an environment's sandbox variables.
+fn env_names(record: &EnvRecord) -> Vec<String> {
+    kennel_container::env::SandboxEnv::from(record.request.spec.env.clone()).names()
+}
+
+/// `<name>-<6 hex digits of the SHA-256 of the workspace path>`, at most 40 characters: the name
+/// of a workspace whose directory name another workspace's environment already has.
+pub fn suffixed_name(name: &str, workspace: &Path) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(workspace.as_os_str().as_encoded_bytes());
+    let hex: String = hash.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let mut base: String = name.chars().take(40 - 7).collect();
+    while base.ends_with('-') {
+        base.pop();
+    }
+    format!("{base}-{hex}")
 }
 
 /// Engine timestamps given as Unix seconds become RFC 3339 (UTC); anything else is kept.

@@ -120,15 +120,97 @@ async fn name_collision_is_a_409_that_says_what_to_do() {
         .create(&root(), request(f.workspace.path(), "dup"))
         .await
         .unwrap();
+    let other = tempfile::tempdir().unwrap();
     let err = f
         .daemon
-        .create(&root(), request(f.workspace.path(), "dup"))
+        .create(&root(), request(other.path(), "dup"))
         .await
         .unwrap_err();
     assert_eq!(err.status(), StatusCode::CONFLICT);
     let body = err.body();
-    assert_eq!(body.error, "environment \"dup\" already exists");
-    assert!(body.hint.unwrap().contains("kennel down dup"));
+    let ws = std::fs::canonicalize(f.workspace.path()).unwrap();
+    assert_eq!(
+        body.error,
+        format!(
+            "environment name \"dup\" belongs to the workspace {}",
+            ws.display()
+        )
+    );
+    assert!(body.hint.unwrap().contains("kennel up --name"));
+}
+
+#[tokio::test]
+async fn up_again_in_the_same_workspace_is_a_no_op_that_starts_a_stopped_env() {
+    let f = fixture();
+    let first = f
+        .daemon
+        .create(&root(), request(f.workspace.path(), "idem"))
+        .await
+        .unwrap();
+    assert!(!first.already_existed);
+    let stopped = f.daemon.stop("idem").await.unwrap();
+    assert_eq!(stopped.state, "stopped");
+    let again = f
+        .daemon
+        .create(&root(), request(f.workspace.path(), "idem"))
+        .await
+        .unwrap();
+    assert!(again.already_existed);
+    assert_eq!(again.state, "running");
+    assert_eq!(f.daemon.list().await.unwrap().len(), 1);
+    let started = f.daemon.start("idem").await.unwrap();
+    assert_eq!(started.state, "running");
+}
+
+/// A spec whose name came from the directory name (no `name`, no `--name`).
+fn default_named(workspace: &Path) -> CreateEnv {
+    let spec = EnvSpec::from_workspace(
+        workspace,
+        &SpecOverrides {
+            workspace: Some(workspace.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(spec.name_is_default);
+    CreateEnv {
+        spec: (&spec).into(),
+        project_whitelist: None,
+    }
+}
+
+#[tokio::test]
+async fn two_workspaces_named_task_get_two_environments_and_a_kept_home_holds_its_name() {
+    let f = fixture();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (wa, wb) = (a.path().join("task"), b.path().join("task"));
+    std::fs::create_dir(&wa).unwrap();
+    std::fs::create_dir(&wb).unwrap();
+    let ea = f.daemon.create(&root(), default_named(&wa)).await.unwrap();
+    assert_eq!(ea.name, "task");
+    let eb = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    let wb_canon = std::fs::canonicalize(&wb).unwrap();
+    assert_eq!(
+        eb.name,
+        kennel_supervisord::registry::suffixed_name("task", &wb_canon)
+    );
+    assert!(eb.name.starts_with("task-") && eb.name.len() == "task-".len() + 6);
+    // Each workspace finds its own environment again.
+    let again = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    assert!(again.already_existed);
+    assert_eq!(again.name, eb.name);
+
+    // `down` keeps the home, and with it the name: b still cannot take "task".
+    f.daemon.remove("task").await.unwrap();
+    let eb2 = f.daemon.create(&root(), default_named(&wb)).await.unwrap();
+    assert_eq!(eb2.name, eb.name, "b keeps its own environment");
+    // `down --purge` frees it.
+    f.daemon.remove_with("task", true).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let wc = fresh.path().join("task");
+    std::fs::create_dir(&wc).unwrap();
+    let ec = f.daemon.create(&root(), default_named(&wc)).await.unwrap();
+    assert_eq!(ec.name, "task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -512,4 +594,88 @@ async fn exec_input_frames_reach_stdin_and_resize_the_tty() {
     let exit = frame::read_frame(&mut client_side).await.unwrap().unwrap();
     assert_eq!(exit.exit_code().unwrap(), 0);
     pump.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn variables_show_as_names_only_and_a_proxy_variable_sent_to_the_api_is_refused() {
+    let f = fixture();
+    let mut req = request(f.workspace.path(), "vars");
+    req.spec.env.table = vec![("API_KEY".into(), "value-never-shown-4d1e".into())];
+    let info = f.daemon.create(&root(), req).await.unwrap();
+    assert_eq!(info.env_names, vec!["API_KEY".to_string()]);
+    let shown = serde_json::to_string(&f.daemon.inspect("vars").await.unwrap()).unwrap();
+    assert!(
+        shown.contains("API_KEY") && !shown.contains("value-never-shown"),
+        "{shown}"
+    );
+    // The plan carries the value to the engine (the sandbox needs it).
+    let plan = f.fake.plan("vars").unwrap();
+    assert_eq!(plan.spec.env.merged()[0].1, "value-never-shown-4d1e");
+
+    // A client that skips the CLI's checks is refused by the daemon all the same.
+    let mut req = request(f.workspace.path(), "sneaky");
+    req.spec.env.table = vec![("http_proxy".into(), "http://elsewhere:1".into())];
+    let err = f.daemon.create(&root(), req).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        err.to_string().contains("proxy variables are kennel's"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn mounts_and_agent_config_copies_must_be_the_callers() {
+    let f = fixture();
+    let foreign = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(foreign.path(), Some(4242), Some(4242)).unwrap();
+    let caller = Peer {
+        pid: None,
+        uid: 1234,
+        gid: 1234,
+        groups: vec![],
+    };
+    std::os::unix::fs::chown(f.workspace.path(), Some(1234), Some(1234)).unwrap();
+    let mut req = request(f.workspace.path(), "mnt");
+    req.spec.mounts = vec![kennel_supervisord::api::types::MountDoc {
+        source: foreign.path().to_path_buf(),
+        target: "/data".into(),
+        rw: false,
+    }];
+    let err = f.daemon.create(&caller, req).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::FORBIDDEN, "{err}");
+    assert!(err.to_string().contains("mount.source"), "{err}");
+    let mut req = request(f.workspace.path(), "copy");
+    req.spec.credentials.agent_config_copy = vec![foreign.path().to_path_buf()];
+    let err = f.daemon.create(&caller, req).await.unwrap_err();
+    assert!(
+        err.to_string().contains("credentials.agent_config_copy"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_git_commondir_in_the_main_repository_is_reported_on_inspect_and_down() {
+    let f = fixture();
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(f.workspace.path())
+        .args(["init", "-q"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    f.daemon
+        .create(&root(), request(f.workspace.path(), "gitws"))
+        .await
+        .unwrap();
+    assert!(f.daemon.inspect("gitws").await.unwrap().warnings.is_empty());
+    // What a sandbox could write: host git would follow it to a config of the agent's.
+    std::fs::write(f.workspace.path().join(".git/commondir"), "/tmp/evil\n").unwrap();
+    let warnings = f.daemon.inspect("gitws").await.unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(".git/commondir exists"),
+        "{warnings:?}"
+    );
+    let at_down = f.daemon.remove_with("gitws", false).await.unwrap();
+    assert_eq!(at_down, warnings);
 }

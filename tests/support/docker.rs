@@ -87,7 +87,7 @@ pub fn unique_env(prefix: &str) -> String {
     p
 }
 
-/// Removes every object labelled `dev.kennel.env=<name>` when dropped (on a separate thread with
+/// Removes every object labelled `dev.kennel.env=<name>` (and its home volume) when dropped (on a separate thread with
 /// its own runtime, so it works inside and outside async tests, and on panic).
 #[derive(Debug)]
 pub struct EnvGuard {
@@ -115,10 +115,15 @@ impl Drop for EnvGuard {
                 return;
             };
             rt.block_on(async {
-                if let Ok(d) = DockerBackend::connect().await
-                    && let Err(e) = d.remove_env(&name).await
-                {
-                    eprintln!("EnvGuard: cleanup of {name} failed: {e}");
+                if let Ok(d) = DockerBackend::connect().await {
+                    // The home volume outlives remove_env by design; a test leaves nothing.
+                    let res = match d.remove_env(&name).await {
+                        Ok(()) => d.purge_env(&name).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = res {
+                        eprintln!("EnvGuard: cleanup of {name} failed: {e}");
+                    }
                 }
             });
         });
@@ -208,6 +213,24 @@ pub async fn test_image(d: &DockerBackend) -> String {
     kennel_container::image::ensure_image(d, "kennel-test", &img)
         .await
         .expect("load test image")
+}
+
+/// [`test_image`]'s busybox and probe plus the host's `git` (with its `ldd` libraries), for the
+/// git tests: real `git status` / `git commit` inside the sandbox. Returns its tag.
+pub async fn git_test_image(d: &DockerBackend) -> String {
+    let git = ["/usr/bin/git", "/usr/local/bin/git"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("git on the host (scripts/setup installs it)");
+    let img = kennel_container::image::busybox_rootfs("kennel-test-git", &BUSYBOX_APPLETS, &[&git])
+        .expect("busybox-static and git on the host")
+        .host_file("/usr/local/bin/probe", &probe_binary(), 0o755)
+        .expect("probe binary")
+        .cmd(&["/bin/busybox", "sleep", "3600"]);
+    kennel_container::image::ensure_image(d, "kennel-test-git", &img)
+        .await
+        .expect("load git test image")
 }
 
 /// Runs `argv` in any container (as `user`, default the container's) and collects the result.
@@ -373,6 +396,8 @@ pub struct EnvOptions {
     /// Policy file text; `None` = allow `origin.kennel-test` and `tls-origin.kennel-test`, with
     /// the private ranges as `cidrs` (the origin has a private address).
     pub policy: Option<String>,
+    /// Sandbox image; `None` = [`test_image`].
+    pub image: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -381,6 +406,7 @@ impl Default for EnvOptions {
             spec_extra: String::new(),
             origin: true,
             policy: None,
+            image: None,
         }
     }
 }
@@ -448,7 +474,10 @@ impl TestEnv {
         let proxy_bin = proxy_binary(test)?;
         let name = unique_env(prefix);
         let guard = EnvGuard::new(&name);
-        let image = test_image(&d).await;
+        let image = match &opts.image {
+            Some(i) => i.clone(),
+            None => test_image(&d).await,
+        };
         let proxy_image = kennel_container::image::ensure_proxy_image(&d, &proxy_bin)
             .await
             .expect("proxy image");

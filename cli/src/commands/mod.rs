@@ -7,4 +7,5 @@ pub mod inspect;
 pub mod ls;
 pub mod policy;
 pub mod shell;
+pub mod startstop;
 pub mod up;

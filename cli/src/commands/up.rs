@@ -85,7 +85,12 @@ pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
     let req = build_request(&args)?;
     let name = req.spec.name.clone();
     eprintln!(
-        "creating environment {name:?} (image {}, workspace {}) …",
+        "creating environment {name:?}{} (image {}, workspace {}) …",
+        if req.spec.name_is_default {
+            " (or <name>-<hash> if another workspace has that name)"
+        } else {
+            ""
+        },
         req.spec.image,
         req.spec.workspace.display()
     );
@@ -95,6 +100,12 @@ pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_up(info: &EnvInfo) {
+    if info.already_existed {
+        println!(
+            "environment {:?} already exists for this workspace; nothing created",
+            info.name
+        );
+    }
     println!("environment {:?} is {}", info.name, info.state);
     for c in &info.containers {
         println!("  {:<8} {:<32} {}", c.role, c.name, c.state);
@@ -105,6 +116,12 @@ fn print_up(info: &EnvInfo) {
     }
     if let Some(d) = &info.policy_dir {
         println!("  policy   {}", d.display());
+    }
+    if !info.env_names.is_empty() {
+        println!("  env      {}", info.env_names.join(" "));
+    }
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
     }
     println!(
         "next: `kennel exec {0} -- sh -c 'id; env | grep -i proxy'`, and `kennel down {0}` when done",

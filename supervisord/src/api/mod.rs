@@ -161,14 +161,36 @@ async fn route(
         }
         (&Method::GET, ["envs", name]) => Ok(json(StatusCode::OK, &daemon.inspect(name).await?)),
         (&Method::DELETE, ["envs", name]) => {
+            // `?purge=true` (or `purge=1`) also removes the home volume; any other query is an error.
+            let purge = match req.uri().query() {
+                None | Some("") => false,
+                Some("purge=true" | "purge=1") => true,
+                Some("purge=false" | "purge=0") => false,
+                Some(q) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown query {q:?}; DELETE /v1/envs/NAME takes only `purge=true`"
+                    )));
+                }
+            };
             let (d, n) = (daemon.clone(), (*name).to_string());
-            detach(&daemon, async move { d.remove(&n).await }).await?;
+            let warnings = detach(&daemon, async move { d.remove_with(&n, purge).await }).await?;
             Ok(json(
                 StatusCode::OK,
                 &types::Removed {
                     name: (*name).to_string(),
+                    warnings,
                 },
             ))
+        }
+        (&Method::POST, ["envs", name, "stop"]) => {
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let info = detach(&daemon, async move { d.stop(&n).await }).await?;
+            Ok(json(StatusCode::OK, &info))
+        }
+        (&Method::POST, ["envs", name, "start"]) => {
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let info = detach(&daemon, async move { d.start(&n).await }).await?;
+            Ok(json(StatusCode::OK, &info))
         }
         (&Method::POST, ["envs", name, "exec"]) => {
             let wants_upgrade = req
@@ -197,7 +219,7 @@ async fn route(
             _,
             ["version" | "health" | "envs"]
             | ["envs", _]
-            | ["envs", _, "exec"]
+            | ["envs", _, "exec" | "stop" | "start"]
             | ["images", "proxy" | "demo-sandbox"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),

@@ -47,6 +47,27 @@ pub struct EnvInfo {
     /// The environment's effective policy directory on the host (mounted read-only into the proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
+    /// Names of the workspace's sandbox variables (`.env`, `containerEnv`, `env_file`, `[env]`);
+    /// never their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
+    /// `kennel up` found this environment already there (same workspace) and changed nothing
+    /// but starting it if it was stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_existed: bool,
+    /// Things the person should know before trusting the workspace on the host (e.g. a git
+    /// `commondir` file the sandbox may have written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
+/// also removes the home volume. This is the query of that `DELETE`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveQuery {
+    /// Also remove what `down` keeps (the home volume).
+    #[serde(default)]
+    pub purge: bool,
 }
 
 /// `POST /v1/envs/{name}/exec`: run a command in the sandbox. The request must ask for a
@@ -98,6 +119,9 @@ pub struct HealthInfo {
 pub struct Removed {
     /// The removed environment.
     pub name: String,
+    /// As [`EnvInfo::warnings`], checked at removal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Every error response: what went wrong and what to do next.
@@ -174,6 +198,66 @@ pub struct SpecDoc {
     /// Sandbox command.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Sandbox variables by source.
+    #[serde(default)]
+    pub env: EnvDoc,
+    /// `[[mount]]`s.
+    #[serde(default)]
+    pub mounts: Vec<MountDoc>,
+    /// The name came from the directory name (the daemon may suffix it, see
+    /// [`kennel_container::spec::EnvSpec::name_is_default`]).
+    #[serde(default)]
+    pub name_is_default: bool,
+}
+
+/// Wire form of [`kennel_container::env::SandboxEnv`]: `[name, value]` pairs per source.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDoc {
+    /// `.devcontainer/.env` (other keys than the proxy settings).
+    #[serde(default)]
+    pub dotenv: Vec<(String, String)>,
+    /// devcontainer.json `containerEnv`.
+    #[serde(default)]
+    pub container_env: Vec<(String, String)>,
+    /// `env_file`.
+    #[serde(default)]
+    pub env_file: Vec<(String, String)>,
+    /// `[env]`.
+    #[serde(default)]
+    pub table: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for EnvDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values may be secrets.
+        let e: kennel_container::env::SandboxEnv = self.clone().into();
+        e.fmt(f)
+    }
+}
+
+impl From<EnvDoc> for kennel_container::env::SandboxEnv {
+    fn from(d: EnvDoc) -> Self {
+        kennel_container::env::SandboxEnv {
+            dotenv: d.dotenv,
+            container_env: d.container_env,
+            env_file: d.env_file,
+            table: d.table,
+        }
+    }
+}
+
+/// Wire form of [`kennel_container::spec::HostMount`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountDoc {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path in the sandbox.
+    pub target: String,
+    /// Writable.
+    #[serde(default)]
+    pub rw: bool,
 }
 
 /// Wire form of [`kennel_policy::LegacyEnv`].
@@ -257,17 +341,21 @@ pub struct CredentialsDoc {
     /// Git token file.
     #[serde(default)]
     pub git_token_file: Option<PathBuf>,
+    /// Copied into the home volume at creation.
+    #[serde(default)]
+    pub agent_config_copy: Vec<PathBuf>,
 }
 
 mod convert {
     use std::time::Duration;
 
     use kennel_container::spec::{
-        CredentialMounts, Egress, EnvSpec, HealthSpec, Resources, ServiceEgress, ServiceSpec,
+        CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress,
+        ServiceSpec,
     };
     use kennel_policy::LegacyEnv;
 
-    use super::{CredentialsDoc, LegacyDoc, ServiceDoc, SpecDoc};
+    use super::{CredentialsDoc, EnvDoc, LegacyDoc, MountDoc, ServiceDoc, SpecDoc};
 
     impl From<&EnvSpec> for SpecDoc {
         fn from(s: &EnvSpec) -> SpecDoc {
@@ -331,8 +419,25 @@ mod convert {
                     ssh_dir: s.credentials.ssh_dir.clone(),
                     agent_config: s.credentials.agent_config.clone(),
                     git_token_file: s.credentials.git_token_file.clone(),
+                    agent_config_copy: s.credentials.agent_config_copy.clone(),
                 },
                 command: s.command.clone(),
+                env: EnvDoc {
+                    dotenv: s.env.dotenv.clone(),
+                    container_env: s.env.container_env.clone(),
+                    env_file: s.env.env_file.clone(),
+                    table: s.env.table.clone(),
+                },
+                mounts: s
+                    .mounts
+                    .iter()
+                    .map(|m| MountDoc {
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        rw: m.rw,
+                    })
+                    .collect(),
+                name_is_default: s.name_is_default,
             }
         }
     }
@@ -400,8 +505,20 @@ mod convert {
                     ssh_dir: d.credentials.ssh_dir,
                     agent_config: d.credentials.agent_config,
                     git_token_file: d.credentials.git_token_file,
+                    agent_config_copy: d.credentials.agent_config_copy,
                 },
                 command: d.command,
+                env: d.env.into(),
+                mounts: d
+                    .mounts
+                    .into_iter()
+                    .map(|m| HostMount {
+                        source: m.source,
+                        target: m.target,
+                        rw: m.rw,
+                    })
+                    .collect(),
+                name_is_default: d.name_is_default,
             }
         }
     }
