@@ -75,6 +75,9 @@ pub enum StartError {
     /// The upstream dialer could not be configured.
     #[error("upstream settings: {0}")]
     Upstream(String),
+    /// The signal handlers (SIGTERM, SIGINT, SIGHUP) could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -377,6 +380,12 @@ impl Drop for RunningProxy {
 /// it listens and which policy is in force to stderr.
 pub async fn run_with_signals(config: ProxyConfig) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: whoever starts the proxy may signal it as soon as it prints where it
+    // listens, and until a handler exists the default action kills it without a drain.
+    let sig = |k| signal(k).map_err(StartError::Signals);
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
     let shared = Shared::build(config)?;
     let (listeners, admin) = bind(&shared.config).await?;
     for l in &listeners {
@@ -389,15 +398,6 @@ pub async fn run_with_signals(config: ProxyConfig) -> Result<(), StartError> {
     }
     eprintln!("kennel-proxy: policy in force: {}", shared.policy_summary());
     let _watch = shared.watch()?;
-    let sig = |k| {
-        signal(k).map_err(|source| StartError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })
-    };
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut hup = sig(SignalKind::hangup())?;
     let s2 = shared.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {

@@ -477,3 +477,21 @@ fn check_prints_upstream_routes_without_credentials_and_the_legacy_variables_app
         "{stderr}"
     );
 }
+
+/// A supervisor (systemd, the daemon, a test) may send SIGTERM as soon as the proxy says where it
+/// listens. The handlers must already be installed then, or the default action kills the process
+/// without draining and without exit code 0 (found by the issue-9 session, which saw it die from
+/// the signal).
+#[test]
+fn sigterm_right_after_the_listening_line_is_a_clean_shutdown() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = echo();
+        let cfg = write_config(dir.path(), e.port(), "");
+        let (mut p, rx) = start(&["--config", cfg.to_str().expect("utf8")], None);
+        wait_line(&rx, "listening on");
+        sig(&p, libc::SIGTERM);
+        let status = wait_exit(&mut p, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    }
+}
