@@ -165,20 +165,19 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Resolves when the process receives SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves when either
+/// arrives. Installing eagerly matters: a handler installed only when the future is first polled
+/// (after reconcile) leaves a window in which systemd's SIGTERM kills the daemon undrained.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()> + use<>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 /// Images on the Docker engine, built from host files: the proxy image from the static

@@ -87,6 +87,7 @@ fn init_tracing(json: bool) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = daemon::termination_signal().context("cannot install signal handlers")?;
     let users = daemon::resolve_users(&args.allow_users)?;
     let groups = daemon::resolve_groups(&args.allow_groups)?;
     let authorizer = Authorizer::new(nix::unistd::geteuid().as_raw(), users, groups.clone());
@@ -109,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = Daemon::new(docker, images, state, authorizer);
     let listener = daemon::bind_socket(&args.socket, groups.first().copied())?;
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "kennel-supervisord listening");
-    daemon::run(listener, daemon, daemon::termination_signal()).await;
+    daemon::run(listener, daemon, shutdown).await;
     if let Err(e) = std::fs::remove_file(&args.socket) {
         tracing::warn!(socket = %args.socket.display(), error = %e, "cannot remove the socket");
     }

@@ -153,3 +153,56 @@ fn an_unknown_allowed_group_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+/// systemd may send SIGTERM at any moment after start, also while the daemon still reconciles
+/// with the engine. The handlers were installed only when the shutdown future was first polled
+/// (after reconcile and READY), so an early SIGTERM killed the daemon undrained and left its
+/// socket behind. Now they are installed before the socket exists.
+#[test]
+fn sigterm_while_reconciling_is_a_clean_shutdown() {
+    if !docker_answers("sigterm_while_reconciling_is_a_clean_shutdown") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kennel.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kennel-supervisord"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--proxy-image", "kennel-proxy:unused"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("KENNEL_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal the moment the socket exists: reconcile (an engine round trip) follows it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the socket"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_for("the daemon to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.unwrap().code(), Some(0), "{status:?}: {stderr}");
+    assert!(!socket.exists(), "socket removed on exit");
+}
