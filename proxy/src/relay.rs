@@ -376,3 +376,302 @@ mod splice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Which relay path a test drives.
+    #[derive(Clone, Copy, Debug)]
+    enum Path {
+        /// `Conn::Tcp`: splice on Linux.
+        Splice,
+        /// `Conn::Upstream`: the copy loop.
+        Copy,
+    }
+
+    const PATHS: [Path; 2] = [Path::Splice, Path::Copy];
+
+    /// A connected loopback pair.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    }
+
+    struct Tokens {
+        revoked: CancellationToken,
+        hard_stop: CancellationToken,
+    }
+
+    impl Tokens {
+        fn new() -> Self {
+            Tokens {
+                revoked: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+            }
+        }
+    }
+
+    /// Start a relay: returns the application's client end, the application's origin end and
+    /// the relay task.
+    async fn start(
+        path: Path,
+        prefix: &[u8],
+        buffer_bytes: usize,
+        idle: Duration,
+        tokens: &Tokens,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Outcome>) {
+        let (app_client, mut proxy_client) = pair().await;
+        let (proxy_origin, app_origin) = pair().await;
+        let conn = match path {
+            Path::Splice => Conn::Tcp(proxy_origin),
+            Path::Copy => Conn::Upstream(Box::new(proxy_origin)),
+        };
+        let prefix = BytesMut::from(prefix);
+        let (revoked, hard_stop) = (tokens.revoked.clone(), tokens.hard_stop.clone());
+        let task = tokio::spawn(async move {
+            let limits = Limits {
+                idle,
+                buffer_bytes,
+                revoked: &revoked,
+                hard_stop: &hard_stop,
+            };
+            tunnel(&mut proxy_client, conn, prefix, &limits).await
+        });
+        (app_client, app_origin, task)
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    async fn done(task: tokio::task::JoinHandle<Outcome>) -> Outcome {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the relay ends in time")
+            .expect("the relay task does not panic")
+    }
+
+    fn check_path(path: Path, out: &Outcome) {
+        assert_eq!(
+            out.spliced,
+            matches!(path, Path::Splice) && cfg!(target_os = "linux")
+        );
+    }
+
+    #[tokio::test]
+    async fn half_close_client_first_then_origin() {
+        for path in PATHS {
+            let t = Tokens::new();
+            let (mut c, mut o, task) = start(path, b"", 65536, LONG, &t).await;
+            c.write_all(b"request").await.expect("write");
+            c.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            o.read_to_end(&mut got).await.expect("origin reads to EOF");
+            assert_eq!(got, b"request", "{path:?}");
+            // The client's write side is closed, its read side still open.
+            o.write_all(b"response!").await.expect("write");
+            o.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.expect("client reads to EOF");
+            assert_eq!(got, b"response!", "{path:?}");
+            let out = done(task).await;
+            assert_eq!(out.end, End::Done, "{path:?}");
+            assert_eq!((out.up, out.down), (7, 9), "{path:?}");
+            check_path(path, &out);
+        }
+    }
+
+    #[tokio::test]
+    async fn half_close_origin_first_then_client() {
+        for path in PATHS {
+            let t = Tokens::new();
+            let (mut c, mut o, task) = start(path, b"", 65536, LONG, &t).await;
+            o.write_all(b"banner").await.expect("write");
+            o.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.expect("client reads to EOF");
+            assert_eq!(got, b"banner", "{path:?}");
+            c.write_all(b"late upload").await.expect("write");
+            c.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            o.read_to_end(&mut got).await.expect("origin reads to EOF");
+            assert_eq!(got, b"late upload", "{path:?}");
+            let out = done(task).await;
+            assert_eq!(out.end, End::Done, "{path:?}");
+            assert_eq!((out.up, out.down), (11, 6), "{path:?}");
+        }
+    }
+
+    /// Deterministic bytes (xorshift) and an FNV-1a checksum over them.
+    fn pattern(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn fnv(data: &[u8]) -> u64 {
+        data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    /// Write `data` in odd-sized pieces, then shut down; read everything the peer sends.
+    async fn send_and_receive(mut s: TcpStream, data: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = s.split();
+        let send = async {
+            for piece in data.chunks(100_003) {
+                w.write_all(piece).await.expect("write");
+            }
+            w.shutdown().await.expect("shutdown");
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("read");
+            got
+        };
+        tokio::join!(send, recv).1
+    }
+
+    #[tokio::test]
+    async fn large_transfer_both_ways_keeps_every_byte_and_counts_them() {
+        const LEN: usize = 8 << 20;
+        for (path, pipe) in [
+            (Path::Splice, 65536),
+            (Path::Splice, 1 << 20),
+            (Path::Splice, 4096),
+            (Path::Copy, 65536),
+        ] {
+            let t = Tokens::new();
+            let prefix = b"prefix-bytes".as_slice();
+            let (c, o, task) = start(path, prefix, pipe, LONG, &t).await;
+            let up = pattern(1, LEN);
+            let down = pattern(2, LEN);
+            let (sum_up, sum_down) = (fnv(&[prefix, &up].concat()), fnv(&down));
+            let (at_client, at_origin) =
+                tokio::join!(send_and_receive(c, up), send_and_receive(o, down));
+            assert_eq!(at_origin.len(), LEN + prefix.len(), "{path:?} {pipe}");
+            assert_eq!(fnv(&at_origin), sum_up, "{path:?} {pipe}");
+            assert_eq!(at_client.len(), LEN, "{path:?} {pipe}");
+            assert_eq!(fnv(&at_client), sum_down, "{path:?} {pipe}");
+            let out = done(task).await;
+            assert_eq!(out.end, End::Done);
+            assert_eq!(out.up, (LEN + prefix.len()) as u64, "{path:?} {pipe}");
+            assert_eq!(out.down, LEN as u64, "{path:?} {pipe}");
+            check_path(path, &out);
+        }
+    }
+
+    #[tokio::test]
+    async fn buffered_prefix_reaches_the_origin_first() {
+        for path in PATHS {
+            let t = Tokens::new();
+            let (mut c, mut o, task) = start(path, b"hello ", 65536, LONG, &t).await;
+            c.write_all(b"world").await.expect("write");
+            c.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            o.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"hello world", "{path:?}");
+            drop(o);
+            let out = done(task).await;
+            assert_eq!(out.up, 11, "{path:?}");
+        }
+    }
+
+    /// The origin streams without end; cancelling ends the relay promptly (revocation must close
+    /// a live tunnel within a second) and closes the client's connection.
+    #[tokio::test]
+    async fn cancellation_mid_transfer_ends_the_relay() {
+        for path in PATHS {
+            for revoke in [true, false] {
+                let t = Tokens::new();
+                let (mut c, mut o, task) = start(path, b"", 65536, LONG, &t).await;
+                let stream = tokio::spawn(async move {
+                    let chunk = vec![7u8; 1 << 16];
+                    // Bounded: stops when the relay closes the connection, or after 1 GiB.
+                    for _ in 0..(1 << 14) {
+                        if o.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 1 << 16];
+                let mut seen = 0;
+                while seen < 4 << 20 {
+                    seen += c.read(&mut buf).await.expect("read");
+                }
+                let cancelled = Instant::now();
+                if revoke {
+                    t.revoked.cancel();
+                } else {
+                    t.hard_stop.cancel();
+                }
+                let out = done(task).await;
+                assert!(cancelled.elapsed() < Duration::from_secs(1), "{path:?}");
+                let want = if revoke { End::Revoked } else { End::Shutdown };
+                assert_eq!(out.end, want, "{path:?}");
+                assert!(out.down >= 4 << 20, "{path:?}: {}", out.down);
+                // The client sees the end of the stream (after what was already in flight).
+                let drained = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match c.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                drained.await.expect("the client connection is closed");
+                stream.abort();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_tunnel_is_closed_after_the_idle_timeout() {
+        for path in PATHS {
+            let t = Tokens::new();
+            let idle = Duration::from_millis(300);
+            let (mut c, mut o, task) = start(path, b"", 65536, idle, &t).await;
+            // Activity postpones the deadline.
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                c.write_all(b"x").await.expect("write");
+                let mut one = [0u8; 1];
+                o.read_exact(&mut one).await.expect("read");
+            }
+            let quiet = Instant::now();
+            let out = done(task).await;
+            assert_eq!(out.end, End::Idle, "{path:?}");
+            let waited = quiet.elapsed();
+            assert!(waited >= Duration::from_millis(250), "{path:?} {waited:?}");
+            assert_eq!(out.up, 3);
+        }
+    }
+
+    /// A reset from one side ends the relay with an error instead of hanging.
+    #[tokio::test]
+    async fn reset_by_the_origin_ends_the_relay() {
+        for path in PATHS {
+            let t = Tokens::new();
+            let (_c, o, task) = start(path, b"", 65536, LONG, &t).await;
+            socket2::SockRef::from(&o)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
+            drop(o);
+            let out = done(task).await;
+            assert!(
+                matches!(out.end, End::Error(_) | End::Done),
+                "{path:?} {:?}",
+                out.end
+            );
+        }
+    }
+}
