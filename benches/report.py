@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Render benches/run.sh results (TSV: target, scenario, median, runs) into README.md between
+the run.sh markers: values and ratios measured in the same run."""
+import sys
+
+results, readme, date, machine, versions, runs, load = sys.argv[1:8]
+val, raw = {}, {}
+for line in open(results):
+    parts = line.rstrip("\n").split("\t")
+    if len(parts) < 3:
+        continue
+    t, s, m = parts[0], parts[1], parts[2]
+    raw[(t, s)] = parts[3] if len(parts) > 3 else ""
+    try:
+        val[(t, s)] = float(m)
+    except ValueError:
+        pass
+
+ROWS = [
+    ("dl1", "one CONNECT tunnel, 1 GiB download (MB/s)", True),
+    ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
+    ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
+    ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
+    ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
+    ("idle10k", "RSS per idle tunnel, 10,000 held (KiB)", False),
+]
+
+
+def fmt(x):
+    if x is None:
+        return "–"
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def g(t, s):
+    return val.get((t, s))
+
+
+out = []
+out.append(f"Run {date}: {machine}; {versions}; median of {runs} runs per cell "
+           f"(RSS: one run); {load}. The machine is shared with other engineers' builds, so "
+           "absolute numbers are noisy: compare the ratios, which come from the same run.")
+out.append("")
+out.append("| scenario | direct | Squid | Tinyproxy | kennel | kennel ÷ direct | kennel ÷ Squid | kennel ÷ Tinyproxy |")
+out.append("|---|---|---|---|---|---|---|---|")
+for key, label, _ in ROWS:
+    k = g("kennel", key)
+    out.append("| " + " | ".join([
+        label, fmt(g("direct", key)), fmt(g("squid", key)), fmt(g("tinyproxy", key)), fmt(k),
+        ratio(k, g("direct", key)), ratio(k, g("squid", key)), ratio(k, g("tinyproxy", key)),
+    ]) + " |")
+out.append("")
+out.append("kennel before/after the splice relay and by pipe size (`limits.buffer_bytes`: pipe "
+           "capacity with splice, buffer size in the old copy loop), same run:")
+out.append("")
+out.append("| scenario | kennel before (copy loop, 64 KiB) | kennel (splice, 64 KiB pipes) | splice, 256 KiB | splice, 1 MiB | after ÷ before |")
+out.append("|---|---|---|---|---|---|")
+for key, label, _ in ROWS:
+    b, a = g("kennel-before", key), g("kennel", key)
+    out.append("| " + " | ".join([
+        label, fmt(b), fmt(a), fmt(g("kennel-262144", key)), fmt(g("kennel-1048576", key)),
+        ratio(a, b),
+    ]) + " |")
+out.append("")
+out.append("<details><summary>every run</summary>")
+out.append("")
+out.append("| target | scenario | runs |")
+out.append("|---|---|---|")
+for (t, s), r in raw.items():
+    out.append(f"| {t} | {s} | {r} |")
+out.append("")
+out.append("</details>")
+
+BEGIN, END = "<!-- run.sh:begin -->", "<!-- run.sh:end -->"
+text = open(readme).read()
+block = BEGIN + "\n" + "\n".join(out) + "\n" + END
+if BEGIN in text and END in text:
+    a, b = text.index(BEGIN), text.index(END) + len(END)
+    text = text[:a] + block + text[b:]
+else:
+    text = text.rstrip("\n") + "\n\n## Proxy comparison (benches/run.sh)\n\n" + block + "\n"
+open(readme, "w").write(text)
