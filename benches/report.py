@@ -3,7 +3,7 @@
 the run.sh markers: values and ratios measured in the same run."""
 import sys
 
-results, readme, date, machine, versions, runs, load = sys.argv[1:8]
+results, readme, date, machine, versions, runs, load, big = sys.argv[1:9]
 val, raw = {}, {}
 for line in open(results):
     parts = line.rstrip("\n").split("\t")
@@ -18,18 +18,22 @@ for line in open(results):
 
 ROWS = [
     ("dl1", "one CONNECT tunnel, 1 GiB download (MB/s)", True),
+    ("dl1_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
+    ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
-    ("idle10k", "RSS per idle tunnel, 10,000 held (KiB)", False),
+    ("idle10k", f"RSS per idle tunnel, {int(big):,} held (KiB)", False),
 ]
 
 
 def fmt(x):
     if x is None:
         return "–"
+    if x < 10:
+        return f"{x:.2f}"
     return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
 
 

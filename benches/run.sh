@@ -35,6 +35,10 @@ TINY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
 # 10,000 idle tunnels need 20,000+ descriptors in the proxy and in the load generator.
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
+# Without CAP_SYS_RESOURCE the hard limit cannot be raised: hold as many as fit (the proxy
+# needs two descriptors per tunnel, plus its pipe pool and listeners).
+BIG=$(( $(ulimit -n) / 2 - 400 ))
+[ "$BIG" -gt 10000 ] && BIG=10000
 
 D=$(mktemp -d /tmp/kennel-bench.XXXXXX)
 chmod 755 "$D"
@@ -142,25 +146,36 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 measure() { # target scenario loadgen-args...
     local target=$1 scenario=$2
     shift 2
-    local vals=() out
+    local vals=() cpus=() out
     for _ in $(seq 1 "$RUNS"); do
-        if out=$(timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
+        if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
             vals+=("$(echo "$out" | awk '{print $1}')")
+            # download runs also print the proxy's CPU seconds per GiB
+            [[ $out == *cpu-s/GiB* ]] && cpus+=("$(echo "$out" | awk '{print $3}')")
         else
-            echo "  $target $scenario failed: $(tail -1 "$D/lg.err")" >&2
+            echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
         fi
     done
-    local m="-"
-    [ ${#vals[@]} -gt 0 ] && m=$(printf '%s\n' "${vals[@]}" | median)
-    echo "  $target $scenario: $m (runs: ${vals[*]:-none})" >&2
-    printf '%s\t%s\t%s\t%s\n' "$target" "$scenario" "$m" "${vals[*]:-}" >>"$RESULTS"
+    record "$target" "$scenario" "${vals[@]}"
+    [ ${#cpus[@]} -gt 0 ] && record "$target" "${scenario}_cpu" "${cpus[@]}"
+    return 0
+}
+
+record() { # target scenario values...
+    local target=$1 scenario=$2 m="-"
+    shift 2
+    [ $# -gt 0 ] && m=$(printf '%s\n' "$@" | median)
+    echo "  $target $scenario: $m (runs: ${*:-none})" >&2
+    printf '%s\t%s\t%s\t%s\n' "$target" "$scenario" "$m" "${*:-}" >>"$RESULTS"
 }
 
 scenarios() { # target [proxy-port pids]
     local target=$1 via=() pids=${3:-}
     [ -n "${2:-}" ] && via=(--proxy "$2")
-    measure "$target" dl1 download --origin $O "${via[@]}" --conns 1 --bytes 1G
-    measure "$target" dl8 download --origin $O "${via[@]}" --conns 8 --bytes 128M
+    local cpu=()
+    [ -n "$pids" ] && cpu=(--pids "$pids")
+    measure "$target" dl1 download --origin $O "${via[@]}" --conns 1 --bytes 1G "${cpu[@]}"
+    measure "$target" dl8 download --origin $O "${via[@]}" --conns 8 --bytes 128M "${cpu[@]}"
     measure "$target" tunnel_rate tunnel-rate --origin $O "${via[@]}" --clients 16 --secs 2
     [ -z "${2:-}" ] && return 0
     measure "$target" forward_rate forward-rate --origin $O "${via[@]}" --clients 16 --secs 2
@@ -175,14 +190,14 @@ echo "== kennel" >&2
 start_kennel kennel $K 65536 "$BIN"
 KPID=$LAST
 scenarios kennel $K $KPID
-RUNS=1 measure kennel idle10k idle --origin $O --proxy $K --tunnels 10000 --pids $KPID
+RUNS=1 measure kennel idle10k idle --origin $O --proxy $K --tunnels $BIG --pids $KPID
 kill $KPID; wait $KPID 2>/dev/null || true
 
 for size in 262144 1048576; do
     echo "== kennel, pipe/buffer $size" >&2
     start_kennel "kennel-$size" $K $size "$BIN"
-    measure "kennel-$size" dl1 download --origin $O --proxy $K --conns 1 --bytes 1G
-    measure "kennel-$size" dl8 download --origin $O --proxy $K --conns 8 --bytes 128M
+    measure "kennel-$size" dl1 download --origin $O --proxy $K --conns 1 --bytes 1G --pids $LAST
+    measure "kennel-$size" dl8 download --origin $O --proxy $K --conns 8 --bytes 128M --pids $LAST
     kill $LAST; wait $LAST 2>/dev/null || true
 done
 
@@ -190,7 +205,7 @@ if [ -n "${KENNEL_BEFORE:-}" ]; then
     echo "== kennel before ($KENNEL_BEFORE)" >&2
     start_kennel kennel-before $KB 65536 "$KENNEL_BEFORE"
     scenarios kennel-before $KB $LAST
-    RUNS=1 measure kennel-before idle10k idle --origin $O --proxy $KB --tunnels 10000 --pids $LAST
+    RUNS=1 measure kennel-before idle10k idle --origin $O --proxy $KB --tunnels $BIG --pids $LAST
     kill $LAST; wait $LAST 2>/dev/null || true
 fi
 
@@ -215,6 +230,6 @@ MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | se
 MACHINE+=" $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="kennel $(git rev-parse --short HEAD), $("$SQUID" -v | head -1 | sed 's/ Cache: Version//'), $("$TINY" -v 2>&1 | head -1)"
 python3 "$ROOT/benches/report.py" "$RESULTS" "$ROOT/benches/README.md" \
-    "$(date -u +%Y-%m-%d\ %H:%M\ UTC)" "$MACHINE" "$VERSIONS" "$RUNS" "$LOAD"
+    "$(date -u +%Y-%m-%d\ %H:%M\ UTC)" "$MACHINE" "$VERSIONS" "$RUNS" "$LOAD" "$BIG"
 cp "$RESULTS" "$ROOT/benches/last-run.tsv"
 echo "written to benches/README.md (raw values: benches/last-run.tsv)" >&2

@@ -73,7 +73,9 @@ pub async fn handle(
     };
     rec.upstream = route.upstream.to_string();
     rec.resolved = route.addrs.first().map(|a| a.to_string());
-    let dialed = match dial::connect(shared, &route, &target, false).await {
+    // Boxed: the dial future (resolver, upstream handshakes) is the largest state of this
+    // function, and a future is as large as its largest state for the whole tunnel's life.
+    let dialed = match Box::pin(dial::connect(shared, &route, &target, false)).await {
         Ok(d) => d,
         Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
     };

@@ -171,6 +171,16 @@ mod splice {
 
     /// The kernel's default pipe capacity (16 pages); asking for it costs a syscall for nothing.
     const DEFAULT_PIPE: usize = 64 * 1024;
+    /// Smallest pipe a tunnel gets, whatever `limits.buffer_bytes` says. A pipe holds 16 page
+    /// references by default, and one loopback/TCP skb fragment takes a slot even when it is
+    /// small, so a 64 KiB pipe often moves far less than 64 KiB per splice: measured on the
+    /// 1 GiB download, 64 KiB pipes cost ~1.4x the proxy CPU per byte of 1 MiB pipes, 256 KiB
+    /// ~1.15x (benches/README.md). Pooled pipes cost nothing while a tunnel is idle, so the size
+    /// is not multiplied by the number of tunnels. 256 KiB rather than 1 MiB because an
+    /// unprivileged user's pipes may hold `fs.pipe-user-pages-soft` = 16,384 pages in all before
+    /// new pipes shrink to 8 KiB: with 256 KiB pipes that is 256 pipes in flight (or in the
+    /// pool), with 1 MiB only 64. `limits.buffer_bytes` above 256 KiB asks for bigger pipes.
+    const MIN_PIPE: usize = 256 * 1024;
     /// Empty pipes kept for reuse. Leasing one per burst instead of creating it saves two
     /// syscalls (pipe2 + close) on every wake-up of a busy tunnel; the cap bounds what idle
     /// pipes cost (two fds each) after a burst of many tunnels.
@@ -240,7 +250,9 @@ mod splice {
                 && let Some(p) = self.pipe.take()
             {
                 let mut pool = pool();
-                if pool.len() < POOL_MAX && p.cap >= self.want.min(DEFAULT_PIPE) {
+                // A pipe that could not be grown (pipe-user-pages-soft) is not kept: the next
+                // lease may get a full-sized one.
+                if pool.len() < POOL_MAX && p.cap >= self.want {
                     pool.push(p);
                 }
             }
@@ -353,7 +365,7 @@ mod splice {
             }
             drop(prefix);
             let (c, o) = (&*client, &origin);
-            let want = limits.buffer_bytes;
+            let want = limits.buffer_bytes.max(MIN_PIPE);
             match tokio::try_join!(
                 pump(c, o, want, &up, false, &meter),
                 pump(o, c, want, &down, true, &meter),
