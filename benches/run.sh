@@ -7,7 +7,7 @@
 #   RUNS=1 benches/run.sh               # one run per cell instead of the median of 3
 #
 # Bounded: every load run is bounded by count and time inside `loadgen` (and by `timeout`
-# here); the whole run takes about 4-6 minutes on a 2-core machine.
+# here); the whole run takes about 3-5 minutes on a 2-core machine.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,7 @@ cd "$ROOT"
 RUNS=${RUNS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-O=29601 K=29602 SQ=29603 TP=29604 KB=29605 # origin, kennel, squid, tinyproxy, kennel-before
+O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
 
 echo "== build" >&2
 cargo build --release -q -p kennel-proxy --bin kennel-proxy -p kennel-benches --bin loadgen
@@ -143,21 +143,37 @@ RESULTS=$D/results.tsv
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-measure() { # target scenario loadgen-args...
-    local target=$1 scenario=$2
+# Every proxy runs at the same time (an idle proxy costs no CPU), and each scenario's runs go
+# round-robin over the targets, so slow phases of the shared machine hit all targets alike.
+echo "== start the proxies" >&2
+TARGETS=("direct::")
+start_kennel kennel $K 65536 "$BIN"
+TARGETS+=("kennel:$K:$LAST")
+start_kennel kennel-1m $K1 1048576 "$BIN"
+TARGETS+=("kennel-1m:$K1:$LAST")
+if [ -n "${KENNEL_BEFORE:-}" ]; then
+    start_kennel kennel-before $KB 65536 "$KENNEL_BEFORE"
+    TARGETS+=("kennel-before:$KB:$LAST")
+fi
+taskset -c "$PROXY_CPU" "$TINY" -d -c "$D/tinyproxy.conf" >"$D/tinyproxy.out" 2>&1 &
+PIDS+=($!)
+TARGETS+=("tinyproxy:$TP:$!")
+taskset -c "$PROXY_CPU" "$SQUID" -N -f "$D/squid.conf" >"$D/squid.out" 2>&1 &
+PIDS+=($!)
+TARGETS+=("squid:$SQ:$!")
+for p in $TP $SQ; do wait_port $p; done
+
+declare -A VALS CPUS
+once() { # target scenario loadgen-args...
+    local target=$1 scenario=$2 out
     shift 2
-    local vals=() cpus=() out
-    for _ in $(seq 1 "$RUNS"); do
-        if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
-            vals+=("$(echo "$out" | awk '{print $1}')")
-            # download runs also print the proxy's CPU seconds per GiB
-            [[ $out == *cpu-s/GiB* ]] && cpus+=("$(echo "$out" | awk '{print $3}')")
-        else
-            echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
-        fi
-    done
-    record "$target" "$scenario" "${vals[@]}"
-    [ ${#cpus[@]} -gt 0 ] && record "$target" "${scenario}_cpu" "${cpus[@]}"
+    if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
+        VALS[$target|$scenario]+="$(echo "$out" | awk '{print $1}') "
+        # download runs also print the proxy's CPU seconds per GiB
+        [[ $out == *cpu-s/GiB* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
+    else
+        echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
+    fi
     return 0
 }
 
@@ -169,61 +185,50 @@ record() { # target scenario values...
     printf '%s\t%s\t%s\t%s\n' "$target" "$scenario" "$m" "${*:-}" >>"$RESULTS"
 }
 
-scenarios() { # target [proxy-port pids]
-    local target=$1 via=() pids=${3:-}
-    [ -n "${2:-}" ] && via=(--proxy "$2")
-    local cpu=()
-    [ -n "$pids" ] && cpu=(--pids "$pids")
-    measure "$target" dl1 download --origin $O "${via[@]}" --conns 1 --bytes 1G "${cpu[@]}"
-    measure "$target" dl8 download --origin $O "${via[@]}" --conns 8 --bytes 128M "${cpu[@]}"
-    measure "$target" tunnel_rate tunnel-rate --origin $O "${via[@]}" --clients 16 --secs 2
-    [ -z "${2:-}" ] && return 0
-    measure "$target" forward_rate forward-rate --origin $O "${via[@]}" --clients 16 --secs 2
-    measure "$target" denied_rate denied-rate "${via[@]}" --clients 16 --secs 2
-    RUNS=1 measure "$target" idle1k idle --origin $O "${via[@]}" --tunnels 1000 --pids "$pids"
+scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted per target)
+    local name=$1 only_proxies=$2
+    shift 2
+    echo "== $name" >&2
+    for _ in $(seq 1 "$RUNS"); do
+        for t in "${TARGETS[@]}"; do
+            IFS=: read -r target port pid <<<"$t"
+            [ -z "$port" ] && [ "$only_proxies" = 1 ] && continue
+            local args=("$@") via=() cpu=()
+            [ -n "$port" ] && via=(--proxy "$port")
+            [ -n "$pid" ] && [ "${args[0]}" = download ] && cpu=(--pids "$pid")
+            once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
+        done
+    done
+    for t in "${TARGETS[@]}"; do
+        IFS=: read -r target port pid <<<"$t"
+        # shellcheck disable=SC2086 # word splitting of the value list is intended
+        [ -n "${VALS[$target|$name]:-}" ] && record "$target" "$name" ${VALS[$target|$name]}
+        # shellcheck disable=SC2086
+        [ -n "${CPUS[$target|$name]:-}" ] && record "$target" "${name}_cpu" ${CPUS[$target|$name]}
+    done
+    return 0
 }
 
-echo "== direct" >&2
-scenarios direct
+scenario dl1 0 download --origin $O --conns 1 --bytes 1G
+scenario dl8 0 download --origin $O --conns 8 --bytes 128M
+scenario tunnel_rate 0 tunnel-rate --origin $O --clients 16 --secs 2
+scenario forward_rate 1 forward-rate --origin $O --clients 16 --secs 2
+scenario denied_rate 1 denied-rate --clients 16 --secs 2
 
-echo "== kennel" >&2
-start_kennel kennel $K 65536 "$BIN"
-KPID=$LAST
-scenarios kennel $K $KPID
-RUNS=1 measure kennel idle10k idle --origin $O --proxy $K --tunnels $BIG --pids $KPID
-kill $KPID; wait $KPID 2>/dev/null || true
-
-for size in 262144 1048576; do
-    echo "== kennel, pipe/buffer $size" >&2
-    start_kennel "kennel-$size" $K $size "$BIN"
-    measure "kennel-$size" dl1 download --origin $O --proxy $K --conns 1 --bytes 1G --pids $LAST
-    measure "kennel-$size" dl8 download --origin $O --proxy $K --conns 8 --bytes 128M --pids $LAST
-    kill $LAST; wait $LAST 2>/dev/null || true
+echo "== idle tunnels" >&2
+for t in "${TARGETS[@]}"; do
+    IFS=: read -r target port pid <<<"$t"
+    [ -z "$port" ] && continue
+    once "$target" idle1k idle --origin $O --proxy "$port" --tunnels 1000 --pids "$pid"
+    # shellcheck disable=SC2086
+    [ -n "${VALS[$target|idle1k]:-}" ] && record "$target" idle1k ${VALS[$target|idle1k]}
+    case $target in kennel | kennel-before)
+        once "$target" idle10k idle --origin $O --proxy "$port" --tunnels $BIG --pids "$pid"
+        # shellcheck disable=SC2086
+        [ -n "${VALS[$target|idle10k]:-}" ] && record "$target" idle10k ${VALS[$target|idle10k]}
+        ;;
+    esac
 done
-
-if [ -n "${KENNEL_BEFORE:-}" ]; then
-    echo "== kennel before ($KENNEL_BEFORE)" >&2
-    start_kennel kennel-before $KB 65536 "$KENNEL_BEFORE"
-    scenarios kennel-before $KB $LAST
-    RUNS=1 measure kennel-before idle10k idle --origin $O --proxy $KB --tunnels $BIG --pids $LAST
-    kill $LAST; wait $LAST 2>/dev/null || true
-fi
-
-echo "== tinyproxy" >&2
-taskset -c "$PROXY_CPU" "$TINY" -d -c "$D/tinyproxy.conf" >"$D/tinyproxy.out" 2>&1 &
-TPID=$!
-PIDS+=($TPID)
-wait_port $TP
-scenarios tinyproxy $TP $TPID
-kill $TPID; wait $TPID 2>/dev/null || true
-
-echo "== squid" >&2
-taskset -c "$PROXY_CPU" "$SQUID" -N -f "$D/squid.conf" >"$D/squid.out" 2>&1 &
-SPID=$!
-PIDS+=($SPID)
-wait_port $SQ
-scenarios squid $SQ $SPID
-kill $SPID; wait $SPID 2>/dev/null || true
 
 echo "== report" >&2
 MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"

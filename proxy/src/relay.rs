@@ -183,8 +183,11 @@ mod splice {
     const MIN_PIPE: usize = 256 * 1024;
     /// Empty pipes kept for reuse. Leasing one per burst instead of creating it saves two
     /// syscalls (pipe2 + close) on every wake-up of a busy tunnel; the cap bounds what idle
-    /// pipes cost (two fds each) after a burst of many tunnels.
-    const POOL_MAX: usize = 128;
+    /// pipes cost after a burst of many tunnels: two fds each, and their capacity counts
+    /// against the user's pipe budget (32 × 64 pages = 2,048 of the 16,384 pages that
+    /// `fs.pipe-user-pages-soft` gives the proxy's unprivileged uid, which every proxy
+    /// container on the host shares).
+    const POOL_MAX: usize = 32;
 
     /// Empty pipes ready for reuse.
     static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
