@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::dial;
-use crate::relay::End;
 use crate::head::RequestHead;
 use crate::log::AccessRecord;
 use crate::registry::Registration;
+use crate::relay::End;
 use crate::respond::Failure;
 use crate::sni::{self, Peek};
 

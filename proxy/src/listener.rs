@@ -176,8 +176,16 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
             let buf = std::mem::take(&mut buf);
             // Boxed, like the forward future below: the task's own state stays small, and a
             // tunnel holds only the CONNECT state, not room for the largest request state.
-            Box::pin(crate::connect::handle(shared, tcp, buf, head, peer, &reg, &ctl.hard_stop))
-                .await;
+            Box::pin(crate::connect::handle(
+                shared,
+                tcp,
+                buf,
+                head,
+                peer,
+                &reg,
+                &ctl.hard_stop,
+            ))
+            .await;
             return;
         }
         let next = tokio::select! {

@@ -308,6 +308,7 @@ mod splice {
                     lease.release();
                     continue;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             lease.filled = n;
@@ -322,6 +323,11 @@ mod splice {
                 match dst.try_io(Interest::WRITABLE, || {
                     Ok(nix::fcntl::splice(r, None, dst, None, filled, flags())?)
                 }) {
+                    // With bytes in the pipe, 0 would mean no progress: fail instead of
+                    // spinning on a writable socket.
+                    Ok(0) => {
+                        return Err(io::Error::new(io::ErrorKind::WriteZero, "splice wrote 0"));
+                    }
                     Ok(n) => {
                         lease.filled -= n;
                         if !count_on_read {
@@ -329,7 +335,11 @@ mod splice {
                         }
                         meter.touch();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -347,7 +347,10 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         errors * 100 <= done.max(1),
         "{errors} errors for {done} completions"
     );
-    Ok(format!("{:.0} /s", done as f64 / start.elapsed().as_secs_f64()))
+    Ok(format!(
+        "{:.0} /s",
+        done as f64 / start.elapsed().as_secs_f64()
+    ))
 }
 
 async fn tunnel_once(o: &Opts) -> anyhow::Result<()> {
@@ -357,7 +360,13 @@ async fn tunnel_once(o: &Opts) -> anyhow::Result<()> {
         .await?;
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
     let mut scratch = [0u8; 1024];
-    read_body(&mut s, &mut buf, &mut scratch, content_length(&head).unwrap_or(0)).await
+    read_body(
+        &mut s,
+        &mut buf,
+        &mut scratch,
+        content_length(&head).unwrap_or(0),
+    )
+    .await
 }
 
 async fn denied_once(o: &Opts) -> anyhow::Result<()> {
@@ -366,10 +375,7 @@ async fn denied_once(o: &Opts) -> anyhow::Result<()> {
         .await?;
     let mut buf = Vec::new();
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
-    ensure!(
-        (400..500).contains(&status(&head)),
-        "not refused: {head}"
-    );
+    ensure!((400..500).contains(&status(&head)), "not refused: {head}");
     if let Some(n) = content_length(&head) {
         let mut scratch = [0u8; 4096];
         read_body(&mut s, &mut buf, &mut scratch, n).await?;
@@ -406,11 +412,16 @@ async fn forward_on(
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
     ensure!(status(&head) == 200, "{head}");
     let mut scratch = [0u8; 1024];
-    read_body(&mut s, &mut buf, &mut scratch, content_length(&head).unwrap_or(0)).await?;
+    read_body(
+        &mut s,
+        &mut buf,
+        &mut scratch,
+        content_length(&head).unwrap_or(0),
+    )
+    .await?;
     let closes = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
-        (l.starts_with("connection:") || l.starts_with("proxy-connection:"))
-            && l.contains("close")
+        (l.starts_with("connection:") || l.starts_with("proxy-connection:")) && l.contains("close")
     });
     if !closes {
         *kept = Some((s, buf));
@@ -427,7 +438,8 @@ fn cpu_ticks(pids: &[u32]) -> anyhow::Result<u64> {
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
         let rest = stat.rsplit_once(')').context("stat format")?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
-        total += f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+        total += f.get(11).context("utime")?.parse::<u64>()?
+            + f.get(12).context("stime")?.parse::<u64>()?;
     }
     Ok(total)
 }
@@ -475,8 +487,13 @@ async fn idle(o: &Opts) -> anyhow::Result<String> {
                     .await?;
                 let head = read_head(&mut s, &mut buf).await?.context("no response")?;
                 let mut scratch = [0u8; 1024];
-                read_body(&mut s, &mut buf, &mut scratch, content_length(&head).unwrap_or(0))
-                    .await?;
+                read_body(
+                    &mut s,
+                    &mut buf,
+                    &mut scratch,
+                    content_length(&head).unwrap_or(0),
+                )
+                .await?;
                 anyhow::Ok(s)
             });
         }
