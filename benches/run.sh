@@ -112,8 +112,8 @@ cache deny all
 cache_mem 0 MB
 dns_nameservers 127.0.0.1
 visible_hostname bench
-pid_filename $D/squid.pid
-cache_log $D/squid-cache.log
+pid_filename none
+cache_log /dev/null
 coredump_dir $D
 max_filedescriptors 65536
 shutdown_lifetime 0 seconds

@@ -52,7 +52,8 @@ pub enum End {
 pub struct Limits<'a> {
     /// Close after this long without a byte in either direction.
     pub idle: Duration,
-    /// Pipe capacity (splice) or buffer size per direction (copy loop), in bytes.
+    /// Buffer size per direction of the copy loop, in bytes; with splice, the pipe capacity
+    /// asked for (never less than 256 KiB, see `MIN_PIPE`).
     pub buffer_bytes: usize,
     /// Cancelled when the destination is revoked.
     pub revoked: &'a CancellationToken,
