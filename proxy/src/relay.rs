@@ -22,7 +22,7 @@
 //! from it (`down`).
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -87,6 +87,15 @@ pub async fn tunnel(
         Conn::Tcp(origin) => splice::tunnel(client, origin, prefix, limits).await,
         origin => copy(client, origin, prefix, limits).await,
     }
+}
+
+/// Pipes leased right now by spliced tunnels, process-wide. An idle tunnel holds none: a
+/// direction leases a pipe only while it has bytes to move.
+pub fn pipes_leased() -> usize {
+    #[cfg(target_os = "linux")]
+    return splice::LEASED.load(Ordering::Relaxed);
+    #[cfg(not(target_os = "linux"))]
+    return 0;
 }
 
 /// The idle deadline: resolves once `idle` has passed since the last activity recorded in
@@ -192,6 +201,8 @@ mod splice {
 
     /// Empty pipes ready for reuse.
     static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+    /// Pipes currently leased by a tunnel direction (bytes in flight, or about to be).
+    pub(super) static LEASED: AtomicUsize = AtomicUsize::new(0);
 
     /// A pipe: read end, write end, capacity.
     struct Pipe {
@@ -242,6 +253,7 @@ mod splice {
                     Some(p) => p,
                     None => Pipe::new(self.want)?,
                 });
+                LEASED.fetch_add(1, Ordering::Relaxed);
             }
             // The branch above just filled `self.pipe` (or returned the error).
             self.pipe
@@ -253,6 +265,7 @@ mod splice {
             if self.filled == 0
                 && let Some(p) = self.pipe.take()
             {
+                LEASED.fetch_sub(1, Ordering::Relaxed);
                 let mut pool = pool();
                 // A pipe that could not be grown (pipe-user-pages-soft) is not kept: the next
                 // lease may get a full-sized one.
@@ -266,6 +279,10 @@ mod splice {
     impl Drop for Lease {
         fn drop(&mut self) {
             self.release();
+            if self.pipe.take().is_some() {
+                // Still holding bytes (cancelled mid-transfer): closed, not pooled.
+                LEASED.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -680,6 +697,39 @@ mod tests {
             assert!(waited >= Duration::from_millis(250), "{path:?} {waited:?}");
             assert_eq!(out.up, 3);
         }
+    }
+
+    /// Item 2 of issue 13: an idle tunnel holds no pipe. After traffic both ways, once both
+    /// sides are quiet, no pipe is leased although the tunnel is still open; the next bytes
+    /// lease one again. (The count is process-wide; nextest runs each test in its own process.)
+    #[tokio::test]
+    async fn idle_spliced_tunnel_holds_no_pipe() {
+        let t = Tokens::new();
+        let (mut c, mut o, task) = start(Path::Splice, b"", 65536, LONG, &t).await;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..3 {
+            c.write_all(&buf).await.expect("write");
+            o.read_exact(&mut buf).await.expect("read");
+            o.write_all(&buf).await.expect("write");
+            c.read_exact(&mut buf).await.expect("read");
+        }
+        let quiet = Instant::now() + Duration::from_secs(20);
+        while pipes_leased() > 0 {
+            assert!(
+                Instant::now() < quiet,
+                "{} pipes still leased",
+                pipes_leased()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!task.is_finished(), "the tunnel is still open");
+        c.write_all(b"again").await.expect("write");
+        let mut five = [0u8; 5];
+        o.read_exact(&mut five).await.expect("read");
+        assert_eq!(&five, b"again");
+        drop((c, o));
+        let out = done(task).await;
+        assert!(out.spliced == cfg!(target_os = "linux"));
     }
 
     /// A reset from one side ends the relay with an error instead of hanging.
