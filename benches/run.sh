@@ -6,6 +6,10 @@
 #   KENNEL_BEFORE=/path/to/old/kennel-proxy benches/run.sh   # adds a "kennel (before)" column
 #   RUNS=1 benches/run.sh               # one run per cell instead of the median of 3
 #
+# Needs: cargo, taskset (util-linux), python3 (writes the table), apt-get only if Squid or
+# Tinyproxy is missing. Run as root for apt-get and for >10,000 descriptors (without
+# CAP_SYS_RESOURCE the big idle case holds as many tunnels as RLIMIT_NOFILE allows).
+#
 # Bounded: every load run is bounded by count and time inside `loadgen` (and by `timeout`
 # here); the whole run takes about 3-5 minutes on a 2-core machine.
 set -euo pipefail
