@@ -267,9 +267,11 @@ mod splice {
             {
                 LEASED.fetch_sub(1, Ordering::Relaxed);
                 let mut pool = pool();
-                // A pipe that could not be grown (pipe-user-pages-soft) is not kept: the next
-                // lease may get a full-sized one.
-                if pool.len() < POOL_MAX && p.cap >= self.want {
+                // A pipe the kernel shrank below the default (the uid is over
+                // pipe-user-pages-soft) is not kept: the next lease may get a full-sized one.
+                // One that merely could not grow past the default (a size above
+                // fs.pipe-max-size) is kept, or every burst would create a pipe.
+                if pool.len() < POOL_MAX && p.cap >= self.want.min(DEFAULT_PIPE) {
                     pool.push(p);
                 }
             }
