@@ -288,6 +288,10 @@ mod splice {
         }
     }
 
+    /// splice(2) into a socket whose peer is gone raises SIGPIPE (unlike `send`, which std calls
+    /// with MSG_NOSIGNAL); the Rust runtime ignores SIGPIPE in every Rust binary before `main`,
+    /// so this surfaces as an `EPIPE` error that ends the relay.
+    ///
     /// SPLICE_F_NONBLOCK: the pipe side never blocks (the sockets are non-blocking already, and
     /// readiness comes from tokio). SPLICE_F_MOVE: move pages rather than copy where possible.
     fn flags() -> SpliceFFlags {
