@@ -1,9 +1,8 @@
 //! CONNECT: decide, resolve + guard, dial the checked address, `200`, peek the ClientHello and
-//! check SNI, then splice both ways with half-close handling and large buffers.
+//! check SNI, then relay both ways (`relay`: splice(2) for direct tunnels, half-close kept).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use kennel_policy::{Host, Target};
@@ -12,21 +11,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::dial::{self, Metered};
+use crate::dial;
 use crate::head::RequestHead;
 use crate::log::AccessRecord;
 use crate::registry::Registration;
+use crate::relay::End;
 use crate::respond::Failure;
 use crate::sni::{self, Peek};
-
-/// How a tunnel ended.
-enum End {
-    Done,
-    Idle,
-    Revoked,
-    Shutdown,
-    Error(String),
-}
 
 /// Handle one CONNECT request; the client connection is consumed.
 #[tracing::instrument(skip_all, fields(client = %peer, target = %head.target))]
@@ -70,7 +61,9 @@ pub async fn handle(
     rec.reason = decision.reason.as_str().to_string();
     rec.upstream = route.upstream.to_string();
     rec.resolved = route.addrs.first().map(|a| a.to_string());
-    let dialed = match dial::connect(shared, &route, &target, false).await {
+    // Boxed: the dial future (resolver, upstream handshakes) is the largest state of this
+    // function, and a future is as large as its largest state for the whole tunnel's life.
+    let dialed = match Box::pin(dial::connect(shared, &route, &target, false)).await {
         Ok(d) => d,
         Err(f) => return fail(shared, &mut client, &mut rec, Some(&target), f, start).await,
     };
@@ -189,33 +182,19 @@ pub async fn handle(
     }
 
     rec.decision = decision_word;
-    let mut origin = Metered::new(dialed.conn);
-    let (up_ctr, down_ctr) = (origin.up.clone(), origin.down.clone());
-    let idle = shared.config.limits.idle_timeout();
-    let bufsize = shared.config.limits.buffer_bytes;
-    let end = async {
-        if !buf.is_empty() && origin.write_all(&buf).await.is_err() {
-            return End::Error(
-                "writing the buffered client bytes to the destination failed".into(),
-            );
-        }
-        drop(buf);
-        splice(
-            &mut client,
-            &mut origin,
-            bufsize,
-            idle,
-            &reg.cancel,
-            hard_stop,
-        )
-        .await
-    }
-    .await;
-    rec.bytes_up = up_ctr.load(Ordering::Relaxed);
-    rec.bytes_down = down_ctr.load(Ordering::Relaxed);
+    let limits = crate::relay::Limits {
+        idle: shared.config.limits.idle_timeout(),
+        buffer_bytes: shared.config.limits.buffer_bytes,
+        revoked: &reg.cancel,
+        hard_stop,
+    };
+    let out = crate::relay::tunnel(&mut client, dialed.conn, buf, &limits).await;
+    rec.bytes_up = out.up;
+    rec.bytes_down = out.down;
     shared
         .metrics
         .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
+    let end = out.end;
     match end {
         End::Done => {}
         End::Idle => rec.error = Some("closed after the idle timeout".into()),
@@ -229,37 +208,6 @@ pub async fn handle(
         End::Error(e) => rec.error = Some(e),
     }
     finish(shared, rec, start, "connect");
-}
-
-/// Relay both ways until both directions are done (EOF is propagated as a write shutdown so
-/// half-closed connections keep working), the tunnel idles out, or it is cancelled.
-async fn splice(
-    client: &mut TcpStream,
-    origin: &mut Metered<dial::Conn>,
-    bufsize: usize,
-    idle: Duration,
-    revoked: &CancellationToken,
-    hard_stop: &CancellationToken,
-) -> End {
-    let (epoch, last) = origin.clock();
-    let watchdog = async move {
-        loop {
-            let deadline = epoch + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(client, origin, bufsize, bufsize) => match r {
-            Ok(_) => End::Done,
-            Err(e) => End::Error(e.to_string()),
-        },
-        _ = watchdog => End::Idle,
-        _ = revoked.cancelled() => End::Revoked,
-        _ = hard_stop.cancelled() => End::Shutdown,
-    }
 }
 
 async fn fail(

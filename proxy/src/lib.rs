@@ -15,6 +15,7 @@ pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod registry;
+pub mod relay;
 pub mod resolve;
 pub mod respond;
 pub mod sni;

@@ -174,11 +174,24 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
         };
         if head.method.eq_ignore_ascii_case("CONNECT") {
             let buf = std::mem::take(&mut buf);
-            crate::connect::handle(shared, tcp, buf, head, peer, &reg, &ctl.hard_stop).await;
+            // Boxed, like the forward future below: the task's own state stays small, and a
+            // tunnel holds only the CONNECT state, not room for the largest request state.
+            Box::pin(crate::connect::handle(
+                shared,
+                tcp,
+                buf,
+                head,
+                peer,
+                &reg,
+                &ctl.hard_stop,
+            ))
+            .await;
             return;
         }
         let next = tokio::select! {
-            n = crate::forward::handle(shared, &mut tcp, &mut buf, head, peer, &reg) => n,
+            // Boxed (one allocation per request): inline, the forward state (8 KiB) would make
+            // every connection task that large, idle tunnels included.
+            n = Box::pin(crate::forward::handle(shared, &mut tcp, &mut buf, head, peer, &reg)) => n,
             _ = reg.cancel.cancelled() => {
                 shared.metrics.revoked_total.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -197,7 +210,9 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
 pub async fn linger_close(tcp: &mut TcpStream) {
     use tokio::io::AsyncReadExt;
     let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap, not in the future: an array here would make every connection task (whose
+    // size is that of its largest state) 16 KiB larger for its whole life, idle tunnels included.
+    let mut sink = vec![0u8; 16 * 1024];
     let mut left: usize = 1 << 20;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while left > 0 {

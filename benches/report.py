@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Render benches/run.sh results (TSV: target, scenario, median, runs) into README.md between
+the run.sh markers: values and ratios measured in the same run."""
+import sys
+
+results, readme, date, machine, versions, runs, load, big = sys.argv[1:9]
+val, raw = {}, {}
+for line in open(results):
+    parts = line.rstrip("\n").split("\t")
+    if len(parts) < 3:
+        continue
+    t, s, m = parts[0], parts[1], parts[2]
+    raw[(t, s)] = parts[3] if len(parts) > 3 else ""
+    try:
+        val[(t, s)] = float(m)
+    except ValueError:
+        pass
+
+ROWS = [
+    ("dl1", "one CONNECT tunnel, 1 GiB download (MB/s)", True),
+    ("dl1_cpu", "… proxy CPU per GiB relayed (s)", False),
+    ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
+    ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
+    ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
+    ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
+    ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
+    ("idle10k", f"RSS per idle tunnel, {int(big):,} held (KiB)", False),
+]
+
+
+def fmt(x):
+    if x is None:
+        return "–"
+    if x < 10:
+        return f"{x:.2f}"
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def g(t, s):
+    return val.get((t, s))
+
+
+out = []
+out.append(f"Run {date}: {machine}; {versions}; median of {runs} runs per cell "
+           f"(RSS: one run); {load}. The machine is shared with other engineers' builds, so "
+           "absolute numbers are noisy: compare the ratios, which come from the same run.")
+out.append("")
+out.append("| scenario | direct | Squid | Tinyproxy | kennel | kennel ÷ direct | kennel ÷ Squid | kennel ÷ Tinyproxy |")
+out.append("|---|---|---|---|---|---|---|---|")
+for key, label, _ in ROWS:
+    k = g("kennel", key)
+    out.append("| " + " | ".join([
+        label, fmt(g("direct", key)), fmt(g("squid", key)), fmt(g("tinyproxy", key)), fmt(k),
+        ratio(k, g("direct", key)), ratio(k, g("squid", key)), ratio(k, g("tinyproxy", key)),
+    ]) + " |")
+out.append("")
+out.append("kennel before/after the splice relay (`before` = the build given as KENNEL_BEFORE: "
+           "the copy loop with 64 KiB buffers), and with 1 MiB pipes (`limits.buffer_bytes = "
+           "1048576`), same run:")
+out.append("")
+out.append("| scenario | kennel before | kennel now (splice, 256 KiB pipes) | kennel now, 1 MiB pipes | now ÷ before | 1 MiB ÷ before |")
+out.append("|---|---|---|---|---|---|")
+for key, label, _ in ROWS:
+    b, a, m = g("kennel-before", key), g("kennel", key), g("kennel-1m", key)
+    out.append("| " + " | ".join([label, fmt(b), fmt(a), fmt(m), ratio(a, b), ratio(m, b)]) + " |")
+out.append("")
+out.append("<details><summary>every run</summary>")
+out.append("")
+out.append("| target | scenario | runs |")
+out.append("|---|---|---|")
+for (t, s), r in raw.items():
+    out.append(f"| {t} | {s} | {r} |")
+out.append("")
+out.append("</details>")
+
+BEGIN, END = "<!-- run.sh:begin -->", "<!-- run.sh:end -->"
+text = open(readme).read()
+block = BEGIN + "\n" + "\n".join(out) + "\n" + END
+if BEGIN in text and END in text:
+    a, b = text.index(BEGIN), text.index(END) + len(END)
+    text = text[:a] + block + text[b:]
+else:
+    text = text.rstrip("\n") + "\n\n## Proxy comparison (benches/run.sh)\n\n" + block + "\n"
+open(readme, "w").write(text)

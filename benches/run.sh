@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# One command for the proxy comparison table: direct / kennel / Tinyproxy / Squid, all on
+# loopback, the proxy under test pinned to one CPU and load generator + origin to another.
+#
+#   benches/run.sh                      # writes the table into benches/README.md
+#   KENNEL_BEFORE=/path/to/old/kennel-proxy benches/run.sh   # adds a "kennel (before)" column
+#   RUNS=1 benches/run.sh               # one run per cell instead of the median of 3
+#
+# Needs: cargo, taskset (util-linux), python3 (writes the table), apt-get only if Squid or
+# Tinyproxy is missing. Run as root for apt-get and for >10,000 descriptors (without
+# CAP_SYS_RESOURCE the big idle case holds as many tunnels as RLIMIT_NOFILE allows).
+#
+# Bounded: every load run is bounded by count and time inside `loadgen` (and by `timeout`
+# here); the whole run takes about 3-5 minutes on a 2-core machine.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+RUNS=${RUNS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
+
+echo "== build" >&2
+cargo build --release -q -p kennel-proxy --bin kennel-proxy -p kennel-benches --bin loadgen
+BIN=$ROOT/target/release/kennel-proxy
+LG=$ROOT/target/release/loadgen
+
+echo "== packages" >&2
+missing=()
+command -v squid >/dev/null || [ -x /usr/sbin/squid ] || missing+=(squid)
+command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || missing+=(tinyproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+SQUID=$(command -v squid || echo /usr/sbin/squid)
+TINY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
+
+# 10,000 idle tunnels need 20,000+ descriptors in the proxy and in the load generator.
+ulimit -Hn 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+# Without CAP_SYS_RESOURCE the hard limit cannot be raised: hold as many as fit (the proxy
+# needs two descriptors per tunnel, plus its pipe pool and listeners).
+BIG=$(( $(ulimit -n) / 2 - 400 ))
+[ "$BIG" -gt 10000 ] && BIG=10000
+
+D=$(mktemp -d /tmp/kennel-bench.XXXXXX)
+chmod 755 "$D"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$D"
+}
+trap cleanup EXIT
+
+wait_port() { # port
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+echo "== origin" >&2
+taskset -c "$LOAD_CPU" "$LG" origin $O &
+PIDS+=($!)
+wait_port $O
+
+# --- kennel: the release binary, its default config except: loopback listen, access log off,
+# a static hosts map, the connection cap raised for the 10,000-tunnel case. The allowlist is
+# the origin's address and port (cidrs), like Squid's and Tinyproxy's below.
+kennel_conf() { # name port buffer_bytes
+    cat >"$D/$1-policy.toml" <<EOF
+[defaults]
+ports = [$O]
+[allow]
+cidrs = ["127.0.0.1/32"]
+EOF
+    cat >"$D/$1.toml" <<EOF
+listen = ["127.0.0.1:$2"]
+admin = "127.0.0.1:0"
+[policy]
+file = "$D/$1-policy.toml"
+watch = false
+[access_log]
+destination = "off"
+[resolver]
+static_only = true
+[limits]
+max_connections = 30000
+buffer_bytes = $3
+EOF
+}
+start_kennel() { # name port buffer_bytes binary
+    kennel_conf "$1" "$2" "$3"
+    taskset -c "$PROXY_CPU" "$4" --config "$D/$1.toml" >"$D/$1.out" 2>&1 &
+    PIDS+=($!)
+    LAST=$!
+    wait_port "$2"
+}
+
+# --- Squid: one process (-N), no cache, no access log, CONNECT and GET allowed to the origin
+# only. `dstdomain -n` matches the IP literal without a reverse lookup; DNS (if Squid wanted
+# any) goes to loopback.
+cat >"$D/squid.conf" <<EOF
+http_port 127.0.0.1:$SQ
+acl origin dstdomain -n 127.0.0.1
+acl oport port $O
+http_access allow origin oport
+http_access deny all
+access_log none
+cache_store_log none
+cache deny all
+cache_mem 0 MB
+dns_nameservers 127.0.0.1
+visible_hostname bench
+pid_filename none
+cache_log /dev/null
+coredump_dir $D
+max_filedescriptors 65536
+shutdown_lifetime 0 seconds
+client_persistent_connections on
+server_persistent_connections on
+EOF
+chmod 644 "$D/squid.conf"
+
+# --- Tinyproxy: the same allowlist as a filter (deny by default), no log file, enough clients.
+printf '^127\\.0\\.0\\.1$\n' >"$D/tiny-filter"
+cat >"$D/tinyproxy.conf" <<EOF
+Port $TP
+Listen 127.0.0.1
+Timeout 600
+MaxClients 12000
+LogLevel Critical
+Filter "$D/tiny-filter"
+FilterType ere
+FilterDefaultDeny Yes
+ConnectPort $O
+PidFile "$D/tinyproxy.pid"
+EOF
+
+LOAD="load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+RESULTS=$D/results.tsv
+: >"$RESULTS"
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Every proxy runs at the same time (an idle proxy costs no CPU), and each scenario's runs go
+# round-robin over the targets, so slow phases of the shared machine hit all targets alike.
+echo "== start the proxies" >&2
+TARGETS=("direct::")
+start_kennel kennel $K 65536 "$BIN"
+TARGETS+=("kennel:$K:$LAST")
+start_kennel kennel-1m $K1 1048576 "$BIN"
+TARGETS+=("kennel-1m:$K1:$LAST")
+if [ -n "${KENNEL_BEFORE:-}" ]; then
+    start_kennel kennel-before $KB 65536 "$KENNEL_BEFORE"
+    TARGETS+=("kennel-before:$KB:$LAST")
+fi
+taskset -c "$PROXY_CPU" "$TINY" -d -c "$D/tinyproxy.conf" >"$D/tinyproxy.out" 2>&1 &
+PIDS+=($!)
+TARGETS+=("tinyproxy:$TP:$!")
+taskset -c "$PROXY_CPU" "$SQUID" -N -f "$D/squid.conf" >"$D/squid.out" 2>&1 &
+PIDS+=($!)
+TARGETS+=("squid:$SQ:$!")
+for p in $TP $SQ; do wait_port $p; done
+
+declare -A VALS CPUS
+once() { # target scenario loadgen-args...
+    local target=$1 scenario=$2 out
+    shift 2
+    if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
+        VALS[$target|$scenario]+="$(echo "$out" | awk '{print $1}') "
+        # download runs also print the proxy's CPU seconds per GiB
+        [[ $out == *cpu-s/GiB* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
+    else
+        echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
+    fi
+    return 0
+}
+
+record() { # target scenario values...
+    local target=$1 scenario=$2 m="-"
+    shift 2
+    [ $# -gt 0 ] && m=$(printf '%s\n' "$@" | median)
+    echo "  $target $scenario: $m (runs: ${*:-none})" >&2
+    printf '%s\t%s\t%s\t%s\n' "$target" "$scenario" "$m" "${*:-}" >>"$RESULTS"
+}
+
+scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted per target)
+    local name=$1 only_proxies=$2
+    shift 2
+    echo "== $name" >&2
+    for _ in $(seq 1 "$RUNS"); do
+        for t in "${TARGETS[@]}"; do
+            IFS=: read -r target port pid <<<"$t"
+            [ -z "$port" ] && [ "$only_proxies" = 1 ] && continue
+            local args=("$@") via=() cpu=()
+            [ -n "$port" ] && via=(--proxy "$port")
+            [ -n "$pid" ] && [ "${args[0]}" = download ] && cpu=(--pids "$pid")
+            once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
+        done
+    done
+    for t in "${TARGETS[@]}"; do
+        IFS=: read -r target port pid <<<"$t"
+        # shellcheck disable=SC2086 # word splitting of the value list is intended
+        [ -n "${VALS[$target|$name]:-}" ] && record "$target" "$name" ${VALS[$target|$name]}
+        # shellcheck disable=SC2086
+        [ -n "${CPUS[$target|$name]:-}" ] && record "$target" "${name}_cpu" ${CPUS[$target|$name]}
+    done
+    return 0
+}
+
+scenario dl1 0 download --origin $O --conns 1 --bytes 1G
+scenario dl8 0 download --origin $O --conns 8 --bytes 128M
+scenario tunnel_rate 0 tunnel-rate --origin $O --clients 16 --secs 2
+scenario forward_rate 1 forward-rate --origin $O --clients 16 --secs 2
+scenario denied_rate 1 denied-rate --clients 16 --secs 2
+
+echo "== idle tunnels" >&2
+for t in "${TARGETS[@]}"; do
+    IFS=: read -r target port pid <<<"$t"
+    [ -z "$port" ] && continue
+    once "$target" idle1k idle --origin $O --proxy "$port" --tunnels 1000 --pids "$pid"
+    # shellcheck disable=SC2086
+    [ -n "${VALS[$target|idle1k]:-}" ] && record "$target" idle1k ${VALS[$target|idle1k]}
+    case $target in kennel | kennel-before)
+        once "$target" idle10k idle --origin $O --proxy "$port" --tunnels $BIG --pids "$pid"
+        # shellcheck disable=SC2086
+        [ -n "${VALS[$target|idle10k]:-}" ] && record "$target" idle10k ${VALS[$target|idle10k]}
+        ;;
+    esac
+done
+
+echo "== report" >&2
+MACHINE="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+MACHINE+=" $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
+VERSIONS="kennel $(git rev-parse --short HEAD), $("$SQUID" -v | head -1 | sed 's/ Cache: Version//'), $("$TINY" -v 2>&1 | head -1)"
+python3 "$ROOT/benches/report.py" "$RESULTS" "$ROOT/benches/README.md" \
+    "$(date -u +%Y-%m-%d\ %H:%M\ UTC)" "$MACHINE" "$VERSIONS" "$RUNS" "$LOAD" "$BIG"
+cp "$RESULTS" "$ROOT/benches/last-run.tsv"
+echo "written to benches/README.md (raw values: benches/last-run.tsv)" >&2

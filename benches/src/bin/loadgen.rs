@@ -1,0 +1,510 @@
+//! Load generator and origin for `benches/run.sh`: every scenario of the proxy comparison
+//! table, against a proxy (kennel, Tinyproxy, Squid) or directly against the origin.
+//!
+//! Loopback only: the origin binds 127.0.0.1, the client refuses any other address, and every
+//! loop is bounded in count and time. Each run prints one line: `<value> <unit>`.
+//!
+//! ```text
+//! loadgen origin PORT
+//! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
+//! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen forward-rate --origin PORT --proxy PORT --clients N --secs S
+//! loadgen denied-rate --proxy PORT --clients N --secs S
+//! loadgen idle --origin PORT --proxy PORT --tunnels N --pids PID[,PID..]
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The one host everything talks to.
+const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// Origin write / client read size: large, so the direct baseline is not syscall-bound.
+const CHUNK: usize = 1 << 20;
+/// Body size of the "small GET" scenarios.
+const SMALL: u64 = 64;
+/// Hard cap on any single run, whatever the arguments say.
+const MAX_RUN: Duration = Duration::from_secs(120);
+/// The denied CONNECT target: an IP literal outside the allowlist, so no proxy resolves a
+/// name (no DNS) and nothing can leave loopback even if a proxy did dial it.
+const DENIED: &str = "127.0.0.9:9";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first().cloned() else {
+        bail!("usage: loadgen origin|download|tunnel-rate|forward-rate|denied-rate|idle ...");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to build the runtime")?;
+    if cmd == "origin" {
+        let port: u16 = args
+            .get(1)
+            .context("origin PORT")?
+            .parse()
+            .context("port")?;
+        return rt.block_on(origin(port));
+    }
+    let opts = Opts::parse(&args[1..])?;
+    let line = rt.block_on(async {
+        tokio::time::timeout(MAX_RUN, run(&cmd, &opts))
+            .await
+            .context("the run exceeded its time bound")?
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+/// Command-line options (all optional until a scenario needs them).
+#[derive(Default)]
+struct Opts {
+    origin: Option<u16>,
+    proxy: Option<u16>,
+    conns: usize,
+    bytes: u64,
+    secs: f64,
+    tunnels: usize,
+    pids: Vec<u32>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> anyhow::Result<Opts> {
+        let mut o = Opts {
+            conns: 1,
+            secs: 2.0,
+            ..Default::default()
+        };
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            let v = it.next().with_context(|| format!("{k} needs a value"))?;
+            match k.as_str() {
+                "--origin" => o.origin = Some(v.parse()?),
+                "--proxy" => o.proxy = Some(v.parse()?),
+                "--conns" | "--clients" => o.conns = v.parse()?,
+                "--bytes" => o.bytes = parse_size(v)?,
+                "--secs" => o.secs = v.parse::<f64>()?.min(30.0),
+                "--tunnels" => o.tunnels = v.parse()?,
+                "--pids" => {
+                    o.pids = v
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("pids")?
+                }
+                _ => bail!("unknown option {k}"),
+            }
+        }
+        Ok(o)
+    }
+    fn origin(&self) -> anyhow::Result<u16> {
+        self.origin.context("--origin PORT is required")
+    }
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let (n, mult) = match s.as_bytes().last() {
+        Some(b'K') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    Ok(n.parse::<u64>()? * mult)
+}
+
+async fn run(cmd: &str, o: &Opts) -> anyhow::Result<String> {
+    match cmd {
+        "download" => download(o).await,
+        "tunnel-rate" => rate(o, Kind::Tunnel).await,
+        "forward-rate" => rate(o, Kind::Forward).await,
+        "denied-rate" => rate(o, Kind::Denied).await,
+        "idle" => idle(o).await,
+        _ => bail!("unknown scenario {cmd}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------- origin
+
+/// HTTP/1.1 origin on 127.0.0.1:`port`: `GET /N` answers N bytes, keep-alive.
+async fn origin(port: u16) -> anyhow::Result<()> {
+    let l = TcpListener::bind((LOOPBACK, port))
+        .await
+        .with_context(|| format!("failed to bind 127.0.0.1:{port}"))?;
+    let body: &'static [u8] = Box::leak(vec![b'k'; CHUNK].into_boxed_slice());
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = serve(s, body).await;
+        });
+    }
+}
+
+async fn serve(mut s: TcpStream, body: &[u8]) -> anyhow::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let Some(head) = read_head(&mut s, &mut buf).await? else {
+            return Ok(());
+        };
+        let path = head
+            .split(' ')
+            .nth(1)
+            .context("request line")?
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
+        let n: u64 = path.parse().unwrap_or(SMALL);
+        s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes())
+            .await?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(body.len() as u64) as usize;
+            s.write_all(&body[..k]).await?;
+            left -= k as u64;
+        }
+    }
+}
+
+/// Read one head (up to the blank line) into a string; bytes after it stay in `buf`.
+/// `None` on a clean EOF before any byte.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Option<String>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Ok(Some(head));
+        }
+        ensure!(buf.len() < 64 * 1024, "head too large");
+        let mut tmp = [0u8; 4096];
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            ensure!(buf.is_empty(), "EOF inside a head");
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn content_length(head: &str) -> Option<u64> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    })
+}
+
+fn status(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Read a response body of `n` bytes (some may already be in `buf`) into a scratch buffer.
+async fn read_body(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    scratch: &mut [u8],
+    n: u64,
+) -> anyhow::Result<()> {
+    let have = (buf.len() as u64).min(n);
+    buf.drain(..have as usize);
+    let mut left = n - have;
+    while left > 0 {
+        let k = (left as usize).min(scratch.len());
+        let r = s.read(&mut scratch[..k]).await?;
+        ensure!(r > 0, "EOF with {left} body bytes missing");
+        left -= r as u64;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------- client
+
+async fn connect(port: u16) -> anyhow::Result<TcpStream> {
+    let s = TcpStream::connect(SocketAddr::from((LOOPBACK, port))).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// A stream to the origin: directly, or through a CONNECT tunnel of the proxy.
+async fn open(o: &Opts, buf: &mut Vec<u8>) -> anyhow::Result<TcpStream> {
+    let origin = o.origin()?;
+    let Some(proxy) = o.proxy else {
+        return connect(origin).await;
+    };
+    let mut s = connect(proxy).await?;
+    s.write_all(
+        format!("CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let head = read_head(&mut s, buf).await?.context("proxy closed")?;
+    ensure!(status(&head) == 200, "CONNECT refused: {head}");
+    // Squid and Tinyproxy send no body with the 200; anything after the head is tunnel data.
+    Ok(s)
+}
+
+/// `conns` parallel downloads of `bytes` each; MB/s (10^6 bytes/s) over the whole run.
+async fn download(o: &Opts) -> anyhow::Result<String> {
+    ensure!(o.bytes > 0, "--bytes");
+    let cpu0 = if o.pids.is_empty() {
+        None
+    } else {
+        Some(cpu_ticks(&o.pids)?)
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.conns.max(1) {
+        let opts = Opts {
+            origin: o.origin,
+            proxy: o.proxy,
+            ..Default::default()
+        };
+        let bytes = o.bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut s = open(&opts, &mut buf).await?;
+            s.write_all(format!("GET /{bytes} HTTP/1.1\r\nHost: origin\r\n\r\n").as_bytes())
+                .await?;
+            let head = read_head(&mut s, &mut buf).await?.context("no response")?;
+            ensure!(content_length(&head) == Some(bytes), "bad response: {head}");
+            let mut scratch = vec![0u8; 256 << 10];
+            read_body(&mut s, &mut buf, &mut scratch, bytes).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let total = o.bytes as f64 * o.conns.max(1) as f64;
+    let mut line = format!("{:.0} MB/s", total / start.elapsed().as_secs_f64() / 1e6);
+    if let Some(c0) = cpu0 {
+        // The proxy's own CPU per GiB relayed: unlike MB/s this barely depends on how much of
+        // the shared machine the other processes took during the run.
+        let used = cpu_ticks(&o.pids)?.saturating_sub(c0) as f64 / 100.0;
+        line += &format!(" {:.3} cpu-s/GiB", used / (total / (1u64 << 30) as f64));
+    }
+    Ok(line)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// New connection (+ CONNECT when proxied), `GET /64`, close.
+    Tunnel,
+    /// Absolute-form `GET` on a kept-alive proxy connection (reconnects if the proxy closes).
+    Forward,
+    /// `CONNECT` to a denied target: read the refusal, close.
+    Denied,
+}
+
+/// `clients` loops for `secs` each; completed operations per second.
+async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
+    let until = Instant::now() + Duration::from_secs_f64(o.secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.conns.max(1) {
+        let opts = Opts {
+            origin: o.origin,
+            proxy: o.proxy,
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut errors = 0u64;
+            let mut kept: Option<(TcpStream, Vec<u8>)> = None;
+            while Instant::now() < until && errors < 1000 {
+                let r = match kind {
+                    Kind::Tunnel => tunnel_once(&opts).await,
+                    Kind::Denied => denied_once(&opts).await,
+                    Kind::Forward => forward_once(&opts, &mut kept).await,
+                };
+                match r {
+                    Ok(()) => done += 1,
+                    Err(_) => {
+                        errors += 1;
+                        kept = None;
+                    }
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for t in tasks {
+        let (d, e) = t.await?;
+        done += d;
+        errors += e;
+    }
+    ensure!(
+        errors * 100 <= done.max(1),
+        "{errors} errors for {done} completions"
+    );
+    Ok(format!(
+        "{:.0} /s",
+        done as f64 / start.elapsed().as_secs_f64()
+    ))
+}
+
+async fn tunnel_once(o: &Opts) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    let mut s = open(o, &mut buf).await?;
+    s.write_all(format!("GET /{SMALL} HTTP/1.1\r\nHost: origin\r\n\r\n").as_bytes())
+        .await?;
+    let head = read_head(&mut s, &mut buf).await?.context("no response")?;
+    let mut scratch = [0u8; 1024];
+    read_body(
+        &mut s,
+        &mut buf,
+        &mut scratch,
+        content_length(&head).unwrap_or(0),
+    )
+    .await
+}
+
+async fn denied_once(o: &Opts) -> anyhow::Result<()> {
+    let mut s = connect(o.proxy.context("--proxy")?).await?;
+    s.write_all(format!("CONNECT {DENIED} HTTP/1.1\r\nHost: {DENIED}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await?.context("no response")?;
+    ensure!((400..500).contains(&status(&head)), "not refused: {head}");
+    if let Some(n) = content_length(&head) {
+        let mut scratch = [0u8; 4096];
+        read_body(&mut s, &mut buf, &mut scratch, n).await?;
+    }
+    Ok(())
+}
+
+/// One absolute-form GET, on the kept connection if there is one. A proxy without keep-alive
+/// (Tinyproxy) closes after each response without saying so: a failure on a reused connection
+/// is retried once on a new one (that reconnect is part of the measured cost).
+async fn forward_once(o: &Opts, kept: &mut Option<(TcpStream, Vec<u8>)>) -> anyhow::Result<()> {
+    if let Some(k) = kept.take()
+        && forward_on(o, k, kept).await.is_ok()
+    {
+        return Ok(());
+    }
+    let s = connect(o.proxy.context("--proxy")?).await?;
+    forward_on(o, (s, Vec::new()), kept).await
+}
+
+async fn forward_on(
+    o: &Opts,
+    (mut s, mut buf): (TcpStream, Vec<u8>),
+    kept: &mut Option<(TcpStream, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let origin = o.origin()?;
+    s.write_all(
+        format!(
+            "GET http://127.0.0.1:{origin}/{SMALL} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let head = read_head(&mut s, &mut buf).await?.context("no response")?;
+    ensure!(status(&head) == 200, "{head}");
+    let mut scratch = [0u8; 1024];
+    read_body(
+        &mut s,
+        &mut buf,
+        &mut scratch,
+        content_length(&head).unwrap_or(0),
+    )
+    .await?;
+    let closes = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        (l.starts_with("connection:") || l.starts_with("proxy-connection:")) && l.contains("close")
+    });
+    if !closes {
+        *kept = Some((s, buf));
+    }
+    Ok(())
+}
+
+/// Sum of user + system CPU time of `pids`, in clock ticks (USER_HZ = 100 on Linux).
+fn cpu_ticks(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("failed to read /proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        total += f.get(11).context("utime")?.parse::<u64>()?
+            + f.get(12).context("stime")?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Sum of VmRSS over `pids`, in KiB.
+fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("failed to read /proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        total += line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Hold `tunnels` idle tunnels (each carried one small request first, so the relay is in its
+/// steady state); RSS growth of `pids` per tunnel, in KiB.
+async fn idle(o: &Opts) -> anyhow::Result<String> {
+    ensure!(!o.pids.is_empty(), "--pids");
+    ensure!(o.tunnels > 0 && o.tunnels <= 20_000, "--tunnels 1..=20000");
+    let before = rss_kib(&o.pids)?;
+    let mut held = Vec::with_capacity(o.tunnels);
+    // Open in waves of 64 so no proxy's listen backlog overflows.
+    while held.len() < o.tunnels {
+        let wave = (o.tunnels - held.len()).min(64);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..wave {
+            let opts = Opts {
+                origin: o.origin,
+                proxy: o.proxy,
+                ..Default::default()
+            };
+            set.spawn(async move {
+                let mut buf = Vec::new();
+                let mut s = open(&opts, &mut buf).await?;
+                s.write_all(format!("GET /{SMALL} HTTP/1.1\r\nHost: origin\r\n\r\n").as_bytes())
+                    .await?;
+                let head = read_head(&mut s, &mut buf).await?.context("no response")?;
+                let mut scratch = [0u8; 1024];
+                read_body(
+                    &mut s,
+                    &mut buf,
+                    &mut scratch,
+                    content_length(&head).unwrap_or(0),
+                )
+                .await?;
+                anyhow::Ok(s)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            held.push(r??);
+        }
+    }
+    // Let the proxy settle (freed request buffers, pooled pipes back).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = rss_kib(&o.pids)?;
+    let per = (after.saturating_sub(before)) as f64 / o.tunnels as f64;
+    drop(held);
+    Ok(format!("{per:.1} KiB ({before} -> {after} KiB)"))
+}
