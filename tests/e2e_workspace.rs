@@ -248,6 +248,15 @@ async fn plain_group_dev_repository_needs_no_dubious_ownership_workaround() {
         assert_ne!(r.exit_code, 0, "sandbox could write {path}: {}", out(&r));
     }
     assert!(repo.join(".git/hooks").is_dir());
+    // The read-only mounts inside .git/ move with it: renaming .git/ away and planting a fresh
+    // one with hooks would make the person's next host `git` run them. .git/ itself is a
+    // mount point, so it cannot be renamed or removed.
+    let r = t
+        .sh("mv /workspace/.git /workspace/.git-moved && mkdir -p /workspace/.git/hooks")
+        .await;
+    assert_ne!(r.exit_code, 0, "sandbox could move .git away: {}", out(&r));
+    assert!(!repo.join(".git-moved").exists());
+    assert!(repo.join(".git/config").is_file());
 }
 
 /// A workspace `<parent>/<dir>` for the test image, without a `name` (the directory gives it),

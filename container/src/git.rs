@@ -272,6 +272,11 @@ fn refuse_links(m: &GitMounts) -> Result<(), GitError> {
 
 /// The files and directories of a git directory that git on the host executes or obeys.
 fn protect_common(m: &mut GitMounts, git_dir: &Loc, plain: bool) {
+    // The git directory itself, writable as before but bound onto itself: a mount point cannot be
+    // renamed or removed (EBUSY). Without it the sandbox could `mv .git elsewhere` — the
+    // read-only mounts below move along — and plant a fresh `.git/` with hooks and a config
+    // that the person's next host `git` would obey.
+    m.rw_overlays.push((git_dir.clone(), Kind::Dir));
     m.read_only.push((git_dir.child("hooks"), Kind::Dir));
     m.read_only.push((git_dir.child("info"), Kind::Dir));
     m.read_only.push((git_dir.child("config"), Kind::File));
