@@ -4,11 +4,15 @@
 //! - [`spec`]: `kennel.toml` / seed layout -> validated [`spec::EnvSpec`];
 //! - [`backend`]: the [`backend::Backend`] trait (the engine seam) and its types;
 //! - [`docker`]: the Docker implementation; [`fake`]: an in-memory one for tests;
+//! - [`devcontainer`]: `.devcontainer/devcontainer.json` → the workspace's image and settings;
+//! - [`build`]: builds that image through the engine, on the environment's network;
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory.
 
 pub mod backend;
+pub mod build;
+pub mod devcontainer;
 pub mod docker;
 pub mod error;
 pub mod fake;

@@ -695,7 +695,7 @@ fn build_credentials(
 // ---------------------------------------------------------------------------------------------
 // Value checks
 
-fn check_image(image: &str) -> Result<(), String> {
+pub(crate) fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() {
         return Err("must not be empty".into());
     }
@@ -804,7 +804,7 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Lexical normalisation (`.` and `..`), so names derived from paths are stable.
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
