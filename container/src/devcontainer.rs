@@ -737,6 +737,66 @@ mod tests {
     }
 
     #[test]
+    fn spec_takes_the_devcontainer_image_and_kennel_toml_wins() {
+        use crate::spec::{EnvSpec, SpecOverrides};
+        let d = ws();
+        std::fs::write(
+            d.path().join(DEVCONTAINER_JSON),
+            r#"{"build": {"dockerfile": "Dockerfile"}, "containerEnv": {"FOO": "bar"},
+                "remoteUser": "1002:2000", "privileged": true, "postCreateCommand": "true"}"#,
+        )
+        .expect("write");
+        let spec = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("spec");
+        assert!(spec.build.is_some());
+        assert_eq!(spec.user, "1002:2000");
+        assert_eq!(spec.container_env, vec![("FOO".into(), "bar".into())]);
+        assert_eq!(spec.lifecycle.len(), 1);
+        assert_eq!(spec.warnings.len(), 1, "{:?}", spec.warnings);
+        let env = crate::hardening::sandbox_env(&spec);
+        assert!(env.contains(&"FOO=bar".to_string()), "{env:?}");
+
+        // --image replaces the build.
+        let o = SpecOverrides {
+            image: Some("other:1".into()),
+            ..Default::default()
+        };
+        let spec = EnvSpec::from_workspace(d.path(), &o).expect("spec");
+        assert_eq!((spec.build, spec.image.as_str()), (None, "other:1"));
+
+        // kennel.toml's image and user win, and the warning says so.
+        std::fs::write(
+            d.path().join("kennel.toml"),
+            "image = \"mine:1\"\nuser = \"1001:2000\"\n",
+        )
+        .expect("write");
+        let spec = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("spec");
+        assert_eq!((spec.build, spec.image.as_str()), (None, "mine:1"));
+        assert_eq!(spec.user, "1001:2000");
+        assert!(spec.warnings[0].contains("  - build: kennel.toml sets the image"), "{:?}", spec.warnings);
+
+        // kennel.toml [build].
+        std::fs::write(
+            d.path().join("kennel.toml"),
+            "[build]\nargs = { V = \"1\" }\ntarget = \"dev\"\n",
+        )
+        .expect("write");
+        let spec = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("spec");
+        let b = spec.build.expect("build");
+        assert_eq!(b.dockerfile, d.path().join(".devcontainer/Dockerfile"));
+        assert_eq!(b.context, d.path().join(".devcontainer"));
+        assert_eq!(b.args, vec![("V".into(), "1".into())]);
+        std::fs::write(
+            d.path().join("kennel.toml"),
+            "[build]\nargs = { HTTP_PROXY = \"x\" }\n",
+        )
+        .expect("write");
+        let e = EnvSpec::from_workspace(d.path(), &SpecOverrides::default())
+            .expect_err("proxy arg")
+            .to_string();
+        assert!(e.contains("kennel.toml:1:1: key `build.args`"), "{e}");
+    }
+
+    #[test]
     fn bad_json_names_line_and_column() {
         let d = ws();
         let e = parse(d.path(), "{\n  \"image\": \"a\",\n  \"build\" {}\n}")

@@ -471,6 +471,27 @@ impl DockerBackend {
             .await?;
         }
 
+        // The workspace's image, built now that the network and proxy its RUN steps go
+        // through exist.
+        let built;
+        let plan = match &spec.build {
+            Some(b) => {
+                let progress = plan.progress.clone();
+                let report = move |line: String| {
+                    if let Some(p) = &progress {
+                        let _ = p.send(line);
+                    }
+                };
+                let tag =
+                    crate::build::build_image(&self.docker, env, b, &plan.state_labels, &report)
+                        .await?;
+                let mut p = plan.clone();
+                p.spec.image = tag;
+                built = p;
+                &built
+            }
+            None => plan,
+        };
         self.create_and_start(
             &names::sandbox(env),
             hardening::sandbox_container(plan, askpass.as_deref()),

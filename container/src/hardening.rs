@@ -214,8 +214,9 @@ pub fn proxy_url() -> String {
     format!("http://{PROXY_ALIAS}:{PROXY_PORT}")
 }
 
-/// Environment variables of the sandbox (proxy variables in both spellings, HOME, and the git
-/// askpass helper when a token file is configured).
+/// Environment variables of the sandbox: devcontainer.json's `containerEnv`/`remoteEnv`, then
+/// the proxy variables in both spellings, HOME, and the git askpass helper when a token file is
+/// configured (kennel's own names are never taken from the workspace).
 pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
     let url = proxy_url();
     let mut no_proxy = vec![
@@ -225,7 +226,16 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
     ];
     no_proxy.extend(spec.services.iter().map(|s| s.name.clone()));
     let no_proxy = no_proxy.join(",");
-    let mut env = vec![
+    // devcontainer.json's variables first; the parser already refused proxy variables, and
+    // names kennel sets below are skipped here so kennel's values cannot be shadowed.
+    const KENNEL_SET: [&str; 4] = ["HOME", "KENNEL_ENV", "GIT_ASKPASS", "GIT_TERMINAL_PROMPT"];
+    let mut env: Vec<String> = spec
+        .container_env
+        .iter()
+        .filter(|(k, _)| !crate::devcontainer::is_proxy_var(k) && !KENNEL_SET.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.extend([
         format!("HTTP_PROXY={url}"),
         format!("HTTPS_PROXY={url}"),
         format!("http_proxy={url}"),
@@ -234,7 +244,7 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
         format!("no_proxy={no_proxy}"),
         format!("HOME={}", spec.home),
         format!("KENNEL_ENV={}", spec.name),
-    ];
+    ]);
     if spec.credentials.git_token_file.is_some() {
         env.push(format!("GIT_ASKPASS={GIT_ASKPASS_PATH}"));
         env.push("GIT_TERMINAL_PROMPT=0".into());

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 pub use kennel_policy::LegacyEnv;
 
+use crate::devcontainer::{BuildSpec, LifecycleCommand};
 use crate::error::SpecError;
 
 /// Image used when neither the spec nor the caller names one.
@@ -54,6 +55,17 @@ pub struct EnvSpec {
     pub credentials: CredentialMounts,
     /// Sandbox command; `None` = keep the sandbox alive with `sleep infinity`-like default.
     pub command: Option<Vec<String>>,
+    /// The workspace's own image (kennel.toml `[build]`, else devcontainer.json), built by the
+    /// daemon on the environment's network; the sandbox then runs the built tag instead of
+    /// `image`. See [`crate::build`].
+    pub build: Option<BuildSpec>,
+    /// Sandbox variables from devcontainer.json `containerEnv`/`remoteEnv` (proxy variables are
+    /// never among them). `[env]` in kennel.toml wins over these.
+    pub container_env: Vec<(String, String)>,
+    /// devcontainer.json lifecycle commands, run in the sandbox as its user after creation.
+    pub lifecycle: Vec<LifecycleCommand>,
+    /// Warnings for the person running `kennel up` (e.g. devcontainer.json keys not applied).
+    pub warnings: Vec<String>,
 }
 
 /// Resource limits of the sandbox.
@@ -224,6 +236,17 @@ struct RawSpec {
     service: Vec<RawService>,
     health: Option<RawHealth>,
     credentials: Option<RawCredentials>,
+    build: Option<Spanned<RawBuild>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    dockerfile: Option<String>,
+    context: Option<String>,
+    #[serde(default)]
+    args: std::collections::BTreeMap<String, String>,
+    target: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +399,8 @@ impl EnvSpec {
                 message,
             })?;
             spec.image = image.clone();
+            // An explicit image replaces the workspace's build.
+            spec.build = None;
         }
         Ok(spec)
     }
@@ -447,6 +472,9 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         None => None,
     };
 
+    let (image, build, user, container_env, lifecycle, warnings) =
+        workspace_image(src, &raw, &workspace, &name, image, user)?;
+
     let resources = build_resources(src, raw.resources.unwrap_or_default())?;
     let egress = build_egress(src, raw.egress.unwrap_or_default(), &workspace)?;
     let services = build_services(src, raw.service)?;
@@ -466,7 +494,98 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         health,
         credentials,
         command,
+        build,
+        container_env,
+        lifecycle,
+        warnings,
     })
+}
+
+/// What [`workspace_image`] settles: image, build, user, variables, commands, warnings.
+type WorkspaceImage = (
+    String,
+    Option<BuildSpec>,
+    String,
+    Vec<(String, String)>,
+    Vec<LifecycleCommand>,
+    Vec<String>,
+);
+
+/// Merges kennel.toml's `image`/`[build]`/`user` with `.devcontainer/devcontainer.json`:
+/// kennel.toml wins key by key (`image` or `[build]` there replaces the file's image or build).
+fn workspace_image(
+    src: &Src<'_>,
+    raw: &RawSpec,
+    workspace: &Path,
+    name: &str,
+    image: String,
+    user: String,
+) -> Result<WorkspaceImage, SpecError> {
+    let mut dc = crate::devcontainer::load(workspace, raw.user.is_some())?.unwrap_or_default();
+    let toml_build = match &raw.build {
+        Some(b) if raw.image.is_some() => {
+            return Err(src.err(
+                b.span(),
+                "build",
+                "`image` and `[build]` are both set; keep one",
+            ));
+        }
+        Some(b) => {
+            let r = b.get_ref();
+            let dockerfile = expand_path(
+                r.dockerfile
+                    .as_deref()
+                    .unwrap_or(".devcontainer/Dockerfile"),
+                workspace,
+            );
+            let context = match &r.context {
+                Some(c) => expand_path(c, workspace),
+                None => dockerfile.parent().unwrap_or(workspace).to_path_buf(),
+            };
+            if let Some(k) = r
+                .args
+                .keys()
+                .find(|k| crate::devcontainer::is_proxy_var(k))
+            {
+                return Err(src.err(
+                    b.span(),
+                    "build.args",
+                    format!("{k}: the proxy build arguments are kennel's: builds go through the environment's proxy"),
+                ));
+            }
+            let spec = BuildSpec {
+                context,
+                dockerfile,
+                args: r.args.clone().into_iter().collect(),
+                target: r.target.clone(),
+            };
+            crate::devcontainer::check_build(&spec, workspace)
+                .map_err(|m| src.err(b.span(), "build", m))?;
+            Some(spec)
+        }
+        None => None,
+    };
+    let toml_sets_image = raw.image.is_some() || toml_build.is_some();
+    let (image, build) = if toml_sets_image {
+        if dc.build.is_some() || dc.image.is_some() {
+            let key = if dc.build.is_some() { "build" } else { "image" };
+            dc.not_applied.push((
+                key.into(),
+                "kennel.toml sets the image (`image` or `[build]`), which wins".into(),
+            ));
+        }
+        (image, toml_build)
+    } else if let Some(b) = dc.build.take() {
+        // Informational until the daemon has built it and knows the content tag.
+        (format!("kennel-build-{name}"), Some(b))
+    } else if let Some(i) = dc.image.take() {
+        (i, None)
+    } else {
+        (image, None)
+    };
+    let user = dc.user.take().unwrap_or(user);
+    let warnings = dc.warning().into_iter().collect();
+    Ok((image, build, user, dc.container_env, dc.lifecycle, warnings))
 }
 
 fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {

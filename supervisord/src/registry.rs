@@ -25,6 +25,10 @@ use crate::error::ApiError;
 use crate::frame::{self, Frame, FrameKind};
 use crate::state::{EnvRecord, StateDir, StateError};
 
+/// A lifecycle command (devcontainer.json `postCreateCommand` …) running longer is stopped
+/// waiting for.
+const LIFECYCLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
+
 /// Label put on every object of an environment created by the daemon: the creator's uid.
 pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
 /// Label put on every object of an environment created by the daemon: the state directory's
@@ -261,6 +265,8 @@ impl Daemon {
             proxy_image: proxy_image.clone(),
         };
         self.state.write_record(&record)?;
+        let lifecycle = spec.lifecycle.clone();
+        let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let plan = EnvPlan {
             spec,
             policy_dir,
@@ -269,11 +275,65 @@ impl Daemon {
                 (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
                 (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
             ],
+            progress: Some(progress),
         };
-        let status = self.backend.create_env(&plan).await?;
+        let status = self.backend.create_env(&plan).await;
+        drop(plan);
+        let mut log = Vec::new();
+        while let Ok(line) = lines.try_recv() {
+            log.push(line);
+        }
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(env = %name, error = %e, "create failed");
+                return Err(e.into());
+            }
+        };
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
-        Ok(self.info(status, Some(&record)))
+        self.run_lifecycle(&name, &lifecycle, &mut log).await;
+        let mut info = self.info(status, Some(&record));
+        info.log = log;
+        Ok(info)
+    }
+
+    /// Runs devcontainer.json's lifecycle commands in the sandbox (as its user, in
+    /// `/workspace`), appending their output to `log`. The first failure stops the rest, as in
+    /// the devcontainer CLI; the environment stays up so the person can fix and rerun by hand.
+    async fn run_lifecycle(
+        &self,
+        env: &str,
+        commands: &[kennel_container::devcontainer::LifecycleCommand],
+        log: &mut Vec<String>,
+    ) {
+        for c in commands {
+            log.push(format!("running {} ({:?}) in the sandbox", c.key, c.argv));
+            let req = kennel_container::ExecRequest {
+                cmd: c.argv.clone(),
+                ..Default::default()
+            };
+            let run = async {
+                let session = self.backend.exec(env, req).await?;
+                session.collect().await
+            };
+            let outcome = match tokio::time::timeout(LIFECYCLE_TIMEOUT, run).await {
+                Ok(Ok(r)) => {
+                    let out = format!("{}{}", r.stdout_str(), r.stderr_str());
+                    log.extend(out.lines().map(str::to_string));
+                    (r.exit_code == 0).then_some(()).ok_or(format!("exited with {}", r.exit_code))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("did not finish within {} s", LIFECYCLE_TIMEOUT.as_secs())),
+            };
+            if let Err(why) = outcome {
+                log.push(format!(
+                    "{} {why}; the remaining lifecycle commands were not run (the environment is up: fix it and run them with `kennel exec {env} -- …`)",
+                    c.key
+                ));
+                return;
+            }
+        }
     }
 
     /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller
@@ -323,6 +383,15 @@ impl Daemon {
             Ok(())
         };
         checked("workspace", &mut spec.workspace)?;
+        let workspace = spec.workspace.clone();
+        if let Some(b) = spec.build.as_mut() {
+            // The paths come from files the agent can edit: canonical, the caller's, and inside
+            // the workspace, or no build.
+            checked("build context", &mut b.context)?;
+            checked("build Dockerfile", &mut b.dockerfile)?;
+            kennel_container::devcontainer::check_build(b, &workspace)
+                .map_err(|m| bad("build".into(), m))?;
+        }
         let creds = &mut spec.credentials;
         if let Some(p) = creds.git_config.as_mut() {
             checked("credentials.git_config", p)?;
@@ -388,6 +457,7 @@ impl Daemon {
             workspace: record.map(|r| r.request.spec.workspace.clone()),
             image: record.map(|r| r.request.spec.image.clone()),
             policy_dir: record.map(|r| self.state.policy_dir(&r.name)),
+            log: Vec::new(),
         }
     }
 
@@ -402,6 +472,7 @@ impl Daemon {
             workspace: Some(record.request.spec.workspace.clone()),
             image: Some(record.request.spec.image.clone()),
             policy_dir: Some(self.state.policy_dir(&record.name)),
+            log: Vec::new(),
         }
     }
 

@@ -58,6 +58,9 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
             "{e}\nhint: fix the spec (kennel.toml or .devcontainer/) and run `kennel up` again"
         )
     })?;
+    for w in &spec.warnings {
+        eprintln!("warning: {w}");
+    }
     let project_whitelist = match &spec.egress.whitelist {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
             format!(
@@ -77,12 +80,22 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
 pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
     let req = build_request(&args)?;
     let name = req.spec.name.clone();
+    let image = match &req.spec.build {
+        // The build's output comes back with the response, once the build has ended.
+        Some(b) => format!(
+            "built from {} on the environment's network — its output follows when it is done",
+            b.dockerfile.display()
+        ),
+        None => format!("image {}", req.spec.image),
+    };
     eprintln!(
-        "creating environment {name:?} (image {}, workspace {}) …",
-        req.spec.image,
+        "creating environment {name:?} ({image}, workspace {}) …",
         req.spec.workspace.display()
     );
     let info: EnvInfo = block_on(client.post("/envs", &req))??;
+    for line in &info.log {
+        eprintln!("| {line}");
+    }
     print_up(&info);
     Ok(ExitCode::SUCCESS)
 }

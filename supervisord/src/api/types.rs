@@ -47,6 +47,10 @@ pub struct EnvInfo {
     /// The environment's effective policy directory on the host (mounted read-only into the proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
+    /// Create response only: what the creation printed — the image build's output and the
+    /// lifecycle commands' output, in order (returned whole at the end, not streamed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
 
 /// `POST /v1/envs/{name}/exec`: run a command in the sandbox. The request must ask for a
@@ -174,6 +178,15 @@ pub struct SpecDoc {
     /// Sandbox command.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// The workspace's image to build (devcontainer.json `build` or kennel.toml `[build]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<kennel_container::devcontainer::BuildSpec>,
+    /// devcontainer.json `containerEnv`/`remoteEnv` (values stay out of logs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_env: Vec<(String, String)>,
+    /// devcontainer.json lifecycle commands, run in the sandbox after creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
 }
 
 /// Wire form of [`kennel_policy::LegacyEnv`].
@@ -291,6 +304,9 @@ mod convert {
                     git_token_file: s.credentials.git_token_file.clone(),
                 },
                 command: s.command.clone(),
+                build: s.build.clone(),
+                container_env: s.container_env.clone(),
+                lifecycle: s.lifecycle.clone(),
             }
         }
     }
@@ -346,6 +362,11 @@ mod convert {
                     git_token_file: d.credentials.git_token_file,
                 },
                 command: d.command,
+                build: d.build,
+                container_env: d.container_env,
+                lifecycle: d.lifecycle,
+                // Warnings are the CLI's to show; the daemon has nothing to add.
+                warnings: Vec::new(),
             }
         }
     }
