@@ -1,0 +1,287 @@
+//! The workspace's own image on the real Docker engine (mandatory under `CI=true`, skipped with
+//! a reason when no engine answers): `.devcontainer/Dockerfile` is built on the environment's
+//! internal network through its proxy, reused while the context is unchanged, and run with the
+//! sandbox's hardening whatever devcontainer.json asks for. `FROM` is the locally loaded test
+//! image (no registry); origins are the project's own containers on the egress network. Every
+//! container, network and built image carries the environment's label and is removed by guards,
+//! also when a test fails.
+
+use std::path::Path;
+
+use bollard::query_parameters::{ListImagesOptions, RemoveImageOptions};
+use kennel_container::backend::names;
+use kennel_container::devcontainer::BuildSpec;
+use kennel_container::spec::{EnvSpec, SpecOverrides};
+use kennel_container::{Backend, BackendError, EnvPlan};
+use kennel_test_support::docker::{
+    EnvGuard, EnvOptions, TEST_POLICY, TestEnv, engine, proxy_binary, share_dir, test_image,
+    unique_env,
+};
+
+/// Removes every image labelled `dev.kennel.env=<name>` when dropped (after the containers that
+/// use them: declare it before the [`EnvGuard`]).
+struct BuiltImages(String);
+
+impl Drop for BuiltImages {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let t = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(d) = kennel_container::DockerBackend::connect().await else {
+                    return;
+                };
+                for id in labelled_images(&d, &name).await {
+                    let opts = RemoveImageOptions {
+                        force: true,
+                        ..Default::default()
+                    };
+                    if let Err(e) = d.docker().remove_image(&id, Some(opts), None).await {
+                        eprintln!("BuiltImages: removing {id} of {name} failed: {e}");
+                    }
+                }
+            });
+        });
+        let _ = t.join();
+    }
+}
+
+async fn labelled_images(d: &kennel_container::DockerBackend, env: &str) -> Vec<String> {
+    d.docker()
+        .list_images(Some(ListImagesOptions {
+            filters: Some(std::collections::HashMap::from([(
+                "label".to_string(),
+                vec![format!("dev.kennel.env={env}")],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .map(|l| l.into_iter().map(|i| i.id).collect())
+        .unwrap_or_default()
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+/// Runs `create_env`, collecting the progress lines.
+async fn create(d: &kennel_container::DockerBackend, plan: &EnvPlan) -> (Result<kennel_container::EnvStatus, BackendError>, Vec<String>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut plan = plan.clone();
+    plan.progress = Some(tx);
+    let r = d.create_env(&plan).await;
+    drop(plan);
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    (r, lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
+    let test = "workspace_dockerfile_is_built";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let name = unique_env("wsimg");
+    let _images = BuiltImages(name.clone());
+    let _guard = EnvGuard::new(&name);
+    let image = test_image(&d).await;
+    let proxy_image = kennel_container::image::ensure_proxy_image(&d, &proxy_bin)
+        .await
+        .expect("proxy image");
+
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    write(
+        &ws.path().join(".devcontainer/Dockerfile"),
+        &format!("FROM {image}\nARG GREETING\nRUN echo built > /built-marker && echo \"$GREETING\" > /greeting\n"),
+    );
+    write(
+        &ws.path().join(".devcontainer/devcontainer.json"),
+        r#"{
+            // the project's image, as the old setup had it
+            "build": { "dockerfile": "Dockerfile", "args": { "GREETING": "hello-arg" }, },
+            "containerEnv": { "FOO": "from-devcontainer", "HTTP_PROXY": "http://tinyproxy:8888" },
+            "privileged": true,
+            "runArgs": ["--privileged", "--network=host"],
+            "capAdd": ["SYS_ADMIN"],
+            "postCreateCommand": "echo created",
+        }"#,
+    );
+    // Only the name and a command the busybox test image has; the image comes from the build.
+    write(
+        &ws.path().join("kennel.toml"),
+        &format!("name = \"{name}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"),
+    );
+    let spec = EnvSpec::from_workspace(ws.path(), &SpecOverrides::default()).expect("spec");
+    assert!(spec.build.is_some(), "{spec:?}");
+    let warning = spec.warnings.join("\n");
+    for key in ["privileged", "runArgs", "capAdd", "containerEnv.HTTP_PROXY"] {
+        assert!(warning.contains(&format!("  - {key}: ")), "{key}: {warning}");
+    }
+    let policy = tempfile::tempdir().expect("policy dir");
+    share_dir(policy.path(), 0, 0, 0o755);
+    write(&policy.path().join("policy.toml"), TEST_POLICY);
+    let plan = EnvPlan {
+        spec,
+        policy_dir: policy.path().to_path_buf(),
+        proxy_image,
+        state_labels: vec![("dev.kennel.test".into(), test.into())],
+        progress: None,
+    };
+
+    let (status, log) = create(&d, &plan).await;
+    let status = status.unwrap_or_else(|e| panic!("create_env {name}: {e}\n{}", log.join("\n")));
+    let log = log.join("\n");
+    assert!(log.contains("building "), "{log}");
+    let sandbox = status
+        .containers
+        .iter()
+        .find(|c| c.role == "sandbox")
+        .expect("sandbox");
+    assert!(
+        sandbox.image.starts_with(&format!("kennel-build-{name}:")),
+        "{sandbox:?}"
+    );
+    let first_tag = sandbox.image.clone();
+
+    let run = |script: &'static str| {
+        let d = d.clone();
+        let name = name.clone();
+        async move {
+            d.exec(
+                &name,
+                kennel_container::ExecRequest {
+                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("exec")
+            .collect()
+            .await
+            .expect("collect")
+        }
+    };
+    let r = run("cat /built-marker /greeting; echo \"FOO=$FOO\"; echo \"PROXY=$HTTP_PROXY\"; id -u; grep -E '^Cap(Eff|Bnd)' /proc/self/status").await;
+    let out = r.stdout_str();
+    assert_eq!(r.exit_code, 0, "{out} {}", r.stderr_str());
+    assert!(out.contains("built\nhello-arg\n"), "{out}");
+    assert!(out.contains("FOO=from-devcontainer"), "{out}");
+    // kennel's proxy variable, not the one devcontainer.json asked for.
+    assert!(out.contains("PROXY=http://proxy:8888"), "{out}");
+    assert!(out.contains("\n1001\n"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
+
+    // Still unprivileged and on the internal network only, whatever the file asked for.
+    let info = d
+        .docker()
+        .inspect_container(&names::sandbox(&name), None)
+        .await
+        .expect("inspect sandbox");
+    let host = info.host_config.expect("host config");
+    assert_eq!(host.privileged, Some(false));
+    assert!(host.cap_add.unwrap_or_default().is_empty());
+    assert_eq!(host.network_mode.as_deref(), Some(names::network(&name).as_str()));
+
+    // Unchanged context: the second creation reuses the tag without building.
+    d.remove_env(&name).await.expect("remove");
+    let (status, log) = create(&d, &plan).await;
+    let status = status.unwrap_or_else(|e| panic!("second create_env {name}: {e}"));
+    let log = log.join("\n");
+    assert!(log.contains("up to date"), "{log}");
+    assert!(!log.contains("Step 1/"), "rebuilt: {log}");
+    let again = status
+        .containers
+        .iter()
+        .find(|c| c.role == "sandbox")
+        .expect("sandbox");
+    assert_eq!(again.image, first_tag);
+
+    // A changed Dockerfile gives a new tag.
+    d.remove_env(&name).await.expect("remove");
+    write(
+        &ws.path().join(".devcontainer/Dockerfile"),
+        &format!("FROM {image}\nRUN echo changed > /built-marker\n"),
+    );
+    let mut plan2 = plan.clone();
+    plan2.spec = EnvSpec::from_workspace(ws.path(), &SpecOverrides::default()).expect("spec");
+    let (status, _) = create(&d, &plan2).await;
+    let status = status.expect("third create_env");
+    let third = status
+        .containers
+        .iter()
+        .find(|c| c.role == "sandbox")
+        .expect("sandbox");
+    assert_ne!(third.image, first_tag);
+    assert_eq!(labelled_images(&d, &name).await.len(), 2, "both builds are labelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_run_steps_obey_the_environment_allowlist() {
+    let Some(t) = TestEnv::start("build_allowlist", "bldnet", EnvOptions::default()).await else {
+        return;
+    };
+    let _images = BuiltImages(t.name.clone());
+    let origin = t.origin.clone().expect("origin");
+    let origin_ip = t.ip(&origin, &names::egress_network(&t.name)).await;
+    let dir = t.workspace.path().join(".devcontainer");
+    let image = &t.image;
+    let build = |file: &str, run: &str| {
+        write(&dir.join(file), &format!("FROM {image}\nRUN {run}\n"));
+        BuildSpec {
+            context: dir.clone(),
+            dockerfile: dir.join(file),
+            args: vec![],
+            target: None,
+        }
+    };
+    let lines = std::sync::Mutex::new(Vec::<String>::new());
+    let report = |l: String| lines.lock().expect("lock").push(l);
+
+    // Allowed origin, through the proxy the build arguments point at.
+    let ok = build(
+        "Dockerfile.allowed",
+        "curl -fsS --max-time 10 http://origin.kennel-test/index.html > /fetched && cat /fetched",
+    );
+    let tag = kennel_container::build::build_image(t.d.docker(), &t.name, &ok, &[], &report)
+        .await
+        .unwrap_or_else(|e| panic!("allowed build: {e}\n{:?}", lines.lock()));
+    assert!(tag.starts_with(&format!("kennel-build-{}:", t.name)));
+    let log = lines.lock().expect("lock").join("\n");
+    assert!(log.contains("hello from kennel origin"), "{log}");
+
+    // Denied origin: the proxy answers 403, curl -f fails, the build fails and says why.
+    let denied = build(
+        "Dockerfile.denied",
+        "curl -fsS --max-time 10 http://denied.kennel-test/index.html",
+    );
+    let e = kennel_container::build::build_image(t.d.docker(), &t.name, &denied, &[], &report)
+        .await
+        .expect_err("a RUN step fetching a denied origin must fail the build");
+    let msg = e.to_string();
+    assert!(matches!(e, BackendError::Build(_)), "{msg}");
+    assert!(msg.contains("403"), "{msg}");
+
+    // Around the proxy: the RUN container is on the internal network, which has no route out.
+    let direct = build(
+        "Dockerfile.direct",
+        &format!("curl -fsS --noproxy '*' --max-time 5 http://{origin_ip}/index.html"),
+    );
+    let e = kennel_container::build::build_image(t.d.docker(), &t.name, &direct, &[], &report)
+        .await
+        .expect_err("a direct connection from a RUN step must fail");
+    assert!(matches!(e, BackendError::Build(_)), "{e}");
+}
