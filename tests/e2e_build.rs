@@ -285,3 +285,66 @@ async fn build_run_steps_obey_the_environment_allowlist() {
         .expect_err("a direct connection from a RUN step must fail");
     assert!(matches!(e, BackendError::Build(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sandbox_user() {
+    use kennel_cli::client::Client;
+    use kennel_cli::commands::up::{UpArgs, build_request};
+    use kennel_supervisord::api::types::EnvInfo;
+
+    let test = "kennel_up_builds_the_devcontainer";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("upbld");
+    let _images = BuiltImages(name.clone());
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = crate::e2e_supervisor::RunningDaemon::start(
+        &d,
+        &proxy_bin,
+        &socket,
+        &dir.path().join("state"),
+    );
+    let client = Client::new(&socket);
+
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    write(
+        &ws.path().join(".devcontainer/Dockerfile"),
+        &format!("FROM {image}\nRUN echo from-the-dockerfile > /built-marker\n"),
+    );
+    write(
+        &ws.path().join(".devcontainer/devcontainer.json"),
+        r#"{
+            "dockerFile": "Dockerfile", // legacy spelling
+            "remoteEnv": { "BAR": "remote" },
+            "postCreateCommand": "id -u > /workspace/created-by; echo post-create-output",
+            "postStartCommand": ["/bin/sh", "-c", "echo post-start-output; cat /built-marker"],
+        }"#,
+    );
+    write(
+        &ws.path().join("kennel.toml"),
+        &format!("name = \"{name}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"),
+    );
+    let req = build_request(&UpArgs {
+        spec: None,
+        name: None,
+        image: None,
+        workspace: Some(ws.path().into()),
+    })
+    .expect("spec");
+    assert!(req.spec.build.is_some());
+    let info: EnvInfo = client.post("/envs", &req).await.expect("create");
+    assert_eq!(info.state, "running", "{info:?}");
+    let log = info.log.join("\n");
+    assert!(log.contains("Step 1/"), "build output returned: {log}");
+    assert!(log.contains("post-create-output"), "{log}");
+    assert!(log.contains("post-start-output\nfrom-the-dockerfile"), "{log}");
+    let created_by = std::fs::read_to_string(ws.path().join("created-by")).expect("created-by");
+    assert_eq!(created_by.trim(), "1001", "lifecycle commands run as the sandbox user");
+    daemon.stop().await;
+}

@@ -19,13 +19,18 @@ use kennel_test_support::docker::{
 };
 
 /// A daemon serving on `socket` until dropped (then drained).
-struct RunningDaemon {
+pub(crate) struct RunningDaemon {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningDaemon {
-    fn start(d: &DockerBackend, proxy_bin: &Path, socket: &Path, state: &Path) -> RunningDaemon {
+    pub(crate) fn start(
+        d: &DockerBackend,
+        proxy_bin: &Path,
+        socket: &Path,
+        state: &Path,
+    ) -> RunningDaemon {
         let docker = Arc::new(d.clone());
         let daemon = Daemon::new(
             docker.clone(),
@@ -48,7 +53,7 @@ impl RunningDaemon {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
