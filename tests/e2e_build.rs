@@ -73,7 +73,13 @@ fn write(path: &Path, text: &str) {
 }
 
 /// Runs `create_env`, collecting the progress lines.
-async fn create(d: &kennel_container::DockerBackend, plan: &EnvPlan) -> (Result<kennel_container::EnvStatus, BackendError>, Vec<String>) {
+async fn create(
+    d: &kennel_container::DockerBackend,
+    plan: &EnvPlan,
+) -> (
+    Result<kennel_container::EnvStatus, BackendError>,
+    Vec<String>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut plan = plan.clone();
     plan.progress = Some(tx);
@@ -105,7 +111,9 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
     share_dir(ws.path(), 1001, 2000, 0o770);
     write(
         &ws.path().join(".devcontainer/Dockerfile"),
-        &format!("FROM {image}\nARG GREETING\nRUN echo built > /built-marker && echo \"$GREETING\" > /greeting\n"),
+        &format!(
+            "FROM {image}\nARG GREETING\nRUN echo built > /built-marker && echo \"$GREETING\" > /greeting\n"
+        ),
     );
     write(
         &ws.path().join(".devcontainer/devcontainer.json"),
@@ -128,7 +136,10 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
     assert!(spec.build.is_some(), "{spec:?}");
     let warning = spec.warnings.join("\n");
     for key in ["privileged", "runArgs", "capAdd", "containerEnv.HTTP_PROXY"] {
-        assert!(warning.contains(&format!("  - {key}: ")), "{key}: {warning}");
+        assert!(
+            warning.contains(&format!("  - {key}: ")),
+            "{key}: {warning}"
+        );
     }
     let policy = tempfile::tempdir().expect("policy dir");
     share_dir(policy.path(), 0, 0, 0o755);
@@ -194,7 +205,10 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
     let host = info.host_config.expect("host config");
     assert_eq!(host.privileged, Some(false));
     assert!(host.cap_add.unwrap_or_default().is_empty());
-    assert_eq!(host.network_mode.as_deref(), Some(names::network(&name).as_str()));
+    assert_eq!(
+        host.network_mode.as_deref(),
+        Some(names::network(&name).as_str())
+    );
 
     // Unchanged context: the second creation reuses the tag without building.
     d.remove_env(&name).await.expect("remove");
@@ -226,7 +240,11 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
         .find(|c| c.role == "sandbox")
         .expect("sandbox");
     assert_ne!(third.image, first_tag);
-    assert_eq!(labelled_images(&d, &name).await.len(), 2, "both builds are labelled");
+    assert_eq!(
+        labelled_images(&d, &name).await.len(),
+        2,
+        "both builds are labelled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -343,8 +361,15 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
     let log = info.log.join("\n");
     assert!(log.contains("Step 1/"), "build output returned: {log}");
     assert!(log.contains("post-create-output"), "{log}");
-    assert!(log.contains("post-start-output\nfrom-the-dockerfile"), "{log}");
+    assert!(
+        log.contains("post-start-output\nfrom-the-dockerfile"),
+        "{log}"
+    );
     let created_by = std::fs::read_to_string(ws.path().join("created-by")).expect("created-by");
-    assert_eq!(created_by.trim(), "1001", "lifecycle commands run as the sandbox user");
+    assert_eq!(
+        created_by.trim(),
+        "1001",
+        "lifecycle commands run as the sandbox user"
+    );
     daemon.stop().await;
 }

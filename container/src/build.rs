@@ -163,7 +163,11 @@ pub fn pack_context(b: &BuildSpec) -> Result<Context, BuildError> {
             let meta = std::fs::symlink_metadata(&path).map_err(|e| read(&path, e))?;
             let rel = path.strip_prefix(root).unwrap_or(&path);
             let forced = path == b.dockerfile;
-            if !forced && ignore.matched_path_or_any_parents(rel, meta.is_dir()).is_ignore() {
+            if !forced
+                && ignore
+                    .matched_path_or_any_parents(rel, meta.is_dir())
+                    .is_ignore()
+            {
                 continue;
             }
             let ft = meta.file_type();
@@ -421,7 +425,14 @@ mod tests {
         let ctx = pack_context(&spec(p)).expect("pack");
         assert_eq!(
             names_in(&ctx.tar),
-            [".dockerignore", "Dockerfile", "keep.log", "link", "sub", "sub/a.log"]
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "keep.log",
+                "link",
+                "sub",
+                "sub/a.log"
+            ]
         );
         assert_eq!(ctx.dockerfile, "Dockerfile");
         // The symlink is stored as a link, never followed.
@@ -437,7 +448,11 @@ mod tests {
         let again = pack_context(&spec(p)).expect("pack");
         assert_eq!(ctx.hash, again.hash, "same content, same hash");
         std::fs::write(p.join("node_modules/x/a.js"), "changed").expect("w");
-        assert_eq!(ctx.hash, pack_context(&spec(p)).expect("pack").hash, "ignored file");
+        assert_eq!(
+            ctx.hash,
+            pack_context(&spec(p)).expect("pack").hash,
+            "ignored file"
+        );
         std::fs::write(p.join("keep.log"), "changed").expect("w");
         let changed = pack_context(&spec(p)).expect("pack");
         assert_ne!(ctx.hash, changed.hash, "content change");

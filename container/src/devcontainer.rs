@@ -110,9 +110,7 @@ fn reason(key: &str) -> Option<&'static str> {
             "would give the sandbox every capability and the host's devices; the sandbox runs with none"
         }
         "capAdd" => "the sandbox runs with every capability dropped",
-        "securityOpt" => {
-            "could turn off seccomp or no-new-privileges; kennel always keeps both"
-        }
+        "securityOpt" => "could turn off seccomp or no-new-privileges; kennel always keeps both",
         "runArgs" => {
             "arbitrary `docker run` flags (e.g. --network host, -v /:/host) would bypass the isolation"
         }
@@ -240,8 +238,8 @@ pub fn parse_str(
         key: None,
         message: format!("{} (devcontainer.json is JSON with comments)", e.kind()),
     };
-    let ast = jsonc_parser::parse_to_ast(text, &Default::default(), &parse_options())
-        .map_err(syntax)?;
+    let ast =
+        jsonc_parser::parse_to_ast(text, &Default::default(), &parse_options()).map_err(syntax)?;
     let mut offsets = BTreeMap::new();
     if let Some(jsonc_parser::ast::Value::Object(obj)) = &ast.value {
         for prop in &obj.properties {
@@ -259,7 +257,8 @@ pub fn parse_str(
         text,
         offsets,
     };
-    let value: Value = jsonc_parser::parse_to_serde_value(text, &parse_options()).map_err(syntax)?;
+    let value: Value =
+        jsonc_parser::parse_to_serde_value(text, &parse_options()).map_err(syntax)?;
     let Value::Object(top) = value else {
         return Err(src.err("", "the top level must be an object { … }"));
     };
@@ -322,7 +321,9 @@ pub fn parse_str(
             }
             "remoteUser" => remote_user = Some(string(key, v)?),
             "containerUser" => container_user = Some(string(key, v)?),
-            "onCreateCommand" | "updateContentCommand" | "postCreateCommand"
+            "onCreateCommand"
+            | "updateContentCommand"
+            | "postCreateCommand"
             | "postStartCommand" => {
                 let order = match key.as_str() {
                     "onCreateCommand" => 0,
@@ -389,9 +390,9 @@ pub fn parse_str(
                 },
             }
         }
-        let dockerfile = dockerfile.or(legacy_dockerfile.take()).ok_or_else(|| {
-            src.err("build", "needs \"dockerfile\" (relative to .devcontainer/)")
-        })?;
+        let dockerfile = dockerfile
+            .or(legacy_dockerfile.take())
+            .ok_or_else(|| src.err("build", "needs \"dockerfile\" (relative to .devcontainer/)"))?;
         let context = context.or(legacy_context.take());
         dc.build = Some(resolve_build(
             &src,
@@ -667,7 +668,8 @@ mod tests {
     #[test]
     fn legacy_dockerfile_and_context() {
         let d = ws();
-        let dc = parse(d.path(), r#"{"dockerFile": "Dockerfile", "context": ".."}"#).expect("parse");
+        let dc =
+            parse(d.path(), r#"{"dockerFile": "Dockerfile", "context": ".."}"#).expect("parse");
         let b = dc.build.expect("build");
         assert_eq!(b.context, d.path());
         assert_eq!(b.dockerfile, d.path().join(".devcontainer/Dockerfile"));
@@ -772,7 +774,11 @@ mod tests {
         let spec = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("spec");
         assert_eq!((spec.build, spec.image.as_str()), (None, "mine:1"));
         assert_eq!(spec.user, "1001:2000");
-        assert!(spec.warnings[0].contains("  - build: kennel.toml sets the image"), "{:?}", spec.warnings);
+        assert!(
+            spec.warnings[0].contains("  - build: kennel.toml sets the image"),
+            "{:?}",
+            spec.warnings
+        );
 
         // kennel.toml [build].
         std::fs::write(

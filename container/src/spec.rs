@@ -542,11 +542,7 @@ fn workspace_image(
                 Some(c) => expand_path(c, workspace),
                 None => dockerfile.parent().unwrap_or(workspace).to_path_buf(),
             };
-            if let Some(k) = r
-                .args
-                .keys()
-                .find(|k| crate::devcontainer::is_proxy_var(k))
-            {
+            if let Some(k) = r.args.keys().find(|k| crate::devcontainer::is_proxy_var(k)) {
                 return Err(src.err(
                     b.span(),
                     "build.args",

@@ -321,10 +321,15 @@ impl Daemon {
                 Ok(Ok(r)) => {
                     let out = format!("{}{}", r.stdout_str(), r.stderr_str());
                     log.extend(out.lines().map(str::to_string));
-                    (r.exit_code == 0).then_some(()).ok_or(format!("exited with {}", r.exit_code))
+                    (r.exit_code == 0)
+                        .then_some(())
+                        .ok_or(format!("exited with {}", r.exit_code))
                 }
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("did not finish within {} s", LIFECYCLE_TIMEOUT.as_secs())),
+                Err(_) => Err(format!(
+                    "did not finish within {} s",
+                    LIFECYCLE_TIMEOUT.as_secs()
+                )),
             };
             if let Err(why) = outcome {
                 log.push(format!(
