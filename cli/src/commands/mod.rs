@@ -8,3 +8,4 @@ pub mod ls;
 pub mod policy;
 pub mod shell;
 pub mod up;
+pub mod worktree;
