@@ -373,3 +373,120 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
     );
     daemon.stop().await;
 }
+
+/// `kennel worktree add` / `rm` against an in-process daemon. A plain test with its own runtime
+/// for the daemon, because the CLI code under test blocks on its own runtime.
+#[test]
+fn kennel_worktree_add_brings_the_task_up_and_rm_refuses_dirty_then_removes_both() {
+    use kennel_cli::client::Client;
+    use kennel_cli::commands::worktree::{AddArgs, RmArgs, add, rm};
+    use kennel_supervisord::api::types::EnvInfo;
+
+    let test = "kennel_worktree_add_rm";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(d) = rt.block_on(engine(test)) else {
+        return;
+    };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = rt.block_on(test_image(&d));
+    let name = unique_env("wt");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = rt.block_on(async {
+        crate::e2e_supervisor::RunningDaemon::start(
+            &d,
+            &proxy_bin,
+            &socket,
+            &dir.path().join("state"),
+        )
+    });
+    let client = Client::new(&socket);
+
+    // A repository whose committed kennel.toml names the environment and the test image.
+    let repos = tempfile::tempdir().expect("repos");
+    let main = repos.path().join("proj");
+    std::fs::create_dir(&main).expect("mkdir");
+    write(
+        &main.join("kennel.toml"),
+        &format!(
+            "name = \"{name}\"\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"
+        ),
+    );
+    let git = |args: &[&str]| {
+        let st = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&main)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .status()
+            .expect("git");
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "kennel.toml"]);
+    git(&["commit", "-qm", "init"]);
+
+    add(
+        &client,
+        &main,
+        &AddArgs {
+            name: "t1".into(),
+            branch: Some("feature/t1".into()),
+            from: None,
+            dir: None,
+            no_up: false,
+        },
+    )
+    .expect("worktree add");
+    let wt = repos.path().join("proj-t1");
+    assert!(wt.join("kennel.toml").is_file());
+    let info: EnvInfo = rt
+        .block_on(client.get(&format!("/envs/{name}")))
+        .expect("env exists");
+    assert_eq!(info.state, "running");
+    assert_eq!(
+        info.workspace.as_deref(),
+        Some(std::fs::canonicalize(&wt).expect("canon").as_path())
+    );
+
+    // Dirty: refused, and nothing removed.
+    std::fs::write(wt.join("work-in-progress"), "x").expect("write");
+    let args = RmArgs {
+        name: "t1".into(),
+        dir: None,
+        force: false,
+    };
+    let e = rm(&client, &main, &args).expect_err("dirty worktree");
+    assert!(e.to_string().contains("uncommitted or untracked"), "{e}");
+    assert!(wt.is_dir());
+    assert!(
+        rt.block_on(d.inspect_env(&name))
+            .expect("inspect")
+            .is_some()
+    );
+
+    // --force removes the environment and the worktree.
+    rm(
+        &client,
+        &main,
+        &RmArgs {
+            force: true,
+            ..args
+        },
+    )
+    .expect("worktree rm --force");
+    assert!(!wt.exists());
+    assert!(
+        rt.block_on(d.inspect_env(&name))
+            .expect("inspect")
+            .is_none()
+    );
+    rt.block_on(daemon.stop());
+}

@@ -57,8 +57,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
         Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
-        Command::Worktree(cmd) => {
-            commands::worktree::run(&client::Client::new(&cli.socket), cmd)
-        }
+        Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
     }
 }

@@ -71,9 +71,12 @@ pub fn run(client: &Client, cmd: WorktreeCommand) -> anyhow::Result<ExitCode> {
 /// `git` with hooks and fsmonitor off (see the module docs), in `dir`.
 fn git(dir: &Path) -> Command {
     let mut c = Command::new("git");
-    c.arg("-C")
-        .arg(dir)
-        .args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]);
+    c.arg("-C").arg(dir).args([
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+    ]);
     c
 }
 
@@ -330,7 +333,11 @@ mod tests {
         let (_d, main) = repo();
         // A hook the agent could have written: must not run on the host.
         let hook = main.join(".git/hooks/post-checkout");
-        std::fs::write(&hook, "#!/bin/sh\ntouch \"$(dirname \"$0\")/../../HOOK-RAN\"\n").expect("hook");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\ntouch \"$(dirname \"$0\")/../../HOOK-RAN\"\n",
+        )
+        .expect("hook");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
@@ -360,7 +367,10 @@ mod tests {
             dir: None,
             force: false,
         };
-        assert!(remove_worktree(&main, &rm).is_err(), "git refuses untracked");
+        assert!(
+            remove_worktree(&main, &rm).is_err(),
+            "git refuses untracked"
+        );
         let rm = RmArgs { force: true, ..rm };
         remove_worktree(&main, &rm).expect("forced");
         assert!(!path.exists());
