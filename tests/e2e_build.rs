@@ -356,11 +356,21 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
     })
     .expect("spec");
     assert!(req.spec.build.is_some());
-    let info: EnvInfo = client.post("/envs", &req).await.expect("create");
+    // As `kennel up` does: the output streams in while the environment is created.
+    let mut lines = Vec::new();
+    let info: EnvInfo = client
+        .create_streaming(&req, &mut |l: &str| lines.push(l.to_string()))
+        .await
+        .expect("create");
     assert_eq!(info.state, "running", "{info:?}");
-    let log = info.log.join("\n");
-    assert!(log.contains("Step 1/"), "build output returned: {log}");
-    assert!(log.contains("post-create-output"), "{log}");
+    let log = lines.join("\n");
+    let step = log
+        .find("Step 1/")
+        .unwrap_or_else(|| panic!("build output streamed: {log}"));
+    let post = log
+        .find("post-create-output")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(step < post, "build before lifecycle commands: {log}");
     assert!(
         log.contains("post-start-output\nfrom-the-dockerfile"),
         "{log}"
@@ -371,6 +381,35 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         "1001",
         "lifecycle commands run as the sandbox user"
     );
+
+    // The plain (non-streaming) create answers 409 for an existing name, as before.
+    let e = client
+        .post::<_, EnvInfo>("/envs", &req)
+        .await
+        .expect_err("exists");
+    assert_eq!(e.status(), Some(409), "{e}");
+
+    // A failing RUN step: a 422 over the stream with the end of the build output, nothing left.
+    let _: kennel_supervisord::api::types::Removed =
+        client.delete(&format!("/envs/{name}")).await.expect("down");
+    write(
+        &ws.path().join(".devcontainer/Dockerfile"),
+        &format!("FROM {image}\nRUN echo about-to-fail && false\n"),
+    );
+    let req = build_request(&UpArgs {
+        spec: None,
+        name: None,
+        image: None,
+        workspace: Some(ws.path().into()),
+    })
+    .expect("spec");
+    let e = client
+        .create_streaming(&req, &mut |_: &str| {})
+        .await
+        .expect_err("failing build");
+    assert_eq!(e.status(), Some(422), "{e}");
+    assert!(e.to_string().contains("about-to-fail"), "{e}");
+    assert!(d.inspect_env(&name).await.expect("inspect").is_none());
     daemon.stop().await;
 }
 

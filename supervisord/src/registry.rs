@@ -211,8 +211,29 @@ impl Daemon {
 
     /// `POST /v1/envs`: validates the spec, reserves the name, writes the effective policy
     /// directory and validates it, makes sure the proxy image exists, and creates the objects.
-    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    /// The build's and lifecycle commands' output is returned in [`EnvInfo::log`].
     pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
+        let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let result = self.create_streaming(peer, req, progress).await;
+        let mut log = Vec::new();
+        // Bounded: the sender is gone, only what was queued remains.
+        while let Ok(line) = lines.try_recv() {
+            log.push(line);
+        }
+        let mut info = result?;
+        info.log = log;
+        Ok(info)
+    }
+
+    /// [`Daemon::create`], sending the image build's and lifecycle commands' output to
+    /// `progress` line by line as it happens (for the streaming create, see [`crate::api`]).
+    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    pub async fn create_streaming(
+        &self,
+        peer: &Peer,
+        req: CreateEnv,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         let started = std::time::Instant::now();
         let name = req.spec.name.clone();
@@ -266,7 +287,6 @@ impl Daemon {
         };
         self.state.write_record(&record)?;
         let lifecycle = spec.lifecycle.clone();
-        let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let plan = EnvPlan {
             spec,
             policy_dir,
@@ -275,56 +295,62 @@ impl Daemon {
                 (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
                 (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
             ],
-            progress: Some(progress),
+            progress: Some(progress.clone()),
         };
-        let status = self.backend.create_env(&plan).await;
-        drop(plan);
-        let mut log = Vec::new();
-        while let Ok(line) = lines.try_recv() {
-            log.push(line);
-        }
-        let status = match status {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(env = %name, error = %e, "create failed");
-                return Err(e.into());
-            }
-        };
+        let status = self.backend.create_env(&plan).await?;
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
-        self.run_lifecycle(&name, &lifecycle, &mut log).await;
-        let mut info = self.info(status, Some(&record));
-        info.log = log;
-        Ok(info)
+        self.run_lifecycle(&name, &lifecycle, &progress).await;
+        Ok(self.info(status, Some(&record)))
     }
 
     /// Runs devcontainer.json's lifecycle commands in the sandbox (as its user, in
-    /// `/workspace`), appending their output to `log`. The first failure stops the rest, as in
-    /// the devcontainer CLI; the environment stays up so the person can fix and rerun by hand.
+    /// `/workspace`), sending their output to `log` line by line as it comes.
+    /// The first failure stops the rest, as in the devcontainer CLI; the environment stays up
+    /// so the person can fix and rerun by hand.
     async fn run_lifecycle(
         &self,
         env: &str,
         commands: &[kennel_container::devcontainer::LifecycleCommand],
-        log: &mut Vec<String>,
+        log: &tokio::sync::mpsc::UnboundedSender<String>,
     ) {
+        let say = |line: String| {
+            // Nobody listening (the client went away) is fine: the commands still run.
+            let _ = log.send(line);
+        };
         for c in commands {
-            log.push(format!("running {} ({:?}) in the sandbox", c.key, c.argv));
+            say(format!("running {} ({:?}) in the sandbox", c.key, c.argv));
             let req = kennel_container::ExecRequest {
                 cmd: c.argv.clone(),
                 ..Default::default()
             };
             let run = async {
-                let session = self.backend.exec(env, req).await?;
-                session.collect().await
+                let mut session = self.backend.exec(env, req).await?;
+                drop(session.stdin.take());
+                // Lines as they come (stdout and stderr each complete their own lines).
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                while let Some(chunk) = session.output.next().await {
+                    let (buf, bytes) = match chunk? {
+                        ExecOutput::Stdout(b) => (&mut out, b),
+                        ExecOutput::Stderr(b) => (&mut err, b),
+                    };
+                    buf.extend_from_slice(&bytes);
+                    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=nl).collect();
+                        say(String::from_utf8_lossy(&line[..nl]).into_owned());
+                    }
+                }
+                for rest in [out, err] {
+                    if !rest.is_empty() {
+                        say(String::from_utf8_lossy(&rest).into_owned());
+                    }
+                }
+                session.exit.code().await
             };
             let outcome = match tokio::time::timeout(LIFECYCLE_TIMEOUT, run).await {
-                Ok(Ok(r)) => {
-                    let out = format!("{}{}", r.stdout_str(), r.stderr_str());
-                    log.extend(out.lines().map(str::to_string));
-                    (r.exit_code == 0)
-                        .then_some(())
-                        .ok_or(format!("exited with {}", r.exit_code))
-                }
+                Ok(Ok(code)) => (code == 0)
+                    .then_some(())
+                    .ok_or(format!("exited with {code}")),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "did not finish within {} s",
@@ -332,7 +358,7 @@ impl Daemon {
                 )),
             };
             if let Err(why) = outcome {
-                log.push(format!(
+                say(format!(
                     "{} {why}; the remaining lifecycle commands were not run (the environment is up: fix it and run them with `kennel exec {env} -- …`)",
                     c.key
                 ));

@@ -81,9 +81,8 @@ pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
     let req = build_request(&args)?;
     let name = req.spec.name.clone();
     let image = match &req.spec.build {
-        // The build's output comes back with the response, once the build has ended.
         Some(b) => format!(
-            "built from {} on the environment's network — its output follows when it is done",
+            "image built from {} on the environment's network",
             b.dockerfile.display()
         ),
         None => format!("image {}", req.spec.image),
@@ -92,12 +91,16 @@ pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
         "creating environment {name:?} ({image}, workspace {}) …",
         req.spec.workspace.display()
     );
-    let info: EnvInfo = block_on(client.post("/envs", &req))??;
-    for line in &info.log {
-        eprintln!("| {line}");
-    }
+    let info = create(client, &req)?;
     print_up(&info);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon to create the environment, printing the creation's output (image build,
+/// lifecycle commands) to stderr as it happens, each line prefixed with `| `.
+pub fn create(client: &Client, req: &CreateEnv) -> anyhow::Result<EnvInfo> {
+    let mut show = |line: &str| eprintln!("| {line}");
+    Ok(block_on(client.create_streaming(req, &mut show))??)
 }
 
 fn print_up(info: &EnvInfo) {

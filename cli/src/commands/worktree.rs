@@ -207,15 +207,9 @@ pub fn add(client: &Client, cwd: &Path, args: &AddArgs) -> anyhow::Result<ExitCo
         workspace: Some(path.clone()),
     };
     // build_request prints the spec's warnings (devcontainer.json keys not applied).
-    let result = build_request(&up).and_then(|req| {
-        let info: EnvInfo = block_on(client.post("/envs", &req))??;
-        Ok(info)
-    });
+    let result = build_request(&up).and_then(|req| crate::commands::up::create(client, &req));
     match result {
         Ok(info) => {
-            for line in &info.log {
-                eprintln!("| {line}");
-            }
             println!(
                 "environment {:?} is {} for {}; `kennel shell {0}` to work in it, `kennel worktree rm {}` when done",
                 info.name,

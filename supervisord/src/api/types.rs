@@ -114,6 +114,17 @@ pub struct ErrorBody {
     pub hint: Option<String>,
 }
 
+/// The last frame of a failed streaming create ([`crate::frame::FrameKind::Error`] payload, JSON):
+/// the HTTP status the plain create would have answered, and its error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamError {
+    /// The HTTP status of the equivalent non-streaming answer (e.g. 409, 422).
+    pub status: u16,
+    /// What went wrong and what to do next.
+    #[serde(flatten)]
+    pub body: ErrorBody,
+}
+
 /// `POST /v1/envs` body: the spec as the CLI parsed it (as the calling user, so `~` and file
 /// permissions are the caller's) plus the imported project whitelist's text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
