@@ -141,8 +141,12 @@ fn ignore_matcher(context: &Path) -> Result<ignore::gitignore::Gitignore, BuildE
     })
 }
 
-/// Packs the build context of `b` (see the module docs). Runs blocking file I/O.
-pub fn pack_context(b: &BuildSpec) -> Result<Context, BuildError> {
+/// What goes into the context: entries (sorted by path) and what was left out.
+type Entries = (Vec<(PathBuf, std::fs::Metadata)>, Vec<PathBuf>);
+
+/// Walks the context of `b`: `.dockerignore` honoured (the Dockerfile always kept), symlinks not
+/// followed, bounded by [`MAX_CONTEXT_ENTRIES`] and [`MAX_CONTEXT_BYTES`].
+fn walk(b: &BuildSpec) -> Result<Entries, BuildError> {
     let root = &b.context;
     let ignore = ignore_matcher(root)?;
     let read = |path: &Path, source| BuildError::Read {
@@ -195,6 +199,60 @@ pub fn pack_context(b: &BuildSpec) -> Result<Context, BuildError> {
         }
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((entries, skipped))
+}
+
+/// The first entry of the context that a caller with `uid` and groups `gids` could not read
+/// itself (a file without read permission for it, a directory without read and search), if
+/// any. The daemon packs the context with its own rights; without this check a caller could
+/// have the daemon copy another user's private file into an image it then reads.
+pub fn unreadable_for(
+    b: &BuildSpec,
+    uid: u32,
+    gids: &[u32],
+) -> Result<Option<PathBuf>, BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let (entries, _) = walk(b)?;
+    let can = |meta: &std::fs::Metadata, need: u32| {
+        let mode = meta.mode();
+        let bits = if meta.uid() == uid {
+            mode >> 6
+        } else if gids.contains(&meta.gid()) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & need == need
+    };
+    let root = std::fs::metadata(&b.context).map_err(|source| BuildError::Read {
+        path: b.context.clone(),
+        source,
+    })?;
+    if !can(&root, 0o5) {
+        return Ok(Some(b.context.clone()));
+    }
+    Ok(entries.into_iter().find_map(|(path, meta)| {
+        let ft = meta.file_type();
+        let ok = if ft.is_dir() {
+            can(&meta, 0o5)
+        } else if ft.is_file() {
+            can(&meta, 0o4)
+        } else {
+            // Symlinks are stored as links; their targets are never read.
+            true
+        };
+        (!ok).then_some(path)
+    }))
+}
+
+/// Packs the build context of `b` (see the module docs). Runs blocking file I/O.
+pub fn pack_context(b: &BuildSpec) -> Result<Context, BuildError> {
+    let root = &b.context;
+    let read = |path: &Path, source| BuildError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (entries, skipped) = walk(b)?;
 
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
@@ -460,5 +518,35 @@ mod tests {
         with_arg.args = vec![("A".into(), "1".into())];
         assert_ne!(changed.hash, pack_context(&with_arg).expect("pack").hash);
         assert!(ctx.tag("env").starts_with("kennel-build-env:"));
+    }
+
+    #[test]
+    fn files_the_caller_cannot_read_are_found() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(p.join("Dockerfile"), "FROM x\n").expect("w");
+        std::fs::set_permissions(p.join("Dockerfile"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let owner = std::fs::metadata(p).expect("meta").uid();
+        let other = owner.wrapping_add(4242);
+        assert_eq!(unreadable_for(&spec(p), other, &[]).expect("walk"), None);
+        std::fs::write(p.join("private"), "secret").expect("w");
+        std::fs::set_permissions(p.join("private"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        assert_eq!(
+            unreadable_for(&spec(p), other, &[]).expect("walk"),
+            Some(p.join("private"))
+        );
+        // Its owner may; so may anyone once it is excluded.
+        assert_eq!(unreadable_for(&spec(p), owner, &[]).expect("walk"), None);
+        std::fs::write(p.join(".dockerignore"), "private\n").expect("w");
+        std::fs::set_permissions(
+            p.join(".dockerignore"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        assert_eq!(unreadable_for(&spec(p), other, &[]).expect("walk"), None);
     }
 }

@@ -422,6 +422,19 @@ impl Daemon {
             checked("build Dockerfile", &mut b.dockerfile)?;
             kennel_container::devcontainer::check_build(b, &workspace)
                 .map_err(|m| bad("build".into(), m))?;
+            if peer.uid != 0 && peer.uid != self.daemon_uid {
+                let mut gids = peer.groups.clone();
+                gids.push(peer.gid);
+                let unreadable = kennel_container::build::unreadable_for(b, peer.uid, &gids)
+                    .map_err(|e| bad("build context".into(), e.to_string()))?;
+                if let Some(p) = unreadable {
+                    return Err(ApiError::PathNotAllowed(format!(
+                        "build context: you (uid {}) cannot read {}; kennel builds only from files the caller can read (exclude it in .dockerignore)",
+                        peer.uid,
+                        p.display()
+                    )));
+                }
+            }
         }
         let creds = &mut spec.credentials;
         if let Some(p) = creds.git_config.as_mut() {
