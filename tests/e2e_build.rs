@@ -112,7 +112,7 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
     write(
         &ws.path().join(".devcontainer/Dockerfile"),
         &format!(
-            "FROM {image}\nARG GREETING\nRUN echo built > /built-marker && echo \"$GREETING\" > /greeting\n"
+            "FROM {image}\nARG GREETING\nRUN echo built > /built-marker && echo \"$GREETING\" > /greeting && echo 'builder:x:1234:1234::/tmp:/bin/sh' >> /etc/passwd\n"
         ),
     );
     write(
@@ -121,6 +121,7 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
             // the project's image, as the old setup had it
             "build": { "dockerfile": "Dockerfile", "args": { "GREETING": "hello-arg" }, },
             "containerEnv": { "FOO": "from-devcontainer", "HTTP_PROXY": "http://tinyproxy:8888" },
+            "remoteUser": "builder", // a name: its uid comes from the built image
             "privileged": true,
             "runArgs": ["--privileged", "--network=host"],
             "capAdd": ["SYS_ADMIN"],
@@ -185,14 +186,18 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
             .expect("collect")
         }
     };
-    let r = run("cat /built-marker /greeting; echo \"FOO=$FOO\"; echo \"PROXY=$HTTP_PROXY\"; id -u; grep -E '^Cap(Eff|Bnd)' /proc/self/status").await;
+    let r = run("cat /built-marker /greeting; echo \"FOO=$FOO\"; echo \"PROXY=$HTTP_PROXY\"; id -u; id -g; grep -E '^Cap(Eff|Bnd)' /proc/self/status").await;
     let out = r.stdout_str();
     assert_eq!(r.exit_code, 0, "{out} {}", r.stderr_str());
     assert!(out.contains("built\nhello-arg\n"), "{out}");
     assert!(out.contains("FOO=from-devcontainer"), "{out}");
     // kennel's proxy variable, not the one devcontainer.json asked for.
     assert!(out.contains("PROXY=http://proxy:8888"), "{out}");
-    assert!(out.contains("\n1001\n"), "{out}");
+    assert!(
+        out.contains("\n1234\n2000\n"),
+        "remoteUser resolved in the image: {out}"
+    );
+    assert!(log.contains("user \"builder\" is uid 1234"), "{log}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
 
@@ -228,7 +233,9 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
     d.remove_env(&name).await.expect("remove");
     write(
         &ws.path().join(".devcontainer/Dockerfile"),
-        &format!("FROM {image}\nRUN echo changed > /built-marker\n"),
+        &format!(
+            "FROM {image}\nRUN echo changed > /built-marker && echo 'builder:x:1234:1234::/tmp:/bin/sh' >> /etc/passwd\n"
+        ),
     );
     let mut plan2 = plan.clone();
     plan2.spec = EnvSpec::from_workspace(ws.path(), &SpecOverrides::default()).expect("spec");
@@ -240,10 +247,24 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
         .find(|c| c.role == "sandbox")
         .expect("sandbox");
     assert_ne!(third.image, first_tag);
+
+    // A Dockerfile that makes the named user root: refused, nothing left behind.
+    d.remove_env(&name).await.expect("remove");
+    write(
+        &ws.path().join(".devcontainer/Dockerfile"),
+        &format!("FROM {image}\nRUN echo 'builder:x:0:0::/root:/bin/sh' >> /etc/passwd\n"),
+    );
+    plan2.spec = EnvSpec::from_workspace(ws.path(), &SpecOverrides::default()).expect("spec");
+    let (status, _) = create(&d, &plan2).await;
+    let e = status
+        .expect_err("a user that is root in the image")
+        .to_string();
+    assert!(e.contains("never runs the sandbox as root"), "{e}");
+    assert!(d.inspect_env(&name).await.expect("inspect").is_none());
     assert_eq!(
         labelled_images(&d, &name).await.len(),
-        2,
-        "both builds are labelled"
+        3,
+        "every build is labelled (for cleanup)"
     );
 }
 

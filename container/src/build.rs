@@ -402,22 +402,42 @@ pub async fn build_image(
         message,
         log: tail.iter().cloned().collect::<Vec<_>>().join("\n"),
     };
+    // The engine sends output in chunks that need not end at a line (a RUN step's output can
+    // arrive byte by byte): whole lines are reported, the rest waits for its newline.
+    let mut pending = String::new();
+    let mut lines_of = |text: &str, tail: &mut std::collections::VecDeque<String>| {
+        pending.push_str(text);
+        while let Some(nl) = pending.find('\n') {
+            let line: String = pending.drain(..=nl).collect();
+            let line = line.trim_end();
+            if !line.trim().is_empty() {
+                remember(line.to_string(), tail);
+            }
+        }
+    };
     let run = async {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    for text in [info.stream, info.status].into_iter().flatten() {
-                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            remember(line.to_string(), &mut tail);
-                        }
+                    if let Some(text) = info.stream {
+                        lines_of(&text, &mut tail);
+                    }
+                    // Status messages (pulls) are whole lines of their own.
+                    if let Some(status) = info.status {
+                        lines_of(&format!("{status}\n"), &mut tail);
                     }
                 }
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    lines_of("\n", &mut tail);
                     return Err(failed(error, &tail));
                 }
-                Err(e) => return Err(failed(e.to_string(), &tail)),
+                Err(e) => {
+                    lines_of("\n", &mut tail);
+                    return Err(failed(e.to_string(), &tail));
+                }
             }
         }
+        lines_of("\n", &mut tail);
         Ok(())
     };
     match tokio::time::timeout(BUILD_TIMEOUT, run).await {
@@ -430,6 +450,95 @@ pub async fn build_image(
         .await
         .map_err(|e| crate::error::BackendError::engine("inspect built image", &tag, e))?;
     Ok(tag)
+}
+
+/// The uid of user `name` in `image`, read from its `/etc/passwd` through a container that is
+/// created but never started (labelled for `env`, removed again). Refuses uid 0.
+pub async fn image_uid(
+    docker: &Docker,
+    env: &str,
+    image: &str,
+    name: &str,
+    extra_labels: &[(String, String)],
+) -> Result<u32, crate::error::BackendError> {
+    use crate::error::BackendError;
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{
+        CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
+    };
+    let probe = format!("kennel-{env}-userprobe");
+    let mut labels: HashMap<String, String> = extra_labels.iter().cloned().collect();
+    labels.insert(LABEL_ENV.into(), env.into());
+    labels.insert(LABEL_ROLE.into(), "user-probe".into());
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(probe.clone()),
+                ..Default::default()
+            }),
+            ContainerCreateBody {
+                image: Some(image.to_string()),
+                // Never started; a command is required only by images without one.
+                cmd: Some(vec!["/nonexistent".into()]),
+                network_disabled: Some(true),
+                labels: Some(labels),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BackendError::engine("create container", &probe, e))?;
+    let mut tar = Vec::new();
+    let mut stream = docker.download_from_container(
+        &probe,
+        Some(DownloadFromContainerOptions {
+            path: "/etc/passwd".into(),
+        }),
+    );
+    let mut read = Ok(());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            // /etc/passwd is small; a huge answer is not one.
+            Ok(b) if tar.len() + b.len() <= 16 << 20 => tar.extend_from_slice(&b),
+            Ok(_) => {
+                read = Err("/etc/passwd is larger than 16 MiB".to_string());
+                break;
+            }
+            Err(e) => {
+                read = Err(format!("cannot read /etc/passwd: {e}"));
+                break;
+            }
+        }
+    }
+    drop(stream);
+    let _ = docker
+        .remove_container(
+            &probe,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    let invalid = |message: String| BackendError::InvalidPlan {
+        env: env.to_string(),
+        message: format!("remoteUser/containerUser {name:?} in image {image}: {message}"),
+    };
+    read.map_err(invalid)?;
+    let mut passwd = String::new();
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut entries = archive
+        .entries()
+        .map_err(|e| invalid(format!("unreadable archive of /etc/passwd: {e}")))?;
+    if let Some(Ok(mut entry)) = entries.next() {
+        use std::io::Read;
+        entry
+            .by_ref()
+            .take(16 << 20)
+            .read_to_string(&mut passwd)
+            .map_err(|e| invalid(format!("/etc/passwd is not text: {e}")))?;
+    }
+    crate::devcontainer::uid_from_passwd(&passwd, name).map_err(invalid)
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub struct DevContainer {
     pub container_env: Vec<(String, String)>,
     /// `remoteUser`, else `containerUser`, as numeric `uid:gid` (never root).
     pub user: Option<String>,
+    /// `remoteUser`/`containerUser` given as a user name (not `root`): resolved to its uid from
+    /// the image's `/etc/passwd` when the environment is created (a uid of 0 is refused then).
+    pub user_name: Option<String>,
     /// Lifecycle commands in the order the devcontainer spec runs them.
     pub lifecycle: Vec<LifecycleCommand>,
     /// Keys not applied, each with the reason.
@@ -436,7 +439,14 @@ pub fn parse_str(
                 "`user` in kennel.toml wins over devcontainer.json".into(),
             ));
         } else {
-            dc.user = Some(numeric_user(&u).map_err(|m| src.err(key, m))?);
+            if is_user_name(&u) {
+                if u == "root" {
+                    return Err(src.err(key, root_refusal()));
+                }
+                dc.user_name = Some(u);
+            } else {
+                dc.user = Some(numeric_user(&u).map_err(|m| src.err(key, m))?);
+            }
         }
     }
     Ok(dc)
@@ -454,9 +464,40 @@ fn check_env_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `uid` or `uid:gid`, numeric and not root. A name is refused: kennel checks that the sandbox
-/// is not root before any image exists, and a name could be root (or change meaning) in the
-/// image the agent's Dockerfile produces.
+/// A user name as `useradd` accepts it (no `:group` part; those must be numeric).
+fn is_user_name(u: &str) -> bool {
+    let mut chars = u.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && u.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+}
+
+/// The uid of `name` in the text of an `/etc/passwd`; refuses root (uid 0) and names that are
+/// not there. Used on the image the sandbox will run, after it is built.
+pub fn uid_from_passwd(passwd: &str, name: &str) -> Result<u32, String> {
+    let line = passwd
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .ok_or_else(|| {
+            format!("user {name:?} is not in the image's /etc/passwd; use a numeric uid instead")
+        })?;
+    let uid = line
+        .split(':')
+        .nth(2)
+        .and_then(|u| u.parse::<u32>().ok())
+        .ok_or_else(|| format!("the image's /etc/passwd has no numeric uid for {name:?}"))?;
+    if uid == 0 {
+        return Err(format!(
+            "user {name:?} is uid 0 in the image: {}",
+            root_refusal()
+        ));
+    }
+    Ok(uid)
+}
+
+/// `uid` or `uid:gid`, numeric and not root (names are handled by [`uid_from_passwd`]).
 fn numeric_user(u: &str) -> Result<String, String> {
     let (uid, gid) = match u.split_once(':') {
         Some((a, b)) => (a, Some(b)),
@@ -468,9 +509,7 @@ fn numeric_user(u: &str) -> Result<String, String> {
     let parse = |s: &str| s.parse::<u32>().ok();
     let Some(uid_n) = parse(uid) else {
         return Err(format!(
-            "{u:?} is a user name; kennel needs a numeric uid (or uid:gid), because it must know the \
-             sandbox is not root before the image is built and a name could mean root there. Use e.g. \
-             \"1001\" (group {DEFAULT_GID}, `dev`, is added) or set `user = \"1001:2000\"` in kennel.toml"
+            "{u:?}: expected a user name, a uid, or uid:gid with both numeric (e.g. \"1001\" or \"1001:2000\")"
         ));
     };
     let gid_n = match gid {
@@ -722,10 +761,25 @@ mod tests {
             assert!(e.contains("never runs the sandbox as root"), "{u}: {e}");
             assert!(e.contains("devcontainer.json:2:3: key `remoteUser`"), "{e}");
         }
-        let e = parse(d.path(), r#"{"containerUser": "vscode"}"#)
-            .expect_err("name")
+        // A name is resolved later, from the image.
+        let dc = parse(d.path(), r#"{"containerUser": "vscode"}"#).expect("name");
+        assert_eq!((dc.user, dc.user_name.as_deref()), (None, Some("vscode")));
+        let e = parse(d.path(), r#"{"remoteUser": "vs code"}"#)
+            .expect_err("bad")
             .to_string();
-        assert!(e.contains("is a user name"), "{e}");
+        assert!(e.contains("expected a user name"), "{e}");
+        let pw = "root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/:/bin/sh\nclaude:x:1001:1001::/home/claude:/bin/sh\n";
+        assert_eq!(uid_from_passwd(pw, "claude"), Ok(1001));
+        assert!(
+            uid_from_passwd(pw, "toor")
+                .expect_err("root")
+                .contains("never runs the sandbox as root")
+        );
+        assert!(
+            uid_from_passwd(pw, "nobody")
+                .expect_err("missing")
+                .contains("not in the image")
+        );
         // kennel.toml's `user` wins: the file's user is not applied, and says so.
         let dc = parse_str(
             r#"{"remoteUser": "root"}"#,

@@ -39,6 +39,9 @@ pub struct EnvSpec {
     pub workspace: PathBuf,
     /// `uid:gid` the sandbox runs as (numeric, non-root).
     pub user: String,
+    /// devcontainer.json's user given by name: the backend replaces `user`'s uid with this
+    /// user's uid from the image's `/etc/passwd` (refusing uid 0); the gid stays `user`'s.
+    pub user_name: Option<String>,
     /// Home directory inside the sandbox (a tmpfs owned by `user`); `HOME` is set to it.
     pub home: String,
     /// Read-only root filesystem (tmpfs for `/tmp` and `home`).
@@ -472,7 +475,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         None => None,
     };
 
-    let (image, build, user, container_env, lifecycle, warnings) =
+    let (image, build, user, user_name, container_env, lifecycle, warnings) =
         workspace_image(src, &raw, &workspace, &name, image, user)?;
 
     let resources = build_resources(src, raw.resources.unwrap_or_default())?;
@@ -486,6 +489,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         image,
         workspace,
         user,
+        user_name,
         home,
         read_only_rootfs: raw.read_only_rootfs.unwrap_or(true),
         resources,
@@ -501,11 +505,13 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
     })
 }
 
-/// What [`workspace_image`] settles: image, build, user, variables, commands, warnings.
+/// What [`workspace_image`] settles: image, build, user, user name, variables, commands,
+/// warnings.
 type WorkspaceImage = (
     String,
     Option<BuildSpec>,
     String,
+    Option<String>,
     Vec<(String, String)>,
     Vec<LifecycleCommand>,
     Vec<String>,
@@ -581,7 +587,15 @@ fn workspace_image(
     };
     let user = dc.user.take().unwrap_or(user);
     let warnings = dc.warning().into_iter().collect();
-    Ok((image, build, user, dc.container_env, dc.lifecycle, warnings))
+    Ok((
+        image,
+        build,
+        user,
+        dc.user_name,
+        dc.container_env,
+        dc.lifecycle,
+        warnings,
+    ))
 }
 
 fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {

@@ -192,6 +192,9 @@ pub struct SpecDoc {
     /// The workspace's image to build (devcontainer.json `build` or kennel.toml `[build]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<kennel_container::devcontainer::BuildSpec>,
+    /// devcontainer.json's user given by name, resolved from the image when created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
     /// devcontainer.json `containerEnv`/`remoteEnv` (values stay out of logs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_env: Vec<(String, String)>,
@@ -316,6 +319,7 @@ mod convert {
                 },
                 command: s.command.clone(),
                 build: s.build.clone(),
+                user_name: s.user_name.clone(),
                 container_env: s.container_env.clone(),
                 lifecycle: s.lifecycle.clone(),
             }
@@ -374,6 +378,7 @@ mod convert {
                 },
                 command: d.command,
                 build: d.build,
+                user_name: d.user_name,
                 container_env: d.container_env,
                 lifecycle: d.lifecycle,
                 // Warnings are the CLI's to show; the daemon has nothing to add.
