@@ -10,7 +10,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use kennel_supervisord::api::types::{API_PREFIX, ErrorBody, ExecRequest};
+use kennel_supervisord::api::types::{
+    API_PREFIX, CreateEnv, EnvInfo, ErrorBody, ExecRequest, StreamError,
+};
 use kennel_supervisord::frame::{self, Frame, FrameError, FrameKind, UPGRADE_PROTOCOL};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -177,6 +179,68 @@ impl Client {
     /// `DELETE /v1{path}`.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Self::request(Method::DELETE, path, None)?).await
+    }
+
+    /// `POST /v1/envs` as a framed stream: `on_line` gets each line of the creation's output
+    /// (the image build, lifecycle commands) as it happens; returns the environment.
+    pub async fn create_streaming(
+        &self,
+        req: &CreateEnv,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<EnvInfo, ClientError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut http_req = Self::request(Method::POST, "/envs", Some(body))?;
+        http_req
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        http_req
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+        let resp = self.send(http_req).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut rd = TokioIo::new(hyper::upgrade::on(resp).await?);
+        let mut info = Vec::new();
+        // Bounded by the daemon: it ends the stream after the creation's last frame.
+        loop {
+            let Some(f) = frame::read_frame(&mut rd).await? else {
+                return Err(ClientError::Protocol(
+                    "the create stream ended without a result".into(),
+                ));
+            };
+            match f.kind {
+                FrameKind::Stderr => {
+                    let text = String::from_utf8_lossy(&f.payload);
+                    on_line(text.strip_suffix('\n').unwrap_or(&text));
+                }
+                FrameKind::Stdout => info.extend_from_slice(&f.payload),
+                FrameKind::Exit => {
+                    return serde_json::from_slice(&info)
+                        .map_err(|e| ClientError::Protocol(format!("invalid JSON ({e})")));
+                }
+                FrameKind::Error => {
+                    return Err(match serde_json::from_slice::<StreamError>(&f.payload) {
+                        Ok(e) => ClientError::Api {
+                            status: e.status,
+                            error: e.body.error,
+                            hint: e.body.hint,
+                        },
+                        Err(_) => {
+                            ClientError::Protocol(String::from_utf8_lossy(&f.payload).into_owned())
+                        }
+                    });
+                }
+                FrameKind::Stdin | FrameKind::Resize => {
+                    return Err(ClientError::Protocol(
+                        "client-side frame from the daemon".into(),
+                    ));
+                }
+            }
+        }
     }
 
     /// Runs a command in environment `env`: its stdout and stderr are copied to `stdout` and

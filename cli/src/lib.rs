@@ -45,6 +45,9 @@ pub enum Command {
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// One worktree + environment per task: `add NAME` creates `../<repo>-<NAME>` and brings it up, `rm NAME` removes both.
+    #[command(subcommand)]
+    Worktree(commands::worktree::WorktreeCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -64,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
         Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
+        Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
     }
 }

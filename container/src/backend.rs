@@ -117,6 +117,8 @@ pub struct EnvPlan {
     pub proxy_image: String,
     /// Extra labels put on every object (e.g. the daemon's spec hash, creation time).
     pub state_labels: Vec<(String, String)>,
+    /// Receives progress lines of the creation (the image build's output), if anyone listens.
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// Coarse state of an environment.

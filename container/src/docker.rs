@@ -491,6 +491,43 @@ impl DockerBackend {
 
         self.ensure_home(plan, created).await?;
 
+        // The workspace's image, built now that the network and proxy its RUN steps go
+        // through exist; then a user given by name is looked up in the image that will run.
+        let built;
+        let plan = if spec.build.is_some() || spec.user_name.is_some() {
+            let progress = plan.progress.clone();
+            let report = move |line: String| {
+                if let Some(p) = &progress {
+                    let _ = p.send(line);
+                }
+            };
+            let mut p = plan.clone();
+            if let Some(b) = &spec.build {
+                p.spec.image =
+                    crate::build::build_image(&self.docker, env, b, &plan.state_labels, &report)
+                        .await?;
+            }
+            if let Some(n) = &spec.user_name {
+                let uid = crate::build::image_uid(
+                    &self.docker,
+                    env,
+                    &p.spec.image,
+                    n,
+                    &plan.state_labels,
+                )
+                .await?;
+                let gid = hardening::user_ids(&p.spec.user).1;
+                p.spec.user = format!("{uid}:{gid}");
+                report(format!(
+                    "user {n:?} is uid {uid} in the image; the sandbox runs as {}",
+                    p.spec.user
+                ));
+            }
+            built = p;
+            &built
+        } else {
+            plan
+        };
         self.create_and_start(
             &names::sandbox(env),
             hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),

@@ -86,6 +86,9 @@ pub enum BackendError {
         /// What is wrong.
         message: String,
     },
+    /// Building the workspace's image failed (the message carries the end of the build output).
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// The sandbox is not running, so it cannot run a command.
     #[error("environment {env:?} is not running (sandbox state: {state})")]
     NotRunning {

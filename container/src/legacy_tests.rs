@@ -19,6 +19,7 @@ fn plan(dir: &Path) -> EnvPlan {
         policy_dir: dir.to_path_buf(),
         proxy_image: "kennel-proxy:abc".into(),
         state_labels: Vec::new(),
+        progress: None,
     }
 }
 

@@ -7,11 +7,15 @@
 //! - [`git`]: a workspace's git directory, mounted so git works and cannot attack the host;
 //! - [`env`]: sandbox variables from the workspace, their precedence and the refused names;
 //! - [`home`]: the home volume's initial content;
+//! - [`devcontainer`]: `.devcontainer/devcontainer.json` → the workspace's image and settings;
+//! - [`build`]: builds that image through the engine, on the environment's network;
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory.
 
 pub mod backend;
+pub mod build;
+pub mod devcontainer;
 pub mod docker;
 pub mod env;
 pub mod error;

@@ -14,6 +14,7 @@ pub use kennel_policy::LegacyEnv;
 
 pub use crate::env::SandboxEnv;
 
+use crate::devcontainer::{BuildSpec, LifecycleCommand};
 use crate::error::SpecError;
 
 /// Image used when neither the spec nor the caller names one.
@@ -40,6 +41,9 @@ pub struct EnvSpec {
     pub workspace: PathBuf,
     /// `uid:gid` the sandbox runs as (numeric, non-root).
     pub user: String,
+    /// devcontainer.json's user given by name: the backend replaces `user`'s uid with this
+    /// user's uid from the image's `/etc/passwd` (refusing uid 0); the gid stays `user`'s.
+    pub user_name: Option<String>,
     /// Home directory inside the sandbox (a tmpfs owned by `user`); `HOME` is set to it.
     pub home: String,
     /// Read-only root filesystem (tmpfs for `/tmp` and `home`).
@@ -63,6 +67,14 @@ pub struct EnvSpec {
     /// The name was derived from the directory name (neither `name` nor `--name` gave it), so
     /// the daemon may make it unique with a suffix when another workspace has it.
     pub name_is_default: bool,
+    /// The workspace's own image (kennel.toml `[build]`, else devcontainer.json), built by the
+    /// daemon on the environment's network; the sandbox then runs the built tag instead of
+    /// `image`. See [`crate::build`].
+    pub build: Option<BuildSpec>,
+    /// devcontainer.json lifecycle commands, run in the sandbox as its user after creation.
+    pub lifecycle: Vec<LifecycleCommand>,
+    /// Warnings for the person running `kennel up` (e.g. devcontainer.json keys not applied).
+    pub warnings: Vec<String>,
 }
 
 /// A `[[mount]]`: a host path in the sandbox. The daemon mounts only paths the caller owns.
@@ -251,6 +263,7 @@ struct RawSpec {
     env_file: Option<Spanned<String>>,
     #[serde(default)]
     mount: Vec<RawMount>,
+    build: Option<Spanned<RawBuild>>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +273,16 @@ struct RawMount {
     target: Spanned<String>,
     #[serde(default)]
     rw: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    dockerfile: Option<String>,
+    context: Option<String>,
+    #[serde(default)]
+    args: std::collections::BTreeMap<String, String>,
+    target: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -416,6 +439,8 @@ impl EnvSpec {
                 message,
             })?;
             spec.image = image.clone();
+            // An explicit image replaces the workspace's build.
+            spec.build = None;
         }
         Ok(spec)
     }
@@ -487,12 +512,20 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         None => None,
     };
 
+    let (image, build, user, user_name, container_env, lifecycle, warnings) =
+        workspace_image(src, &raw, &workspace, &name, image, user)?;
+
     let resources = build_resources(src, raw.resources.unwrap_or_default())?;
     let egress = build_egress(src, raw.egress.unwrap_or_default(), &workspace)?;
     let services = build_services(src, raw.service)?;
     let health = build_health(src, raw.health.unwrap_or_default())?;
     let credentials = build_credentials(src, raw.credentials.unwrap_or_default(), base_dir)?;
-    let env = build_env(src, raw.env, raw.env_file, &workspace)?;
+    let mut env = build_env(src, raw.env, raw.env_file, &workspace)?;
+    env.set_container_env(container_env)
+        .map_err(|message| SpecError::InvalidValue {
+            what: "devcontainer.json".into(),
+            message,
+        })?;
     let mounts = build_mounts(src, raw.mount, base_dir, &home)?;
 
     Ok(EnvSpec {
@@ -500,6 +533,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         image,
         workspace,
         user,
+        user_name,
         home,
         read_only_rootfs: raw.read_only_rootfs.unwrap_or(true),
         resources,
@@ -511,6 +545,9 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         env,
         mounts,
         name_is_default: raw.name.is_none(),
+        build,
+        lifecycle,
+        warnings,
     })
 }
 
@@ -613,6 +650,99 @@ fn build_mounts(
         });
     }
     Ok(out)
+}
+
+/// What [`workspace_image`] settles: image, build, user, user name, variables, commands,
+/// warnings.
+type WorkspaceImage = (
+    String,
+    Option<BuildSpec>,
+    String,
+    Option<String>,
+    Vec<(String, String)>,
+    Vec<LifecycleCommand>,
+    Vec<String>,
+);
+
+/// Merges kennel.toml's `image`/`[build]`/`user` with `.devcontainer/devcontainer.json`:
+/// kennel.toml wins key by key (`image` or `[build]` there replaces the file's image or build).
+fn workspace_image(
+    src: &Src<'_>,
+    raw: &RawSpec,
+    workspace: &Path,
+    name: &str,
+    image: String,
+    user: String,
+) -> Result<WorkspaceImage, SpecError> {
+    let mut dc = crate::devcontainer::load(workspace, raw.user.is_some())?.unwrap_or_default();
+    let toml_build = match &raw.build {
+        Some(b) if raw.image.is_some() => {
+            return Err(src.err(
+                b.span(),
+                "build",
+                "`image` and `[build]` are both set; keep one",
+            ));
+        }
+        Some(b) => {
+            let r = b.get_ref();
+            let dockerfile = expand_path(
+                r.dockerfile
+                    .as_deref()
+                    .unwrap_or(".devcontainer/Dockerfile"),
+                workspace,
+            );
+            let context = match &r.context {
+                Some(c) => expand_path(c, workspace),
+                None => dockerfile.parent().unwrap_or(workspace).to_path_buf(),
+            };
+            if let Some(k) = r.args.keys().find(|k| crate::devcontainer::is_proxy_var(k)) {
+                return Err(src.err(
+                    b.span(),
+                    "build.args",
+                    format!("{k}: the proxy build arguments are kennel's: builds go through the environment's proxy"),
+                ));
+            }
+            let spec = BuildSpec {
+                context,
+                dockerfile,
+                args: r.args.clone().into_iter().collect(),
+                target: r.target.clone(),
+            };
+            crate::devcontainer::check_build(&spec, workspace)
+                .map_err(|m| src.err(b.span(), "build", m))?;
+            Some(spec)
+        }
+        None => None,
+    };
+    let toml_sets_image = raw.image.is_some() || toml_build.is_some();
+    let (image, build) = if toml_sets_image {
+        if dc.build.is_some() || dc.image.is_some() {
+            let key = if dc.build.is_some() { "build" } else { "image" };
+            dc.not_applied.push((
+                key.into(),
+                "kennel.toml sets the image (`image` or `[build]`), which wins".into(),
+            ));
+        }
+        (image, toml_build)
+    } else if let Some(b) = dc.build.take() {
+        // Informational until the daemon has built it and knows the content tag.
+        (format!("kennel-build-{name}"), Some(b))
+    } else if let Some(i) = dc.image.take() {
+        (i, None)
+    } else {
+        (image, None)
+    };
+    let user = dc.user.take().unwrap_or(user);
+    let warnings = dc.warning().into_iter().collect();
+    Ok((
+        image,
+        build,
+        user,
+        dc.user_name,
+        dc.container_env,
+        dc.lifecycle,
+        warnings,
+    ))
 }
 
 fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {
@@ -861,7 +991,7 @@ fn build_credentials(
 // ---------------------------------------------------------------------------------------------
 // Value checks
 
-fn check_image(image: &str) -> Result<(), String> {
+pub(crate) fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() {
         return Err("must not be empty".into());
     }
@@ -970,7 +1100,7 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Lexical normalisation (`.` and `..`), so names derived from paths are stable.
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

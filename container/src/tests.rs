@@ -169,6 +169,7 @@ fn plan(dir: &Path, extra: &str) -> EnvPlan {
         policy_dir: dir.to_path_buf(),
         proxy_image: "kennel-proxy:abc".into(),
         state_labels: vec![("k".into(), "v".into())],
+        progress: None,
     }
 }
 

@@ -97,6 +97,7 @@ impl ApiError {
                 BackendError::InvalidPlan { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 BackendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 BackendError::Engine { .. } => StatusCode::BAD_GATEWAY,
+                BackendError::Build(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::State(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +129,9 @@ impl ApiError {
             }
             ApiError::Backend(BackendError::Unavailable { .. } | BackendError::Engine { .. }) => {
                 "check that the Docker engine runs and answers: `docker version`; see the daemon's log (`journalctl -u kennel-supervisord`)".to_string()
+            }
+            ApiError::Backend(BackendError::Build(_)) => {
+                "fix the Dockerfile or its build context and run `kennel up` again; RUN steps reach only what the environment's policy allows (see docs/environments.md)".to_string()
             }
             ApiError::Backend(BackendError::NotRunning { env, .. }) => {
                 format!("inspect it with `kennel inspect {env}`, or recreate it (`kennel down {env}` then `kennel up`)")

@@ -25,6 +25,10 @@ use crate::error::ApiError;
 use crate::frame::{self, Frame, FrameKind};
 use crate::state::{EnvRecord, StateDir, StateError};
 
+/// A lifecycle command (devcontainer.json `postCreateCommand` …) running longer is stopped
+/// waiting for.
+const LIFECYCLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
+
 /// Label put on every object of an environment created by the daemon: the creator's uid.
 pub use kennel_container::backend::LABEL_CREATED_BY;
 /// Label put on every object of an environment created by the daemon: the state directory's
@@ -207,8 +211,29 @@ impl Daemon {
 
     /// `POST /v1/envs`: validates the spec, reserves the name, writes the effective policy
     /// directory and validates it, makes sure the proxy image exists, and creates the objects.
-    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    /// The build's and lifecycle commands' output is returned in [`EnvInfo::log`].
     pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
+        let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let result = self.create_streaming(peer, req, progress).await;
+        let mut log = Vec::new();
+        // Bounded: the sender is gone, only what was queued remains.
+        while let Ok(line) = lines.try_recv() {
+            log.push(line);
+        }
+        let mut info = result?;
+        info.log = log;
+        Ok(info)
+    }
+
+    /// [`Daemon::create`], sending the image build's and lifecycle commands' output to
+    /// `progress` line by line as it happens (for the streaming create, see [`crate::api`]).
+    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    pub async fn create_streaming(
+        &self,
+        peer: &Peer,
+        req: CreateEnv,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         let started = std::time::Instant::now();
         validate_env_name(&req.spec.name)?;
@@ -300,6 +325,7 @@ impl Daemon {
             proxy_image: proxy_image.clone(),
         };
         self.state.write_record(&record)?;
+        let lifecycle = spec.lifecycle.clone();
         let plan = EnvPlan {
             spec,
             policy_dir,
@@ -308,10 +334,12 @@ impl Daemon {
                 (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
                 (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
             ],
+            progress: Some(progress.clone()),
         };
         let status = self.backend.create_env(&plan).await?;
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
+        self.run_lifecycle(&name, &lifecycle, &progress).await;
         Ok(self.info(status, Some(&record)))
     }
 
@@ -385,6 +413,69 @@ impl Daemon {
         Ok(self.info(status, record.as_ref()))
     }
 
+    /// Runs devcontainer.json's lifecycle commands in the sandbox (as its user, in
+    /// `/workspace`), sending their output to `log` line by line as it comes.
+    /// The first failure stops the rest, as in the devcontainer CLI; the environment stays up
+    /// so the person can fix and rerun by hand.
+    async fn run_lifecycle(
+        &self,
+        env: &str,
+        commands: &[kennel_container::devcontainer::LifecycleCommand],
+        log: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        let say = |line: String| {
+            // Nobody listening (the client went away) is fine: the commands still run.
+            let _ = log.send(line);
+        };
+        for c in commands {
+            say(format!("running {} ({:?}) in the sandbox", c.key, c.argv));
+            let req = kennel_container::ExecRequest {
+                cmd: c.argv.clone(),
+                ..Default::default()
+            };
+            let run = async {
+                let mut session = self.backend.exec(env, req).await?;
+                drop(session.stdin.take());
+                // Lines as they come (stdout and stderr each complete their own lines).
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                while let Some(chunk) = session.output.next().await {
+                    let (buf, bytes) = match chunk? {
+                        ExecOutput::Stdout(b) => (&mut out, b),
+                        ExecOutput::Stderr(b) => (&mut err, b),
+                    };
+                    buf.extend_from_slice(&bytes);
+                    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=nl).collect();
+                        say(String::from_utf8_lossy(&line[..nl]).into_owned());
+                    }
+                }
+                for rest in [out, err] {
+                    if !rest.is_empty() {
+                        say(String::from_utf8_lossy(&rest).into_owned());
+                    }
+                }
+                session.exit.code().await
+            };
+            let outcome = match tokio::time::timeout(LIFECYCLE_TIMEOUT, run).await {
+                Ok(Ok(code)) => (code == 0)
+                    .then_some(())
+                    .ok_or(format!("exited with {code}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "did not finish within {} s",
+                    LIFECYCLE_TIMEOUT.as_secs()
+                )),
+            };
+            if let Err(why) = outcome {
+                say(format!(
+                    "{} {why}; the remaining lifecycle commands were not run (the environment is up: fix it and run them with `kennel exec {env} -- …`)",
+                    c.key
+                ));
+                return;
+            }
+        }
+    }
+
     /// Checks what the backend cannot: paths are absolute, exist, and belong to the caller
     /// (checked on the canonical path, which replaces the given one, so a symlink cannot point
     /// the mount elsewhere); the sandbox user and group are not root.
@@ -441,6 +532,28 @@ impl Daemon {
         })?;
         if let Some(dir) = git.as_ref().and_then(|g| g.rw_host_dir()) {
             self.check_owner(peer, "the worktree's main git directory", dir)?;
+        }
+        let workspace = spec.workspace.clone();
+        if let Some(b) = spec.build.as_mut() {
+            // The paths come from files the agent can edit: canonical, the caller's, and inside
+            // the workspace, or no build.
+            checked("build context", &mut b.context)?;
+            checked("build Dockerfile", &mut b.dockerfile)?;
+            kennel_container::devcontainer::check_build(b, &workspace)
+                .map_err(|m| bad("build".into(), m))?;
+            if peer.uid != 0 && peer.uid != self.daemon_uid {
+                let mut gids = peer.groups.clone();
+                gids.push(peer.gid);
+                let unreadable = kennel_container::build::unreadable_for(b, peer.uid, &gids)
+                    .map_err(|e| bad("build context".into(), e.to_string()))?;
+                if let Some(p) = unreadable {
+                    return Err(ApiError::PathNotAllowed(format!(
+                        "build context: you (uid {}) cannot read {}; kennel builds only from files the caller can read (exclude it in .dockerignore)",
+                        peer.uid,
+                        p.display()
+                    )));
+                }
+            }
         }
         let creds = &mut spec.credentials;
         if let Some(p) = creds.git_config.as_mut() {
@@ -520,6 +633,7 @@ impl Daemon {
             env_names: record.map(env_names).unwrap_or_default(),
             already_existed: false,
             warnings: record.map(workspace_warnings).unwrap_or_default(),
+            log: Vec::new(),
         }
     }
 
@@ -537,6 +651,7 @@ impl Daemon {
             env_names: env_names(record),
             already_existed: false,
             warnings: workspace_warnings(record),
+            log: Vec::new(),
         }
     }
 

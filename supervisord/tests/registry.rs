@@ -346,6 +346,7 @@ fn plan(f: &Fixture, name: &str, labels: Vec<(String, String)>) -> EnvPlan {
         policy_dir: f.state_dir.path().into(),
         proxy_image: "p".into(),
         state_labels: labels,
+        progress: None,
     }
 }
 

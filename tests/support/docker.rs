@@ -507,6 +507,7 @@ impl TestEnv {
             policy_dir: policy_dir.path().to_path_buf(),
             proxy_image,
             state_labels: vec![("dev.kennel.test".into(), test.into())],
+            progress: None,
         };
         let started = std::time::Instant::now();
         let status = d

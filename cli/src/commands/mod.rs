@@ -9,3 +9,4 @@ pub mod policy;
 pub mod shell;
 pub mod startstop;
 pub mod up;
+pub mod worktree;

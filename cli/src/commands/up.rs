@@ -65,6 +65,9 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
             eprintln!("kennel: {w}");
         }
     }
+    for w in &spec.warnings {
+        eprintln!("kennel: warning: {w}");
+    }
     let project_whitelist = match &spec.egress.whitelist {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
             format!(
@@ -84,19 +87,32 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
 pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
     let req = build_request(&args)?;
     let name = req.spec.name.clone();
+    let image = match &req.spec.build {
+        Some(b) => format!(
+            "image built from {} on the environment's network",
+            b.dockerfile.display()
+        ),
+        None => format!("image {}", req.spec.image),
+    };
     eprintln!(
-        "creating environment {name:?}{} (image {}, workspace {}) …",
+        "creating environment {name:?}{} ({image}, workspace {}) …",
         if req.spec.name_is_default {
             " (or <name>-<hash> if another workspace has that name)"
         } else {
             ""
         },
-        req.spec.image,
         req.spec.workspace.display()
     );
-    let info: EnvInfo = block_on(client.post("/envs", &req))??;
+    let info = create(client, &req)?;
     print_up(&info);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon to create the environment, printing the creation's output (image build,
+/// lifecycle commands) to stderr as it happens, each line prefixed with `| `.
+pub fn create(client: &Client, req: &CreateEnv) -> anyhow::Result<EnvInfo> {
+    let mut show = |line: &str| eprintln!("| {line}");
+    Ok(block_on(client.create_streaming(req, &mut show))??)
 }
 
 fn print_up(info: &EnvInfo) {

@@ -4,7 +4,8 @@
 //! |---|---|---|---|
 //! | `GET` | `/v1/version` | | [`types::VersionInfo`] |
 //! | `GET` | `/v1/health` | | [`types::HealthInfo`] |
-//! | `POST` | `/v1/envs` | [`types::CreateEnv`] | `201` + [`types::EnvInfo`] |
+//! | `POST` | `/v1/envs` | [`types::CreateEnv`] | `201` + [`types::EnvInfo`] (with the build and lifecycle output in `log`) |
+//! | `POST` | `/v1/envs` | [`types::CreateEnv`], `Upgrade: kennel-exec/1` | `101`, then frames: output lines as `Stderr`, the [`types::EnvInfo`] JSON as `Stdout`, `Exit` 0; or an `Error` frame with a [`types::StreamError`] |
 //! | `GET` | `/v1/envs` | | `[`[`types::EnvInfo`]`]` |
 //! | `GET` | `/v1/envs/{name}` | | [`types::EnvInfo`] |
 //! | `DELETE` | `/v1/envs/{name}` | | [`types::Removed`] |
@@ -99,6 +100,108 @@ async fn detach<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("request task failed: {e}")))?
 }
 
+/// Whether the request asks for the framed stream ([`UPGRADE_PROTOCOL`]).
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL))
+}
+
+/// The `101` answer that switches to the framed stream.
+fn switching_protocols() -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    resp
+}
+
+/// Streaming create: the creation runs to completion as its own tracked task whatever the
+/// client does (no half-created environment); its output lines go out as `Stderr` frames while
+/// it runs, then the result.
+fn stream_create(
+    daemon: &Arc<Daemon>,
+    peer: Peer,
+    body: types::CreateEnv,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) {
+    use crate::frame::{Frame, FrameKind, write_frame};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let d = daemon.clone();
+    let create = daemon
+        .tasks()
+        .spawn(async move { d.create_streaming(&peer, body, tx).await });
+    daemon.tasks().spawn(async move {
+        let mut io = match on_upgrade.await {
+            Ok(u) => Some(hyper_util::rt::TokioIo::new(u)),
+            Err(e) => {
+                tracing::warn!(error = %e, "create upgrade failed; the creation goes on");
+                None
+            }
+        };
+        let send = async |io: &mut Option<_>, line: String| {
+            if let Some(w) = io.as_mut() {
+                let frame = Frame::new(FrameKind::Stderr, Bytes::from(format!("{line}\n")));
+                if write_frame(w, &frame).await.is_err() {
+                    // The client went away; keep draining so the creation is never blocked.
+                    *io = None;
+                }
+            }
+        };
+        // Lines while the creation runs; it ends when the creation does (a backend may keep a
+        // clone of the sender, so the channel closing is not the signal).
+        let mut create = create;
+        let result = loop {
+            tokio::select! {
+                biased;
+                line = rx.recv() => match line {
+                    Some(line) => send(&mut io, line).await,
+                    None => break (&mut create).await,
+                },
+                r = &mut create => break r,
+            }
+        };
+        // Bounded: what was queued before the creation ended.
+        while let Ok(line) = rx.try_recv() {
+            send(&mut io, line).await;
+        }
+        let last = match result {
+            Ok(Ok(info)) => serde_json::to_vec(&info)
+                .map(|json| vec![Frame::new(FrameKind::Stdout, json), Frame::exit(0)])
+                .unwrap_or_else(|e| {
+                    vec![Frame::new(
+                        FrameKind::Error,
+                        format!("cannot encode response: {e}"),
+                    )]
+                }),
+            Ok(Err(e)) => {
+                let err = types::StreamError {
+                    status: e.status().as_u16(),
+                    body: e.body(),
+                };
+                vec![Frame::new(
+                    FrameKind::Error,
+                    serde_json::to_vec(&err).unwrap_or_else(|_| e.to_string().into_bytes()),
+                )]
+            }
+            Err(e) => vec![Frame::new(
+                FrameKind::Error,
+                format!("create task failed: {e}"),
+            )],
+        };
+        if let Some(w) = io.as_mut() {
+            for f in &last {
+                if write_frame(w, f).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
 async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
@@ -152,6 +255,12 @@ async fn route(
             },
         )),
         (&Method::GET, ["envs"]) => Ok(json(StatusCode::OK, &daemon.list().await?)),
+        (&Method::POST, ["envs"]) if wants_upgrade(&req) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let body: types::CreateEnv = read_json(req.into_body()).await?;
+            stream_create(&daemon, peer, body, on_upgrade);
+            Ok(switching_protocols())
+        }
         (&Method::POST, ["envs"]) => {
             let body: types::CreateEnv = read_json(req.into_body()).await?;
             // Runs to completion even if the client goes away (no half-created environment).
@@ -193,12 +302,7 @@ async fn route(
             Ok(json(StatusCode::OK, &info))
         }
         (&Method::POST, ["envs", name, "exec"]) => {
-            let wants_upgrade = req
-                .headers()
-                .get(header::UPGRADE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
-            if !wants_upgrade {
+            if !wants_upgrade(&req) {
                 return Err(ApiError::BadRequest(format!(
                     "exec needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
                 )));
@@ -207,13 +311,7 @@ async fn route(
             let body: types::ExecRequest = read_json(req.into_body()).await?;
             let name = (*name).to_string();
             daemon.start_exec(&name, body, on_upgrade).await?;
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            resp.headers_mut()
-                .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-            Ok(resp)
+            Ok(switching_protocols())
         }
         (
             _,

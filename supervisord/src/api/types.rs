@@ -59,6 +59,10 @@ pub struct EnvInfo {
     /// `commondir` file the sandbox may have written).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Create response only: what the creation printed — the image build's output and the
+    /// lifecycle commands' output, in order (returned whole at the end, not streamed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
 
 /// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
@@ -132,6 +136,17 @@ pub struct ErrorBody {
     /// What to do next, when there is something to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+/// The last frame of a failed streaming create ([`crate::frame::FrameKind::Error`] payload, JSON):
+/// the HTTP status the plain create would have answered, and its error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamError {
+    /// The HTTP status of the equivalent non-streaming answer (e.g. 409, 422).
+    pub status: u16,
+    /// What went wrong and what to do next.
+    #[serde(flatten)]
+    pub body: ErrorBody,
 }
 
 /// `POST /v1/envs` body: the spec as the CLI parsed it (as the calling user, so `~` and file
@@ -208,6 +223,15 @@ pub struct SpecDoc {
     /// [`kennel_container::spec::EnvSpec::name_is_default`]).
     #[serde(default)]
     pub name_is_default: bool,
+    /// The workspace's image to build (devcontainer.json `build` or kennel.toml `[build]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<kennel_container::devcontainer::BuildSpec>,
+    /// devcontainer.json's user given by name, resolved from the image when created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// devcontainer.json lifecycle commands, run in the sandbox after creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
 }
 
 /// Wire form of [`kennel_container::env::SandboxEnv`]: `[name, value]` pairs per source.
@@ -438,6 +462,9 @@ mod convert {
                     })
                     .collect(),
                 name_is_default: s.name_is_default,
+                build: s.build.clone(),
+                user_name: s.user_name.clone(),
+                lifecycle: s.lifecycle.clone(),
             }
         }
     }
@@ -519,6 +546,11 @@ mod convert {
                     })
                     .collect(),
                 name_is_default: d.name_is_default,
+                build: d.build,
+                user_name: d.user_name,
+                lifecycle: d.lifecycle,
+                // Warnings are the CLI's to show; the daemon has nothing to add.
+                warnings: Vec::new(),
             }
         }
     }
