@@ -403,12 +403,14 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         "lifecycle commands run as the sandbox user"
     );
 
-    // The plain (non-streaming) create answers 409 for an existing name, as before.
-    let e = client
+    // A second `kennel up` in the same workspace (plain, non-streaming create) is a no-op that
+    // reports the environment: nothing is built or run again.
+    let again = client
         .post::<_, EnvInfo>("/envs", &req)
         .await
-        .expect_err("exists");
-    assert_eq!(e.status(), Some(409), "{e}");
+        .expect("up again");
+    assert!(again.already_existed, "{again:?}");
+    assert!(again.log.is_empty(), "nothing rebuilt or rerun: {again:?}");
 
     // A failing RUN step: a 422 over the stream with the end of the build output, nothing left.
     let _: kennel_supervisord::api::types::Removed =

@@ -489,8 +489,6 @@ impl DockerBackend {
             g.prepare_host().map_err(git_error)?;
         }
 
-        self.ensure_home(plan, created).await?;
-
         // The workspace's image, built now that the network and proxy its RUN steps go
         // through exist; then a user given by name is looked up in the image that will run.
         let built;
@@ -528,6 +526,9 @@ impl DockerBackend {
         } else {
             plan
         };
+        // After the build and the user lookup: the home volume is initialised from the image
+        // that will run, owned by the user it runs as.
+        self.ensure_home(plan, created).await?;
         self.create_and_start(
             &names::sandbox(env),
             hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
