@@ -386,7 +386,7 @@ async fn client_vanishing_mid_tunnel_returns_connections_to_baseline() {
         "connection count back to baseline"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.proxy.shared().registry.len() != 0 && Instant::now() < deadline {
+    while !proxy.proxy.shared().registry.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(proxy.proxy.shared().registry.len(), 0, "tunnels left open");
