@@ -961,3 +961,100 @@ async fn idle_tunnels_stay_under_ten_kib_each() {
     drop(warm);
     drop(listeners);
 }
+
+/// A SOCKS5 upstream (microsocks) killed while a tunnel through it streams: the client's tunnel
+/// ends (no hang), the next request through the dead upstream is a quick 502 naming it, and the
+/// proxy's connection count returns to baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_proxy_dying_mid_transfer_ends_the_tunnel_and_then_502s() {
+    use kennel_test_support::upstreams::UpstreamProxy;
+    let o = origin::http(origin::loopback().await, "big");
+    let p = o.addr.port();
+    let mut up = UpstreamProxy::microsocks(None).await;
+    let via = up.url("socks5");
+    let proxy = TestProxy::start(
+        &policy(
+            &[p],
+            &["echo.test"],
+            &format!("[upstream]\ndefault = \"{via}\"\n"),
+        ),
+        &[("echo.test", LO)],
+        |c| c.plaintext_tunnel_ports = vec![p],
+    )
+    .await
+    .expect("start the proxy");
+    let addr = proxy.proxy.proxy_addr();
+    let baseline = proxy
+        .metric("kennel_proxy_connections_active")
+        .await
+        .expect("metrics");
+
+    // A download inside the tunnel (one direction only: microsocks relays each connection with
+    // blocking writes, so saturating both directions at once would deadlock the upstream itself).
+    let mut t = connect_tunnel(addr, &format!("echo.test:{p}"))
+        .await
+        .expect("tunnel through the upstream");
+    t.write_all(b"GET /bytes/33554432 HTTP/1.1\r\nHost: echo.test\r\n\r\n")
+        .await
+        .expect("request inside the tunnel");
+    // Read (bounded: ≤ 32 MiB, ≤ 10 s) and kill the upstream after the first MiB.
+    let mut got = 0usize;
+    let mut killed = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match t.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+            if !killed && got > 1 << 20 {
+                up.stop();
+                killed = true;
+            }
+        }
+    })
+    .await;
+    assert!(killed, "the transfer never reached 1 MiB ({got} bytes)");
+    assert!(
+        ended.is_ok(),
+        "tunnel still open 10 s after the upstream died"
+    );
+    assert!(
+        got < 32 << 20,
+        "the whole download arrived: the upstream died too late"
+    );
+    // The client closes its end (the proxy keeps a half-closed tunnel until it does).
+    drop(t);
+
+    // The next tunnel and the next request through the dead upstream fail fast, naming it.
+    let t0 = Instant::now();
+    let err = connect_tunnel(addr, &format!("echo.test:{p}"))
+        .await
+        .expect_err("tunnel through a dead upstream");
+    assert!(err.to_string().starts_with("HTTP/1.1 502"), "{err}");
+    let (status, body) = get(
+        addr,
+        &format!("http://echo.test:{p}/"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("request through a dead upstream");
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(
+        wait_metric(
+            &proxy,
+            "kennel_proxy_connections_active",
+            baseline,
+            Duration::from_secs(5)
+        )
+        .await,
+        baseline,
+        "connections back to baseline"
+    );
+}
