@@ -1058,3 +1058,81 @@ async fn upstream_proxy_dying_mid_transfer_ends_the_tunnel_and_then_502s() {
         "connections back to baseline"
     );
 }
+
+/// An origin (a compromised allowed domain) that answers with `raw_response` to every request.
+fn raw_origin(
+    listener: tokio::net::TcpListener,
+    raw_response: &'static [u8],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(raw_response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    })
+}
+
+/// A compromised origin's ambiguous response framing is never handed to the client as is: the
+/// client gets either a 502 or a response with exactly one framing (never both Content-Length
+/// and Transfer-Encoding, never two Content-Lengths).
+#[tokio::test]
+async fn ambiguous_response_framing_from_an_origin_is_not_relayed_as_is() {
+    let cases: [(&str, &'static [u8]); 3] = [
+        (
+            "cl+te",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "two cl",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 12\r\n\r\nhello world!",
+        ),
+        (
+            "bad cl",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        ),
+    ];
+    for (name, resp) in cases {
+        let l = origin::loopback().await;
+        let port = l.local_addr().expect("addr").port();
+        let task = raw_origin(l, resp);
+        let proxy = TestProxy::start(
+            &policy(&[port], &["evil.test"], ""),
+            &[("evil.test", LO)],
+            |_| {},
+        )
+        .await
+        .expect("start the proxy");
+        let out = raw(
+            proxy.proxy.proxy_addr(),
+            format!("GET http://evil.test:{port}/ HTTP/1.1\r\nHost: evil.test:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+        let head = out
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let cls = head.matches("\r\ncontent-length:").count();
+        let tes = head.matches("\r\ntransfer-encoding:").count();
+        eprintln!("{name}: {head:?}");
+        assert!(
+            head.starts_with("http/1.1 502") || (cls + tes == 1),
+            "{name}: the client got ambiguous framing: {out:?}"
+        );
+        task.abort();
+    }
+}
