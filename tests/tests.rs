@@ -6,4 +6,5 @@ mod e2e_proxy;
 mod e2e_supervisor;
 mod e2e_upstream;
 mod e2e_workspace;
+mod faults;
 mod regression;

@@ -162,6 +162,52 @@ async fn up_again_in_the_same_workspace_is_a_no_op_that_starts_a_stopped_env() {
     assert_eq!(started.state, "running");
 }
 
+/// The agent writes the workspace; the policy is copied at creation only. Edits to the project
+/// whitelist files after `up` must not reach the effective policy through any daemon action that
+/// runs without a person asking for an import (stop/start, a daemon restart's reconcile).
+#[tokio::test]
+async fn a_workspace_whitelist_edited_after_create_changes_nothing() {
+    let f = fixture();
+    f.daemon
+        .create(&root(), request(f.workspace.path(), "frozen"))
+        .await
+        .unwrap();
+    let policy_dir = f.state_dir.path().join("envs/frozen/policy");
+    let snapshot = |dir: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&policy_dir);
+
+    // What an agent in the sandbox can do: rewrite every whitelist file the seed layout knows.
+    std::fs::create_dir_all(f.workspace.path().join(".devcontainer")).unwrap();
+    for file in [".devcontainer/whitelist.txt", "whitelist.txt"] {
+        std::fs::write(f.workspace.path().join(file), "evil.example\n").unwrap();
+    }
+    f.daemon.stop("frozen").await.unwrap();
+    f.daemon.start("frozen").await.unwrap();
+    f.daemon.reconcile().await.unwrap();
+
+    let after = snapshot(&policy_dir);
+    assert_eq!(before, after, "the effective policy changed");
+    for (name, bytes) in &after {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("evil.example"),
+            "{name} took the agent's edit"
+        );
+    }
+}
+
 /// A spec whose name came from the directory name (no `name`, no `--name`).
 fn default_named(workspace: &Path) -> CreateEnv {
     let spec = EnvSpec::from_workspace(
