@@ -574,8 +574,6 @@ async fn policy_file_torn_while_clients_request_is_never_half_read() {
 /// A policy file truncated to zero bytes (`: > policy.toml`, or an editor that truncates and then
 /// dies before writing) is a torn file, not a new policy: the old one stays in force.
 #[tokio::test]
-#[ignore = "bug: an empty policy file is loaded as a valid deny-all policy (generation bumps, \
-            every request 403) instead of a failed reload that keeps the old policy"]
 async fn policy_file_truncated_to_zero_bytes_keeps_the_old_policy() {
     let o = origin::http(origin::loopback().await, "any");
     let p = o.addr.port();

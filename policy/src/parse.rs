@@ -573,6 +573,16 @@ pub(crate) fn build_from_toml_recording(
     legacy: &LegacyEnv,
     inputs: &RefCell<Inputs>,
 ) -> Result<Policy, PolicyError> {
+    // An empty file is far more often a torn write (truncated, not yet rewritten) than a
+    // decision to deny everything; on reload it must keep the old policy, not swap in deny-all.
+    if src.trim().is_empty() {
+        return Err(PolicyError::at(
+            origin,
+            src,
+            0,
+            "the policy file is empty (a half-written file?); write what it allows, or `mode = \"enforce\"` alone to deny everything",
+        ));
+    }
     let raw: RawPolicy = toml::from_str(src).map_err(|e| toml_error(origin, src, &e))?;
     let ctx = Ctx {
         file: origin,

@@ -171,7 +171,12 @@ mod tests {
         let cases: &[(&str, &str, &str, &[&str])] = &[
             ("not_in_allowlist", BASE, "evil.example:443", &[]),
             ("not_in_allowlist", BASE, "evil.example:8443", &[]),
-            ("not_in_allowlist", "", "evil.example:443", &[]),
+            (
+                "not_in_allowlist",
+                "mode = \"enforce\"\n",
+                "evil.example:443",
+                &[],
+            ),
             ("port_not_allowed", BASE, "github.com:8443", &[]),
             (
                 "port_not_allowed",
