@@ -781,9 +781,6 @@ async fn fd_exhaustion_then_recovery_in_the_proxy_binary() {
 
 /// A tunnel that was open (and idle) before the proxy ran out of fds, used during the shortage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a live spliced tunnel is reset when fds run out: a burst on an idle tunnel leases \
-            a pipe (2 fds, proxy/src/relay.rs Lease::get -> pipe2) when the pool is empty; EMFILE \
-            ends the relay instead of falling back to a copy"]
 async fn live_tunnel_keeps_working_while_fds_are_exhausted() {
     fd_exhaustion(true).await;
 }

@@ -316,7 +316,17 @@ mod splice {
         };
         loop {
             src.readable().await?;
-            let pipe = lease.get()?;
+            let pipe = match lease.get() {
+                Ok(pipe) => pipe,
+                // No pipe to be had (the process or the system is out of file descriptors): move
+                // this burst through user space instead of resetting a live tunnel. The next
+                // burst tries for a pipe again.
+                Err(e) if is_out_of_fds(&e) => match copy_burst(src, dst, count, meter).await? {
+                    Burst::Eof => return shutdown_write(dst),
+                    Burst::Moved => continue,
+                },
+                Err(e) => return Err(e),
+            };
             let (w, cap) = (&pipe.w, pipe.cap);
             let moved = src.try_io(Interest::READABLE, || {
                 Ok(nix::fcntl::splice(src, None, w, None, cap, flags())?)
@@ -368,6 +378,65 @@ mod splice {
                 }
             }
         }
+    }
+
+    /// EMFILE (the process's limit) or ENFILE (the system's): creating a pipe failed for want
+    /// of file descriptors, not because anything is wrong with the tunnel.
+    fn is_out_of_fds(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+
+    /// What [`copy_burst`] did.
+    enum Burst {
+        /// `src` reached EOF.
+        Eof,
+        /// Bytes were moved, or there was nothing to read after all.
+        Moved,
+    }
+
+    /// The fallback of [`pump`] when no pipe can be created: one read of up to 16 KiB from
+    /// `src` into a buffer that lives only for this burst, written to `dst` in full. Both byte
+    /// counts see the bytes at once (read and written are the same bytes here).
+    async fn copy_burst(
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &AtomicU64,
+        meter: &Meter,
+    ) -> io::Result<Burst> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(Burst::Moved);
+            }
+            Err(e) => return Err(e),
+        };
+        meter.touch();
+        let mut sent = 0;
+        while sent < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[sent..n]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+                Ok(w) => {
+                    sent += w;
+                    meter.touch();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Burst::Moved)
     }
 
     /// Half-close: the other side sent EOF, pass it on. A peer that is already gone
