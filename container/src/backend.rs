@@ -117,6 +117,10 @@ pub struct EnvPlan {
     pub proxy_image: String,
     /// Extra labels put on every object (e.g. the daemon's spec hash, creation time).
     pub state_labels: Vec<(String, String)>,
+    /// Host directory the proxy writes its access log into (mounted read-write into the proxy
+    /// only, at [`crate::hardening::PROXY_LOG_DIR`]; never into the sandbox, and not inside the
+    /// read-only, watched policy directory). `None`: the access log goes to the proxy's stdout.
+    pub access_log_dir: Option<PathBuf>,
 }
 
 /// Coarse state of an environment.

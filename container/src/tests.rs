@@ -168,6 +168,7 @@ fn plan(dir: &Path, extra: &str) -> EnvPlan {
         spec,
         policy_dir: dir.to_path_buf(),
         proxy_image: "kennel-proxy:abc".into(),
+        access_log_dir: None,
         state_labels: vec![("k".into(), "v".into())],
     }
 }

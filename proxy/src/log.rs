@@ -69,16 +69,16 @@ impl AccessLog {
             LogDestination::Stdout => Some(Box::new(std::io::stdout())),
             LogDestination::Stderr => Some(Box::new(std::io::stderr())),
             LogDestination::Off => None,
-            LogDestination::File { file } => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(file)
-                    .map_err(|source| LogOpenError {
-                        path: file.clone(),
-                        source,
-                    })?,
-            )),
+            LogDestination::File { file } => {
+                let f = open_append(file).map_err(|source| LogOpenError {
+                    path: file.clone(),
+                    source,
+                })?;
+                match settings.rotate_bytes {
+                    None => Some(Box::new(f)),
+                    Some(cap) => Some(Box::new(RotatingFile::new(file.clone(), f, cap))),
+                }
+            }
         };
         Ok(AccessLog {
             format: settings.format,
@@ -98,6 +98,65 @@ impl AccessLog {
         // One write call per line so concurrent writers never interleave within a line.
         let _ = w.write_all(format!("{line}\n").as_bytes());
         let _ = w.flush();
+    }
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// A size-capped log file: before a write would take it past `cap` bytes, the file is renamed
+/// to `<file>.1` (replacing the older generation) and a new one is started. Readers (the daemon's
+/// `kennel denials`) read `<file>.1` then `<file>`, so at most one generation is lost at a time
+/// and the disk use stays below about `2 × cap`.
+struct RotatingFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    cap: u64,
+}
+
+impl RotatingFile {
+    fn new(path: std::path::PathBuf, file: std::fs::File, cap: u64) -> RotatingFile {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        RotatingFile {
+            path,
+            file,
+            size,
+            cap,
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.size > 0
+            && self.size.saturating_add(buf.len() as u64) > self.cap
+            && let Err(e) = self.rotate()
+        {
+            // Keep logging into the current file rather than losing lines; say why once per
+            // failed attempt (the next write tries again).
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot rotate the access log");
+        }
+        let n = self.file.write(buf)?;
+        self.size = self.size.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 

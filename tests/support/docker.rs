@@ -506,6 +506,7 @@ impl TestEnv {
             spec,
             policy_dir: policy_dir.path().to_path_buf(),
             proxy_image,
+            access_log_dir: None,
             state_labels: vec![("dev.kennel.test".into(), test.into())],
         };
         let started = std::time::Instant::now();

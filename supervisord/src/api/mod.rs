@@ -14,6 +14,7 @@
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
 
+pub mod policy_types;
 pub mod types;
 
 use std::sync::Arc;
@@ -215,6 +216,12 @@ async fn route(
                 .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
             Ok(resp)
         }
+        // Live policy changes and denials (crate::policy_ops).
+        (_, ["envs", name, "policy" | "denials", ..]) => {
+            let name = (*name).to_string();
+            let rest: Vec<String> = segments[2..].iter().map(|s| (*s).to_string()).collect();
+            policy_route(&daemon, &peer, &method, &name, &rest, req).await
+        }
         (
             _,
             ["version" | "health" | "envs"]
@@ -228,6 +235,75 @@ async fn route(
         _ => Err(ApiError::NoRoute {
             method: method.to_string(),
             path,
+        }),
+    }
+}
+
+/// The live-policy endpoints (see [`crate::policy_ops`]):
+///
+/// | method | path | body | answer |
+/// |---|---|---|---|
+/// | `GET` | `/v1/envs/{name}/policy` | | [`policy_types::PolicyView`] |
+/// | `POST` | `/v1/envs/{name}/policy/allow` | [`policy_types::AllowRequest`] | [`policy_types::PolicyChanged`] |
+/// | `POST` | `/v1/envs/{name}/policy/deny` | [`policy_types::DenyRequest`] | [`policy_types::PolicyChanged`] |
+/// | `GET` | `/v1/envs/{name}/policy/file` | | [`policy_types::PolicyFileDoc`] |
+/// | `POST` | `/v1/envs/{name}/policy/file` | [`policy_types::PolicyReplace`] | [`policy_types::PolicyChanged`] |
+/// | `POST` | `/v1/envs/{name}/policy/import` | [`policy_types::ImportRequest`] | [`policy_types::ImportPreview`] |
+/// | `GET` | `/v1/envs/{name}/denials[?since=SECS]` | | [`policy_types::Denials`] |
+async fn policy_route(
+    daemon: &Arc<Daemon>,
+    peer: &Peer,
+    method: &Method,
+    name: &str,
+    rest: &[String],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    fn ok<T: Serialize>(v: &T) -> Response<Body> {
+        json(StatusCode::OK, v)
+    }
+    match (method, rest.as_slice()) {
+        (&Method::GET, ["policy"]) => Ok(ok(&daemon.policy_show(name).await?)),
+        (&Method::GET, ["policy", "file"]) => Ok(ok(&daemon.policy_file(name).await?)),
+        (&Method::POST, ["policy", "allow"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_allow(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "deny"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_deny(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "file"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_replace(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "import"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_import(peer, name, body).await?))
+        }
+        (&Method::GET, ["denials"]) => {
+            let since = match req.uri().query() {
+                None | Some("") => None,
+                Some(q) => match q.strip_prefix("since=").map(str::parse::<u64>) {
+                    Some(Ok(secs)) => Some(std::time::Duration::from_secs(secs)),
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unknown query {q:?}; GET /v1/envs/NAME/denials takes only `since=SECONDS`"
+                        )));
+                    }
+                },
+            };
+            Ok(ok(&daemon.denials(name, since).await?))
+        }
+        (_, ["policy" | "denials"] | ["policy", "allow" | "deny" | "file" | "import"]) => {
+            Err(ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path: req.uri().path().to_string(),
+            })
+        }
+        _ => Err(ApiError::NoRoute {
+            method: method.to_string(),
+            path: req.uri().path().to_string(),
         }),
     }
 }
