@@ -213,4 +213,33 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
     }
+
+    /// A capped file log rotates to `<file>.1` before passing the cap: the disk use stays below
+    /// about twice the cap, and whole lines survive in one of the two files.
+    #[test]
+    fn file_log_rotates_at_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("access.log");
+        let log = AccessLog::open(&AccessLogSettings {
+            destination: LogDestination::File { file: file.clone() },
+            format: LogFormat::Json,
+            rotate_bytes: Some(2000),
+        })
+        .expect("open");
+        for i in 0..100 {
+            log.write(AccessRecord {
+                host: format!("h{i}.example"),
+                decision: "deny",
+                ..Default::default()
+            });
+        }
+        let cur = std::fs::read_to_string(&file).expect("current");
+        let old = std::fs::read_to_string(dir.path().join("access.log.1")).expect("rotated");
+        assert!(cur.len() <= 2000 && old.len() <= 2000, "{} {}", cur.len(), old.len());
+        assert!(cur.ends_with("\n") && old.ends_with("\n"));
+        assert!(cur.contains("\"h99.example\""), "the newest line is in the current file");
+        for l in cur.lines().chain(old.lines()) {
+            serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines");
+        }
+    }
 }

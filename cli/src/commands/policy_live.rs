@@ -99,14 +99,19 @@ pub fn show_text(v: &PolicyView) -> String {
 /// Runs `kennel policy edit`: `$VISUAL`/`$EDITOR` (default `vi`) on a private copy of the
 /// environment's policy file; the daemon validates the result before swapping it in.
 pub fn edit(client: &Client, args: EditArgs) -> anyhow::Result<ExitCode> {
-    let base = env_path(&args.env)?;
-    let doc: PolicyFileDoc = block_on(client.get(&format!("{base}/policy/file")))??;
-    let copy = private_copy(&args.env, &doc.content)?;
     let editor = std::env::var("VISUAL")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .or_else(|| std::env::var("EDITOR").ok().filter(|v| !v.trim().is_empty()))
         .unwrap_or_else(|| "vi".to_string());
+    edit_with(client, args, &editor)
+}
+
+/// [`edit`] with the editor command given (a shell word list, run as `EDITOR "$file"`).
+pub fn edit_with(client: &Client, args: EditArgs, editor: &str) -> anyhow::Result<ExitCode> {
+    let base = env_path(&args.env)?;
+    let doc: PolicyFileDoc = block_on(client.get(&format!("{base}/policy/file")))??;
+    let copy = private_copy(&args.env, &doc.content)?;
     // Through the shell, so EDITOR may carry arguments (`code --wait`), as git does.
     let status = std::process::Command::new("/bin/sh")
         .arg("-c")
