@@ -38,7 +38,13 @@ async fn status(client: &Client, env: &str, url: &str) -> String {
 
 /// Polls until `url` answers `want`; returns how long after `since` the first successful
 /// attempt *started* (the exec's own latency is not the proxy's). Bounded: 40 attempts, 10 s.
-async fn until_status(client: &Client, env: &str, url: &str, want: &str, since: Instant) -> Duration {
+async fn until_status(
+    client: &Client,
+    env: &str,
+    url: &str,
+    want: &str,
+    since: Instant,
+) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     for _ in 0..40 {
@@ -47,7 +53,10 @@ async fn until_status(client: &Client, env: &str, url: &str, want: &str, since: 
         if last == want {
             return started;
         }
-        assert!(Instant::now() < deadline, "{url} never answered {want} (last {last})");
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered {want} (last {last})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{url} never answered {want} (last {last})");
@@ -72,16 +81,37 @@ async fn cli<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("cli task")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
-    let test = "approve_loop_denials_allow_deny_expiry_edit_import_on_docker";
-    let Some(d) = engine(test).await else { return };
-    let Some(proxy_bin) = proxy_binary(test) else {
-        return;
-    };
+/// One environment from the test image with the project's own origin on its egress network
+/// (`origin.kennel-test`, `tls-origin.kennel-test`, `denied.kennel-test`), served by an
+/// in-process daemon. Everything is removed by the guard, also on failure.
+struct Setup {
+    d: DockerBackend,
+    daemon: RunningDaemon,
+    client: Client,
+    name: String,
+    base: String,
+    dir: tempfile::TempDir,
+    whitelist: std::path::PathBuf,
+    info: EnvInfo,
+    _ws: tempfile::TempDir,
+    _certs: tempfile::TempDir,
+    _guard: EnvGuard,
+}
+
+fn allow(entries: &[&str], for_secs: Option<u64>) -> AllowRequest {
+    AllowRequest {
+        entries: entries.iter().map(|s| (*s).to_string()).collect(),
+        for_secs,
+        note: Some("e2e".into()),
+    }
+}
+
+async fn setup(test: &str, prefix: &str) -> Option<Setup> {
+    let d = engine(test).await?;
+    let proxy_bin = proxy_binary(test)?;
     let image = test_image(&d).await;
-    let name = unique_env("approve");
-    let _guard = EnvGuard::new(&name);
+    let name = unique_env(prefix);
+    let guard = EnvGuard::new(&name);
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("kennel.sock");
     let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
@@ -103,6 +133,7 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
 
     let req = build_request(&UpArgs {
         spec: None,
+        learn: None,
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
@@ -111,7 +142,6 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     let info: EnvInfo = client.post("/envs", &req).await.expect("create");
     assert_eq!(info.state, "running", "{info:?}");
 
-    // The project's own origin on the environment's egress network (labelled for the guard).
     let egress = names::egress_network(&name);
     let origin = start_origin(
         &d,
@@ -142,15 +172,43 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
         .and_then(|c| c.subnet)
         .expect("egress subnet");
     let base = format!("/envs/{name}");
-    let allow = |entries: &[&str], for_secs: Option<u64>| AllowRequest {
-        entries: entries.iter().map(|s| (*s).to_string()).collect(),
-        for_secs,
-        note: Some("e2e".into()),
-    };
     let _: PolicyChanged = client
         .post(&format!("{base}/policy/allow"), &allow(&[&subnet], None))
         .await
         .expect("allow subnet");
+    Some(Setup {
+        d,
+        daemon,
+        client,
+        name,
+        base,
+        dir,
+        whitelist,
+        info,
+        _ws: ws,
+        _certs: certs,
+        _guard: guard,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
+    let test = "approve_loop_denials_allow_deny_expiry_edit_import_on_docker";
+    let Some(st) = setup(test, "approve").await else {
+        return;
+    };
+    let Setup {
+        d,
+        daemon,
+        client,
+        name,
+        base,
+        dir,
+        whitelist,
+        info,
+        ..
+    } = &st;
+    let (d, client, name, base) = (d, client, name.clone(), base.clone());
 
     // 1. Denied three times inside the sandbox -> `kennel denials` shows it with its count.
     let before = containers(&d, &name).await;
@@ -162,7 +220,10 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     }
     let mut shown = None;
     for _ in 0..20 {
-        let ds: Denials = client.get(&format!("{base}/denials?since=600")).await.expect("denials");
+        let ds: Denials = client
+            .get(&format!("{base}/denials?since=600"))
+            .await
+            .expect("denials");
         if let Some(x) = ds.denials.iter().find(|x| x.host == "denied.kennel-test") {
             if x.count >= 3 {
                 shown = Some(x.clone());
@@ -175,7 +236,10 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     assert_eq!((x.port, x.count), (80, 3), "{x:?}");
     assert_eq!(x.reasons, ["not_in_allowlist"]);
     assert!(
-        x.hint.as_deref().unwrap_or("").contains("add \"denied.kennel-test\" to hosts"),
+        x.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("add \"denied.kennel-test\" to hosts"),
         "{x:?}"
     );
     let table = kennel_cli::commands::denials::table(&Denials {
@@ -183,24 +247,44 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
         denials: vec![x],
         skipped_lines: 0,
     });
-    assert!(table.contains(&format!("kennel allow {name} denied.kennel-test:80")), "{table}");
+    assert!(
+        table.contains(&format!("kennel allow {name} denied.kennel-test:80")),
+        "{table}"
+    );
 
     // 2. `kennel allow` -> reachable within a second, nothing recreated.
     let _: PolicyChanged = client
-        .post(&format!("{base}/policy/allow"), &allow(&["denied.kennel-test"], None))
+        .post(
+            &format!("{base}/policy/allow"),
+            &allow(&["denied.kennel-test"], None),
+        )
         .await
         .expect("allow");
     let took = until_status(&client, &name, denied, "200", Instant::now()).await;
     assert!(took <= Duration::from_secs(1), "allowed after {took:?}");
-    assert_eq!(containers(&d, &name).await, before, "no container was recreated or restarted");
+    assert_eq!(
+        containers(&d, &name).await,
+        before,
+        "no container was recreated or restarted"
+    );
 
     // 3. `kennel deny` closes a live tunnel: an open TLS session through the proxy ends at once
     //    instead of after its 20 s.
     let _: PolicyChanged = client
-        .post(&format!("{base}/policy/allow"), &allow(&["tls-origin.kennel-test"], None))
+        .post(
+            &format!("{base}/policy/allow"),
+            &allow(&["tls-origin.kennel-test"], None),
+        )
         .await
         .expect("allow tls");
-    until_status(&client, &name, "--cacert /workspace/ca.pem https://tls-origin.kennel-test/", "200", Instant::now()).await;
+    until_status(
+        &client,
+        &name,
+        "--cacert /workspace/ca.pem https://tls-origin.kennel-test/",
+        "200",
+        Instant::now(),
+    )
+    .await;
     let (c2, n2) = (client.clone(), name.clone());
     let tunnel = tokio::spawn(async move {
         exec(
@@ -234,35 +318,64 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     let origin_url = "http://origin.kennel-test/index.html";
     assert_eq!(status(&client, &name, origin_url).await, "403");
     let added: PolicyChanged = client
-        .post(&format!("{base}/policy/allow"), &allow(&["origin.kennel-test"], Some(3)))
+        .post(
+            &format!("{base}/policy/allow"),
+            &allow(&["origin.kennel-test"], Some(3)),
+        )
         .await
         .expect("allow --for");
     assert!(added.expires.is_some());
     let t = Instant::now();
     until_status(&client, &name, origin_url, "200", t).await;
     let gone = until_status(&client, &name, origin_url, "403", t).await;
-    assert!(gone >= Duration::from_secs(2) && gone <= Duration::from_secs(6), "expired after {gone:?}");
+    assert!(
+        gone >= Duration::from_secs(2) && gone <= Duration::from_secs(6),
+        "expired after {gone:?}"
+    );
 
     // 5. An invalid `policy edit` is refused and the old policy keeps working.
     let editor = dir.path().join("bad-editor.sh");
-    std::fs::write(&editor, "#!/bin/sh\nprintf '\\n[allow]\\nhosts = [\"bad host\"]\\n' >> \"$1\"\n")
-        .expect("editor script");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nprintf '\\n[allow]\\nhosts = [\"bad host\"]\\n' >> \"$1\"\n",
+    )
+    .expect("editor script");
     std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let policy_file = info.policy_dir.clone().expect("policy dir").join("policy.toml");
+    let policy_file = info
+        .policy_dir
+        .clone()
+        .expect("policy dir")
+        .join("policy.toml");
     let before_edit = std::fs::read_to_string(&policy_file).expect("policy");
     let (c3, n3, e3) = (client.clone(), name.clone(), editor.display().to_string());
     let code = cli(move || {
-        edit_with(&c3, EditArgs { env: n3, note: None }, &e3).expect("edit runs")
+        edit_with(
+            &c3,
+            EditArgs {
+                env: n3,
+                note: None,
+            },
+            &e3,
+        )
+        .expect("edit runs")
     })
     .await;
     assert_eq!(code, ExitCode::from(1), "an invalid edit is refused");
-    assert_eq!(std::fs::read_to_string(&policy_file).expect("policy"), before_edit);
+    assert_eq!(
+        std::fs::read_to_string(&policy_file).expect("policy"),
+        before_edit
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(status(&client, &name, denied).await, "200", "the old policy still works");
+    assert_eq!(
+        status(&client, &name, denied).await,
+        "200",
+        "the old policy still works"
+    );
 
     // 6. `policy import`: the diff, refused without a terminal or --yes, applied with --yes.
-    std::fs::write(&whitelist, "project-only.kennel-test\norigin.kennel-test\n").expect("edit whitelist");
+    std::fs::write(&whitelist, "project-only.kennel-test\norigin.kennel-test\n")
+        .expect("edit whitelist");
     let preview: ImportPreview = client
         .post(
             &format!("{base}/policy/import"),
@@ -280,7 +393,11 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     let refused = cli(move || {
         import_with(
             &c4,
-            ImportArgs { env: n4, file: None, yes: false },
+            ImportArgs {
+                env: n4,
+                file: None,
+                yes: false,
+            },
             false,
             &mut std::io::empty(),
         )
@@ -289,12 +406,20 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     .expect_err("no terminal, no --yes");
     assert!(refused.to_string().contains("--yes"), "{refused}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(status(&client, &name, origin_url).await, "403", "not applied");
+    assert_eq!(
+        status(&client, &name, origin_url).await,
+        "403",
+        "not applied"
+    );
     let (c5, n5) = (client.clone(), name.clone());
     let code = cli(move || {
         import_with(
             &c5,
-            ImportArgs { env: n5, file: None, yes: true },
+            ImportArgs {
+                env: n5,
+                file: None,
+                yes: true,
+            },
             false,
             &mut std::io::empty(),
         )
@@ -308,11 +433,79 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     let log = std::fs::read_to_string(dir.path().join(format!("state/envs/{name}/changes.jsonl")))
         .expect("change log");
     for action in ["allow", "deny", "expire", "import"] {
-        assert!(log.contains(&format!("\"action\":\"{action}\"")), "{action}: {log}");
+        assert!(
+            log.contains(&format!("\"action\":\"{action}\"")),
+            "{action}: {log}"
+        );
     }
-    assert_eq!(containers(&d, &name).await, before, "no container was recreated or restarted");
+    assert_eq!(
+        containers(&d, &name).await,
+        before,
+        "no container was recreated or restarted"
+    );
 
     let _: Removed = client.delete(&base).await.expect("down");
     assert!(d.inspect_env(&name).await.expect("inspect").is_none());
-    daemon.stop().await;
+    let _ = (daemon, dir, whitelist, info);
+    st.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learn_mode_allows_and_logs_then_enforces_and_from_denials_passes_on_docker() {
+    let test = "learn_mode_allows_and_logs_then_enforces_and_from_denials_passes_on_docker";
+    let Some(st) = setup(test, "learn").await else {
+        return;
+    };
+    let (client, name) = (st.client.clone(), st.name.clone());
+    let denied = "http://denied.kennel-test/index.html";
+    assert_eq!(status(&client, &name, denied).await, "403");
+
+    // `kennel up --learn 5s` on the created environment: report mode for 5 s.
+    let (c, n) = (client.clone(), name.clone());
+    cli(move || kennel_cli::commands::learn::start(&c, &n, Duration::from_secs(5)))
+        .await
+        .expect("learn");
+    let t = Instant::now();
+    until_status(&client, &name, denied, "200", t).await;
+    let learned: Denials = client
+        .get(&format!("{}/denials?learned=true", st.base))
+        .await
+        .expect("learned");
+    let x = learned
+        .denials
+        .iter()
+        .find(|x| x.host == "denied.kennel-test")
+        .unwrap_or_else(|| panic!("logged as would_deny: {learned:?}"));
+    assert!(!x.allowed_now && x.hint.is_some(), "{x:?}");
+
+    // Then it enforces by itself.
+    let enforced = until_status(&client, &name, denied, "403", t).await;
+    assert!(
+        enforced >= Duration::from_secs(4),
+        "enforcing after {enforced:?}"
+    );
+
+    // `kennel allow --from-denials` turns what was learned into entries that pass.
+    let (c, n) = (client.clone(), name.clone());
+    let entries = cli(move || kennel_cli::commands::learn::from_denials(&c, &n, false))
+        .await
+        .expect("from denials");
+    assert!(
+        entries.contains(&"denied.kennel-test:80".to_string()),
+        "{entries:?}"
+    );
+    let _: PolicyChanged = client
+        .post(
+            &format!("{}/policy/allow", st.base),
+            &AllowRequest {
+                entries,
+                for_secs: None,
+                note: None,
+            },
+        )
+        .await
+        .expect("allow from denials");
+    until_status(&client, &name, denied, "200", Instant::now()).await;
+    let _: Removed = client.delete(&st.base).await.expect("down");
+    st.daemon.stop().await;
 }

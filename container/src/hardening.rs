@@ -141,7 +141,11 @@ pub fn proxy_config(egress_ip: Ipv4Addr, policy_shown_as: &str) -> String {
 
 /// [`proxy_config`], with the access log written to [`PROXY_LOG_DIR`]/[`ACCESS_LOG_FILE`]
 /// (size-capped, see [`ACCESS_LOG_ROTATE_BYTES`]) when `log_to_file`.
-pub fn proxy_config_with_log(egress_ip: Ipv4Addr, policy_shown_as: &str, log_to_file: bool) -> String {
+pub fn proxy_config_with_log(
+    egress_ip: Ipv4Addr,
+    policy_shown_as: &str,
+    log_to_file: bool,
+) -> String {
     let shown = crate::policy_dir::toml_str(policy_shown_as);
     let log = if log_to_file {
         format!(
@@ -184,7 +188,10 @@ fn hardened_host_config() -> HostConfig {
 pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let mut host = hardened_host_config();
-    let mut binds = vec![format!("{}:{PROXY_POLICY_DIR}:ro", plan.policy_dir.display())];
+    let mut binds = vec![format!(
+        "{}:{PROXY_POLICY_DIR}:ro",
+        plan.policy_dir.display()
+    )];
     if let Some(dir) = &plan.access_log_dir {
         binds.push(format!("{}:{PROXY_LOG_DIR}:rw", dir.display()));
     }

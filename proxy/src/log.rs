@@ -235,9 +235,17 @@ mod tests {
         }
         let cur = std::fs::read_to_string(&file).expect("current");
         let old = std::fs::read_to_string(dir.path().join("access.log.1")).expect("rotated");
-        assert!(cur.len() <= 2000 && old.len() <= 2000, "{} {}", cur.len(), old.len());
+        assert!(
+            cur.len() <= 2000 && old.len() <= 2000,
+            "{} {}",
+            cur.len(),
+            old.len()
+        );
         assert!(cur.ends_with("\n") && old.ends_with("\n"));
-        assert!(cur.contains("\"h99.example\""), "the newest line is in the current file");
+        assert!(
+            cur.contains("\"h99.example\""),
+            "the newest line is in the current file"
+        );
         for l in cur.lines().chain(old.lines()) {
             serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines");
         }

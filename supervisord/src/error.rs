@@ -91,9 +91,7 @@ impl ApiError {
             ApiError::Conflict(_)
             | ApiError::Busy(_)
             | ApiError::NameTaken { .. }
-            | ApiError::PolicyChangedMeanwhile(_) => {
-                StatusCode::CONFLICT
-            }
+            | ApiError::PolicyChangedMeanwhile(_) => StatusCode::CONFLICT,
             ApiError::Spec(_) | ApiError::Policy(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Backend(e) => match e {

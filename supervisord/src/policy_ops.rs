@@ -32,8 +32,8 @@ use sha2::Digest;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
 use crate::api::policy_types::{
-    AllowRequest, Denial, Denials, DenyRequest, ImportPreview, ImportRequest, PolicyChanged,
-    PolicyEntryView, PolicyFileDoc, PolicyReplace, PolicyView,
+    AllowRequest, Denial, Denials, DenyRequest, ImportPreview, ImportRequest, LearnRequest,
+    PolicyChanged, PolicyEntryView, PolicyFileDoc, PolicyReplace, PolicyView,
 };
 use crate::auth::Peer;
 use crate::error::ApiError;
@@ -42,6 +42,8 @@ use crate::state::{StateDir, StateError};
 
 /// The per-environment file of `allow --for` entries.
 pub const EXPIRY_FILE: &str = "expiry.json";
+/// The per-environment learn-mode deadline (`kennel up --learn`): `{"until_unix": N}`.
+pub const LEARN_FILE: &str = "learn.json";
 /// The per-environment change log (JSON lines).
 pub const CHANGES_FILE: &str = "changes.jsonl";
 /// The per-environment access-log directory (mounted read-write into the proxy only).
@@ -172,7 +174,10 @@ pub fn parse_entry(input: &str) -> Result<EntrySpec, ApiError> {
     };
     if let Some(cidr) = ip_or_cidr(host) {
         // Validated by the policy crate exactly as it will read it.
-        let probe = format!("[allow]\ncidrs = [{}]\n", toml_edit::Value::from(cidr.as_str()));
+        let probe = format!(
+            "[allow]\ncidrs = [{}]\n",
+            toml_edit::Value::from(cidr.as_str())
+        );
         Policy::from_toml_str(&probe, Path::new("entry"))
             .map_err(|e| bad(format!("invalid address or CIDR {input:?}: {e}")))?;
         return Ok(EntrySpec {
@@ -486,7 +491,9 @@ fn read_tail(path: &Path, max: u64) -> Result<String, ApiError> {
         .map_err(io_err("read", path))?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     if start > 0 {
-        return Ok(text.split_once('\n').map_or(String::new(), |(_, r)| r.to_string()));
+        return Ok(text
+            .split_once('\n')
+            .map_or(String::new(), |(_, r)| r.to_string()));
     }
     Ok(text)
 }
@@ -550,7 +557,8 @@ impl Daemon {
     /// Validates `text` as the policy file at `path` (includes resolved beside it) and swaps it
     /// in. An invalid policy is refused (422) with the policy crate's FILE:LINE:COL message.
     fn swap_policy(&self, path: &Path, text: &str) -> Result<Policy, ApiError> {
-        let policy = Policy::from_toml_str(text, path).map_err(|e| ApiError::Policy(e.to_string()))?;
+        let policy =
+            Policy::from_toml_str(text, path).map_err(|e| ApiError::Policy(e.to_string()))?;
         write_atomic(path, text)?;
         Ok(policy)
     }
@@ -740,7 +748,11 @@ impl Daemon {
             });
         }
         self.swap_policy(&path, &req.content)?;
-        let changes = vec![format!("replaced {} ({} bytes)", path.display(), req.content.len())];
+        let changes = vec![format!(
+            "replaced {} ({} bytes)",
+            path.display(),
+            req.content.len()
+        )];
         self.record_change(
             name,
             &ChangeEvent {
@@ -792,7 +804,8 @@ impl Daemon {
         valid.map_err(|e| {
             ApiError::Policy(format!(
                 "the workspace's whitelist is invalid: {}",
-                e.to_string().replace(&check.display().to_string(), PROJECT_LIST_FILE)
+                e.to_string()
+                    .replace(&check.display().to_string(), PROJECT_LIST_FILE)
             ))
         })?;
         if !req.apply {
@@ -837,6 +850,87 @@ impl Daemon {
         })
     }
 
+    /// `POST /v1/envs/{name}/policy/learn`: puts the proxy in report mode (everything allowed,
+    /// what would be denied logged as `would_deny`) for `for_secs`, after which the daemon
+    /// switches it back to enforce by itself (also across a restart: `learn.json`).
+    pub async fn policy_learn(
+        &self,
+        peer: &Peer,
+        name: &str,
+        req: LearnRequest,
+    ) -> Result<PolicyChanged, ApiError> {
+        self.policy_env(name)?;
+        if req.for_secs == 0 {
+            return Err(bad(
+                "learn mode needs a duration of at least one second".into()
+            ));
+        }
+        let _lock = self.policy_lock.lock().await;
+        let (path, _text, mut doc, _policy) = self.load_policy(name)?;
+        doc["mode"] = toml_edit::value("report");
+        let now = SystemTime::now();
+        let until = now + Duration::from_secs(req.for_secs);
+        self.swap_policy(&path, &doc.to_string())?;
+        let lpath = self.state().env_dir(name).join(LEARN_FILE);
+        let body =
+            serde_json::json!({ "until_unix": now_unix(until), "uid": peer.uid }).to_string();
+        write_atomic(&lpath, &body)?;
+        let expires = Some(rfc3339(until));
+        let changes =
+            vec!["mode = \"report\" (learn mode: allowed and logged as would_deny)".to_string()];
+        self.record_change(
+            name,
+            &ChangeEvent {
+                time: rfc3339(now),
+                uid: Some(peer.uid),
+                action: "learn".into(),
+                changes: changes.clone(),
+                note: None,
+                expires: expires.clone(),
+            },
+        )?;
+        Ok(PolicyChanged {
+            env: name.to_string(),
+            file: path,
+            changes,
+            expires,
+        })
+    }
+
+    /// Ends learn mode if it is due: `mode = "enforce"` again.
+    fn end_learn(&self, name: &str, lpath: &Path, now: SystemTime) -> Result<bool, ApiError> {
+        #[derive(Deserialize)]
+        struct Learn {
+            until_unix: u64,
+        }
+        let bytes = std::fs::read(lpath).map_err(io_err("read", lpath))?;
+        let l: Learn = serde_json::from_slice(&bytes).map_err(|source| {
+            ApiError::State(StateError::Corrupt {
+                path: lpath.to_path_buf(),
+                source,
+            })
+        })?;
+        if l.until_unix > now_unix(now) {
+            return Ok(false);
+        }
+        let (path, _text, mut doc, _policy) = self.load_policy(name)?;
+        doc["mode"] = toml_edit::value("enforce");
+        self.swap_policy(&path, &doc.to_string())?;
+        std::fs::remove_file(lpath).map_err(io_err("remove", lpath))?;
+        self.record_change(
+            name,
+            &ChangeEvent {
+                time: rfc3339(now),
+                uid: None,
+                action: "enforce".into(),
+                changes: vec!["mode = \"enforce\" (learn mode ended)".into()],
+                note: None,
+                expires: None,
+            },
+        )?;
+        Ok(true)
+    }
+
     /// Removes the `allow --for` entries of every environment that are due at `now`; returns
     /// `(env, entry)` for each removed entry. Runs under the policy lock like every change.
     pub async fn expire_due(&self, now: SystemTime) -> Vec<(String, String)> {
@@ -849,6 +943,17 @@ impl Daemon {
             }
         };
         for name in names {
+            let lpath = self.state().env_dir(&name).join(LEARN_FILE);
+            if lpath.exists() {
+                let _lock = self.policy_lock.lock().await;
+                match self.end_learn(&name, &lpath, now) {
+                    Ok(true) => done.push((name.clone(), "learn mode (now enforcing)".into())),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(env = %name, error = %e, "ending learn mode failed; retrying")
+                    }
+                }
+            }
             let xpath = self.state().env_dir(&name).join(EXPIRY_FILE);
             if !xpath.exists() {
                 continue;
@@ -905,6 +1010,17 @@ impl Daemon {
     /// log, grouped by host:port, most recent first, each with the edit that would allow it
     /// under the current policy.
     pub async fn denials(&self, name: &str, since: Option<Duration>) -> Result<Denials, ApiError> {
+        self.denials_of(name, since, false).await
+    }
+
+    /// [`Daemon::denials`]; with `learned`, the `would_deny` lines of report (learn) mode
+    /// instead of the enforced denials.
+    pub async fn denials_of(
+        &self,
+        name: &str,
+        since: Option<Duration>,
+        learned: bool,
+    ) -> Result<Denials, ApiError> {
         self.policy_env(name)?;
         let dir = log_dir(self.state(), name);
         let file = kennel_container::hardening::ACCESS_LOG_FILE;
@@ -922,7 +1038,8 @@ impl Daemon {
                 skipped += 1;
                 continue;
             };
-            if l.decision != "deny" {
+            let wanted = if learned { "would_deny" } else { "deny" };
+            if l.decision != wanted {
                 continue;
             }
             if cutoff.as_ref().is_some_and(|c| l.time < *c) {
@@ -963,7 +1080,10 @@ impl Daemon {
                 format!("{}:{}", d.host, d.port)
             };
             if let (Some(p), Ok(t)) = (&policy, Target::parse_authority(&authority)) {
-                d.allowed_now = p.decide(&t).is_allowed();
+                // In report (learn) mode everything is let through; "allowed" here means
+                // allowed once enforced.
+                let decision = p.decide(&t);
+                d.allowed_now = decision.is_allowed() && !decision.would_deny;
                 let hint = p.how_to_allow(&t);
                 if !d.allowed_now && !hint.is_empty() {
                     d.hint = Some(hint.render(&shown));
@@ -1029,13 +1149,22 @@ mod tests {
     #[test]
     fn entries_parse_with_clear_errors() {
         let e = parse_entry("Example.COM:8443").expect("valid");
-        assert_eq!((e.pattern.as_str(), e.cidr, e.port), ("example.com", false, Some(8443)));
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("example.com", false, Some(8443))
+        );
         let e = parse_entry("*.example.com").expect("valid");
         assert_eq!((e.pattern.as_str(), e.port), ("*.example.com", None));
         let e = parse_entry("10.0.0.5:5432").expect("valid");
-        assert_eq!((e.pattern.as_str(), e.cidr, e.port), ("10.0.0.5/32", true, Some(5432)));
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("10.0.0.5/32", true, Some(5432))
+        );
         let e = parse_entry("[fd00::1]:443").expect("valid");
-        assert_eq!((e.pattern.as_str(), e.cidr, e.port), ("fd00::1/128", true, Some(443)));
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("fd00::1/128", true, Some(443))
+        );
         let e = parse_entry("fd00::/8").expect("valid");
         assert!(e.cidr && e.port.is_none());
         for (input, says) in [
@@ -1058,7 +1187,10 @@ mod tests {
         let d = [80, 443];
         let b = parse_entry("b.example").expect("valid");
         let (said, new) = add_allow(&mut doc, &b, &d).expect("allow");
-        assert!(new && said.contains("removed \"b.example\" from [deny]"), "{said}");
+        assert!(
+            new && said.contains("removed \"b.example\" from [deny]"),
+            "{said}"
+        );
         let (_, new) = add_allow(&mut doc, &parse_entry("a.example").expect("v"), &d).expect("a");
         assert!(!new, "already there: not new, so never expired");
         let p = parse_entry("c.example:5000").expect("valid");
@@ -1072,9 +1204,15 @@ mod tests {
         assert!(remove_allow(&mut doc, &b, &d));
         let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
         assert!(!pol.decide(&t).is_allowed());
-        assert!(pol.decide(&Target::parse_authority("a.example:443").expect("t")).is_allowed());
+        assert!(
+            pol.decide(&Target::parse_authority("a.example:443").expect("t"))
+                .is_allowed()
+        );
         add_deny(&mut doc, &parse_entry("a.example").expect("v")).expect("deny");
         let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
-        assert!(!pol.decide(&Target::parse_authority("a.example:443").expect("t")).is_allowed());
+        assert!(
+            !pol.decide(&Target::parse_authority("a.example:443").expect("t"))
+                .is_allowed()
+        );
     }
 }

@@ -79,8 +79,12 @@ fn person() -> Peer {
 }
 
 fn allows(f: &Fixture, env: &str, target: &str) -> bool {
-    let p = Policy::load(&f.state_dir.path().join(format!("envs/{env}/policy/policy.toml")))
-        .unwrap();
+    let p = Policy::load(
+        &f.state_dir
+            .path()
+            .join(format!("envs/{env}/policy/policy.toml")),
+    )
+    .unwrap();
     p.decide(&Target::parse_authority(target).unwrap())
         .is_allowed()
 }
@@ -99,13 +103,20 @@ async fn allow_deny_show_and_change_log() {
     assert!(!allows(&f, "pol", "api.example.net:443"));
     let changed = f
         .daemon
-        .policy_allow(&person(), "pol", allow(&["api.example.net", "db.example.net:5432"], None))
+        .policy_allow(
+            &person(),
+            "pol",
+            allow(&["api.example.net", "db.example.net:5432"], None),
+        )
         .await
         .unwrap();
     assert_eq!(changed.changes.len(), 2, "{changed:?}");
     assert!(allows(&f, "pol", "api.example.net:443"));
     assert!(allows(&f, "pol", "db.example.net:5432"));
-    assert!(!allows(&f, "pol", "db.example.net:443"), "the rule is for its port only");
+    assert!(
+        !allows(&f, "pol", "db.example.net:443"),
+        "the rule is for its port only"
+    );
 
     let view = f.daemon.policy_show("pol").await.unwrap();
     let e = view
@@ -167,7 +178,10 @@ async fn bad_input_is_refused_naming_the_input() {
         .unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     assert!(err.to_string().contains("\"bad host\""), "{err}");
-    assert!(!allows(&f, "bad", "ok.example:443"), "nothing applied when one entry is bad");
+    assert!(
+        !allows(&f, "bad", "ok.example:443"),
+        "nothing applied when one entry is bad"
+    );
 
     let err = f
         .daemon
@@ -245,7 +259,10 @@ async fn invalid_edit_is_refused_with_file_line_col_and_not_applied() {
     assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let msg = err.to_string();
     assert!(msg.contains("policy.toml:"), "FILE:LINE:COL: {msg}");
-    assert_eq!(f.daemon.policy_file("edit").await.unwrap().content, doc.content);
+    assert_eq!(
+        f.daemon.policy_file("edit").await.unwrap().content,
+        doc.content
+    );
 
     // A stale base is refused (409), a good edit applies.
     let good = format!("{}\n[allow]\nhosts = [\"edited.example\"]\n", doc.content);
@@ -297,7 +314,10 @@ async fn import_shows_the_diff_and_applies_only_when_asked() {
     assert_eq!(preview.added, ["new.example"]);
     assert_eq!(preview.removed, ["example.org"]);
     assert!(!preview.applied);
-    assert!(!allows(&f, "imp", "new.example:443"), "a preview changes nothing");
+    assert!(
+        !allows(&f, "imp", "new.example:443"),
+        "a preview changes nothing"
+    );
 
     let err = f
         .daemon
@@ -349,8 +369,11 @@ async fn denials_are_grouped_from_the_access_log() {
     log.push_str(&line(&now, "evil.example", "deny"));
     log.push_str(&line(&now, "example.org", "allow"));
     log.push_str("not json\n");
-    std::fs::write(dir.join("access.log.1"), line("2020-01-01T00:00:01.000Z", "old.example", "deny"))
-        .unwrap();
+    std::fs::write(
+        dir.join("access.log.1"),
+        line("2020-01-01T00:00:01.000Z", "old.example", "deny"),
+    )
+    .unwrap();
     std::fs::write(dir.join("access.log"), log).unwrap();
 
     let all = f.daemon.denials("den", None).await.unwrap();
@@ -364,7 +387,10 @@ async fn denials_are_grouped_from_the_access_log() {
     let evil = &all.denials[0];
     assert!(!evil.allowed_now);
     assert!(
-        evil.hint.as_deref().unwrap().contains("add \"evil.example\" to hosts"),
+        evil.hint
+            .as_deref()
+            .unwrap()
+            .contains("add \"evil.example\" to hosts"),
         "{evil:?}"
     );
     let recent = f
@@ -378,6 +404,59 @@ async fn denials_are_grouped_from_the_access_log() {
         .policy_allow(&person(), "den", allow(&["evil.example"], None))
         .await
         .unwrap();
-    let after = f.daemon.denials("den", Some(Duration::from_secs(3600))).await.unwrap();
+    let after = f
+        .daemon
+        .denials("den", Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
     assert!(after.denials[0].allowed_now && after.denials[0].hint.is_none());
+}
+
+#[tokio::test]
+async fn learn_mode_reports_then_enforces_by_itself() {
+    use kennel_supervisord::api::policy_types::LearnRequest;
+    let f = fixture("lrn").await;
+    let mode = |f: &Fixture| {
+        Policy::load(&f.state_dir.path().join("envs/lrn/policy/policy.toml"))
+            .unwrap()
+            .mode()
+    };
+    let err = f
+        .daemon
+        .policy_learn(&person(), "lrn", LearnRequest { for_secs: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    f.daemon
+        .policy_learn(&person(), "lrn", LearnRequest { for_secs: 5 })
+        .await
+        .unwrap();
+    assert_eq!(mode(&f), kennel_policy::Mode::Report);
+    assert!(
+        allows(&f, "lrn", "anything.example:443"),
+        "report mode lets it through"
+    );
+    assert!(f.daemon.expire_due(SystemTime::now()).await.is_empty());
+    // A restarted daemon still ends it when due.
+    let restarted = daemon_over(&f.fake, f.state_dir.path());
+    let done = restarted
+        .expire_due(SystemTime::now() + Duration::from_secs(6))
+        .await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(mode(&f), kennel_policy::Mode::Enforce);
+
+    // `--learned` lists the would_deny lines, not the enforced ones.
+    let dir = f.state_dir.path().join("envs/lrn/logs");
+    let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    std::fs::write(
+        dir.join("access.log"),
+        format!(
+            "{{\"time\":\"{now}\",\"host\":\"learned.example\",\"port\":443,\"decision\":\"would_deny\",\"reason\":\"not_in_allowlist\"}}\n{{\"time\":\"{now}\",\"host\":\"denied.example\",\"port\":443,\"decision\":\"deny\",\"reason\":\"not_in_allowlist\"}}\n"
+        ),
+    )
+    .unwrap();
+    let learned = f.daemon.denials_of("lrn", None, true).await.unwrap();
+    assert_eq!(learned.denials.len(), 1);
+    assert_eq!(learned.denials[0].host, "learned.example");
+    assert!(!learned.denials[0].allowed_now);
 }

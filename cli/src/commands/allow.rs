@@ -16,8 +16,15 @@ pub struct AllowArgs {
     /// What to allow: `host`, `host:port`, `*.example.com` (subdomains), `.example.com` (apex and
     /// subdomains), an IP address or CIDR, `[v6]:port`. Without a port (or with one of the
     /// policy's default ports) the entry goes into `[allow]`; another port gets a `[[rule]]`.
-    #[arg(required = true, value_name = "HOST[:PORT]")]
+    #[arg(required_unless_present = "from_denials", value_name = "HOST[:PORT]")]
     pub entries: Vec<String>,
+    /// Also allow every destination `kennel denials` lists (learned and enforced) that the
+    /// policy does not allow yet.
+    #[arg(long)]
+    pub from_denials: bool,
+    /// With --from-denials: ask about each one on the terminal.
+    #[arg(long, requires = "from_denials")]
+    pub select: bool,
     /// Remove the entries again after this long (`30m`, `2h`, `1d`); the daemon does it, also
     /// after a restart. Entries that were already allowed are left alone.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
@@ -77,8 +84,20 @@ fn print_changed(c: &PolicyChanged) {
 /// Runs `kennel allow`.
 pub fn run_allow(client: &Client, args: AllowArgs) -> anyhow::Result<ExitCode> {
     let path = format!("{}/policy/allow", env_path(&args.env)?);
+    let mut entries = args.entries;
+    if args.from_denials {
+        entries.extend(crate::commands::learn::from_denials(
+            client,
+            &args.env,
+            args.select,
+        )?);
+        if entries.is_empty() {
+            println!("nothing to allow: no denials the policy does not allow yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let req = AllowRequest {
-        entries: args.entries,
+        entries,
         for_secs: args.for_.map(|d| d.as_secs()),
         note: args.note,
     };
@@ -105,11 +124,18 @@ mod tests {
 
     #[test]
     fn durations_parse_or_say_why() {
-        assert_eq!(parse_duration("2h"), Ok(std::time::Duration::from_secs(7200)));
+        assert_eq!(
+            parse_duration("2h"),
+            Ok(std::time::Duration::from_secs(7200))
+        );
         assert_eq!(parse_duration("3s"), Ok(std::time::Duration::from_secs(3)));
         let e = parse_duration("2 fortnights").expect_err("invalid");
         assert!(e.contains("invalid duration \"2 fortnights\""), "{e}");
-        assert!(parse_duration("10ms").expect_err("short").contains("shorter"));
+        assert!(
+            parse_duration("10ms")
+                .expect_err("short")
+                .contains("shorter")
+        );
         assert!(env_path("a/b").is_err());
     }
 }

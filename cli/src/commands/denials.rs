@@ -17,6 +17,10 @@ pub struct DenialsArgs {
     /// Only denials newer than this (`10m`, `2h`, `1d`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<std::time::Duration>,
+    /// What learn mode (`kennel up --learn`) let through but would have denied, instead of
+    /// what was denied.
+    #[arg(long)]
+    pub learned: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -25,8 +29,16 @@ pub struct DenialsArgs {
 /// Runs `kennel denials`.
 pub fn run(client: &Client, args: DenialsArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("{}/denials", env_path(&args.env)?);
+    let mut query = Vec::new();
     if let Some(s) = args.since {
-        path.push_str(&format!("?since={}", s.as_secs()));
+        query.push(format!("since={}", s.as_secs()));
+    }
+    if args.learned {
+        query.push("learned=true".to_string());
+    }
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
     }
     let d: Denials = block_on(client.get(&path))??;
     if args.json {
@@ -38,7 +50,10 @@ pub fn run(client: &Client, args: DenialsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no denials for {:?}", d.env);
     }
     if d.skipped_lines > 0 {
-        eprintln!("warning: {} access-log lines were not JSON and were skipped", d.skipped_lines);
+        eprintln!(
+            "warning: {} access-log lines were not JSON and were skipped",
+            d.skipped_lines
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -72,7 +87,10 @@ pub fn table(d: &Denials) -> String {
         if x.allowed_now {
             out.push_str("    allowed now\n");
         } else if let Some(h) = &x.hint {
-            out.push_str(&format!("    to allow: kennel allow {} {dest}   ({h})\n", d.env));
+            out.push_str(&format!(
+                "    to allow: kennel allow {} {dest}   ({h})\n",
+                d.env
+            ));
         }
     }
     out

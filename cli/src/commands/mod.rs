@@ -6,6 +6,7 @@ pub mod down;
 pub mod exec;
 pub mod image;
 pub mod inspect;
+pub mod learn;
 pub mod ls;
 pub mod policy;
 pub mod policy_live;

@@ -102,7 +102,11 @@ pub fn edit(client: &Client, args: EditArgs) -> anyhow::Result<ExitCode> {
     let editor = std::env::var("VISUAL")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|v| !v.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("EDITOR")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
         .unwrap_or_else(|| "vi".to_string());
     edit_with(client, args, &editor)
 }
@@ -187,7 +191,10 @@ fn private_copy(env: &str, content: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    anyhow::bail!("cannot create a private copy of the policy in {}", dir.display())
+    anyhow::bail!(
+        "cannot create a private copy of the policy in {}",
+        dir.display()
+    )
 }
 
 /// Reads the whitelist as the person: a regular file only (the sandbox can write the workspace
@@ -215,7 +222,10 @@ fn read_whitelist(path: &Path) -> anyhow::Result<String> {
 /// The workspace's whitelist as `kennel up` would find it.
 fn workspace_whitelist(info: &EnvInfo) -> anyhow::Result<PathBuf> {
     let ws = info.workspace.clone().ok_or_else(|| {
-        anyhow::anyhow!("environment {:?} has no recorded workspace; pass --file", info.name)
+        anyhow::anyhow!(
+            "environment {:?} has no recorded workspace; pass --file",
+            info.name
+        )
     })?;
     let spec = kennel_container::spec::EnvSpec::from_workspace(
         &ws,

@@ -249,7 +249,8 @@ async fn route(
 /// | `GET` | `/v1/envs/{name}/policy/file` | | [`policy_types::PolicyFileDoc`] |
 /// | `POST` | `/v1/envs/{name}/policy/file` | [`policy_types::PolicyReplace`] | [`policy_types::PolicyChanged`] |
 /// | `POST` | `/v1/envs/{name}/policy/import` | [`policy_types::ImportRequest`] | [`policy_types::ImportPreview`] |
-/// | `GET` | `/v1/envs/{name}/denials[?since=SECS]` | | [`policy_types::Denials`] |
+/// | `POST` | `/v1/envs/{name}/policy/learn` | [`policy_types::LearnRequest`] | [`policy_types::PolicyChanged`] |
+/// | `GET` | `/v1/envs/{name}/denials[?since=SECS][&learned=true]` | | [`policy_types::Denials`] |
 async fn policy_route(
     daemon: &Arc<Daemon>,
     peer: &Peer,
@@ -277,30 +278,45 @@ async fn policy_route(
             let body = read_json(req.into_body()).await?;
             Ok(ok(&daemon.policy_replace(peer, name, body).await?))
         }
+        (&Method::POST, ["policy", "learn"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_learn(peer, name, body).await?))
+        }
         (&Method::POST, ["policy", "import"]) => {
             let body = read_json(req.into_body()).await?;
             Ok(ok(&daemon.policy_import(peer, name, body).await?))
         }
         (&Method::GET, ["denials"]) => {
-            let since = match req.uri().query() {
-                None | Some("") => None,
-                Some(q) => match q.strip_prefix("since=").map(str::parse::<u64>) {
-                    Some(Ok(secs)) => Some(std::time::Duration::from_secs(secs)),
+            let (mut since, mut learned) = (None, false);
+            for pair in req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                match pair.split_once('=') {
+                    Some(("since", v)) if v.parse::<u64>().is_ok() => {
+                        since = v.parse::<u64>().ok().map(std::time::Duration::from_secs);
+                    }
+                    Some(("learned", "1" | "true")) => learned = true,
+                    Some(("learned", "0" | "false")) => learned = false,
                     _ => {
                         return Err(ApiError::BadRequest(format!(
-                            "unknown query {q:?}; GET /v1/envs/NAME/denials takes only `since=SECONDS`"
+                            "unknown query {pair:?}; GET /v1/envs/NAME/denials takes `since=SECONDS` and `learned=true`"
                         )));
                     }
-                },
-            };
-            Ok(ok(&daemon.denials(name, since).await?))
+                }
+            }
+            Ok(ok(&daemon.denials_of(name, since, learned).await?))
         }
-        (_, ["policy" | "denials"] | ["policy", "allow" | "deny" | "file" | "import"]) => {
-            Err(ApiError::MethodNotAllowed {
-                method: method.to_string(),
-                path: req.uri().path().to_string(),
-            })
-        }
+        (
+            _,
+            ["policy" | "denials"] | ["policy", "allow" | "deny" | "file" | "import" | "learn"],
+        ) => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: req.uri().path().to_string(),
+        }),
         _ => Err(ApiError::NoRoute {
             method: method.to_string(),
             path: req.uri().path().to_string(),

@@ -162,3 +162,11 @@ pub struct Denials {
     /// Access-log lines that could not be read (not JSON), skipped.
     pub skipped_lines: u64,
 }
+
+/// `POST /v1/envs/{name}/policy/learn` (`kennel up --learn DUR`, `kennel policy learn ENV DUR`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnRequest {
+    /// How long the proxy stays in report mode before the daemon switches it to enforce.
+    pub for_secs: u64,
+}
