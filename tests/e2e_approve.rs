@@ -197,18 +197,17 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     let Some(st) = setup(test, "approve").await else {
         return;
     };
-    let Setup {
-        d,
-        daemon,
-        client,
-        name,
-        base,
-        dir,
-        whitelist,
-        info,
-        ..
-    } = &st;
-    let (d, client, name, base) = (d, client, name.clone(), base.clone());
+    let (d, client, name, base) = (
+        st.d.clone(),
+        st.client.clone(),
+        st.name.clone(),
+        st.base.clone(),
+    );
+    let (dir, whitelist, info) = (
+        st.dir.path().to_path_buf(),
+        st.whitelist.clone(),
+        st.info.clone(),
+    );
 
     // 1. Denied three times inside the sandbox -> `kennel denials` shows it with its count.
     let before = containers(&d, &name).await;
@@ -224,11 +223,13 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
             .get(&format!("{base}/denials?since=600"))
             .await
             .expect("denials");
-        if let Some(x) = ds.denials.iter().find(|x| x.host == "denied.kennel-test") {
-            if x.count >= 3 {
-                shown = Some(x.clone());
-                break;
-            }
+        if let Some(x) = ds
+            .denials
+            .iter()
+            .find(|x| x.host == "denied.kennel-test" && x.count >= 3)
+        {
+            shown = Some(x.clone());
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -334,7 +335,7 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     );
 
     // 5. An invalid `policy edit` is refused and the old policy keeps working.
-    let editor = dir.path().join("bad-editor.sh");
+    let editor = dir.join("bad-editor.sh");
     std::fs::write(
         &editor,
         "#!/bin/sh\nprintf '\\n[allow]\\nhosts = [\"bad host\"]\\n' >> \"$1\"\n",
@@ -430,7 +431,7 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     until_status(&client, &name, origin_url, "200", Instant::now()).await;
 
     // Every change is in the environment's change log.
-    let log = std::fs::read_to_string(dir.path().join(format!("state/envs/{name}/changes.jsonl")))
+    let log = std::fs::read_to_string(dir.join(format!("state/envs/{name}/changes.jsonl")))
         .expect("change log");
     for action in ["allow", "deny", "expire", "import"] {
         assert!(
@@ -446,7 +447,6 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
 
     let _: Removed = client.delete(&base).await.expect("down");
     assert!(d.inspect_env(&name).await.expect("inspect").is_none());
-    let _ = (daemon, dir, whitelist, info);
     st.daemon.stop().await;
 }
 
