@@ -390,6 +390,15 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
     })
     .await;
     assert_eq!(code, ExitCode::from(1), "an invalid edit is refused");
+    // The refused edit's copy is kept for the person; the test removes its own.
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        let prefix = format!("kennel-policy-{name}-");
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     assert_eq!(
         std::fs::read_to_string(&policy_file).expect("policy"),
         before_edit

@@ -557,8 +557,8 @@ impl Daemon {
     /// Validates `text` as the policy file at `path` (includes resolved beside it) and swaps it
     /// in. An invalid policy is refused (422) with the policy crate's FILE:LINE:COL message.
     fn swap_policy(&self, path: &Path, text: &str) -> Result<Policy, ApiError> {
-        let policy =
-            Policy::from_toml_str(text, path).map_err(|e| ApiError::Policy(e.to_string()))?;
+        let policy = Policy::from_toml_str(text, path)
+            .map_err(|e| ApiError::InvalidChange(format!("invalid policy: {e}")))?;
         write_atomic(path, text)?;
         Ok(policy)
     }
@@ -802,7 +802,7 @@ impl Daemon {
         let valid = Policy::load_list(&check, ListFormat::Seed, &Default::default());
         let _ = std::fs::remove_dir_all(&check_dir);
         valid.map_err(|e| {
-            ApiError::Policy(format!(
+            ApiError::InvalidChange(format!(
                 "the workspace's whitelist is invalid: {}",
                 e.to_string()
                     .replace(&check.display().to_string(), PROJECT_LIST_FILE)
