@@ -460,3 +460,96 @@ async fn learn_mode_reports_then_enforces_by_itself() {
     assert_eq!(learned.denials[0].host, "learned.example");
     assert!(!learned.denials[0].allowed_now);
 }
+
+/// One raw HTTP/1.1 request over the daemon's socket; returns (status, body).
+async fn http(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kennel\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn http_routes_and_bad_input() {
+    let f = fixture("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let listener = kennel_supervisord::daemon::bind_socket(&socket, None).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kennel_supervisord::server::serve(
+        listener,
+        f.daemon.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let (st, body) = http(
+        &socket,
+        "POST",
+        "/v1/envs/web/policy/allow",
+        r#"{"entries":["bad host"]}"#,
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("bad host"), "{body}");
+    let (st, body) = http(&socket, "GET", "/v1/envs/nosuch/policy", "").await;
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("nosuch") && body.contains("kennel ls"),
+        "{body}"
+    );
+    let (st, body) = http(&socket, "GET", "/v1/envs/web/denials?since=abc", "").await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("since=abc"), "{body}");
+    let (st, _) = http(&socket, "DELETE", "/v1/envs/web/policy", "").await;
+    assert_eq!(st, 405);
+    let (st, _) = http(&socket, "GET", "/v1/envs/web/policy/nothing", "").await;
+    assert_eq!(st, 404);
+    let (st, body) = http(
+        &socket,
+        "POST",
+        "/v1/envs/web/policy/allow",
+        r#"{"entries":["ok.example"],"for_secs":60,"note":"n"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["expires"].is_string(), "{body}");
+    let (st, body) = http(&socket, "GET", "/v1/envs/web/policy", "").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("ok.example"), "{body}");
+    let (st, body) = http(
+        &socket,
+        "GET",
+        "/v1/envs/web/denials?since=60&learned=true",
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = http(
+        &socket,
+        "POST",
+        "/v1/envs/web/policy/deny",
+        r#"{"entries":["x.example"],"bogus":1}"#,
+    )
+    .await;
+    assert_eq!(st, 400, "unknown fields are refused: {body}");
+
+    let _ = stop.send(());
+    server.await.unwrap();
+}
