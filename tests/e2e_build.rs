@@ -151,6 +151,7 @@ async fn workspace_dockerfile_is_built_run_hardened_and_reused() {
         proxy_image,
         state_labels: vec![("dev.kennel.test".into(), test.into())],
         progress: None,
+        access_log_dir: None,
     };
 
     let (status, log) = create(&d, &plan).await;
@@ -374,6 +375,7 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
+        learn: None,
     })
     .expect("spec");
     assert!(req.spec.build.is_some());
@@ -424,6 +426,7 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
+        learn: None,
     })
     .expect("spec");
     let e = client

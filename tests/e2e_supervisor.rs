@@ -125,6 +125,7 @@ async fn supervisor_up_exec_ls_down_on_docker() {
     let ws = workspace(&name, &image);
     let req = build_request(&UpArgs {
         spec: None,
+        learn: None,
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
@@ -235,6 +236,7 @@ async fn supervisor_restart_keeps_known_envs_and_removes_orphans_on_docker() {
     for ws in [&ws1, &ws2] {
         let req = build_request(&UpArgs {
             spec: None,
+            learn: None,
             name: None,
             image: None,
             workspace: Some(ws.path().into()),
@@ -291,6 +293,7 @@ async fn supervisor_demo_sandbox_from_host_files_on_docker() {
     share_dir(ws.path(), 1001, 2000, 0o770);
     let req = build_request(&UpArgs {
         spec: None,
+        learn: None,
         name: Some(name.clone()),
         image: None,
         workspace: Some(ws.path().into()),

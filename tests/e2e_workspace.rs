@@ -276,6 +276,7 @@ fn named_workspace(parent: &Path, dir: &str, image: &str, extra: &str) -> std::p
 fn up_request(ws: &Path) -> anyhow::Result<kennel_supervisord::api::types::CreateEnv> {
     kennel_cli::commands::up::build_request(&kennel_cli::commands::up::UpArgs {
         spec: None,
+        learn: None,
         name: None,
         image: None,
         workspace: Some(ws.to_path_buf()),

@@ -1,5 +1,6 @@
 //! Cross-crate end-to-end tests: one test binary.
 
+mod e2e_approve;
 mod e2e_build;
 mod e2e_docker;
 mod e2e_proxy;

@@ -42,6 +42,12 @@ pub enum Command {
     Exec(commands::exec::ExecArgs),
     /// An interactive shell in an environment's sandbox (`exec -t ENV -- sh`).
     Shell(commands::shell::ShellArgs),
+    /// Allow destinations in a running environment's policy (applied within a second).
+    Allow(commands::allow::AllowArgs),
+    /// Deny destinations in a running environment's policy; live tunnels to them are closed.
+    Deny(commands::allow::DenyArgs),
+    /// What an environment's proxy denied, grouped by host:port, with how to allow each.
+    Denials(commands::denials::DenialsArgs),
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -53,7 +59,7 @@ pub enum Command {
 /// Runs one parsed command line; the returned code is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Policy(cmd) => commands::policy::run(cmd),
+        Command::Policy(cmd) => commands::policy::run(cmd, &cli.socket),
         Command::Up(args) => commands::up::run(&client::Client::new(&cli.socket), args),
         Command::Ls(args) => commands::ls::run(&client::Client::new(&cli.socket), args),
         Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
@@ -66,6 +72,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
         Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
+        Command::Allow(args) => commands::allow::run_allow(&client::Client::new(&cli.socket), args),
+        Command::Deny(args) => commands::allow::run_deny(&client::Client::new(&cli.socket), args),
+        Command::Denials(args) => commands::denials::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
         Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
     }

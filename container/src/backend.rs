@@ -119,6 +119,10 @@ pub struct EnvPlan {
     pub state_labels: Vec<(String, String)>,
     /// Receives progress lines of the creation (the image build's output), if anyone listens.
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Host directory the proxy writes its access log into (mounted read-write into the proxy
+    /// only, at [`crate::hardening::PROXY_LOG_DIR`]; never into the sandbox, and not inside the
+    /// read-only, watched policy directory). `None`: the access log goes to the proxy's stdout.
+    pub access_log_dir: Option<PathBuf>,
 }
 
 /// Coarse state of an environment.

@@ -432,13 +432,14 @@ impl DockerBackend {
         };
         write(
             hardening::PROXY_CONFIG_FILE,
-            &hardening::proxy_config(
+            &hardening::proxy_config_with_log(
                 proxy_ip,
                 &plan
                     .policy_dir
                     .join(crate::policy_dir::POLICY_FILE)
                     .display()
                     .to_string(),
+                plan.access_log_dir.is_some(),
             ),
         )?;
         let askpass = if spec.credentials.git_token_file.is_some() {

@@ -26,6 +26,13 @@ pub const PROXY_POLICY_DIR: &str = "/etc/kennel";
 /// The proxy's config file inside [`PROXY_POLICY_DIR`] (written by the backend into the plan's
 /// policy directory).
 pub const PROXY_CONFIG_FILE: &str = "kennel-proxy.toml";
+/// Where the proxy sees its (read-write) access-log directory, when the plan has one.
+pub const PROXY_LOG_DIR: &str = "/var/log/kennel";
+/// The access-log file name inside the access-log directory (rotated to `access.log.1`).
+pub const ACCESS_LOG_FILE: &str = "access.log";
+/// The access log is rotated past this size (one older generation kept): at most ~16 MiB of
+/// log per environment on the host.
+pub const ACCESS_LOG_ROTATE_BYTES: u64 = 8 * 1024 * 1024;
 /// The proxy port on the internal network.
 pub const PROXY_PORT: u16 = 8888;
 /// The proxy's admin port; it listens on the egress-side address only.
@@ -129,8 +136,25 @@ pub fn proxy_egress_ip(network: Ipv4Addr, gateway: Ipv4Addr) -> Ipv4Addr {
 /// Deny messages name `policy_shown_as` (the host path of the environment's policy directory),
 /// not the path inside the proxy container, so the person reading one knows what to edit.
 pub fn proxy_config(egress_ip: Ipv4Addr, policy_shown_as: &str) -> String {
+    proxy_config_with_log(egress_ip, policy_shown_as, false)
+}
+
+/// [`proxy_config`], with the access log written to [`PROXY_LOG_DIR`]/[`ACCESS_LOG_FILE`]
+/// (size-capped, see [`ACCESS_LOG_ROTATE_BYTES`]) when `log_to_file`.
+pub fn proxy_config_with_log(
+    egress_ip: Ipv4Addr,
+    policy_shown_as: &str,
+    log_to_file: bool,
+) -> String {
     let shown = crate::policy_dir::toml_str(policy_shown_as);
-    format!(
+    let log = if log_to_file {
+        format!(
+            "\n[access_log]\ndestination = {{ file = \"{PROXY_LOG_DIR}/{ACCESS_LOG_FILE}\" }}\nrotate_bytes = {ACCESS_LOG_ROTATE_BYTES}\n"
+        )
+    } else {
+        String::new()
+    };
+    let base = format!(
         "# Written by kennel for this environment's proxy container; do not edit.\n\
          listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
          admin = \"{egress_ip}:{ADMIN_PORT}\"\n\
@@ -138,7 +162,8 @@ pub fn proxy_config(egress_ip: Ipv4Addr, policy_shown_as: &str) -> String {
          [policy]\n\
          file = \"{PROXY_POLICY_DIR}/policy.toml\"\n\
          shown_as = {shown}\n"
-    )
+    );
+    base + &log
 }
 
 fn hardened_host_config() -> HostConfig {
@@ -163,10 +188,14 @@ fn hardened_host_config() -> HostConfig {
 pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let mut host = hardened_host_config();
-    host.binds = Some(vec![format!(
+    let mut binds = vec![format!(
         "{}:{PROXY_POLICY_DIR}:ro",
         plan.policy_dir.display()
-    )]);
+    )];
+    if let Some(dir) = &plan.access_log_dir {
+        binds.push(format!("{}:{PROXY_LOG_DIR}:rw", dir.display()));
+    }
+    host.binds = Some(binds);
     host.tmpfs = Some(HashMap::from([(
         "/tmp".to_string(),
         "rw,noexec,nosuid,nodev,size=16m".to_string(),

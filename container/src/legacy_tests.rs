@@ -18,6 +18,7 @@ fn plan(dir: &Path) -> EnvPlan {
         spec,
         policy_dir: dir.to_path_buf(),
         proxy_image: "kennel-proxy:abc".into(),
+        access_log_dir: None,
         state_labels: Vec::new(),
         progress: None,
     }

@@ -168,6 +168,7 @@ fn plan(dir: &Path, extra: &str) -> EnvPlan {
         spec,
         policy_dir: dir.to_path_buf(),
         proxy_image: "kennel-proxy:abc".into(),
+        access_log_dir: None,
         state_labels: vec![("k".into(), "v".into())],
         progress: None,
     }
@@ -247,6 +248,35 @@ fn sandbox_settings_are_hardened() {
         config.contains(r#"shown_as = "/state/a \"b\"/policy.toml""#),
         "{config}"
     );
+}
+
+/// The access-log directory is mounted read-write into the proxy only (never the sandbox), and
+/// the proxy config writes a size-capped log there.
+#[test]
+fn access_log_dir_goes_to_the_proxy_only() {
+    let d = ws();
+    let logs = tempfile::tempdir().expect("logs");
+    let mut p = plan(d.path(), "");
+    p.access_log_dir = Some(logs.path().to_path_buf());
+    let binds = hardening::proxy_container(&p)
+        .host_config
+        .and_then(|h| h.binds)
+        .expect("binds");
+    assert!(
+        binds.contains(&format!("{}:/var/log/kennel:rw", logs.path().display())),
+        "{binds:?}"
+    );
+    let sandbox = hardening::sandbox_container(&p, None, None);
+    let sb = format!("{:?}", sandbox.host_config);
+    assert!(!sb.contains(&logs.path().display().to_string()), "{sb}");
+    let config = hardening::proxy_config_with_log("10.9.0.2".parse().expect("ip"), "/p", true);
+    assert!(
+        config.contains("destination = { file = \"/var/log/kennel/access.log\" }"),
+        "{config}"
+    );
+    assert!(config.contains("rotate_bytes = 8388608"), "{config}");
+    let parsed: toml::Value = toml::from_str(&config).expect("valid TOML");
+    assert!(parsed.get("access_log").is_some());
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub use hint::{Edit, Hint};
 pub use legacy::{
     AppliedVar, LegacyEntry, LegacyEnv, LegacySettings, LegacyUpstream, Origin, VARS as LEGACY_VARS,
 };
-pub use model::{Decision, Mode, Policy, PolicyStats, Reason, RuleRef, Verdict};
+pub use model::{Decision, Mode, Policy, PolicyEntry, PolicyStats, Reason, RuleRef, Verdict};
 pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat};
 pub use pattern::{HostPattern, PatternKind};
 pub use target::{Host, Target};

@@ -119,6 +119,17 @@ impl fmt::Display for RuleRef {
     }
 }
 
+/// One entry of a policy, as [`Policy::entries`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEntry {
+    /// True for an allow entry, false for a deny entry (deny wins).
+    pub allow: bool,
+    /// The pattern (host pattern or CIDR) and where it was written.
+    pub rule: RuleRef,
+    /// Ports an allow entry allows (sorted); empty for deny entries (they deny every port).
+    pub ports: Vec<u16>,
+}
+
 /// The outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -388,6 +399,36 @@ impl Policy {
     /// Stable hex SHA-256 of the policy's sources (same content -> same hash).
     pub fn version_hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Every allow and deny entry with where it was written (`file:line`) and, for allow
+    /// entries, the ports it allows; in load order (allow hosts, allow cidrs, deny hosts, deny
+    /// cidrs). For showing the effective policy to a person (`kennel policy show`).
+    pub fn entries(&self) -> Vec<PolicyEntry> {
+        let mut out = Vec::with_capacity(
+            self.allow.len() + self.allow_cidrs.len() + self.deny.len() + self.deny_cidrs.len(),
+        );
+        out.extend(self.allow.iter().map(|e| PolicyEntry {
+            allow: true,
+            rule: e.rule.clone(),
+            ports: e.ports.to_vec(),
+        }));
+        out.extend(self.allow_cidrs.iter().map(|e| PolicyEntry {
+            allow: true,
+            rule: e.rule.clone(),
+            ports: e.ports.to_vec(),
+        }));
+        out.extend(self.deny.iter().map(|r| PolicyEntry {
+            allow: false,
+            rule: r.clone(),
+            ports: Vec::new(),
+        }));
+        out.extend(self.deny_cidrs.iter().map(|e| PolicyEntry {
+            allow: false,
+            rule: e.rule.clone(),
+            ports: Vec::new(),
+        }));
+        out
     }
 
     /// Counts of patterns, rules, CIDRs and routes.

@@ -118,6 +118,10 @@ pub struct AccessLogSettings {
     pub destination: LogDestination,
     /// `"json"` or `"text"`.
     pub format: LogFormat,
+    /// For a file destination: when the file would grow past this many bytes it is renamed to
+    /// `<file>.1` (replacing the previous one) and a new file is started, so the log never takes
+    /// more than about twice this on disk. `None` (default) = never rotate.
+    pub rotate_bytes: Option<u64>,
 }
 
 /// `[limits]`: every number has a default; durations are in milliseconds.

@@ -146,6 +146,8 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
             }
         })
     });
+    // `kennel allow --for` entries expire by themselves (also those due while we were down).
+    let expiry = tokio::spawn(crate::policy_ops::expire_loop(daemon.clone()));
     let shutdown = async move {
         shutdown.await;
         notify(&[
@@ -157,6 +159,7 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
     if let Some(w) = watchdog {
         w.abort();
     }
+    expiry.abort();
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {

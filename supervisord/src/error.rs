@@ -55,6 +55,12 @@ pub enum ApiError {
     /// The effective policy built for the environment does not load.
     #[error("the environment's effective policy is invalid: {0}")]
     Policy(String),
+    /// A policy change (allow/deny/edit/import) would make the policy invalid; nothing applied.
+    #[error("{0}")]
+    InvalidChange(String),
+    /// A policy file changed between reading it and replacing it (another person's change).
+    #[error("{0} changed since you read it; nothing was applied")]
+    PolicyChangedMeanwhile(String),
     /// The caller may not use a path it named.
     #[error("{0}")]
     PathNotAllowed(String),
@@ -85,10 +91,13 @@ impl ApiError {
             ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::Busy(_) | ApiError::NameTaken { .. } => {
-                StatusCode::CONFLICT
+            ApiError::Conflict(_)
+            | ApiError::Busy(_)
+            | ApiError::NameTaken { .. }
+            | ApiError::PolicyChangedMeanwhile(_) => StatusCode::CONFLICT,
+            ApiError::Spec(_) | ApiError::Policy(_) | ApiError::InvalidChange(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::Spec(_) | ApiError::Policy(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PathNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::Backend(e) => match e {
                 BackendError::AlreadyExists(_) => StatusCode::CONFLICT,
@@ -141,6 +150,8 @@ impl ApiError {
             }
             ApiError::State(_) => "check the daemon's --state-dir (permissions, free space)".to_string(),
             ApiError::Busy(_) => "retry in a moment".to_string(),
+            ApiError::InvalidChange(_) => "nothing was applied; the proxy keeps the current policy. Fix what FILE:LINE:COL points at and try again".to_string(),
+            ApiError::PolicyChangedMeanwhile(_) => "run the command again: it starts from the current version".to_string(),
             ApiError::Internal(_) => {
                 "see the daemon's log (`journalctl -u kennel-supervisord`) and report the bug".to_string()
             }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod images;
 pub mod policy;
+pub mod policy_ops;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -84,6 +84,9 @@ pub struct Daemon {
     shutting_down: AtomicBool,
     /// Names with a create or remove in progress.
     busy: Mutex<HashSet<String>>,
+    /// Serialises live policy changes ([`crate::policy_ops`]): each is read-modify-write of
+    /// one file, so two at once must not lose either.
+    pub(crate) policy_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -124,6 +127,7 @@ impl Daemon {
             tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             busy: Mutex::new(HashSet::new()),
+            policy_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -145,6 +149,11 @@ impl Daemon {
     /// From now on, new creates and execs are refused with 503.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Daemon::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -326,7 +335,16 @@ impl Daemon {
         };
         self.state.write_record(&record)?;
         let lifecycle = spec.lifecycle.clone();
+        let access_log_dir = crate::policy_ops::log_dir(&self.state, &name);
+        crate::policy_ops::prepare_log_dir(&access_log_dir).map_err(|e| {
+            ApiError::State(StateError::Io {
+                op: "create",
+                path: access_log_dir.clone(),
+                source: e,
+            })
+        })?;
         let plan = EnvPlan {
+            access_log_dir: Some(access_log_dir),
             spec,
             policy_dir,
             proxy_image,

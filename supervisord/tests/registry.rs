@@ -391,6 +391,7 @@ fn plan(f: &Fixture, name: &str, labels: Vec<(String, String)>) -> EnvPlan {
         spec: request(f.workspace.path(), name).spec.into(),
         policy_dir: f.state_dir.path().into(),
         proxy_image: "p".into(),
+        access_log_dir: None,
         state_labels: labels,
         progress: None,
     }

@@ -444,7 +444,9 @@ impl std::fmt::Debug for TestEnv {
     }
 }
 
-fn mint_certs(dir: &Path, ws: &Path) {
+/// Mints a test CA and a leaf for `tls-origin.kennel-test` into `dir` (`cert.pem`, `key.pem`),
+/// and the CA into `ws/ca.pem`.
+pub fn mint_certs(dir: &Path, ws: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -506,6 +508,7 @@ impl TestEnv {
             spec,
             policy_dir: policy_dir.path().to_path_buf(),
             proxy_image,
+            access_log_dir: None,
             state_labels: vec![("dev.kennel.test".into(), test.into())],
             progress: None,
         };

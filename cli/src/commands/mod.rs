@@ -1,11 +1,15 @@
 //! One module per `kennel` subcommand.
 
+pub mod allow;
+pub mod denials;
 pub mod down;
 pub mod exec;
 pub mod image;
 pub mod inspect;
+pub mod learn;
 pub mod ls;
 pub mod policy;
+pub mod policy_live;
 pub mod shell;
 pub mod startstop;
 pub mod up;

@@ -25,6 +25,15 @@ pub enum PolicyCommand {
     /// The native list goes to stdout; the report is appended as `#` comments, so the output
     /// is itself a valid list file. Exit status 1 when some line could not be translated.
     Migrate(MigrateArgs),
+    /// A running environment's effective policy: every entry with the file:line it is written at.
+    Show(crate::commands::policy_live::ShowArgs),
+    /// Edit a running environment's policy file in $VISUAL/$EDITOR; the result is validated
+    /// and swapped in atomically (the proxy reloads it within a second), or refused with
+    /// FILE:LINE:COL and not applied.
+    Edit(crate::commands::policy_live::EditArgs),
+    /// Re-read the workspace's whitelist (which the sandbox can edit): show the added and
+    /// removed entries and apply them only after confirmation (`--yes` for scripts).
+    Import(crate::commands::policy_live::ImportArgs),
 }
 
 /// How `kennel policy check` reads FILE.
@@ -75,8 +84,13 @@ pub struct MigrateArgs {
 }
 
 /// Runs a `kennel policy` subcommand.
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<ExitCode> {
+    use crate::commands::policy_live;
+    let client = || crate::client::Client::new(socket);
     match cmd {
+        PolicyCommand::Show(a) => policy_live::show(&client(), a),
+        PolicyCommand::Edit(a) => policy_live::edit(&client(), a),
+        PolicyCommand::Import(a) => policy_live::import(&client(), a),
         PolicyCommand::Check(args) => check(args),
         PolicyCommand::Migrate(args) => migrate_file(&args.file),
     }

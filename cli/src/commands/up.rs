@@ -25,6 +25,10 @@ pub struct UpArgs {
     /// Workspace directory, bind-mounted at /workspace (default: the spec's, else the current directory).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Start the proxy in learn (report) mode for this long: everything is allowed and what
+    /// would be denied is logged (`kennel denials ENV --learned`); then it enforces by itself.
+    #[arg(long, value_name = "DURATION", value_parser = crate::commands::allow::parse_duration)]
+    pub learn: Option<std::time::Duration>,
 }
 
 /// Reads the spec as the calling user (so `~` and file permissions are the caller's), imports
@@ -105,6 +109,9 @@ pub fn run(client: &Client, args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let info = create(client, &req)?;
     print_up(&info);
+    if let Some(d) = args.learn {
+        crate::commands::learn::start(client, &info.name, d)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

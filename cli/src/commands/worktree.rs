@@ -205,6 +205,7 @@ pub fn add(client: &Client, cwd: &Path, args: &AddArgs) -> anyhow::Result<ExitCo
         name: None,
         image: None,
         workspace: Some(path.clone()),
+        learn: None,
     };
     // build_request prints the spec's warnings (devcontainer.json keys not applied).
     let result = build_request(&up).and_then(|req| crate::commands::up::create(client, &req));

@@ -15,6 +15,7 @@
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
 
+pub mod policy_types;
 pub mod types;
 
 use std::sync::Arc;
@@ -313,6 +314,12 @@ async fn route(
             daemon.start_exec(&name, body, on_upgrade).await?;
             Ok(switching_protocols())
         }
+        // Live policy changes and denials (crate::policy_ops).
+        (_, ["envs", name, "policy" | "denials", ..]) => {
+            let name = (*name).to_string();
+            let rest: Vec<String> = segments[2..].iter().map(|s| (*s).to_string()).collect();
+            policy_route(&daemon, &peer, &method, &name, &rest, req).await
+        }
         (
             _,
             ["version" | "health" | "envs"]
@@ -326,6 +333,91 @@ async fn route(
         _ => Err(ApiError::NoRoute {
             method: method.to_string(),
             path,
+        }),
+    }
+}
+
+/// The live-policy endpoints (see [`crate::policy_ops`]):
+///
+/// | method | path | body | answer |
+/// |---|---|---|---|
+/// | `GET` | `/v1/envs/{name}/policy` | | [`policy_types::PolicyView`] |
+/// | `POST` | `/v1/envs/{name}/policy/allow` | [`policy_types::AllowRequest`] | [`policy_types::PolicyChanged`] |
+/// | `POST` | `/v1/envs/{name}/policy/deny` | [`policy_types::DenyRequest`] | [`policy_types::PolicyChanged`] |
+/// | `GET` | `/v1/envs/{name}/policy/file` | | [`policy_types::PolicyFileDoc`] |
+/// | `POST` | `/v1/envs/{name}/policy/file` | [`policy_types::PolicyReplace`] | [`policy_types::PolicyChanged`] |
+/// | `POST` | `/v1/envs/{name}/policy/import` | [`policy_types::ImportRequest`] | [`policy_types::ImportPreview`] |
+/// | `POST` | `/v1/envs/{name}/policy/learn` | [`policy_types::LearnRequest`] | [`policy_types::PolicyChanged`] |
+/// | `GET` | `/v1/envs/{name}/denials[?since=SECS][&learned=true]` | | [`policy_types::Denials`] |
+async fn policy_route(
+    daemon: &Arc<Daemon>,
+    peer: &Peer,
+    method: &Method,
+    name: &str,
+    rest: &[String],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    fn ok<T: Serialize>(v: &T) -> Response<Body> {
+        json(StatusCode::OK, v)
+    }
+    match (method, rest.as_slice()) {
+        (&Method::GET, ["policy"]) => Ok(ok(&daemon.policy_show(name).await?)),
+        (&Method::GET, ["policy", "file"]) => Ok(ok(&daemon.policy_file(name).await?)),
+        (&Method::POST, ["policy", "allow"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_allow(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "deny"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_deny(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "file"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_replace(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "learn"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_learn(peer, name, body).await?))
+        }
+        (&Method::POST, ["policy", "import"]) => {
+            let body = read_json(req.into_body()).await?;
+            Ok(ok(&daemon.policy_import(peer, name, body).await?))
+        }
+        (&Method::GET, ["denials"]) => {
+            let (mut since, mut learned) = (None, false);
+            for pair in req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                match pair.split_once('=') {
+                    Some(("since", v)) if v.parse::<u64>().is_ok() => {
+                        since = v.parse::<u64>().ok().map(std::time::Duration::from_secs);
+                    }
+                    Some(("learned", "1" | "true")) => learned = true,
+                    Some(("learned", "0" | "false")) => learned = false,
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unknown query {pair:?}; GET /v1/envs/NAME/denials takes `since=SECONDS` and `learned=true`"
+                        )));
+                    }
+                }
+            }
+            Ok(ok(&daemon.denials_of(name, since, learned).await?))
+        }
+        (
+            _,
+            ["policy" | "denials"] | ["policy", "allow" | "deny" | "file" | "import" | "learn"],
+        ) => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: req.uri().path().to_string(),
+        }),
+        _ => Err(ApiError::NoRoute {
+            method: method.to_string(),
+            path: req.uri().path().to_string(),
         }),
     }
 }
