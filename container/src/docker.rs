@@ -957,6 +957,28 @@ impl Backend for DockerBackend {
         })
     }
 
+    fn container_stats<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::backend::ContainerStats>, BackendError>> {
+        Box::pin(self.container_stats_of(name))
+    }
+
+    fn proxy_metrics<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(self.proxy_metrics_of(name))
+    }
+
+    fn logs<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::backend::LogsRequest,
+    ) -> BoxFuture<'a, Result<crate::backend::ExecOutputStream, BackendError>> {
+        Box::pin(self.logs_of(name, req))
+    }
+
     fn exec<'a>(
         &'a self,
         name: &'a str,

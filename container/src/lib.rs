@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod docker;
+mod docker_ops;
 pub mod env;
 pub mod error;
 pub mod fake;
