@@ -80,6 +80,8 @@ pub struct Daemon {
     shutting_down: AtomicBool,
     /// Names with a create or remove in progress.
     busy: Mutex<HashSet<String>>,
+    /// Attached exec sessions (told why they end on a refresh).
+    sessions: crate::ops::sessions::Sessions,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -92,7 +94,7 @@ impl std::fmt::Debug for Daemon {
 }
 
 /// Marks a name busy for the guard's lifetime.
-struct BusyGuard<'a> {
+pub(crate) struct BusyGuard<'a> {
     daemon: &'a Daemon,
     name: String,
 }
@@ -120,6 +122,7 @@ impl Daemon {
             tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
             busy: Mutex::new(HashSet::new()),
+            sessions: Default::default(),
         })
     }
 
@@ -143,6 +146,21 @@ impl Daemon {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// The container backend (for [`crate::ops`]).
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Where images come from (for [`crate::ops`]).
+    pub(crate) fn images(&self) -> &Arc<dyn ImageSource> {
+        &self.images
+    }
+
+    /// The attached exec sessions.
+    pub fn sessions(&self) -> &crate::ops::sessions::Sessions {
+        &self.sessions
+    }
+
     fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // A poisoned lock only means another request panicked while holding it; the set is
         // still consistent (insert/remove are atomic), so keep going.
@@ -151,7 +169,7 @@ impl Daemon {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
+    pub(crate) fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
         if !self.busy_set().insert(name.to_string()) {
             return Err(ApiError::Busy(name.to_string()));
         }
@@ -161,7 +179,7 @@ impl Daemon {
         })
     }
 
-    fn check_running(&self) -> Result<(), ApiError> {
+    pub(crate) fn check_running(&self) -> Result<(), ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Err(ApiError::ShuttingDown)
         } else {
@@ -486,7 +504,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn info(&self, status: EnvStatus, record: Option<&EnvRecord>) -> EnvInfo {
+    pub(crate) fn info(&self, status: EnvStatus, record: Option<&EnvRecord>) -> EnvInfo {
         let mut containers: Vec<ContainerInfo> = status
             .containers
             .into_iter()
@@ -547,7 +565,7 @@ impl Daemon {
 
     /// The engine's view of `name` if this daemon manages it (recorded in its state, or
     /// carrying its instance label); `Ok(None)` for unknown or foreign environments.
-    async fn managed_status(
+    pub(crate) async fn managed_status(
         &self,
         name: &str,
         record: Option<&EnvRecord>,
@@ -692,10 +710,11 @@ impl Daemon {
             )
             .await?;
         let env = name.to_string();
+        let attached = self.sessions.attach(name);
         self.tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    if let Err(e) = pump(session, TokioIo::new(upgraded)).await {
+                    if let Err(e) = pump_until(session, TokioIo::new(upgraded), Some(attached)).await {
                         tracing::info!(env = %env, error = %e, "exec stream ended early");
                     }
                 }
@@ -794,7 +813,20 @@ fn state_str(s: EnvState) -> &'static str {
 
 /// Streams an exec session over `io`: output frames, then the exit (or error) frame; stdin
 /// frames from the client go to the command, resize frames to the TTY.
-pub async fn pump<IO>(mut session: ExecSession, io: IO) -> Result<(), frame::FrameError>
+pub async fn pump<IO>(session: ExecSession, io: IO) -> Result<(), frame::FrameError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    pump_until(session, io, None).await
+}
+
+/// [`pump`], ended early by a notice to `attached` (a refresh): the notice goes to the client
+/// as the last ([`FrameKind::Error`]) frame, so the person sees why the session ended.
+pub async fn pump_until<IO>(
+    mut session: ExecSession,
+    io: IO,
+    mut attached: Option<crate::ops::sessions::Attached>,
+) -> Result<(), frame::FrameError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin,
 {
@@ -837,7 +869,23 @@ where
         }
     };
     let output_fut = async move {
-        while let Some(chunk) = session.output.next().await {
+        loop {
+            let notice = async {
+                match attached.as_mut() {
+                    Some(a) => a.notices.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let chunk = tokio::select! {
+                chunk = session.output.next() => chunk,
+                Some(message) = notice => {
+                    frame::write_frame(&mut wr, &Frame::new(FrameKind::Error, Bytes::from(message)))
+                        .await?;
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+            };
+            let Some(chunk) = chunk else { break };
             match chunk {
                 Ok(ExecOutput::Stdout(b)) => {
                     frame::write_chunked(&mut wr, FrameKind::Stdout, b).await?

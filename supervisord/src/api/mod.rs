@@ -10,6 +10,10 @@
 //! | `DELETE` | `/v1/envs/{name}` | | [`types::Removed`] |
 //! | `POST` | `/v1/images/proxy` | | [`types::ImageBuilt`] |
 //! | `POST` | `/v1/images/demo-sandbox` | | [`types::ImageBuilt`] |
+//! | `POST` | `/v1/envs/{name}/refresh` | | [`types::EnvInfo`] |
+//! | `GET` | `/v1/stats` | | `[`[`crate::ops::stats::EnvUsage`]`]` |
+//! | `GET` | `/v1/envs/{name}/stats` | | [`crate::ops::stats::EnvUsage`] |
+//! | `POST` | `/v1/envs/{name}/logs` | [`crate::ops::logs::LogsBody`], `Upgrade: kennel-exec/1` | `101`, then frames |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
@@ -192,6 +196,22 @@ async fn route(
             let info = detach(&daemon, async move { d.start(&n).await }).await?;
             Ok(json(StatusCode::OK, &info))
         }
+        (&Method::POST, ["envs", name, "refresh"]) => {
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let info = detach(&daemon, async move { d.refresh(&n).await }).await?;
+            Ok(json(StatusCode::OK, &info))
+        }
+        (&Method::GET, ["stats"]) => Ok(json(StatusCode::OK, &daemon.usage_all().await?)),
+        (&Method::GET, ["envs", name, "stats"]) => {
+            Ok(json(StatusCode::OK, &daemon.usage(name).await?))
+        }
+        (&Method::POST, ["envs", name, "logs"]) => {
+            require_upgrade(&req, "logs")?;
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let body: crate::ops::logs::LogsBody = read_json(req.into_body()).await?;
+            daemon.start_logs(name, body, on_upgrade).await?;
+            Ok(switching_protocols())
+        }
         (&Method::POST, ["envs", name, "exec"]) => {
             let wants_upgrade = req
                 .headers()
@@ -220,6 +240,8 @@ async fn route(
             ["version" | "health" | "envs"]
             | ["envs", _]
             | ["envs", _, "exec" | "stop" | "start"]
+            | ["stats"]
+            | ["envs", _, "refresh" | "stats" | "logs"]
             | ["images", "proxy" | "demo-sandbox"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
@@ -230,4 +252,31 @@ async fn route(
             path,
         }),
     }
+}
+
+/// Refuses a streaming request that does not ask for the `kennel-exec/1` upgrade.
+fn require_upgrade(req: &Request<Incoming>, what: &str) -> Result<(), ApiError> {
+    let wants_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+    if wants_upgrade {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
+        )))
+    }
+}
+
+/// The `101 Switching Protocols` answer of a streaming request.
+fn switching_protocols() -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    resp
 }

@@ -1,0 +1,1 @@
+//! `GET /v1/doctor`: the daemon's side of `kennel doctor`.
