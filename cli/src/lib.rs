@@ -42,6 +42,12 @@ pub enum Command {
     Exec(commands::exec::ExecArgs),
     /// An interactive shell in an environment's sandbox (`exec -t ENV -- sh`).
     Shell(commands::shell::ShellArgs),
+    /// Recreate an environment's containers from its stored spec, keeping workspace, home volume, policy and name.
+    Refresh(commands::refresh::RefreshArgs),
+    /// Show what environments use: CPU, memory, pids, network, disk, age, proxy counts.
+    Stats(commands::stats::StatsArgs),
+    /// Show the output of an environment's sandbox, a service or the proxy.
+    Logs(commands::logs::LogsArgs),
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -63,6 +69,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
         Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
+        Command::Refresh(args) => commands::refresh::run(&client::Client::new(&cli.socket), args),
+        Command::Stats(args) => commands::stats::run(&client::Client::new(&cli.socket), args),
+        Command::Logs(args) => commands::logs::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
     }
 }
