@@ -1,6 +1,7 @@
 //! Cross-crate end-to-end tests: one test binary.
 
 mod e2e_docker;
+mod e2e_ops;
 mod e2e_proxy;
 mod e2e_supervisor;
 mod e2e_upstream;

@@ -1,0 +1,282 @@
+//! `kennel stats`, `kennel logs` and `kennel refresh` end to end on the real Docker engine,
+//! through the daemon's API (in-process daemon, temporary socket and state directory). Skips
+//! with a reason without an engine or a static proxy binary, fails instead under `CI=true`.
+
+use std::time::{Duration, Instant};
+
+use kennel_cli::client::{Client, ClientError};
+use kennel_cli::commands::up::{UpArgs, build_request};
+use kennel_container::backend::{LogsRequest, LogsTarget};
+use kennel_supervisord::api::types::{EnvInfo, ExecRequest};
+use kennel_supervisord::ops::stats::EnvUsage;
+use kennel_test_support::docker::{
+    EnvGuard, engine, proxy_binary, share_dir, test_image, unique_env,
+};
+use tokio::io::AsyncBufReadExt;
+
+use crate::e2e_supervisor::{RunningDaemon, exec};
+
+/// A workspace whose sandbox runs `script` (in busybox sh) as its command.
+fn workspace(name: &str, image: &str, script: &str) -> tempfile::TempDir {
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        format!(
+            "name = \"{name}\"\nimage = \"{image}\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n"
+        ),
+    )
+    .expect("write kennel.toml");
+    ws
+}
+
+async fn up(client: &Client, ws: &std::path::Path) -> EnvInfo {
+    let req = build_request(&UpArgs {
+        spec: None,
+        name: None,
+        image: None,
+        workspace: Some(ws.into()),
+    })
+    .expect("spec");
+    let info: EnvInfo = client.post("/envs", &req).await.expect("create");
+    assert_eq!(info.state, "running", "{info:?}");
+    info
+}
+
+async fn logs(client: &Client, env: &str, target: LogsTarget) -> (String, String) {
+    let req = LogsRequest {
+        target,
+        follow: false,
+        since_unix: None,
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = client
+        .output_stream(&format!("/envs/{env}/logs"), &req, &mut out, &mut err)
+        .await
+        .expect("logs");
+    assert_eq!(code, 0);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_stats_and_logs_on_docker() {
+    let test = "ops_stats_and_logs_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ops-st");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    // Prints two known lines, then one more each time /tmp/go appears (polled every 0.1 s).
+    let script = "echo known-line-one; echo known-line-two >&2; \
+        while sleep 0.1; do if [ -f /tmp/go ]; then rm -f /tmp/go; echo followed-line; fi; done";
+    let ws = workspace(&name, &image, script);
+    up(&client, ws.path()).await;
+
+    // Logs of the sandbox: stdout and stderr apart.
+    let mut seen = (String::new(), String::new());
+    for _ in 0..50 {
+        seen = logs(&client, &name, LogsTarget::Sandbox).await;
+        if seen.0.contains("known-line-one") && seen.1.contains("known-line-two") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.0.contains("known-line-one"), "{seen:?}");
+    assert!(seen.1.contains("known-line-two"), "{seen:?}");
+
+    // --follow sees a new line within 1 s.
+    let (mut w, r) = tokio::io::duplex(64 * 1024);
+    let follower = {
+        let client = Client::new(&socket);
+        let path = format!("/envs/{name}/logs");
+        tokio::spawn(async move {
+            let req = LogsRequest {
+                target: LogsTarget::Sandbox,
+                follow: true,
+                since_unix: None,
+            };
+            let mut err = tokio::io::sink();
+            client.output_stream(&path, &req, &mut w, &mut err).await
+        })
+    };
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("followed logs start")
+        .expect("read");
+    assert_eq!(first.as_deref(), Some("known-line-one"));
+    let (_, _, code) = exec(&client, &name, "touch /tmp/go").await;
+    assert_eq!(code, 0);
+    let asked = Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(1), lines.next_line())
+        .await
+        .expect("a new line reaches `logs --follow` within 1 s")
+        .expect("read");
+    assert_eq!(next.as_deref(), Some("followed-line"));
+    eprintln!("followed line after {:?}", asked.elapsed());
+    follower.abort();
+
+    // Known loads: 64 MiB resident in a process, 8 MiB written into the workspace, 1 MiB in home,
+    // one denied request through the proxy.
+    let (_, _, code) = exec(
+        &client,
+        &name,
+        "/usr/local/bin/probe alloc 64 60 > /tmp/alloc.log 2>&1 & \
+         dd if=/dev/zero of=/workspace/blob bs=1048576 count=8 2>/dev/null && \
+         dd if=/dev/zero of=/home/claude/blob bs=1048576 count=1 2>/dev/null && \
+         curl -s -o /dev/null --max-time 5 http://denied.kennel-test/; \
+         i=0; while [ $i -lt 100 ]; do grep -q allocated /tmp/alloc.log 2>/dev/null && exit 0; sleep 0.1; i=$((i+1)); done; cat /tmp/alloc.log; exit 1",
+    )
+    .await;
+    assert_eq!(code, 0, "the allocation did not finish");
+    let u: EnvUsage = client
+        .get(&format!("/envs/{name}/stats"))
+        .await
+        .expect("stats");
+    eprintln!("{u:#?}");
+    assert_eq!(u.state, "running");
+    let sandbox = u
+        .containers
+        .iter()
+        .find(|c| c.role == "sandbox")
+        .expect("sandbox figures");
+    let proxy = u
+        .containers
+        .iter()
+        .find(|c| c.role == "proxy")
+        .expect("proxy figures");
+    assert!(
+        sandbox.memory_usage_bytes.unwrap_or(0) >= 64 << 20,
+        "64 MiB allocated, {:?} shown",
+        sandbox.memory_usage_bytes
+    );
+    assert!(sandbox.cpu_percent.is_some());
+    assert!(sandbox.pids.unwrap_or(0) >= 2);
+    assert!(sandbox.pids_limit.is_some(), "the sandbox has a pids limit");
+    assert!(proxy.net_rx_bytes.is_some());
+    assert!(
+        u.workspace_bytes.unwrap_or(0) >= 8 << 20,
+        "{:?}",
+        u.workspace_bytes
+    );
+    assert!(u.home_bytes.unwrap_or(0) >= 1 << 20, "{:?}", u.home_bytes);
+    assert!(u.age_seconds.is_some());
+    let counts = u.proxy.clone().expect("proxy counts from /metrics");
+    assert!(counts.denied >= 1, "{counts:?}");
+    let all: Vec<EnvUsage> = client.get("/stats").await.expect("stats of all");
+    assert!(all.iter().any(|e| e.name == name));
+
+    // The proxy's access log carries the denied request (raw JSON; the CLI renders it).
+    let (proxy_out, proxy_err) = logs(&client, &name, LogsTarget::Proxy).await;
+    let all_text = format!("{proxy_out}{proxy_err}");
+    assert!(all_text.contains("denied.kennel-test"), "{all_text}");
+    // An unknown service is a clear error.
+    let err = client
+        .output_stream(
+            &format!("/envs/{name}/logs"),
+            &LogsRequest {
+                target: LogsTarget::Service("nope".into()),
+                follow: false,
+                since_unix: None,
+            },
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .await
+        .expect_err("unknown service");
+    assert!(err.to_string().contains("no service \"nope\""), "{err}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_refresh_keeps_workspace_and_home_on_docker() {
+    let test = "ops_refresh_keeps_workspace_and_home_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ops-rf");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    let ws = workspace(&name, &image, "exec sleep 3600");
+    let before = up(&client, ws.path()).await;
+
+    let (_, _, code) = exec(
+        &client,
+        &name,
+        "echo ws > /workspace/keep.txt && echo home > /home/claude/keep.txt && echo tmp > /tmp/drop.txt",
+    )
+    .await;
+    assert_eq!(code, 0);
+
+    // An attached session: ended by the refresh, with the reason as its last word.
+    let attached = {
+        let client = Client::new(&socket);
+        let env = name.clone();
+        tokio::spawn(async move {
+            let req = ExecRequest {
+                cmd: vec!["sleep".into(), "120".into()],
+                ..Default::default()
+            };
+            client
+                .exec(&env, &req, None, &mut Vec::new(), &mut Vec::new())
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (out, _, _) = exec(&client, &name, "ps | grep -c '[s]leep 120'").await;
+        if out.trim() == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the attached session did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let after: EnvInfo = client
+        .post(&format!("/envs/{name}/refresh"), &())
+        .await
+        .expect("refresh");
+    assert_eq!(after.state, "running", "{after:?}");
+    assert_eq!(after.name, before.name);
+    assert_eq!(after.policy_dir, before.policy_dir);
+    for c in &after.containers {
+        let old = before
+            .containers
+            .iter()
+            .find(|o| o.name == c.name)
+            .expect("same containers");
+        assert_ne!(old.id, c.id, "{} was not recreated", c.name);
+    }
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), attached)
+        .await
+        .expect("the attached session ended")
+        .expect("task");
+    match ended {
+        Err(ClientError::Exec(msg)) => assert!(msg.contains("being refreshed"), "{msg}"),
+        other => panic!("expected the refresh notice, got {other:?}"),
+    }
+
+    let (out, _, _) = exec(
+        &client,
+        &name,
+        "cat /workspace/keep.txt /home/claude/keep.txt; test -e /tmp/drop.txt && echo tmp-kept || echo tmp-dropped",
+    )
+    .await;
+    assert_eq!(out, "ws\nhome\ntmp-dropped\n");
+    daemon.stop().await;
+}
