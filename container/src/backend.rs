@@ -145,6 +145,25 @@ pub trait Backend: Send + Sync + 'static {
             })
         })
     }
+    /// What `kennel doctor` asks of the engine: version, cgroup limit support, the subnets
+    /// networks already use, the images present. The default refuses.
+    fn engine_facts(&self) -> BoxFuture<'_, Result<EngineFacts, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::InvalidPlan {
+                env: String::new(),
+                message: "this backend reports no engine facts".into(),
+            })
+        })
+    }
+    /// The gateway addresses of the environment's networks (the isolation self-test checks
+    /// the sandbox cannot connect to them). The default knows none.
+    fn env_gateways<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Runs a command in the sandbox. Output arrives tagged stdout/stderr; the exit code after.
     fn exec<'a>(
         &'a self,
@@ -267,6 +286,27 @@ pub struct ContainerStats {
     pub net_tx_bytes: Option<u64>,
     /// When the container started (engine's RFC 3339 string).
     pub started_at: Option<String>,
+}
+
+/// The engine as `kennel doctor` sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineFacts {
+    /// Engine version (`20.10.24`).
+    pub version: String,
+    /// API version.
+    pub api_version: String,
+    /// Memory limits are enforced.
+    pub memory_limit: bool,
+    /// Pids limits are enforced.
+    pub pids_limit: bool,
+    /// CPU quotas are enforced.
+    pub cpu_quota: bool,
+    /// cgroup version (`1`, `2`), when reported.
+    pub cgroup_version: Option<String>,
+    /// IPv4 subnets of existing networks (CIDR).
+    pub network_subnets: Vec<String>,
+    /// Tags of the images present.
+    pub image_tags: Vec<String>,
 }
 
 /// Whose output `kennel logs` shows.

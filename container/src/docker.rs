@@ -971,6 +971,19 @@ impl Backend for DockerBackend {
         Box::pin(self.proxy_metrics_of(name))
     }
 
+    fn engine_facts(
+        &self,
+    ) -> BoxFuture<'_, Result<crate::backend::EngineFacts, BackendError>> {
+        Box::pin(self.engine_facts_of())
+    }
+
+    fn env_gateways<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(self.env_gateways_of(name))
+    }
+
     fn logs<'a>(
         &'a self,
         name: &'a str,

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use bollard::query_parameters::{InspectContainerOptions, LogsOptions, StatsOptions};
+use bollard::query_parameters::{
+    InspectContainerOptions, InspectNetworkOptions, ListImagesOptions, ListNetworksOptions,
+    LogsOptions, StatsOptions,
+};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{
-    Backend, ContainerStats, ExecOutput, ExecOutputStream, LogsRequest, LogsTarget, names,
+    Backend, ContainerStats, EngineFacts, ExecOutput, ExecOutputStream, LogsRequest, LogsTarget, names,
 };
 use crate::docker::DockerBackend;
 use crate::error::BackendError;
@@ -149,6 +152,64 @@ impl DockerBackend {
             .inspect_container(&names::proxy(env), None::<InspectContainerOptions>)
             .await
             .is_ok()
+    }
+
+    /// [`Backend::engine_facts`] from `docker version`, `docker info`, the networks and images.
+    pub(crate) async fn engine_facts_of(&self) -> Result<EngineFacts, BackendError> {
+        let d = self.docker();
+        let version = d
+            .version()
+            .await
+            .map_err(|e| BackendError::engine("ask the version of", "the engine", e))?;
+        let info = d
+            .info()
+            .await
+            .map_err(|e| BackendError::engine("ask the info of", "the engine", e))?;
+        let networks = d
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| BackendError::engine("list", "networks", e))?;
+        let images = d
+            .list_images(None::<ListImagesOptions>)
+            .await
+            .map_err(|e| BackendError::engine("list", "images", e))?;
+        Ok(EngineFacts {
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            memory_limit: info.memory_limit.unwrap_or(false),
+            pids_limit: info.pids_limit.unwrap_or(false),
+            cpu_quota: info.cpu_cfs_quota.unwrap_or(false),
+            cgroup_version: info.cgroup_version.map(|v| v.to_string()),
+            network_subnets: networks
+                .into_iter()
+                .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+                .filter_map(|c| c.subnet)
+                .filter(|s| s.contains('.'))
+                .collect(),
+            image_tags: images.into_iter().flat_map(|i| i.repo_tags).collect(),
+        })
+    }
+
+    /// [`Backend::env_gateways`]: the IPAM gateways of the environment's two networks.
+    pub(crate) async fn env_gateways_of(&self, env: &str) -> Result<Vec<String>, BackendError> {
+        let mut out = Vec::new();
+        for net in [names::network(env), names::egress_network(env)] {
+            let n = match self
+                .docker()
+                .inspect_network(&net, None::<InspectNetworkOptions>)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) if is_404(&e) => continue,
+                Err(e) => return Err(BackendError::engine("inspect network", &net, e)),
+            };
+            for c in n.ipam.and_then(|i| i.config).unwrap_or_default() {
+                if let Some(gw) = c.gateway.filter(|g| !g.is_empty()) {
+                    out.push(gw);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The output of one container of `env`.
