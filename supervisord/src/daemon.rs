@@ -221,6 +221,12 @@ impl std::fmt::Debug for DockerImages {
 }
 
 impl crate::registry::ImageSource for DockerImages {
+    fn proxy_binary(&self) -> Option<PathBuf> {
+        self.binary
+            .clone()
+            .or_else(|| kennel_container::image::find_proxy_binary().ok())
+    }
+
     fn proxy_image(
         &self,
     ) -> kennel_container::backend::BoxFuture<'_, Result<String, kennel_container::error::ImageError>>

@@ -39,6 +39,11 @@ pub trait ImageSource: Send + Sync + 'static {
     fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
     /// Builds/imports the demo sandbox image (`kennel-sandbox:latest`); returns its tag.
     fn demo_sandbox_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
+    /// The host binary the proxy image is built from (`kennel doctor` checks it is static);
+    /// `None` when images come from elsewhere.
+    fn proxy_binary(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Images assumed to exist already: the given proxy tag and `kennel-sandbox:latest`.

@@ -11,6 +11,8 @@
 //! | `POST` | `/v1/images/proxy` | | [`types::ImageBuilt`] |
 //! | `POST` | `/v1/images/demo-sandbox` | | [`types::ImageBuilt`] |
 //! | `POST` | `/v1/envs/{name}/refresh` | | [`types::EnvInfo`] |
+//! | `GET` | `/v1/doctor` | | `[`[`crate::ops::doctor::Check`]`]` |
+//! | `POST` | `/v1/envs/{name}/doctor` | | `[`[`crate::ops::doctor::Check`]`]` (isolation self-test) |
 //! | `GET` | `/v1/stats` | | `[`[`crate::ops::stats::EnvUsage`]`]` |
 //! | `GET` | `/v1/envs/{name}/stats` | | [`crate::ops::stats::EnvUsage`] |
 //! | `POST` | `/v1/envs/{name}/logs` | [`crate::ops::logs::LogsBody`], `Upgrade: kennel-exec/1` | `101`, then frames |
@@ -201,6 +203,10 @@ async fn route(
             let info = detach(&daemon, async move { d.refresh(&n).await }).await?;
             Ok(json(StatusCode::OK, &info))
         }
+        (&Method::GET, ["doctor"]) => Ok(json(StatusCode::OK, &daemon.doctor().await)),
+        (&Method::POST, ["envs", name, "doctor"]) => {
+            Ok(json(StatusCode::OK, &daemon.selftest(name).await?))
+        }
         (&Method::GET, ["stats"]) => Ok(json(StatusCode::OK, &daemon.usage_all().await?)),
         (&Method::GET, ["envs", name, "stats"]) => {
             Ok(json(StatusCode::OK, &daemon.usage(name).await?))
@@ -240,8 +246,8 @@ async fn route(
             ["version" | "health" | "envs"]
             | ["envs", _]
             | ["envs", _, "exec" | "stop" | "start"]
-            | ["stats"]
-            | ["envs", _, "refresh" | "stats" | "logs"]
+            | ["stats" | "doctor"]
+            | ["envs", _, "refresh" | "stats" | "logs" | "doctor"]
             | ["images", "proxy" | "demo-sandbox"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
