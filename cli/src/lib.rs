@@ -48,6 +48,8 @@ pub enum Command {
     Stats(commands::stats::StatsArgs),
     /// Show the output of an environment's sandbox, a service or the proxy.
     Logs(commands::logs::LogsArgs),
+    /// Check this machine (engine, limits, address pools, socket, state, images, proxy binary) and, with ENV, that environment's isolation.
+    Doctor(commands::doctor::DoctorArgs),
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -72,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Refresh(args) => commands::refresh::run(&client::Client::new(&cli.socket), args),
         Command::Stats(args) => commands::stats::run(&client::Client::new(&cli.socket), args),
         Command::Logs(args) => commands::logs::run(&client::Client::new(&cli.socket), args),
+        Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per `kennel` subcommand.
 
+pub mod doctor;
 pub mod down;
 pub mod exec;
 pub mod image;
