@@ -8,6 +8,7 @@ use kennel_cli::client::{Client, ClientError};
 use kennel_cli::commands::up::{UpArgs, build_request};
 use kennel_container::backend::{LogsRequest, LogsTarget};
 use kennel_supervisord::api::types::{EnvInfo, ExecRequest};
+use kennel_supervisord::ops::doctor::{Check, Outcome};
 use kennel_supervisord::ops::stats::EnvUsage;
 use kennel_test_support::docker::{
     EnvGuard, engine, proxy_binary, share_dir, test_image, unique_env,
@@ -194,6 +195,28 @@ async fn ops_stats_and_logs_on_docker() {
         .await
         .expect_err("unknown service");
     assert!(err.to_string().contains("no service \"nope\""), "{err}");
+
+    // `kennel doctor`: the engine line names the CVE when the engine is affected; `kennel
+    // doctor ENV`: every isolation check passes inside this environment.
+    let checks: Vec<Check> = client.get("/doctor").await.expect("doctor");
+    eprintln!("{checks:#?}");
+    let engine = checks.iter().find(|c| c.name == "engine").expect("engine line");
+    assert_ne!(engine.outcome, Outcome::Fail, "{engine:?}");
+    if engine.outcome == Outcome::Warn {
+        assert!(engine.detail.contains("CVE-2024-29018") && engine.detail.contains("127.0.0.1"));
+    }
+    assert!(checks.iter().any(|c| c.name == "address pools"));
+    let selftest: Vec<Check> = client
+        .post(&format!("/envs/{name}/doctor"), &())
+        .await
+        .expect("self-test");
+    eprintln!("{selftest:#?}");
+    for name in ["proxy denies", "gateway unreachable", "names do not resolve", "capabilities"] {
+        assert!(selftest.iter().any(|c| c.name == name), "no {name} line: {selftest:?}");
+    }
+    for c in &selftest {
+        assert_eq!(c.outcome, Outcome::Pass, "{c:?}");
+    }
     daemon.stop().await;
 }
 
