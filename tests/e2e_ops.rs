@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kennel_cli::client::{Client, ClientError};
 use kennel_cli::commands::up::{UpArgs, build_request};
+use kennel_container::Backend;
 use kennel_container::backend::{LogsRequest, LogsTarget};
 use kennel_supervisord::api::types::{EnvInfo, ExecRequest};
 use kennel_supervisord::ops::doctor::{Check, Outcome};
@@ -200,7 +201,10 @@ async fn ops_stats_and_logs_on_docker() {
     // doctor ENV`: every isolation check passes inside this environment.
     let checks: Vec<Check> = client.get("/doctor").await.expect("doctor");
     eprintln!("{checks:#?}");
-    let engine = checks.iter().find(|c| c.name == "engine").expect("engine line");
+    let engine = checks
+        .iter()
+        .find(|c| c.name == "engine")
+        .expect("engine line");
     assert_ne!(engine.outcome, Outcome::Fail, "{engine:?}");
     if engine.outcome == Outcome::Warn {
         assert!(engine.detail.contains("CVE-2024-29018") && engine.detail.contains("127.0.0.1"));
@@ -211,8 +215,16 @@ async fn ops_stats_and_logs_on_docker() {
         .await
         .expect("self-test");
     eprintln!("{selftest:#?}");
-    for name in ["proxy denies", "gateway unreachable", "names do not resolve", "capabilities"] {
-        assert!(selftest.iter().any(|c| c.name == name), "no {name} line: {selftest:?}");
+    for name in [
+        "proxy denies",
+        "gateway unreachable",
+        "names do not resolve",
+        "capabilities",
+    ] {
+        assert!(
+            selftest.iter().any(|c| c.name == name),
+            "no {name} line: {selftest:?}"
+        );
     }
     for c in &selftest {
         assert_eq!(c.outcome, Outcome::Pass, "{c:?}");
@@ -236,6 +248,14 @@ async fn ops_refresh_keeps_workspace_and_home_on_docker() {
     let client = Client::new(&socket);
     let ws = workspace(&name, &image, "exec sleep 3600");
     let before = up(&client, ws.path()).await;
+    let ids = |s: kennel_container::backend::EnvStatus| -> Vec<(String, String)> {
+        s.containers.into_iter().map(|c| (c.name, c.id)).collect()
+    };
+    let ids_before = ids(d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists"));
 
     let (_, _, code) = exec(
         &client,
@@ -265,7 +285,10 @@ async fn ops_refresh_keeps_workspace_and_home_on_docker() {
         if out.trim() == "1" {
             break;
         }
-        assert!(Instant::now() < deadline, "the attached session did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the attached session did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -276,13 +299,15 @@ async fn ops_refresh_keeps_workspace_and_home_on_docker() {
     assert_eq!(after.state, "running", "{after:?}");
     assert_eq!(after.name, before.name);
     assert_eq!(after.policy_dir, before.policy_dir);
-    for c in &after.containers {
-        let old = before
-            .containers
-            .iter()
-            .find(|o| o.name == c.name)
-            .expect("same containers");
-        assert_ne!(old.id, c.id, "{} was not recreated", c.name);
+    let ids_after = ids(d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists"));
+    assert_eq!(ids_before.len(), ids_after.len());
+    for ((n1, id1), (n2, id2)) in ids_before.iter().zip(&ids_after) {
+        assert_eq!(n1, n2, "same containers");
+        assert_ne!(id1, id2, "{n1} was not recreated");
     }
 
     let ended = tokio::time::timeout(Duration::from_secs(10), attached)

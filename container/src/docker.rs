@@ -971,9 +971,7 @@ impl Backend for DockerBackend {
         Box::pin(self.proxy_metrics_of(name))
     }
 
-    fn engine_facts(
-        &self,
-    ) -> BoxFuture<'_, Result<crate::backend::EngineFacts, BackendError>> {
+    fn engine_facts(&self) -> BoxFuture<'_, Result<crate::backend::EngineFacts, BackendError>> {
         Box::pin(self.engine_facts_of())
     }
 

@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{
-    Backend, ContainerStats, EngineFacts, ExecOutput, ExecOutputStream, LogsRequest, LogsTarget, names,
+    Backend, ContainerStats, EngineFacts, ExecOutput, ExecOutputStream, LogsRequest, LogsTarget,
+    names,
 };
 use crate::docker::DockerBackend;
 use crate::error::BackendError;
@@ -25,7 +26,10 @@ const MAX_METRICS_BYTES: u64 = 4 << 20;
 fn is_404(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
     )
 }
 
@@ -97,7 +101,10 @@ impl DockerBackend {
         let cache = mem
             .stats
             .as_ref()
-            .and_then(|m| m.get("total_inactive_file").or_else(|| m.get("inactive_file")))
+            .and_then(|m| {
+                m.get("total_inactive_file")
+                    .or_else(|| m.get("inactive_file"))
+            })
             .copied()
             .unwrap_or(0);
         out.memory_usage_bytes = mem.usage.map(|u| u.saturating_sub(cache));
@@ -139,7 +146,8 @@ impl DockerBackend {
         let Some((head, body)) = text.split_once("\r\n\r\n") else {
             return Err(metrics_err(env, &addr, "answer has no HTTP header end"));
         };
-        if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
+        if !head.starts_with("HTTP/1.")
+            || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
         {
             let first = head.lines().next().unwrap_or_default();
             return Err(metrics_err(env, &addr, &format!("answered {first:?}")));

@@ -105,7 +105,9 @@ impl FakeBackend {
 
     /// Sets the proxy's `/metrics` text for an environment.
     pub fn set_metrics(&self, name: &str, text: &str) {
-        self.lock().metrics.insert(name.to_string(), text.to_string());
+        self.lock()
+            .metrics
+            .insert(name.to_string(), text.to_string());
     }
 
     /// Marks an environment's containers stopped (for health/reconcile tests).
@@ -288,7 +290,8 @@ impl Backend for FakeBackend {
                 .cloned()
                 .unwrap_or_default();
             let chunk: Result<ExecOutput, BackendError> = Ok(ExecOutput::Stdout(Bytes::from(text)));
-            Ok(Box::pin(futures_util::stream::iter(vec![chunk])) as crate::backend::ExecOutputStream)
+            Ok(Box::pin(futures_util::stream::iter(vec![chunk]))
+                as crate::backend::ExecOutputStream)
         })
     }
 

@@ -719,7 +719,9 @@ impl Daemon {
         self.tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    if let Err(e) = pump_until(session, TokioIo::new(upgraded), Some(attached)).await {
+                    if let Err(e) =
+                        pump_until(session, TokioIo::new(upgraded), Some(attached)).await
+                    {
                         tracing::info!(env = %env, error = %e, "exec stream ended early");
                     }
                 }

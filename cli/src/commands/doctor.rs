@@ -206,7 +206,10 @@ mod tests {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         let c = socket_check(&sock);
         assert_eq!(c.outcome, Outcome::Fail, "{c:?}");
-        assert!(c.hint.as_deref().unwrap_or("").contains("chmod 0660"), "{c:?}");
+        assert!(
+            c.hint.as_deref().unwrap_or("").contains("chmod 0660"),
+            "{c:?}"
+        );
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).expect("chmod");
         assert_eq!(socket_check(&sock).outcome, Outcome::Pass);
     }
@@ -220,9 +223,21 @@ mod tests {
         let checks = local_checks(&dir.path().join("absent.sock"), Some(&state));
         assert_eq!(checks.len(), 2);
         assert_eq!(checks[0].outcome, Outcome::Fail);
-        assert!(checks[0].hint.as_deref().unwrap_or("").contains("systemctl start"));
+        assert!(
+            checks[0]
+                .hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("systemctl start")
+        );
         assert_eq!(checks[1].outcome, Outcome::Fail);
-        assert!(checks[1].hint.as_deref().unwrap_or("").contains("chmod 0700"));
+        assert!(
+            checks[1]
+                .hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("chmod 0700")
+        );
         let report = Report {
             checks,
             selftest: None,
@@ -246,6 +261,9 @@ mod tests {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o000)).expect("chmod");
         let c = socket_check(&sock);
         assert_eq!(c.outcome, Outcome::Fail);
-        assert!(c.hint.as_deref().unwrap_or("").contains("usermod -aG"), "{c:?}");
+        assert!(
+            c.hint.as_deref().unwrap_or("").contains("usermod -aG"),
+            "{c:?}"
+        );
     }
 }

@@ -68,7 +68,11 @@ pub fn run(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
             anyhow::Ok(code?)
         } else {
             let mut out = tokio::io::stdout();
-            anyhow::Ok(client.output_stream(&path, &req, &mut out, &mut err).await?)
+            anyhow::Ok(
+                client
+                    .output_stream(&path, &req, &mut out, &mut err)
+                    .await?,
+            )
         }
     })??;
     Ok(if code == 0 {

@@ -130,7 +130,14 @@ pub fn table(usage: &[EnvUsage]) -> String {
             bytes(u.home_bytes),
             proxy
         ));
-        let header = ["  CONTAINER", "ROLE", "CPU %", "MEM / LIMIT", "PIDS / LIMIT", "NET RX / TX"];
+        let header = [
+            "  CONTAINER",
+            "ROLE",
+            "CPU %",
+            "MEM / LIMIT",
+            "PIDS / LIMIT",
+            "NET RX / TX",
+        ];
         let mut rows: Vec<[String; 6]> = vec![header.map(String::from)];
         for c in &u.containers {
             let pair = |a: Option<u64>, b: Option<u64>, f: fn(Option<u64>) -> String| {

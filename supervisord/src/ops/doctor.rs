@@ -256,10 +256,7 @@ pub fn state_dir_check(dir: &Path, uid: u32) -> Check {
                 dir.display(),
                 md.uid()
             ),
-            format!(
-                "chown {uid} {d} && chmod 0700 {d}",
-                d = dir.display()
-            ),
+            format!("chown {uid} {d} && chmod 0700 {d}", d = dir.display()),
         );
     }
     Check::pass(
@@ -359,15 +356,28 @@ impl Daemon {
                 format!("{tried}: the image has neither curl nor wget"),
                 "add curl or wget to the sandbox image to run this check",
             ),
-            Ok(o) if o.contains(" 403") && o.to_ascii_lowercase().contains("x-kennel-deny-reason") => {
-                Check::pass("proxy denies", format!("{tried}: 403 with X-Kennel-Deny-Reason"))
+            Ok(o)
+                if o.contains(" 403")
+                    && o.to_ascii_lowercase().contains("x-kennel-deny-reason") =>
+            {
+                Check::pass(
+                    "proxy denies",
+                    format!("{tried}: 403 with X-Kennel-Deny-Reason"),
+                )
             }
             Ok(o) => Check::fail(
                 "proxy denies",
-                format!("{tried}: expected 403 with X-Kennel-Deny-Reason, got {:?}", first_line(&o)),
+                format!(
+                    "{tried}: expected 403 with X-Kennel-Deny-Reason, got {:?}",
+                    first_line(&o)
+                ),
                 "check the proxy: kennel logs ENV --proxy; kennel refresh ENV",
             ),
-            Err(e) => Check::fail("proxy denies", format!("{tried}: {e}"), "kennel refresh ENV"),
+            Err(e) => Check::fail(
+                "proxy denies",
+                format!("{tried}: {e}"),
+                "kennel refresh ENV",
+            ),
         });
         // 2. Direct connections to the gateways of the environment's own networks fail.
         let gateways = self.backend().env_gateways(name).await?;
@@ -467,15 +477,28 @@ mod tests {
             assert!(affected_by_cve_2024_29018(parse_version(v).unwrap()), "{v}");
         }
         for v in ["23.0.11", "25.0.4", "26.0.0", "27.3.1"] {
-            assert!(!affected_by_cve_2024_29018(parse_version(v).unwrap()), "{v}");
+            assert!(
+                !affected_by_cve_2024_29018(parse_version(v).unwrap()),
+                "{v}"
+            );
         }
         assert_eq!(parse_version("20.10.24+dfsg1"), Some((20, 10, 24)));
     }
 
     #[test]
     fn networks_left_counts_pool_room() {
-        let pools = vec![("172.17.0.0/12".to_string(), 16), ("192.168.0.0/16".to_string(), 20)];
-        let (left, total) = networks_left(&pools, &["172.17.0.0/16".into(), "192.168.16.0/20".into(), "10.0.0.0/8".into()]);
+        let pools = vec![
+            ("172.17.0.0/12".to_string(), 16),
+            ("192.168.0.0/16".to_string(), 20),
+        ];
+        let (left, total) = networks_left(
+            &pools,
+            &[
+                "172.17.0.0/16".into(),
+                "192.168.16.0/20".into(),
+                "10.0.0.0/8".into(),
+            ],
+        );
         assert_eq!(total, 16 + 16);
         assert_eq!(left, 30);
     }
@@ -491,6 +514,9 @@ mod tests {
         assert!(c.hint.unwrap().contains("chmod 0700"));
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(state_dir_check(d.path(), uid).outcome, Outcome::Pass);
-        assert_eq!(state_dir_check(&d.path().join("nope"), uid).outcome, Outcome::Fail);
+        assert_eq!(
+            state_dir_check(&d.path().join("nope"), uid).outcome,
+            Outcome::Fail
+        );
     }
 }

@@ -62,7 +62,8 @@ impl Daemon {
         let policy_dir = self.state().policy_dir(&record.name);
         if !policy_dir
             .join(kennel_container::policy_dir::POLICY_FILE)
-            .is_file() {
+            .is_file()
+        {
             return Err(ApiError::Internal(format!(
                 "{} has no policy.toml; the environment's state is damaged (`kennel down` then `kennel up` recreates it)",
                 policy_dir.display()
@@ -78,7 +79,10 @@ impl Daemon {
                     LABEL_CREATED_BY.to_string(),
                     record.created_by_uid.to_string(),
                 ),
-                (LABEL_DAEMON.to_string(), self.state().instance().to_string()),
+                (
+                    LABEL_DAEMON.to_string(),
+                    self.state().instance().to_string(),
+                ),
             ],
         })
     }

@@ -179,7 +179,9 @@ impl Daemon {
         if sandbox_runs {
             match self.home_usage(&r.name, &r.request.spec.home).await {
                 Ok(b) => u.home_bytes = Some(b),
-                Err(e) => u.warnings.push(format!("home {}: {e}", r.request.spec.home)),
+                Err(e) => u
+                    .warnings
+                    .push(format!("home {}: {e}", r.request.spec.home)),
             }
         }
     }
