@@ -147,7 +147,7 @@ impl DockerBackend {
             return Err(metrics_err(env, &addr, "answer has no HTTP header end"));
         };
         if !head.starts_with("HTTP/1.")
-            || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
+            || head.split_whitespace().nth(1).is_none_or(|c| c != "200")
         {
             let first = head.lines().next().unwrap_or_default();
             return Err(metrics_err(env, &addr, &format!("answered {first:?}")));
