@@ -146,8 +146,7 @@ impl DockerBackend {
         let Some((head, body)) = text.split_once("\r\n\r\n") else {
             return Err(metrics_err(env, &addr, "answer has no HTTP header end"));
         };
-        if !head.starts_with("HTTP/1.")
-            || head.split_whitespace().nth(1).is_none_or(|c| c != "200")
+        if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200")
         {
             let first = head.lines().next().unwrap_or_default();
             return Err(metrics_err(env, &addr, &format!("answered {first:?}")));

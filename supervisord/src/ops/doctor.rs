@@ -403,19 +403,37 @@ impl Daemon {
                 Err(e) => Check::fail("gateway unreachable", format!("{tried}: {e}"), "kennel refresh ENV"),
             });
         }
-        // 3. Outside names do not resolve: the only resolver is 127.0.0.1, where nothing answers.
-        let script = "while read k v rest; do [ \"$k\" = nameserver ] && echo \"$v\"; done < /etc/resolv.conf";
-        let tried = "nameservers in /etc/resolv.conf".to_string();
-        out.push(match self.sandbox_sh(name, script).await {
+        // 3. Outside names do not resolve. The sandbox's resolver is Docker's embedded one
+        //    (127.0.0.11), whose upstream kennel sets to 127.0.0.1 (nothing answers there), or
+        //    127.0.0.1 itself. The lookup tried is of a `.invalid` name, so even a broken setup
+        //    sends nothing anywhere that could answer it.
+        let name_tried = "kennel-doctor-check.invalid";
+        let script = format!(
+            "while read k v rest; do [ \"$k\" = nameserver ] && echo \"ns=$v\"; done < /etc/resolv.conf; \
+             if command -v curl >/dev/null; then curl --noproxy '*' -s -o /dev/null --max-time 8 http://{name_tried}/; echo \"lookup-exit=$?\"; \
+             elif command -v nslookup >/dev/null; then nslookup {name_tried} >/dev/null 2>&1; echo \"lookup-exit=$?\"; fi"
+        );
+        let tried = format!("nameservers in /etc/resolv.conf, then a lookup of {name_tried}");
+        let allowed_ns = ["127.0.0.11", kennel_container::hardening::SANDBOX_DNS];
+        out.push(match self.sandbox_sh(name, &script).await {
             Ok(o) => {
-                let servers: Vec<&str> = o.split_whitespace().collect();
-                if !servers.is_empty() && servers.iter().all(|s| *s == kennel_container::hardening::SANDBOX_DNS) {
-                    Check::pass("names do not resolve", format!("{tried}: only {} (nothing answers there)", servers.join(" ")))
+                let servers: Vec<&str> = o.lines().filter_map(|l| l.strip_prefix("ns=")).collect();
+                let lookup = o.lines().find_map(|l| l.strip_prefix("lookup-exit="));
+                let ns_ok = !servers.is_empty() && servers.iter().all(|s| allowed_ns.contains(s));
+                // curl: 6 = could not resolve, 28 = timed out resolving; nslookup: non-zero.
+                let lookup_ok = lookup.is_none_or(|c| c != "0");
+                let detail = format!(
+                    "{tried}: nameservers {}, lookup {}",
+                    servers.join(" "),
+                    lookup.map_or("not tried (no curl or nslookup)".to_string(), |c| if c == "0" { "RESOLVED".to_string() } else { format!("failed (exit {c})") })
+                );
+                if ns_ok && lookup_ok {
+                    Check::pass("names do not resolve", detail)
                 } else {
                     Check::fail(
                         "names do not resolve",
-                        format!("{tried}: {servers:?}, expected only {}", kennel_container::hardening::SANDBOX_DNS),
-                        "recreate the environment (kennel refresh ENV); the sandbox must not use the engine's resolver",
+                        format!("{detail}; expected only {} and no answer", allowed_ns.join(" or ")),
+                        "recreate the environment (kennel refresh ENV); the sandbox's resolver upstream must be 127.0.0.1",
                     )
                 }
             }
