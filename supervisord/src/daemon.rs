@@ -153,7 +153,9 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
             sd_notify::NotifyState::Status("draining"),
         ]);
     };
+    let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::HEALTH_INTERVAL);
     server::serve(listener, daemon, shutdown).await;
+    health.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

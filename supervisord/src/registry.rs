@@ -87,6 +87,8 @@ pub struct Daemon {
     busy: Mutex<HashSet<String>>,
     /// Attached exec sessions (told why they end on a refresh).
     sessions: crate::ops::sessions::Sessions,
+    /// The health monitor's last readings.
+    health: crate::ops::health::HealthState,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -128,6 +130,7 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             busy: Mutex::new(HashSet::new()),
             sessions: Default::default(),
+            health: Default::default(),
         })
     }
 
@@ -159,6 +162,11 @@ impl Daemon {
     /// Where images come from (for [`crate::ops`]).
     pub(crate) fn images(&self) -> &Arc<dyn ImageSource> {
         &self.images
+    }
+
+    /// The health monitor's last readings.
+    pub fn health_state(&self) -> &crate::ops::health::HealthState {
+        &self.health
     }
 
     /// The attached exec sessions.

@@ -201,3 +201,92 @@ async fn logs_arrive_as_frames_then_exit_zero() {
     assert_eq!(text, b"line one\nline two\n");
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_fired_health_rule_refreshes_once_and_waits_for_an_attached_session() {
+    use kennel_container::backend::EnvStats;
+    use kennel_supervisord::ops::health::Action;
+    let fake = FakeBackend::new();
+    let state_dir = tempfile::tempdir().unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(
+        workspace.path().join("kennel.toml"),
+        "name = \"h1\"\n[health]\nmax_memory_percent = 1\n",
+    )
+    .unwrap();
+    let daemon = Daemon::new(
+        Arc::new(fake.clone()),
+        Arc::new(FixedProxyImage("kennel-proxy:test".into())),
+        StateDir::open(state_dir.path()).unwrap(),
+        Authorizer::new(0, [], []),
+    );
+    let spec = EnvSpec::from_workspace(
+        workspace.path(),
+        &SpecOverrides {
+            workspace: Some(workspace.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(spec.health.max_memory_percent, Some(1));
+    let peer = Peer {
+        pid: None,
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+    };
+    daemon
+        .create(
+            &peer,
+            CreateEnv {
+                spec: (&spec).into(),
+                project_whitelist: None,
+            },
+        )
+        .await
+        .unwrap();
+    let load = EnvStats {
+        memory_usage_bytes: Some(50 << 20),
+        memory_limit_bytes: Some(100 << 20),
+        ..Default::default()
+    };
+    fake.set_stats("h1", load.clone());
+
+    // An attached session defers the refresh; the reading names the rule and the value.
+    let attached = daemon.sessions().attach("h1");
+    let round = daemon.health_round().await;
+    assert_eq!(
+        round,
+        vec![(
+            "h1".to_string(),
+            Action::Deferred("max_memory_percent 50.0% > 1%".into())
+        )]
+    );
+    let h = daemon.health_of("h1").unwrap();
+    assert!(h.deferred_since_unix.is_some());
+    assert_eq!(h.readings[0].value, "50.0%");
+    assert!(h.readings[0].fired);
+    drop(attached);
+
+    // Without a session it refreshes, once per firing round.
+    let round = daemon.health_round().await;
+    assert_eq!(
+        round[0].1,
+        Action::Refreshed("max_memory_percent 50.0% > 1%".into())
+    );
+    // The recreated sandbox uses little memory: the rule no longer fires.
+    fake.set_stats(
+        "h1",
+        EnvStats {
+            memory_usage_bytes: Some(0),
+            ..load
+        },
+    );
+    let round = daemon.health_round().await;
+    assert_eq!(round[0].1, Action::None);
+    let h = daemon.health_of("h1").unwrap();
+    assert_eq!(
+        h.last_action.as_deref(),
+        Some("refreshed: max_memory_percent 50.0% > 1%")
+    );
+}

@@ -203,6 +203,9 @@ async fn route(
             let info = detach(&daemon, async move { d.refresh(&n).await }).await?;
             Ok(json(StatusCode::OK, &info))
         }
+        (&Method::GET, ["envs", name, "health"]) => {
+            Ok(json(StatusCode::OK, &daemon.health_of(name)?))
+        }
         (&Method::GET, ["doctor"]) => Ok(json(StatusCode::OK, &daemon.doctor().await)),
         (&Method::POST, ["envs", name, "doctor"]) => {
             Ok(json(StatusCode::OK, &daemon.selftest(name).await?))
@@ -247,7 +250,11 @@ async fn route(
             | ["envs", _]
             | ["envs", _, "exec" | "stop" | "start"]
             | ["stats" | "doctor"]
-            | ["envs", _, "refresh" | "stats" | "logs" | "doctor"]
+            | [
+                "envs",
+                _,
+                "refresh" | "stats" | "logs" | "doctor" | "health",
+            ]
             | ["images", "proxy" | "demo-sandbox"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
