@@ -328,3 +328,92 @@ async fn ops_refresh_keeps_workspace_and_home_on_docker() {
     assert_eq!(out, "ws\nhome\ntmp-dropped\n");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_health_rule_fires_and_refreshes_once_on_docker() {
+    use kennel_supervisord::auth::{Authorizer, Peer};
+    use kennel_supervisord::daemon::DockerImages;
+    use kennel_supervisord::ops::health::Action;
+    use kennel_supervisord::registry::Daemon;
+    use kennel_supervisord::state::StateDir;
+    use std::sync::Arc;
+
+    let test = "ops_health_rule_fires_and_refreshes_once_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ops-hl");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = Arc::new(d.clone());
+    let daemon = Daemon::new(
+        docker.clone(),
+        Arc::new(DockerImages::new(docker, Some(proxy_bin), None)),
+        StateDir::open(&dir.path().join("state")).expect("state dir"),
+        Authorizer::new(0, [], []),
+    );
+    let ws = workspace(&name, &image, "exec sleep 3600");
+    let toml = ws.path().join("kennel.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("read");
+    text.push_str("[health]\nmax_age = \"5s\"\n");
+    std::fs::write(&toml, text).expect("write");
+    let req = build_request(&UpArgs {
+        spec: None,
+        name: None,
+        image: None,
+        workspace: Some(ws.path().into()),
+    })
+    .expect("spec");
+    let peer = Peer {
+        pid: None,
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+    };
+    daemon.create(&peer, req).await.expect("create");
+    let ids = |s: kennel_container::backend::EnvStatus| -> Vec<String> {
+        s.containers.into_iter().map(|c| c.id).collect()
+    };
+    let before = ids(d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists"));
+
+    let round = daemon.health_round().await;
+    assert_eq!(
+        round,
+        vec![(name.clone(), Action::None)],
+        "young environment"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let round = daemon.health_round().await;
+    match &round[..] {
+        [(n, Action::Refreshed(why))] if n == &name => {
+            assert!(
+                why.starts_with("max_age ") && why.ends_with("> 5s"),
+                "{why}"
+            );
+        }
+        other => panic!("expected one refresh, got {other:?}"),
+    }
+    let after = ids(d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists"));
+    assert!(before.iter().all(|id| !after.contains(id)), "recreated");
+    // The new sandbox is young again: no second refresh.
+    let round = daemon.health_round().await;
+    assert_eq!(round, vec![(name.clone(), Action::None)]);
+    let h = daemon.health_of(&name).expect("health");
+    assert!(
+        h.last_action
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("refreshed: max_age")
+    );
+    daemon.remove(&name).await.expect("remove");
+}
