@@ -45,7 +45,16 @@ impl Daemon {
         if told > 0 {
             tokio::time::sleep(NOTICE_GRACE).await;
         }
-        let status = self.backend().refresh_env(&plan).await?;
+        // A failure after the old containers went leaves the environment `missing` or
+        // incomplete; the record and policy stay, so running the refresh again recovers it
+        // (removal is idempotent).
+        let status = match self.backend().refresh_env(&plan).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(env = %name, error = %e, "refresh failed; `kennel refresh` again recreates it");
+                return Err(e.into());
+            }
+        };
         if record.proxy_image != plan.proxy_image {
             record.proxy_image = plan.proxy_image.clone();
             self.state().write_record(&record)?;
