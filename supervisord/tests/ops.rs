@@ -290,3 +290,14 @@ async fn a_fired_health_rule_refreshes_once_and_waits_for_an_attached_session() 
         Some("refreshed: max_memory_percent 50.0% > 1%")
     );
 }
+
+#[tokio::test]
+async fn a_failed_refresh_leaves_the_record_and_a_second_refresh_recovers() {
+    let f = fixture_with_env("r3").await;
+    f.fake.fail_next_create("engine said no");
+    let err = f.daemon.refresh("r3").await.unwrap_err();
+    assert!(err.to_string().contains("engine said no"), "{err}");
+    assert_eq!(f.daemon.inspect("r3").await.unwrap().state, "missing");
+    let info = f.daemon.refresh("r3").await.unwrap();
+    assert_eq!(info.state, "running");
+}
