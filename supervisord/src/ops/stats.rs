@@ -203,6 +203,9 @@ impl Daemon {
             .await
             .map_err(|_| format!("`du` did not finish within {HOME_DU_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
+        if matches!(res.exit_code, 126 | 127) {
+            return Err("the sandbox image has no `du`, so home disk use is not measured".into());
+        }
         let out = res.stdout_str();
         out.split_whitespace()
             .next()
