@@ -378,6 +378,70 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST /v1{path}` with a JSON body, upgraded to a frame stream (as exec is) that only
+    /// carries output: stdout/stderr frames are copied as they arrive; returns the exit frame's
+    /// code. Used by `kennel logs`.
+    pub async fn output_stream<B, O, E>(
+        &self,
+        path: &str,
+        body: &B,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<i32, ClientError>
+    where
+        B: Serialize,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut http_req = Self::request(Method::POST, path, Some(body))?;
+        http_req
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        http_req
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+        let resp = self.send(http_req).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        // The write half stays open: the daemon takes its end as "the client went away".
+        let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
+        loop {
+            let Some(f) = frame::read_frame(&mut io).await? else {
+                return Err(ClientError::Protocol(
+                    "the stream ended without an exit frame".into(),
+                ));
+            };
+            match f.kind {
+                FrameKind::Stdout => {
+                    stdout.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                    stdout.flush().await.map_err(FrameError::Io)?;
+                }
+                FrameKind::Stderr => {
+                    stderr.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                    stderr.flush().await.map_err(FrameError::Io)?;
+                }
+                FrameKind::Exit => return Ok(f.exit_code()?),
+                FrameKind::Error => {
+                    return Err(ClientError::Exec(
+                        String::from_utf8_lossy(&f.payload).into_owned(),
+                    ));
+                }
+                FrameKind::Stdin | FrameKind::Resize => {
+                    return Err(ClientError::Protocol(
+                        "client-side frame from the daemon".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// What an exec sends to the command besides its arguments.
 #[derive(Default)]
 pub struct ExecInput {

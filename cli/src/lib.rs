@@ -48,6 +48,14 @@ pub enum Command {
     Deny(commands::allow::DenyArgs),
     /// What an environment's proxy denied, grouped by host:port, with how to allow each.
     Denials(commands::denials::DenialsArgs),
+    /// Recreate an environment's containers from its stored spec, keeping workspace, home volume, policy and name.
+    Refresh(commands::refresh::RefreshArgs),
+    /// Show what environments use: CPU, memory, pids, network, disk, age, proxy counts.
+    Stats(commands::stats::StatsArgs),
+    /// Show the output of an environment's sandbox, a service or the proxy.
+    Logs(commands::logs::LogsArgs),
+    /// Check this machine (engine, limits, address pools, socket, state, images, proxy binary) and, with ENV, that environment's isolation.
+    Doctor(commands::doctor::DoctorArgs),
     /// Build the images environments need, from host files (no registry).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -75,6 +83,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Allow(args) => commands::allow::run_allow(&client::Client::new(&cli.socket), args),
         Command::Deny(args) => commands::allow::run_deny(&client::Client::new(&cli.socket), args),
         Command::Denials(args) => commands::denials::run(&client::Client::new(&cli.socket), args),
+        Command::Refresh(args) => commands::refresh::run(&client::Client::new(&cli.socket), args),
+        Command::Stats(args) => commands::stats::run(&client::Client::new(&cli.socket), args),
+        Command::Logs(args) => commands::logs::run(&client::Client::new(&cli.socket), args),
+        Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
         Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
     }

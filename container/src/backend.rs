@@ -97,6 +97,73 @@ pub trait Backend: Send + Sync + 'static {
         let _ = name;
         Box::pin(async { Ok(None) })
     }
+    /// Recreates the environment's containers from `plan` (`kennel refresh`): the workspace (a
+    /// bind mount), the home volume and the policy directory are kept, everything inside the
+    /// containers' own filesystems (`/tmp`, installed packages) is dropped. The default removes
+    /// the containers and networks ([`Backend::remove_env`], which keeps the home volume) and
+    /// creates them again.
+    fn refresh_env<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
+        Box::pin(async move {
+            self.remove_env(&plan.spec.name).await?;
+            self.create_env(plan).await
+        })
+    }
+    /// Per-container resource usage of the environment (`kennel stats`). The default reports
+    /// no containers.
+    fn container_stats<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ContainerStats>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// The proxy's Prometheus text from its admin `/metrics` (reached on the egress side), `None`
+    /// when the proxy does not run. The default has none.
+    fn proxy_metrics<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(None) })
+    }
+    /// The output of one of the environment's containers (`kennel logs`), as stdout/stderr
+    /// chunks; with `follow` the stream continues until the container stops or the stream is
+    /// dropped. The default refuses.
+    fn logs<'a>(
+        &'a self,
+        name: &'a str,
+        req: LogsRequest,
+    ) -> BoxFuture<'a, Result<ExecOutputStream, BackendError>> {
+        let _ = req;
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: name.to_string(),
+                message: "this backend cannot show logs".into(),
+            })
+        })
+    }
+    /// What `kennel doctor` asks of the engine: version, cgroup limit support, the subnets
+    /// networks already use, the images present. The default refuses.
+    fn engine_facts(&self) -> BoxFuture<'_, Result<EngineFacts, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::InvalidPlan {
+                env: String::new(),
+                message: "this backend reports no engine facts".into(),
+            })
+        })
+    }
+    /// The gateway addresses of the environment's networks (the isolation self-test checks
+    /// the sandbox cannot connect to them). The default knows none.
+    fn env_gateways<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Runs a command in the sandbox. Output arrives tagged stdout/stderr; the exit code after.
     fn exec<'a>(
         &'a self,
@@ -198,6 +265,88 @@ impl EnvStats {
             _ => None,
         }
     }
+}
+
+/// Resource usage of one container of an environment (`kennel stats`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// Container name.
+    pub name: String,
+    /// Role label (`proxy`, `sandbox`, `service`).
+    pub role: String,
+    /// Engine state (`running`, `exited`, …).
+    pub state: String,
+    /// CPU use over the engine's sampling interval, in percent of one CPU (200 = two CPUs busy).
+    pub cpu_percent: Option<f64>,
+    /// Memory in use, page cache excluded (as `docker stats` shows it).
+    pub memory_usage_bytes: Option<u64>,
+    /// The memory limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes/threads now.
+    pub pids: Option<u64>,
+    /// The pids limit.
+    pub pids_limit: Option<u64>,
+    /// Bytes received over all of the container's networks.
+    pub net_rx_bytes: Option<u64>,
+    /// Bytes sent over all of the container's networks.
+    pub net_tx_bytes: Option<u64>,
+    /// When the container started (engine's RFC 3339 string).
+    pub started_at: Option<String>,
+}
+
+/// The engine as `kennel doctor` sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineFacts {
+    /// Engine version (`20.10.24`).
+    pub version: String,
+    /// API version.
+    pub api_version: String,
+    /// Memory limits are enforced.
+    pub memory_limit: bool,
+    /// Pids limits are enforced.
+    pub pids_limit: bool,
+    /// CPU quotas are enforced.
+    pub cpu_quota: bool,
+    /// cgroup version (`1`, `2`), when reported.
+    pub cgroup_version: Option<String>,
+    /// IPv4 subnets of existing networks (CIDR).
+    pub network_subnets: Vec<String>,
+    /// Tags of the images present.
+    pub image_tags: Vec<String>,
+}
+
+/// Whose output `kennel logs` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum LogsTarget {
+    /// The sandbox container.
+    Sandbox,
+    /// The proxy container (its access log is JSON lines).
+    Proxy,
+    /// A service container, by service name.
+    Service(String),
+}
+
+impl LogsTarget {
+    /// The container's name in environment `env`.
+    pub fn container(&self, env: &str) -> String {
+        match self {
+            LogsTarget::Sandbox => names::sandbox(env),
+            LogsTarget::Proxy => names::proxy(env),
+            LogsTarget::Service(s) => names::service(env, s),
+        }
+    }
+}
+
+/// What `kennel logs` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// Whose output.
+    pub target: LogsTarget,
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Only output since this Unix time (seconds).
+    pub since_unix: Option<i64>,
 }
 
 /// A command to run in the sandbox.

@@ -996,6 +996,39 @@ impl Backend for DockerBackend {
         })
     }
 
+    fn container_stats<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::backend::ContainerStats>, BackendError>> {
+        Box::pin(self.container_stats_of(name))
+    }
+
+    fn proxy_metrics<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(self.proxy_metrics_of(name))
+    }
+
+    fn engine_facts(&self) -> BoxFuture<'_, Result<crate::backend::EngineFacts, BackendError>> {
+        Box::pin(self.engine_facts_of())
+    }
+
+    fn env_gateways<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(self.env_gateways_of(name))
+    }
+
+    fn logs<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::backend::LogsRequest,
+    ) -> BoxFuture<'a, Result<crate::backend::ExecOutputStream, BackendError>> {
+        Box::pin(self.logs_of(name, req))
+    }
+
     fn exec<'a>(
         &'a self,
         name: &'a str,

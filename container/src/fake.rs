@@ -23,6 +23,14 @@ struct State {
     stats: HashMap<String, EnvStats>,
     /// Home volumes: env name -> workspace label (kept by `remove_env`, removed by `purge_env`).
     homes: BTreeMap<String, String>,
+    /// Commands whose exec never ends (until the environment is removed).
+    hanging: Vec<Vec<String>>,
+    /// Container name -> its output, for `logs`.
+    logs: HashMap<String, String>,
+    /// Per-container usage, for `container_stats`.
+    container_stats: HashMap<String, Vec<crate::backend::ContainerStats>>,
+    /// Prometheus text per environment, for `proxy_metrics`.
+    metrics: HashMap<String, String>,
 }
 
 /// In-memory backend. Cheap to clone (shared state).
@@ -74,6 +82,32 @@ impl FakeBackend {
     /// Sets what `stats` reports for an environment (default: an empty [`EnvStats`]).
     pub fn set_stats(&self, name: &str, stats: EnvStats) {
         self.lock().stats.insert(name.to_string(), stats);
+    }
+
+    /// Makes `exec` of exactly `cmd` produce no output and never end (an attached session).
+    pub fn hang_exec(&self, cmd: &[&str]) {
+        self.lock()
+            .hanging
+            .push(cmd.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Sets what `logs` returns for `container` (as stdout).
+    pub fn set_logs(&self, container: &str, text: &str) {
+        self.lock()
+            .logs
+            .insert(container.to_string(), text.to_string());
+    }
+
+    /// Sets what `container_stats` reports for an environment.
+    pub fn set_container_stats(&self, name: &str, stats: Vec<crate::backend::ContainerStats>) {
+        self.lock().container_stats.insert(name.to_string(), stats);
+    }
+
+    /// Sets the proxy's `/metrics` text for an environment.
+    pub fn set_metrics(&self, name: &str, text: &str) {
+        self.lock()
+            .metrics
+            .insert(name.to_string(), text.to_string());
     }
 
     /// Marks an environment's containers stopped (for health/reconcile tests).
@@ -220,6 +254,47 @@ impl Backend for FakeBackend {
         })
     }
 
+    fn container_stats<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::backend::ContainerStats>, BackendError>> {
+        Box::pin(async move {
+            let st = self.lock();
+            if !st.envs.contains_key(name) {
+                return Err(BackendError::NotFound(name.to_string()));
+            }
+            Ok(st.container_stats.get(name).cloned().unwrap_or_default())
+        })
+    }
+
+    fn proxy_metrics<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move { Ok(self.lock().metrics.get(name).cloned()) })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::backend::LogsRequest,
+    ) -> BoxFuture<'a, Result<crate::backend::ExecOutputStream, BackendError>> {
+        Box::pin(async move {
+            let st = self.lock();
+            if !st.envs.contains_key(name) {
+                return Err(BackendError::NotFound(name.to_string()));
+            }
+            let text = st
+                .logs
+                .get(&req.target.container(name))
+                .cloned()
+                .unwrap_or_default();
+            let chunk: Result<ExecOutput, BackendError> = Ok(ExecOutput::Stdout(Bytes::from(text)));
+            Ok(Box::pin(futures_util::stream::iter(vec![chunk]))
+                as crate::backend::ExecOutputStream)
+        })
+    }
+
     fn exec<'a>(
         &'a self,
         name: &'a str,
@@ -238,6 +313,14 @@ impl Backend for FakeBackend {
                     });
                 }
                 st.execs.push((name.to_string(), req.clone()));
+                if st.hanging.contains(&req.cmd) {
+                    return Ok(ExecSession {
+                        output: Box::pin(futures_util::stream::pending()),
+                        stdin: None,
+                        exit: ExitHandle::new(|| Box::pin(async { Ok(137) })),
+                        resize: None,
+                    });
+                }
                 st.scripted
                     .get(&req.cmd)
                     .cloned()

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod build;
 pub mod devcontainer;
 pub mod docker;
+mod docker_ops;
 pub mod env;
 pub mod error;
 pub mod fake;

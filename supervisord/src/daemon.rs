@@ -155,7 +155,9 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
             sd_notify::NotifyState::Status("draining"),
         ]);
     };
+    let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::HEALTH_INTERVAL);
     server::serve(listener, daemon, shutdown).await;
+    health.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -223,6 +225,12 @@ impl std::fmt::Debug for DockerImages {
 }
 
 impl crate::registry::ImageSource for DockerImages {
+    fn proxy_binary(&self) -> Option<PathBuf> {
+        self.binary
+            .clone()
+            .or_else(|| kennel_container::image::find_proxy_binary().ok())
+    }
+
     fn proxy_image(
         &self,
     ) -> kennel_container::backend::BoxFuture<'_, Result<String, kennel_container::error::ImageError>>

@@ -43,6 +43,11 @@ pub trait ImageSource: Send + Sync + 'static {
     fn proxy_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
     /// Builds/imports the demo sandbox image (`kennel-sandbox:latest`); returns its tag.
     fn demo_sandbox_image(&self) -> BoxFuture<'_, Result<String, ImageError>>;
+    /// The host binary the proxy image is built from (`kennel doctor` checks it is static);
+    /// `None` when images come from elsewhere.
+    fn proxy_binary(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Images assumed to exist already: the given proxy tag and `kennel-sandbox:latest`.
@@ -87,6 +92,10 @@ pub struct Daemon {
     /// Serialises live policy changes ([`crate::policy_ops`]): each is read-modify-write of
     /// one file, so two at once must not lose either.
     pub(crate) policy_lock: tokio::sync::Mutex<()>,
+    /// Attached exec sessions (told why they end on a refresh).
+    sessions: crate::ops::sessions::Sessions,
+    /// The health monitor's last readings.
+    health: crate::ops::health::HealthState,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -99,7 +108,7 @@ impl std::fmt::Debug for Daemon {
 }
 
 /// Marks a name busy for the guard's lifetime.
-struct BusyGuard<'a> {
+pub(crate) struct BusyGuard<'a> {
     daemon: &'a Daemon,
     name: String,
 }
@@ -128,6 +137,8 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             busy: Mutex::new(HashSet::new()),
             policy_lock: tokio::sync::Mutex::new(()),
+            sessions: Default::default(),
+            health: Default::default(),
         })
     }
 
@@ -156,6 +167,26 @@ impl Daemon {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// The container backend (for [`crate::ops`]).
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Where images come from (for [`crate::ops`]).
+    pub(crate) fn images(&self) -> &Arc<dyn ImageSource> {
+        &self.images
+    }
+
+    /// The health monitor's last readings.
+    pub fn health_state(&self) -> &crate::ops::health::HealthState {
+        &self.health
+    }
+
+    /// The attached exec sessions.
+    pub fn sessions(&self) -> &crate::ops::sessions::Sessions {
+        &self.sessions
+    }
+
     fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // A poisoned lock only means another request panicked while holding it; the set is
         // still consistent (insert/remove are atomic), so keep going.
@@ -164,7 +195,7 @@ impl Daemon {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
+    pub(crate) fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
         if !self.busy_set().insert(name.to_string()) {
             return Err(ApiError::Busy(name.to_string()));
         }
@@ -174,7 +205,7 @@ impl Daemon {
         })
     }
 
-    fn check_running(&self) -> Result<(), ApiError> {
+    pub(crate) fn check_running(&self) -> Result<(), ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Err(ApiError::ShuttingDown)
         } else {
@@ -617,7 +648,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn info(&self, status: EnvStatus, record: Option<&EnvRecord>) -> EnvInfo {
+    pub(crate) fn info(&self, status: EnvStatus, record: Option<&EnvRecord>) -> EnvInfo {
         let mut containers: Vec<ContainerInfo> = status
             .containers
             .into_iter()
@@ -680,7 +711,7 @@ impl Daemon {
 
     /// The engine's view of `name` if this daemon manages it (recorded in its state, or
     /// carrying its instance label); `Ok(None)` for unknown or foreign environments.
-    async fn managed_status(
+    pub(crate) async fn managed_status(
         &self,
         name: &str,
         record: Option<&EnvRecord>,
@@ -825,10 +856,13 @@ impl Daemon {
             )
             .await?;
         let env = name.to_string();
+        let attached = self.sessions.attach(name);
         self.tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    if let Err(e) = pump(session, TokioIo::new(upgraded)).await {
+                    if let Err(e) =
+                        pump_until(session, TokioIo::new(upgraded), Some(attached)).await
+                    {
                         tracing::info!(env = %env, error = %e, "exec stream ended early");
                     }
                 }
@@ -927,7 +961,20 @@ fn state_str(s: EnvState) -> &'static str {
 
 /// Streams an exec session over `io`: output frames, then the exit (or error) frame; stdin
 /// frames from the client go to the command, resize frames to the TTY.
-pub async fn pump<IO>(mut session: ExecSession, io: IO) -> Result<(), frame::FrameError>
+pub async fn pump<IO>(session: ExecSession, io: IO) -> Result<(), frame::FrameError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    pump_until(session, io, None).await
+}
+
+/// [`pump`], ended early by a notice to `attached` (a refresh): the notice goes to the client
+/// as the last ([`FrameKind::Error`]) frame, so the person sees why the session ended.
+pub async fn pump_until<IO>(
+    mut session: ExecSession,
+    io: IO,
+    mut attached: Option<crate::ops::sessions::Attached>,
+) -> Result<(), frame::FrameError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin,
 {
@@ -970,7 +1017,23 @@ where
         }
     };
     let output_fut = async move {
-        while let Some(chunk) = session.output.next().await {
+        loop {
+            let notice = async {
+                match attached.as_mut() {
+                    Some(a) => a.notices.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let chunk = tokio::select! {
+                chunk = session.output.next() => chunk,
+                Some(message) = notice => {
+                    frame::write_frame(&mut wr, &Frame::new(FrameKind::Error, Bytes::from(message)))
+                        .await?;
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+            };
+            let Some(chunk) = chunk else { break };
             match chunk {
                 Ok(ExecOutput::Stdout(b)) => {
                     frame::write_chunked(&mut wr, FrameKind::Stdout, b).await?

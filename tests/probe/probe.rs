@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             .map_err(|e| format!("cannot write {path}: {e}")),
         ["read", path] => read(path),
         ["spawn", n] => spawn(n.parse().unwrap_or(0)),
+        ["alloc", mib, secs] => alloc(mib.parse().unwrap_or(0), secs.parse().unwrap_or(0)),
         _ => {
             eprintln!(
                 "usage: probe tcp HOST PORT [MS] | udp HOST PORT | udp-echo PORT | dns NAME [SERVER] | write PATH | read PATH | spawn N"
@@ -106,6 +107,22 @@ fn read(path: &str) -> Result<String, String> {
             .map_err(|e| format!("cannot read {path}: {e}"))?;
         Ok(format!("read {} bytes from {path}", s.len()))
     }
+}
+
+/// Allocates `mib` MiB, touches every page (so it is resident, not just reserved), reports, then
+/// holds it for `secs` seconds (at most 600) so a stats reading can see it.
+fn alloc(mib: usize, secs: u64) -> Result<String, String> {
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(mib << 20)
+        .map_err(|e| format!("cannot allocate {mib} MiB: {e}"))?;
+    v.resize(mib << 20, 1);
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = (i % 251) as u8;
+    }
+    println!("allocated {mib} MiB");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(secs.min(600)));
+    Ok(format!("held {mib} MiB ({} checksum)", v.iter().step_by(4096).map(|b| *b as u64).sum::<u64>()))
 }
 
 fn spawn(n: usize) -> Result<String, String> {

@@ -192,9 +192,9 @@ fn which(name: &str) -> PathBuf {
     panic!("{name} not found on the host; run scripts/setup");
 }
 
-const BUSYBOX_APPLETS: [&str; 22] = [
+const BUSYBOX_APPLETS: [&str; 24] = [
     "sh", "cat", "id", "ls", "touch", "sleep", "httpd", "echo", "mkdir", "rm", "env", "ps", "grep",
-    "head", "true", "false", "ulimit", "test", "wc", "stat", "mount", "tr",
+    "head", "true", "false", "ulimit", "test", "wc", "stat", "mount", "tr", "du", "dd",
 ];
 
 /// The test image: busybox-static (with applet links), the probe at `/usr/local/bin/probe`,

@@ -17,6 +17,13 @@ pub struct InspectArgs {
 /// Runs `kennel inspect`.
 pub fn run(client: &Client, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let info: EnvInfo = block_on(client.get(&format!("/envs/{}", args.env)))??;
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    let mut doc = serde_json::to_value(&info)?;
+    // The health monitor's last reading of each rule (404 until its first look: left out).
+    let health: Result<serde_json::Value, _> =
+        block_on(client.get(&format!("/envs/{}/health", args.env)))?;
+    if let (Ok(h), Some(obj)) = (health, doc.as_object_mut()) {
+        obj.insert("health".into(), h);
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,12 @@
 //! | `DELETE` | `/v1/envs/{name}` | | [`types::Removed`] |
 //! | `POST` | `/v1/images/proxy` | | [`types::ImageBuilt`] |
 //! | `POST` | `/v1/images/demo-sandbox` | | [`types::ImageBuilt`] |
+//! | `POST` | `/v1/envs/{name}/refresh` | | [`types::EnvInfo`] |
+//! | `GET` | `/v1/doctor` | | `[`[`crate::ops::doctor::Check`]`]` |
+//! | `POST` | `/v1/envs/{name}/doctor` | | `[`[`crate::ops::doctor::Check`]`]` (isolation self-test) |
+//! | `GET` | `/v1/stats` | | `[`[`crate::ops::stats::EnvUsage`]`]` |
+//! | `GET` | `/v1/envs/{name}/stats` | | [`crate::ops::stats::EnvUsage`] |
+//! | `POST` | `/v1/envs/{name}/logs` | [`crate::ops::logs::LogsBody`], `Upgrade: kennel-exec/1` | `101`, then frames |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
@@ -302,6 +308,29 @@ async fn route(
             let info = detach(&daemon, async move { d.start(&n).await }).await?;
             Ok(json(StatusCode::OK, &info))
         }
+        (&Method::POST, ["envs", name, "refresh"]) => {
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let info = detach(&daemon, async move { d.refresh(&n).await }).await?;
+            Ok(json(StatusCode::OK, &info))
+        }
+        (&Method::GET, ["envs", name, "health"]) => {
+            Ok(json(StatusCode::OK, &daemon.health_of(name)?))
+        }
+        (&Method::GET, ["doctor"]) => Ok(json(StatusCode::OK, &daemon.doctor().await)),
+        (&Method::POST, ["envs", name, "doctor"]) => {
+            Ok(json(StatusCode::OK, &daemon.selftest(name).await?))
+        }
+        (&Method::GET, ["stats"]) => Ok(json(StatusCode::OK, &daemon.usage_all().await?)),
+        (&Method::GET, ["envs", name, "stats"]) => {
+            Ok(json(StatusCode::OK, &daemon.usage(name).await?))
+        }
+        (&Method::POST, ["envs", name, "logs"]) => {
+            require_upgrade(&req, "logs")?;
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let body: crate::ops::logs::LogsBody = read_json(req.into_body()).await?;
+            daemon.start_logs(name, body, on_upgrade).await?;
+            Ok(switching_protocols())
+        }
         (&Method::POST, ["envs", name, "exec"]) => {
             if !wants_upgrade(&req) {
                 return Err(ApiError::BadRequest(format!(
@@ -325,6 +354,12 @@ async fn route(
             ["version" | "health" | "envs"]
             | ["envs", _]
             | ["envs", _, "exec" | "stop" | "start"]
+            | ["stats" | "doctor"]
+            | [
+                "envs",
+                _,
+                "refresh" | "stats" | "logs" | "doctor" | "health",
+            ]
             | ["images", "proxy" | "demo-sandbox"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
@@ -419,5 +454,16 @@ async fn policy_route(
             method: method.to_string(),
             path: req.uri().path().to_string(),
         }),
+    }
+}
+
+/// Refuses a streaming request that does not ask for the `kennel-exec/1` upgrade.
+fn require_upgrade(req: &Request<Incoming>, what: &str) -> Result<(), ApiError> {
+    if wants_upgrade(req) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
+        )))
     }
 }

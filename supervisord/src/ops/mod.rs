@@ -1,0 +1,10 @@
+//! Looking after running environments: `kennel refresh`, `kennel stats`, `kennel logs`,
+//! `kennel doctor` (daemon side). Kept apart from [`crate::registry`], which creates and
+//! removes them.
+
+pub mod doctor;
+pub mod health;
+pub mod logs;
+pub mod refresh;
+pub mod sessions;
+pub mod stats;
