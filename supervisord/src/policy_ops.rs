@@ -50,7 +50,7 @@ pub const CHANGES_FILE: &str = "changes.jsonl";
 pub const LOG_DIR: &str = "logs";
 /// Most bytes of access log `kennel denials` reads (newest kept): the proxy caps the files at
 /// about twice [`kennel_container::hardening::ACCESS_LOG_ROTATE_BYTES`] anyway.
-const MAX_LOG_READ: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_LOG_READ: u64 = 32 * 1024 * 1024;
 /// Longest `--note`.
 const MAX_NOTE: usize = 1000;
 /// Most entries in one `allow`/`deny`.
@@ -233,7 +233,7 @@ fn now_unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
