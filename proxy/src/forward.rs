@@ -22,12 +22,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::connect::finish;
 use crate::dial;
 use crate::head::{BodyReader, Framing, RequestHead, trim};
-use crate::log::AccessRecord;
+use crate::log::{self, Access, Ended, Kind, Outcome};
 use crate::registry::Registration;
-use crate::respond::Failure;
+use crate::respond::{self, Failure, Side};
 use crate::upstream::HttpHop;
 
 /// Request body streamed from the client to hyper's client connection.
@@ -218,68 +217,51 @@ pub async fn handle(
     peer: SocketAddr,
     reg: &Registration<'_>,
 ) -> Next {
-    let start = tokio::time::Instant::now();
-    let mut rec = AccessRecord {
-        client: peer.to_string(),
-        method: head.method.clone(),
-        host: head.target.clone(),
-        upstream: "direct".into(),
-        ..Default::default()
-    };
-    let has_body = head.framing != Framing::None;
-    match forward(shared, client, buf, &head, reg, &mut rec).await {
-        Ok(next) => {
-            finish(shared, rec, start, "http");
-            next
-        }
+    let mut rec = Access::new(Kind::Http, peer, &head.method);
+    rec.unparsed = Some(&head.target);
+    let (next, outcome) = match forward(shared, client, buf, &head, reg, &mut rec).await {
+        Ok((next, ended)) => (next, Outcome::Ended(ended)),
         Err(f) => {
-            let policy = shared.store.current();
-            let target = Target::from_host_port(&rec.host, rec.port)
-                .ok()
-                .filter(|_| rec.port != 0);
-            let mut resp = f.response(target.as_ref(), shared.policy_shown_as(&policy).as_deref());
             // A denied request without a body leaves the connection usable: keep it open
             // (every following request is admitted again).
-            let keep = !has_body && head.keep_alive && f.side() == crate::respond::Side::Policy;
+            let keep = !has_body(&head) && head.keep_alive && f.side() == Side::Policy;
             if keep {
-                resp = String::from_utf8_lossy(&resp)
-                    .replacen("Connection: close\r\n", "", 1)
-                    .into_bytes();
+                let policy = shared.store.current();
+                let resp = f.response(
+                    rec.target.as_ref(),
+                    shared.policy_shown_as(&policy).as_deref(),
+                );
+                let resp = String::from_utf8_lossy(&resp).replacen("Connection: close\r\n", "", 1);
+                let _ = client.write_all(resp.as_bytes()).await;
+            } else {
+                respond::refuse(shared, client, rec.target.as_ref(), &f).await;
+                respond::linger_close(client).await;
             }
-            let _ = client.write_all(&resp).await;
-            if !keep {
-                crate::listener::linger_close(client).await;
-            }
-            rec.status = f.status();
-            if let Some(rule) = f.rule() {
-                rec.rule = Some(rule.to_string());
-            }
-            rec.decision = f.decision();
-            rec.reason = f.reason();
-            rec.error = Some(f.to_string());
-            finish(shared, rec, start, "http");
-            if keep { Next::KeepAlive } else { Next::Close }
+            let next = if keep { Next::KeepAlive } else { Next::Close };
+            (next, Outcome::Failed(f))
         }
-    }
+    };
+    log::finish(shared, rec, outcome);
+    next
 }
 
-async fn forward(
+async fn forward<'h>(
     shared: &Shared,
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    head: &RequestHead,
+    head: &'h RequestHead,
     reg: &Registration<'_>,
-    rec: &mut AccessRecord,
-) -> Result<Next, Failure> {
+    rec: &mut Access<'h>,
+) -> Result<(Next, Ended), Failure> {
     if head.target.starts_with('/') || head.target == "*" {
-        rec.host = String::new();
+        rec.unparsed = None;
         return Err(Failure::NotProxyRequest);
     }
     let (target, path) = Target::parse_absolute_uri(&head.target).map_err(|e| {
         Failure::BadRequest(format!("invalid request target {:?}: {e}", head.target))
     })?;
-    rec.host = target.host.to_string();
-    rec.port = target.port;
+    rec.target = Some(target.clone());
+    rec.unparsed = None;
     if !head
         .target
         .get(..7)
@@ -314,10 +296,7 @@ async fn forward(
     let generation = shared.store.generation();
     let policy = shared.store.current();
     let (decision, route) = crate::admit::admit(shared, &policy, &target).await?;
-    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
-    rec.reason = decision.reason.as_str().to_string();
-    rec.upstream = route.upstream.to_string();
-    rec.resolved = route.addrs.first().map(|a| a.to_string());
+    rec.admitted(decision, &route);
 
     // Build the outgoing request parts once.
     let listed = connection_listed(&head.headers);
@@ -364,7 +343,7 @@ async fn forward(
         }
     };
     let mut resolved = resolved;
-    rec.resolved = resolved.map(|a| a.to_string());
+    rec.resolved = resolved;
     reg.set_target(&target, resolved.map(|a| a.ip()));
     if let Some(d) = crate::admit::recheck(shared, generation, &target, resolved) {
         return Err(d);
@@ -498,28 +477,25 @@ async fn forward(
     let ((status, down, origin_keep, client_keep), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
-    rec.decision = if decision.would_deny {
-        "would_deny"
-    } else {
-        "allow"
-    };
     shared
         .metrics
-        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
+        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule());
     let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
-    if let Some(Err(e)) = &pump_done {
-        rec.error = Some(e.to_string());
-    }
+    let ended = match &pump_done {
+        Some(Err(e)) => Ended::Error(e.to_string()),
+        _ => Ended::Done,
+    };
     if origin_keep && body_ok && !sender.is_closed() {
         shared
             .pool
             .put(&route.pool_key_for(&target, resolved), sender, hop.clone());
     }
-    Ok(if client_keep && body_ok {
+    let next = if client_keep && body_ok {
         Next::KeepAlive
     } else {
         Next::Close
-    })
+    };
+    Ok((next, ended))
 }
 
 /// Why streaming the request body to the origin stopped early.

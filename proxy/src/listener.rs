@@ -14,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
-use crate::connect::finish;
 use crate::head::{self, HeadError};
-use crate::log::AccessRecord;
-use crate::respond::Failure;
+use crate::log::{self, Access, Kind, Outcome};
+use crate::respond::{self, Failure};
 
 /// Shutdown and accounting handles shared by the accept loops and connections.
 #[derive(Clone)]
@@ -154,21 +153,12 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
                     HeadError::TooLarge(_) => Failure::HeadTooLarge,
                     other => Failure::BadRequest(other.to_string()),
                 };
-                let policy = shared.store.current();
-                let _ = tcp
-                    .write_all(&f.response(None, shared.policy_shown_as(&policy).as_deref()))
-                    .await;
-                linger_close(&mut tcp).await;
-                let rec = AccessRecord {
-                    client: peer.to_string(),
-                    status: f.status(),
-                    decision: f.decision(),
-                    reason: f.reason(),
-                    error: Some(f.to_string()),
-                    upstream: String::new(),
-                    ..Default::default()
-                };
-                finish(shared, rec, tokio::time::Instant::now(), "http");
+                respond::refuse(shared, &mut tcp, None, &f).await;
+                respond::linger_close(&mut tcp).await;
+                // No head, so no method, target or route: those fields stay empty.
+                let mut rec = Access::new(Kind::Http, peer, "");
+                rec.upstream = None;
+                log::finish(shared, rec, Outcome::Failed(f));
                 return;
             }
         };
@@ -200,25 +190,6 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
         if matches!(next, crate::forward::Next::Close) || ctl.drain.is_cancelled() {
             let _ = tcp.shutdown().await;
             return;
-        }
-    }
-}
-
-/// Close after an error response without resetting it away: shut the write side, then read and
-/// discard what the client is still sending (bounded in bytes and time), so the kernel does not
-/// answer unread data with a RST that destroys the response in flight.
-pub async fn linger_close(tcp: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let _ = tcp.shutdown().await;
-    // On the heap, not in the future: an array here would make every connection task (whose
-    // size is that of its largest state) 16 KiB larger for its whole life, idle tunnels included.
-    let mut sink = vec![0u8; 16 * 1024];
-    let mut left: usize = 1 << 20;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while left > 0 {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => return,
         }
     }
 }
