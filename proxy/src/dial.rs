@@ -174,16 +174,16 @@ async fn connect_direct(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), Failure> {
-    let all = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Only a failure names the addresses: no string is built on the way to a connection.
+    let all = || {
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let attempt = async {
-        let mut last = Failure::Connect {
-            addr: all.clone(),
-            detail: "no address".into(),
-        };
+        let mut last = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -191,18 +191,21 @@ async fn connect_direct(
                     return Ok((s, *addr));
                 }
                 Err(e) => {
-                    last = Failure::Connect {
+                    last = Some(Failure::Connect {
                         addr: addr.to_string(),
                         detail: e.to_string(),
-                    }
+                    })
                 }
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| Failure::Connect {
+            addr: all(),
+            detail: "no address".into(),
+        }))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(Failure::ConnectTimeout(all)),
+        Err(_) => Err(Failure::ConnectTimeout(all())),
     }
 }
 

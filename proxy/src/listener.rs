@@ -64,6 +64,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// loop keeps serving.
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Control) {
     let mut backoff = Duration::from_millis(5);
+    // TCP_NODELAY set once on the listener is inherited by every accepted socket on Linux,
+    // which saves a setsockopt per connection. Whether it held is checked on the first
+    // accepted socket; where it does not, each connection sets it itself.
+    let mut nodelay = if socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .is_ok()
+    {
+        NoDelay::Unchecked
+    } else {
+        NoDelay::PerConnection
+    };
     loop {
         let permit = tokio::select! {
             p = ctl.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -76,7 +87,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Contro
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
-                let _ = tcp.set_nodelay(true);
+                nodelay = nodelay.apply(&tcp);
                 shared
                     .metrics
                     .connections_total
@@ -111,6 +122,31 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Contro
                     _ = ctl.drain.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// How accepted sockets get TCP_NODELAY (small responses and the `200` of a CONNECT must not
+/// wait for an ACK).
+#[derive(Clone, Copy)]
+enum NoDelay {
+    /// Set on the listener; not yet seen whether accepted sockets inherit it.
+    Unchecked,
+    /// Accepted sockets inherit it from the listener.
+    Inherited,
+    /// Each accepted socket must set it.
+    PerConnection,
+}
+
+impl NoDelay {
+    fn apply(self, tcp: &TcpStream) -> NoDelay {
+        match self {
+            NoDelay::Inherited => NoDelay::Inherited,
+            NoDelay::Unchecked if tcp.nodelay().unwrap_or(false) => NoDelay::Inherited,
+            NoDelay::Unchecked | NoDelay::PerConnection => {
+                let _ = tcp.set_nodelay(true);
+                NoDelay::PerConnection
             }
         }
     }
@@ -191,5 +227,32 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
             let _ = tcp.shutdown().await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every accepted socket ends up with TCP_NODELAY, with one setsockopt on the listener
+    /// instead of one per connection where the kernel passes it on (Linux does). Loopback only.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let l = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        socket2::SockRef::from(&l)
+            .set_tcp_nodelay(true)
+            .expect("listener nodelay");
+        let addr = l.local_addr().expect("addr");
+        let mut mode = NoDelay::Unchecked;
+        for _ in 0..2 {
+            let _c = TcpStream::connect(addr).await.expect("connect");
+            let (tcp, _) = l.accept().await.expect("accept");
+            mode = mode.apply(&tcp);
+            assert!(
+                tcp.nodelay().expect("getsockopt"),
+                "accepted without nodelay"
+            );
+        }
+        assert!(matches!(mode, NoDelay::Inherited), "Linux passes it on");
     }
 }
