@@ -22,6 +22,7 @@ ROWS = [
     ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
     ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)", False),
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),

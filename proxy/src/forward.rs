@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::dial;
+use crate::dial::{self, PoolKey};
 use crate::head::{BodyReader, Framing, RequestHead, trim};
 use crate::log::{self, Access, Ended, Kind, Outcome};
 use crate::registry::Registration;
@@ -89,7 +89,7 @@ type Pooled = (SendRequest<ChanBody>, HttpHop);
 /// Idle origin connections keyed by checked address (or upstream + target).
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 /// Longest time an origin connection stays idle in the pool.
@@ -98,36 +98,36 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_KEY: usize = 32;
 
 impl Pool {
-    fn take(&self, key: &str) -> Vec<Pooled> {
+    /// The most recently parked connection under `key`, if any (the lock is not held across
+    /// an await).
+    fn pop(&self, key: &PoolKey) -> Option<Idle> {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(v) = m.get_mut(key) else {
-            return Vec::new();
-        };
-        let out: Vec<_> = v
-            .drain(..)
-            .filter(|i| i.since.elapsed() < POOL_IDLE && !i.sender.is_closed())
-            .map(|i| (i.sender, i.hop))
-            .collect();
-        m.remove(key);
-        out
+        let v = m.get_mut(key)?;
+        let idle = v.pop();
+        if v.is_empty() {
+            m.remove(key);
+        }
+        idle
     }
 
-    async fn checkout(&self, key: &str) -> Option<Pooled> {
-        let mut cands = self.take(key);
-        let mut found = None;
-        while let Some((mut s, hop)) = cands.pop() {
-            if found.is_none() && s.ready().await.is_ok() {
-                found = Some((s, hop));
-            } else if found.is_some() {
-                self.put(key, s, hop);
+    /// A live idle connection under `key`: most recently used first (the likeliest to be still
+    /// open); expired or closed ones met on the way are dropped. Bounded: each turn removes one.
+    async fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
+        while let Some(i) = self.pop(key) {
+            if i.since.elapsed() >= POOL_IDLE || i.sender.is_closed() {
+                continue;
+            }
+            let mut sender = i.sender;
+            if sender.ready().await.is_ok() {
+                return Some((sender, i.hop));
             }
         }
-        found
+        None
     }
 
-    fn put(&self, key: &str, sender: SendRequest<ChanBody>, hop: HttpHop) {
+    fn put(&self, key: PoolKey, sender: SendRequest<ChanBody>, hop: HttpHop) {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let v = m.entry(key.to_string()).or_default();
+        let v = m.entry(key).or_default();
         if v.len() < POOL_PER_KEY {
             v.push(Idle {
                 since: tokio::time::Instant::now(),
@@ -208,7 +208,9 @@ pub enum Next {
 }
 
 /// Forward one request. Writes the response (or the error response) to the client.
-#[tracing::instrument(skip_all, fields(client = %peer, method = %head.method))]
+// Debug level: at the default info level an info span would format its fields on every
+// request, with nothing inside it logging at info.
+#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, method = %head.method))]
 pub async fn handle(
     shared: &Shared,
     client: &mut TcpStream,
@@ -298,31 +300,8 @@ async fn forward<'h>(
     let (decision, route) = crate::admit::admit(shared, &policy, &target).await?;
     rec.admitted(decision, &route);
 
-    // Build the outgoing request parts once.
-    let listed = connection_listed(&head.headers);
-    let mut headers = http::HeaderMap::new();
-    for (n, v) in &head.headers {
-        if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
-        {
-            continue;
-        }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) else {
-            return Err(Failure::BadRequest(format!("invalid header {n:?}")));
-        };
-        headers.append(name, value);
-    }
-    let host_value = match (&target.host, target.port) {
-        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
-        (h, 80) => h.to_string(),
-        _ => target.to_string(),
-    };
-    headers.insert(
-        http::header::HOST,
-        HeaderValue::from_str(&host_value).map_err(|_| Failure::BadRequest("bad host".into()))?,
-    );
+    let host_value = host_header(&target);
+    let headers = outgoing_headers(head, &host_value)?;
     let method = http::Method::from_bytes(head.method.as_bytes())
         .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
 
@@ -349,7 +328,12 @@ async fn forward<'h>(
         return Err(d);
     }
 
-    let build = |body: ChanBody, hop: &HttpHop| -> Result<http::Request<ChanBody>, Failure> {
+    // `headers` is moved into the first request; the rare retry on a fresh connection builds
+    // them again rather than every request paying for a copy.
+    let build = |body: ChanBody,
+                 hop: &HttpHop,
+                 headers: http::HeaderMap|
+     -> Result<http::Request<ChanBody>, Failure> {
         let uri = match hop {
             HttpHop::Origin => path.clone(),
             HttpHop::Proxy { .. } => format!("http://{}{}", host_value, path),
@@ -359,7 +343,7 @@ async fn forward<'h>(
             .uri(uri)
             .body(body)
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers;
         if let HttpHop::Proxy {
             authorization: Some(a),
         } = hop
@@ -423,7 +407,7 @@ async fn forward<'h>(
             }
         }
     };
-    let req = build(body, &hop)?;
+    let req = build(body, &hop, headers)?;
     let client_v11 = head.version == 1;
     let is_head = method == http::Method::HEAD;
     let exchange = async {
@@ -439,7 +423,11 @@ async fn forward<'h>(
                 resolved = r2;
                 via_proxy = matches!(hop2, HttpHop::Proxy { .. });
                 sender
-                    .send_request(build(ChanBody::empty(), &hop2)?)
+                    .send_request(build(
+                        ChanBody::empty(),
+                        &hop2,
+                        outgoing_headers(head, &host_value)?,
+                    )?)
                     .await
                     .map_err(|e| Failure::Origin(e.to_string()))?
             }
@@ -488,7 +476,7 @@ async fn forward<'h>(
     if origin_keep && body_ok && !sender.is_closed() {
         shared
             .pool
-            .put(&route.pool_key_for(&target, resolved), sender, hop.clone());
+            .put(route.pool_key_for(&target, resolved), sender, hop.clone());
     }
     let next = if client_keep && body_ok {
         Next::KeepAlive
@@ -496,6 +484,40 @@ async fn forward<'h>(
         Next::Close
     };
     Ok((next, ended))
+}
+
+/// The Host header sent to the origin: the target, without the port when it is 80.
+fn host_header(target: &Target) -> String {
+    match (&target.host, target.port) {
+        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
+        (h, 80) => h.to_string(),
+        _ => target.to_string(),
+    }
+}
+
+/// The request's headers as sent on: hop-by-hop headers (and what `Connection` lists),
+/// `Expect` (answered by the proxy) and `Host` dropped; `Host` set to `host_value`.
+fn outgoing_headers(head: &RequestHead, host_value: &str) -> Result<http::HeaderMap, Failure> {
+    let listed = connection_listed(&head.headers);
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 1);
+    for (n, v) in &head.headers {
+        if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
+        {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) else {
+            return Err(Failure::BadRequest(format!("invalid header {n:?}")));
+        };
+        headers.append(name, value);
+    }
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_str(host_value).map_err(|_| Failure::BadRequest("bad host".into()))?,
+    );
+    Ok(headers)
 }
 
 /// Why streaming the request body to the origin stopped early.
