@@ -62,9 +62,8 @@ for key, label, _ in ROWS:
         ratio(k, g("direct", key)), ratio(k, g("squid", key)), ratio(k, g("tinyproxy", key)),
     ]) + " |")
 out.append("")
-out.append("kennel before/after the splice relay (`before` = the build given as KENNEL_BEFORE: "
-           "the copy loop with 64 KiB buffers), and with 1 MiB pipes (`limits.buffer_bytes = "
-           "1048576`), same run:")
+out.append("kennel before/after (`before` = the build given as KENNEL_BEFORE, named in the "
+           "reading below), and with 1 MiB pipes (`limits.buffer_bytes = 1048576`), same run:")
 out.append("")
 out.append("| scenario | kennel before | kennel now (splice, 256 KiB pipes) | kennel now, 1 MiB pipes | now ÷ before | 1 MiB ÷ before |")
 out.append("|---|---|---|---|---|---|")

@@ -305,23 +305,7 @@ async fn forward<'h>(
     let method = http::Method::from_bytes(head.method.as_bytes())
         .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
 
-    // Get a connection: pooled, else dial.
-    let mut reused = true;
-    let mut pooled = None;
-    for (k, addr) in route.pool_keys(&target) {
-        if let Some((s, hop)) = shared.pool.checkout(&k).await {
-            pooled = Some((s, hop, addr));
-            break;
-        }
-    }
-    let (sender, hop, resolved) = match pooled {
-        Some(p) => p,
-        None => {
-            reused = false;
-            open(shared, &route, &target).await?
-        }
-    };
-    let mut resolved = resolved;
+    let (sender, hop, mut resolved, reused) = origin_connection(shared, &route, &target).await?;
     rec.resolved = resolved;
     reg.set_target(&target, resolved.map(|a| a.ip()));
     if let Some(d) = crate::admit::recheck(shared, generation, &target, resolved) {
@@ -533,6 +517,22 @@ enum PumpError {
 
 fn has_body(head: &RequestHead) -> bool {
     head.framing != Framing::None
+}
+
+/// A connection to the origin for `route`: a pooled one for a checked address of this request
+/// (`reused`), else a new one.
+async fn origin_connection(
+    shared: &Shared,
+    route: &dial::Route,
+    target: &Target,
+) -> Result<(SendRequest<ChanBody>, HttpHop, Option<SocketAddr>, bool), Failure> {
+    for (k, addr) in route.pool_keys(target) {
+        if let Some((s, hop)) = shared.pool.checkout(&k).await {
+            return Ok((s, hop, addr, true));
+        }
+    }
+    let (s, hop, addr) = open(shared, route, target).await?;
+    Ok((s, hop, addr, false))
 }
 
 async fn open(
