@@ -22,6 +22,7 @@ ROWS = [
     ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
     ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)", False),
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
@@ -61,9 +62,8 @@ for key, label, _ in ROWS:
         ratio(k, g("direct", key)), ratio(k, g("squid", key)), ratio(k, g("tinyproxy", key)),
     ]) + " |")
 out.append("")
-out.append("kennel before/after the splice relay (`before` = the build given as KENNEL_BEFORE: "
-           "the copy loop with 64 KiB buffers), and with 1 MiB pipes (`limits.buffer_bytes = "
-           "1048576`), same run:")
+out.append("kennel before/after (`before` = the build given as KENNEL_BEFORE, named in the "
+           "reading below), and with 1 MiB pipes (`limits.buffer_bytes = 1048576`), same run:")
 out.append("")
 out.append("| scenario | kennel before | kennel now (splice, 256 KiB pipes) | kennel now, 1 MiB pipes | now ÷ before | 1 MiB ÷ before |")
 out.append("|---|---|---|---|---|---|")

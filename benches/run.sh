@@ -216,6 +216,7 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
 scenario dl1 0 download --origin $O --conns 1 --bytes 1G
 scenario dl8 0 download --origin $O --conns 8 --bytes 128M
 scenario tunnel_rate 0 tunnel-rate --origin $O --clients 16 --secs 2
+scenario tunnel_p99 0 tunnel-latency --origin $O --clients 4 --secs 2
 scenario forward_rate 1 forward-rate --origin $O --clients 16 --secs 2
 scenario denied_rate 1 denied-rate --clients 16 --secs 2
 

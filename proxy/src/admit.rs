@@ -244,7 +244,7 @@ mod tests {
             let f = check(&p, &t, &[])
                 .and_then(|_| check(&p, &t, &addrs))
                 .expect_err(&case);
-            assert_eq!(f.reason(), *reason, "{case}");
+            assert_eq!(f.reason().to_string(), *reason, "{case}");
             let hint = match &f {
                 Failure::Denied { hint, .. } => hint,
                 Failure::Guard(g) => &g.hint,

@@ -47,24 +47,41 @@ impl Route {
     /// Keys under which a reusable connection for this route may be pooled: one per checked
     /// address for direct routes (a connection is only ever reused for an address that was
     /// checked for *this* request), else one key per upstream + target.
-    pub fn pool_keys(&self, target: &Target) -> Vec<(String, Option<SocketAddr>)> {
-        match &self.upstream {
-            Upstream::Direct => self
-                .addrs
-                .iter()
-                .map(|a| (a.to_string(), Some(*a)))
-                .collect(),
-            up => vec![(upstream_key(up, target), self.addrs.first().copied())],
-        }
+    pub fn pool_keys<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> impl Iterator<Item = (PoolKey, Option<SocketAddr>)> + 'a {
+        let direct = matches!(self.upstream, Upstream::Direct);
+        let via = (!direct).then(|| {
+            (
+                PoolKey::Via(upstream_key(&self.upstream, target)),
+                self.addrs.first().copied(),
+            )
+        });
+        let addrs = if direct { &self.addrs[..] } else { &[] };
+        addrs
+            .iter()
+            .map(|a| (PoolKey::Addr(*a), Some(*a)))
+            .chain(via)
     }
 
     /// Key to pool a connection under, given the address it actually reached.
-    pub fn pool_key_for(&self, target: &Target, reached: Option<SocketAddr>) -> String {
+    pub fn pool_key_for(&self, target: &Target, reached: Option<SocketAddr>) -> PoolKey {
         match (&self.upstream, reached) {
-            (Upstream::Direct, Some(a)) => a.to_string(),
-            (up, _) => upstream_key(up, target),
+            (Upstream::Direct, Some(a)) => PoolKey::Addr(a),
+            (up, _) => PoolKey::Via(upstream_key(up, target)),
         }
     }
+}
+
+/// What a pooled origin connection is keyed by: the checked address of a direct connection (a
+/// lookup builds no string), or upstream + credentials hash + target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PoolKey {
+    /// A direct connection to this checked address.
+    Addr(SocketAddr),
+    /// Through an upstream: [`upstream_key`].
+    Via(String),
 }
 
 /// Pool key of a connection through upstream `up` to `target`. `Upstream`'s Display omits the
@@ -174,16 +191,16 @@ async fn connect_direct(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), Failure> {
-    let all = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Only a failure names the addresses: no string is built on the way to a connection.
+    let all = || {
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let attempt = async {
-        let mut last = Failure::Connect {
-            addr: all.clone(),
-            detail: "no address".into(),
-        };
+        let mut last = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -191,18 +208,21 @@ async fn connect_direct(
                     return Ok((s, *addr));
                 }
                 Err(e) => {
-                    last = Failure::Connect {
+                    last = Some(Failure::Connect {
                         addr: addr.to_string(),
                         detail: e.to_string(),
-                    }
+                    })
                 }
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| Failure::Connect {
+            addr: all(),
+            detail: "no address".into(),
+        }))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(Failure::ConnectTimeout(all)),
+        Err(_) => Err(Failure::ConnectTimeout(all())),
     }
 }
 
@@ -358,7 +378,7 @@ mod tests {
     #[test]
     fn pool_keys_differ_by_upstream_credentials() {
         let t = Target::parse_authority("origin.test:80").expect("target");
-        let key = |r: &Route| r.pool_keys(&t)[0].0.clone();
+        let key = |r: &Route| r.pool_keys(&t).next().expect("a key").0;
         let alice = via("alice", "one");
         assert_eq!(key(&alice), key(&via("alice", "one")));
         assert_eq!(key(&alice), alice.pool_key_for(&t, None));
@@ -376,6 +396,9 @@ mod tests {
             addrs: Vec::new(),
         };
         assert_ne!(key(&alice), key(&anonymous));
-        assert!(!key(&alice).contains("one"), "no password in the key");
+        assert!(
+            !format!("{:?}", key(&alice)).contains("one"),
+            "no password in the key"
+        );
     }
 }

@@ -22,12 +22,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::connect::finish;
-use crate::dial;
+use crate::dial::{self, PoolKey};
 use crate::head::{BodyReader, Framing, RequestHead, trim};
-use crate::log::AccessRecord;
+use crate::log::{self, Access, Ended, Kind, Outcome};
 use crate::registry::Registration;
-use crate::respond::Failure;
+use crate::respond::{self, Failure, Side};
 use crate::upstream::HttpHop;
 
 /// Request body streamed from the client to hyper's client connection.
@@ -90,7 +89,7 @@ type Pooled = (SendRequest<ChanBody>, HttpHop);
 /// Idle origin connections keyed by checked address (or upstream + target).
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 /// Longest time an origin connection stays idle in the pool.
@@ -99,36 +98,36 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_KEY: usize = 32;
 
 impl Pool {
-    fn take(&self, key: &str) -> Vec<Pooled> {
+    /// The most recently parked connection under `key`, if any (the lock is not held across
+    /// an await).
+    fn pop(&self, key: &PoolKey) -> Option<Idle> {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(v) = m.get_mut(key) else {
-            return Vec::new();
-        };
-        let out: Vec<_> = v
-            .drain(..)
-            .filter(|i| i.since.elapsed() < POOL_IDLE && !i.sender.is_closed())
-            .map(|i| (i.sender, i.hop))
-            .collect();
-        m.remove(key);
-        out
+        let v = m.get_mut(key)?;
+        let idle = v.pop();
+        if v.is_empty() {
+            m.remove(key);
+        }
+        idle
     }
 
-    async fn checkout(&self, key: &str) -> Option<Pooled> {
-        let mut cands = self.take(key);
-        let mut found = None;
-        while let Some((mut s, hop)) = cands.pop() {
-            if found.is_none() && s.ready().await.is_ok() {
-                found = Some((s, hop));
-            } else if found.is_some() {
-                self.put(key, s, hop);
+    /// A live idle connection under `key`: most recently used first (the likeliest to be still
+    /// open); expired or closed ones met on the way are dropped. Bounded: each turn removes one.
+    async fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
+        while let Some(i) = self.pop(key) {
+            if i.since.elapsed() >= POOL_IDLE || i.sender.is_closed() {
+                continue;
+            }
+            let mut sender = i.sender;
+            if sender.ready().await.is_ok() {
+                return Some((sender, i.hop));
             }
         }
-        found
+        None
     }
 
-    fn put(&self, key: &str, sender: SendRequest<ChanBody>, hop: HttpHop) {
+    fn put(&self, key: PoolKey, sender: SendRequest<ChanBody>, hop: HttpHop) {
         let mut m = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let v = m.entry(key.to_string()).or_default();
+        let v = m.entry(key).or_default();
         if v.len() < POOL_PER_KEY {
             v.push(Idle {
                 since: tokio::time::Instant::now(),
@@ -209,7 +208,9 @@ pub enum Next {
 }
 
 /// Forward one request. Writes the response (or the error response) to the client.
-#[tracing::instrument(skip_all, fields(client = %peer, method = %head.method))]
+// Debug level: at the default info level an info span would format its fields on every
+// request, with nothing inside it logging at info.
+#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, method = %head.method))]
 pub async fn handle(
     shared: &Shared,
     client: &mut TcpStream,
@@ -218,68 +219,51 @@ pub async fn handle(
     peer: SocketAddr,
     reg: &Registration<'_>,
 ) -> Next {
-    let start = tokio::time::Instant::now();
-    let mut rec = AccessRecord {
-        client: peer.to_string(),
-        method: head.method.clone(),
-        host: head.target.clone(),
-        upstream: "direct".into(),
-        ..Default::default()
-    };
-    let has_body = head.framing != Framing::None;
-    match forward(shared, client, buf, &head, reg, &mut rec).await {
-        Ok(next) => {
-            finish(shared, rec, start, "http");
-            next
-        }
+    let mut rec = Access::new(Kind::Http, peer, &head.method);
+    rec.unparsed = Some(&head.target);
+    let (next, outcome) = match forward(shared, client, buf, &head, reg, &mut rec).await {
+        Ok((next, ended)) => (next, Outcome::Ended(ended)),
         Err(f) => {
-            let policy = shared.store.current();
-            let target = Target::from_host_port(&rec.host, rec.port)
-                .ok()
-                .filter(|_| rec.port != 0);
-            let mut resp = f.response(target.as_ref(), shared.policy_shown_as(&policy).as_deref());
             // A denied request without a body leaves the connection usable: keep it open
             // (every following request is admitted again).
-            let keep = !has_body && head.keep_alive && f.side() == crate::respond::Side::Policy;
+            let keep = !has_body(&head) && head.keep_alive && f.side() == Side::Policy;
             if keep {
-                resp = String::from_utf8_lossy(&resp)
-                    .replacen("Connection: close\r\n", "", 1)
-                    .into_bytes();
+                let policy = shared.store.current();
+                let resp = f.response(
+                    rec.target.as_ref(),
+                    shared.policy_shown_as(&policy).as_deref(),
+                );
+                let resp = String::from_utf8_lossy(&resp).replacen("Connection: close\r\n", "", 1);
+                let _ = client.write_all(resp.as_bytes()).await;
+            } else {
+                respond::refuse(shared, client, rec.target.as_ref(), &f).await;
+                respond::linger_close(client).await;
             }
-            let _ = client.write_all(&resp).await;
-            if !keep {
-                crate::listener::linger_close(client).await;
-            }
-            rec.status = f.status();
-            if let Some(rule) = f.rule() {
-                rec.rule = Some(rule.to_string());
-            }
-            rec.decision = f.decision();
-            rec.reason = f.reason();
-            rec.error = Some(f.to_string());
-            finish(shared, rec, start, "http");
-            if keep { Next::KeepAlive } else { Next::Close }
+            let next = if keep { Next::KeepAlive } else { Next::Close };
+            (next, Outcome::Failed(f))
         }
-    }
+    };
+    log::finish(shared, rec, outcome);
+    next
 }
 
-async fn forward(
+async fn forward<'h>(
     shared: &Shared,
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    head: &RequestHead,
+    head: &'h RequestHead,
     reg: &Registration<'_>,
-    rec: &mut AccessRecord,
-) -> Result<Next, Failure> {
+    rec: &mut Access<'h>,
+) -> Result<(Next, Ended), Failure> {
     if head.target.starts_with('/') || head.target == "*" {
-        rec.host = String::new();
+        rec.unparsed = None;
         return Err(Failure::NotProxyRequest);
     }
     let (target, path) = Target::parse_absolute_uri(&head.target).map_err(|e| {
         Failure::BadRequest(format!("invalid request target {:?}: {e}", head.target))
     })?;
-    rec.host = target.host.to_string();
-    rec.port = target.port;
+    rec.target = Some(target.clone());
+    rec.unparsed = None;
     if !head
         .target
         .get(..7)
@@ -314,63 +298,26 @@ async fn forward(
     let generation = shared.store.generation();
     let policy = shared.store.current();
     let (decision, route) = crate::admit::admit(shared, &policy, &target).await?;
-    rec.rule = decision.rule.as_ref().map(|r| r.to_string());
-    rec.reason = decision.reason.as_str().to_string();
-    rec.upstream = route.upstream.to_string();
-    rec.resolved = route.addrs.first().map(|a| a.to_string());
+    rec.admitted(decision, &route);
 
-    // Build the outgoing request parts once.
-    let listed = connection_listed(&head.headers);
-    let mut headers = http::HeaderMap::new();
-    for (n, v) in &head.headers {
-        if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
-        {
-            continue;
-        }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) else {
-            return Err(Failure::BadRequest(format!("invalid header {n:?}")));
-        };
-        headers.append(name, value);
-    }
-    let host_value = match (&target.host, target.port) {
-        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
-        (h, 80) => h.to_string(),
-        _ => target.to_string(),
-    };
-    headers.insert(
-        http::header::HOST,
-        HeaderValue::from_str(&host_value).map_err(|_| Failure::BadRequest("bad host".into()))?,
-    );
+    let host_value = host_header(&target);
+    let headers = outgoing_headers(head, &host_value)?;
     let method = http::Method::from_bytes(head.method.as_bytes())
         .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
 
-    // Get a connection: pooled, else dial.
-    let mut reused = true;
-    let mut pooled = None;
-    for (k, addr) in route.pool_keys(&target) {
-        if let Some((s, hop)) = shared.pool.checkout(&k).await {
-            pooled = Some((s, hop, addr));
-            break;
-        }
-    }
-    let (sender, hop, resolved) = match pooled {
-        Some(p) => p,
-        None => {
-            reused = false;
-            open(shared, &route, &target).await?
-        }
-    };
-    let mut resolved = resolved;
-    rec.resolved = resolved.map(|a| a.to_string());
+    let (sender, hop, mut resolved, reused) = origin_connection(shared, &route, &target).await?;
+    rec.resolved = resolved;
     reg.set_target(&target, resolved.map(|a| a.ip()));
     if let Some(d) = crate::admit::recheck(shared, generation, &target, resolved) {
         return Err(d);
     }
 
-    let build = |body: ChanBody, hop: &HttpHop| -> Result<http::Request<ChanBody>, Failure> {
+    // `headers` is moved into the first request; the rare retry on a fresh connection builds
+    // them again rather than every request paying for a copy.
+    let build = |body: ChanBody,
+                 hop: &HttpHop,
+                 headers: http::HeaderMap|
+     -> Result<http::Request<ChanBody>, Failure> {
         let uri = match hop {
             HttpHop::Origin => path.clone(),
             HttpHop::Proxy { .. } => format!("http://{}{}", host_value, path),
@@ -380,7 +327,7 @@ async fn forward(
             .uri(uri)
             .body(body)
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers;
         if let HttpHop::Proxy {
             authorization: Some(a),
         } = hop
@@ -444,7 +391,7 @@ async fn forward(
             }
         }
     };
-    let req = build(body, &hop)?;
+    let req = build(body, &hop, headers)?;
     let client_v11 = head.version == 1;
     let is_head = method == http::Method::HEAD;
     let exchange = async {
@@ -460,7 +407,11 @@ async fn forward(
                 resolved = r2;
                 via_proxy = matches!(hop2, HttpHop::Proxy { .. });
                 sender
-                    .send_request(build(ChanBody::empty(), &hop2)?)
+                    .send_request(build(
+                        ChanBody::empty(),
+                        &hop2,
+                        outgoing_headers(head, &host_value)?,
+                    )?)
                     .await
                     .map_err(|e| Failure::Origin(e.to_string()))?
             }
@@ -498,28 +449,59 @@ async fn forward(
     let ((status, down, origin_keep, client_keep), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
-    rec.decision = if decision.would_deny {
-        "would_deny"
-    } else {
-        "allow"
-    };
     shared
         .metrics
-        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule.as_deref());
+        .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule());
     let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
-    if let Some(Err(e)) = &pump_done {
-        rec.error = Some(e.to_string());
-    }
+    let ended = match &pump_done {
+        Some(Err(e)) => Ended::Error(e.to_string()),
+        _ => Ended::Done,
+    };
     if origin_keep && body_ok && !sender.is_closed() {
         shared
             .pool
-            .put(&route.pool_key_for(&target, resolved), sender, hop.clone());
+            .put(route.pool_key_for(&target, resolved), sender, hop.clone());
     }
-    Ok(if client_keep && body_ok {
+    let next = if client_keep && body_ok {
         Next::KeepAlive
     } else {
         Next::Close
-    })
+    };
+    Ok((next, ended))
+}
+
+/// The Host header sent to the origin: the target, without the port when it is 80.
+fn host_header(target: &Target) -> String {
+    match (&target.host, target.port) {
+        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
+        (h, 80) => h.to_string(),
+        _ => target.to_string(),
+    }
+}
+
+/// The request's headers as sent on: hop-by-hop headers (and what `Connection` lists),
+/// `Expect` (answered by the proxy) and `Host` dropped; `Host` set to `host_value`.
+fn outgoing_headers(head: &RequestHead, host_value: &str) -> Result<http::HeaderMap, Failure> {
+    let listed = connection_listed(&head.headers);
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 1);
+    for (n, v) in &head.headers {
+        if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
+        {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) else {
+            return Err(Failure::BadRequest(format!("invalid header {n:?}")));
+        };
+        headers.append(name, value);
+    }
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_str(host_value).map_err(|_| Failure::BadRequest("bad host".into()))?,
+    );
+    Ok(headers)
 }
 
 /// Why streaming the request body to the origin stopped early.
@@ -535,6 +517,22 @@ enum PumpError {
 
 fn has_body(head: &RequestHead) -> bool {
     head.framing != Framing::None
+}
+
+/// A connection to the origin for `route`: a pooled one for a checked address of this request
+/// (`reused`), else a new one.
+async fn origin_connection(
+    shared: &Shared,
+    route: &dial::Route,
+    target: &Target,
+) -> Result<(SendRequest<ChanBody>, HttpHop, Option<SocketAddr>, bool), Failure> {
+    for (k, addr) in route.pool_keys(target) {
+        if let Some((s, hop)) = shared.pool.checkout(&k).await {
+            return Ok((s, hop, addr, true));
+        }
+    }
+    let (s, hop, addr) = open(shared, route, target).await?;
+    Ok((s, hop, addr, false))
 }
 
 async fn open(

@@ -14,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
-use crate::connect::finish;
 use crate::head::{self, HeadError};
-use crate::log::AccessRecord;
-use crate::respond::Failure;
+use crate::log::{self, Access, Kind, Outcome};
+use crate::respond::{self, Failure};
 
 /// Shutdown and accounting handles shared by the accept loops and connections.
 #[derive(Clone)]
@@ -65,6 +64,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// loop keeps serving.
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Control) {
     let mut backoff = Duration::from_millis(5);
+    // TCP_NODELAY set once on the listener is inherited by every accepted socket on Linux,
+    // which saves a setsockopt per connection. Whether it held is checked on the first
+    // accepted socket; where it does not, each connection sets it itself.
+    let mut nodelay = if socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .is_ok()
+    {
+        NoDelay::Unchecked
+    } else {
+        NoDelay::PerConnection
+    };
     loop {
         let permit = tokio::select! {
             p = ctl.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -77,7 +87,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Contro
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
-                let _ = tcp.set_nodelay(true);
+                nodelay = nodelay.apply(&tcp);
                 shared
                     .metrics
                     .connections_total
@@ -112,6 +122,31 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctl: Contro
                     _ = ctl.drain.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// How accepted sockets get TCP_NODELAY (small responses and the `200` of a CONNECT must not
+/// wait for an ACK).
+#[derive(Clone, Copy)]
+enum NoDelay {
+    /// Set on the listener; not yet seen whether accepted sockets inherit it.
+    Unchecked,
+    /// Accepted sockets inherit it from the listener.
+    Inherited,
+    /// Each accepted socket must set it.
+    PerConnection,
+}
+
+impl NoDelay {
+    fn apply(self, tcp: &TcpStream) -> NoDelay {
+        match self {
+            NoDelay::Inherited => NoDelay::Inherited,
+            NoDelay::Unchecked if tcp.nodelay().unwrap_or(false) => NoDelay::Inherited,
+            NoDelay::Unchecked | NoDelay::PerConnection => {
+                let _ = tcp.set_nodelay(true);
+                NoDelay::PerConnection
             }
         }
     }
@@ -154,21 +189,12 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
                     HeadError::TooLarge(_) => Failure::HeadTooLarge,
                     other => Failure::BadRequest(other.to_string()),
                 };
-                let policy = shared.store.current();
-                let _ = tcp
-                    .write_all(&f.response(None, shared.policy_shown_as(&policy).as_deref()))
-                    .await;
-                linger_close(&mut tcp).await;
-                let rec = AccessRecord {
-                    client: peer.to_string(),
-                    status: f.status(),
-                    decision: f.decision(),
-                    reason: f.reason(),
-                    error: Some(f.to_string()),
-                    upstream: String::new(),
-                    ..Default::default()
-                };
-                finish(shared, rec, tokio::time::Instant::now(), "http");
+                respond::refuse(shared, &mut tcp, None, &f).await;
+                respond::linger_close(&mut tcp).await;
+                // No head, so no method, target or route: those fields stay empty.
+                let mut rec = Access::new(Kind::Http, peer, "");
+                rec.upstream = None;
+                log::finish(shared, rec, Outcome::Failed(f));
                 return;
             }
         };
@@ -204,21 +230,29 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
     }
 }
 
-/// Close after an error response without resetting it away: shut the write side, then read and
-/// discard what the client is still sending (bounded in bytes and time), so the kernel does not
-/// answer unread data with a RST that destroys the response in flight.
-pub async fn linger_close(tcp: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let _ = tcp.shutdown().await;
-    // On the heap, not in the future: an array here would make every connection task (whose
-    // size is that of its largest state) 16 KiB larger for its whole life, idle tunnels included.
-    let mut sink = vec![0u8; 16 * 1024];
-    let mut left: usize = 1 << 20;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while left > 0 {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => return,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every accepted socket ends up with TCP_NODELAY, with one setsockopt on the listener
+    /// instead of one per connection where the kernel passes it on (Linux does). Loopback only.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let l = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        socket2::SockRef::from(&l)
+            .set_tcp_nodelay(true)
+            .expect("listener nodelay");
+        let addr = l.local_addr().expect("addr");
+        let mut mode = NoDelay::Unchecked;
+        for _ in 0..2 {
+            let _c = TcpStream::connect(addr).await.expect("connect");
+            let (tcp, _) = l.accept().await.expect("accept");
+            mode = mode.apply(&tcp);
+            assert!(
+                tcp.nodelay().expect("getsockopt"),
+                "accepted without nodelay"
+            );
         }
+        assert!(matches!(mode, NoDelay::Inherited), "Linux passes it on");
     }
 }

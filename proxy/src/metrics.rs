@@ -2,10 +2,14 @@
 //! Label sets are bounded: verdicts/reasons/kinds are fixed enums, and per-rule byte counters
 //! are capped at [`MAX_RULE_SERIES`] series (the rest are summed under `rule="other"`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use kennel_policy::RuleRef;
+
+use crate::log::{Kind, Reason, Verdict};
 
 /// Most distinct `rule` label values kept for per-rule byte counters.
 pub const MAX_RULE_SERIES: usize = 256;
@@ -30,11 +34,18 @@ pub struct Metrics {
     /// Live connections closed because a reload revoked their destination.
     pub revoked_total: AtomicU64,
     /// Requests/tunnels by (kind, decision, reason).
-    decisions: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    decisions: Mutex<HashMap<(Kind, Verdict, Reason), u64>>,
     /// Upstream failures by kind.
     upstream_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Allowed bytes by matched rule.
-    rule_bytes: Mutex<BTreeMap<String, u64>>,
+    rule_bytes: Mutex<RuleBytes>,
+}
+
+/// Per-rule byte counters, keyed by the rule itself so counting builds no string.
+#[derive(Default)]
+struct RuleBytes {
+    by_rule: HashMap<RuleRef, u64>,
+    other: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -43,10 +54,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    /// Count one request/tunnel decision. `kind` is "connect" or "http".
-    pub fn decision(&self, kind: &'static str, decision: &'static str, reason: &str) {
+    /// Count one request/tunnel decision (typed key: no string is built per request).
+    pub fn decision(&self, kind: Kind, decision: Verdict, reason: Reason) {
         *lock(&self.decisions)
-            .entry((kind, decision, reason.to_string()))
+            .entry((kind, decision, reason))
             .or_default() += 1;
     }
 
@@ -54,7 +65,9 @@ impl Metrics {
     pub fn decision_count(&self, kind: &str, decision: &str, reason: &str) -> u64 {
         lock(&self.decisions)
             .iter()
-            .filter(|((k, d, r), _)| *k == kind && *d == decision && r == reason)
+            .filter(|((k, d, r), _)| {
+                k.as_str() == kind && d.as_str() == decision && r.as_str() == reason
+            })
             .map(|(_, v)| *v)
             .sum()
     }
@@ -65,17 +78,18 @@ impl Metrics {
     }
 
     /// Add transferred bytes, attributing them to the allowing rule if any.
-    pub fn add_bytes(&self, up: u64, down: u64, rule: Option<&str>) {
+    pub fn add_bytes(&self, up: u64, down: u64, rule: Option<&RuleRef>) {
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
         if let Some(rule) = rule {
             let mut m = lock(&self.rule_bytes);
-            let key = if m.contains_key(rule) || m.len() < MAX_RULE_SERIES {
-                rule.to_string()
+            if let Some(n) = m.by_rule.get_mut(rule) {
+                *n += up + down;
+            } else if m.by_rule.len() < MAX_RULE_SERIES {
+                m.by_rule.insert(rule.clone(), up + down);
             } else {
-                "other".to_string()
-            };
-            *m.entry(key).or_default() += up + down;
+                m.other += up + down;
+            }
         }
     }
 
@@ -155,7 +169,12 @@ impl Metrics {
             o,
             "# HELP kennel_proxy_decisions_total Requests and tunnels, by kind, decision and reason.\n# TYPE kennel_proxy_decisions_total counter"
         );
-        for ((k, d, r), v) in lock(&self.decisions).iter() {
+        // Rendered in label order, as before the keys were typed.
+        let decisions: BTreeMap<(&str, &str, String), u64> = lock(&self.decisions)
+            .iter()
+            .map(|((k, d, r), v)| ((k.as_str(), d.as_str(), r.to_string()), *v))
+            .collect();
+        for ((k, d, r), v) in &decisions {
             let _ = writeln!(
                 o,
                 "kennel_proxy_decisions_total{{kind=\"{k}\",decision=\"{d}\",reason=\"{}\"}} {v}",
@@ -176,7 +195,18 @@ impl Metrics {
             o,
             "# HELP kennel_proxy_rule_allowed_bytes_total Bytes relayed for destinations allowed by each rule (file:line).\n# TYPE kennel_proxy_rule_allowed_bytes_total counter"
         );
-        for (r, v) in lock(&self.rule_bytes).iter() {
+        // Rules on one line share a `file:line` label: summed, in label order.
+        let mut rules: BTreeMap<String, u64> = BTreeMap::new();
+        {
+            let m = lock(&self.rule_bytes);
+            for (r, v) in &m.by_rule {
+                *rules.entry(r.to_string()).or_default() += v;
+            }
+            if m.other > 0 {
+                *rules.entry("other".to_string()).or_default() += m.other;
+            }
+        }
+        for (r, v) in &rules {
             let _ = writeln!(
                 o,
                 "kennel_proxy_rule_allowed_bytes_total{{rule=\"{}\"}} {v}",
@@ -201,7 +231,12 @@ mod tests {
     fn rule_series_are_bounded() {
         let m = Metrics::default();
         for i in 0..(MAX_RULE_SERIES + 10) {
-            m.add_bytes(1, 1, Some(&format!("f:{i}")));
+            let rule = RuleRef {
+                file: "f".into(),
+                line: i as u32,
+                pattern: format!("p{i}"),
+            };
+            m.add_bytes(1, 1, Some(&rule));
         }
         let text = m.render(1);
         assert_eq!(

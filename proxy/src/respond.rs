@@ -3,9 +3,15 @@
 //! smokescreen's rejectResponse).
 
 use std::path::Path;
+use std::time::Duration;
 
 use kennel_policy::{Decision, Hint, Reason, RuleRef, Target};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
+use crate::Shared;
+
+use crate::log::{Reason as LogReason, Verdict};
 use crate::resolve::{GuardDenied, ResolveError};
 
 /// Which side a failure belongs to (pingora's ErrorSource).
@@ -95,19 +101,19 @@ impl Failure {
     }
 
     /// Stable snake_case reason code (access log, metrics, `X-Kennel-Deny-Reason`).
-    pub fn reason(&self) -> String {
+    pub fn reason(&self) -> LogReason {
         match self {
-            Failure::BadRequest(_) => "bad_request".into(),
-            Failure::NotProxyRequest => "not_a_proxy_request".into(),
-            Failure::HostMismatch { .. } => "host_mismatch".into(),
-            Failure::HeadTooLarge => "head_too_large".into(),
-            Failure::Denied { decision, .. } => decision.reason.as_str().into(),
-            Failure::Guard(_) => "address_not_allowed".into(),
-            Failure::Dns(_) => "dns_failure".into(),
-            Failure::Connect { .. } => "connect_failed".into(),
-            Failure::ConnectTimeout(_) => "connect_timeout".into(),
-            Failure::Upstream { kind, .. } => format!("upstream_{kind}"),
-            Failure::Origin(_) => "origin_error".into(),
+            Failure::BadRequest(_) => LogReason::BadRequest,
+            Failure::NotProxyRequest => LogReason::NotAProxyRequest,
+            Failure::HostMismatch { .. } => LogReason::HostMismatch,
+            Failure::HeadTooLarge => LogReason::HeadTooLarge,
+            Failure::Denied { decision, .. } => LogReason::Policy(decision.reason),
+            Failure::Guard(_) => LogReason::AddressNotAllowed,
+            Failure::Dns(_) => LogReason::DnsFailure,
+            Failure::Connect { .. } => LogReason::ConnectFailed,
+            Failure::ConnectTimeout(_) => LogReason::ConnectTimeout,
+            Failure::Upstream { kind, .. } => LogReason::Upstream(kind),
+            Failure::Origin(_) => LogReason::OriginError,
         }
     }
 
@@ -122,11 +128,11 @@ impl Failure {
     }
 
     /// "deny" for policy/guard refusals, "error" otherwise (access-log `decision`).
-    pub fn decision(&self) -> &'static str {
+    pub fn decision(&self) -> Verdict {
         if self.side() == Side::Policy {
-            "deny"
+            Verdict::Deny
         } else {
-            "error"
+            Verdict::Error
         }
     }
 
@@ -215,6 +221,34 @@ impl Failure {
 }
 
 /// Canonical reason phrase for the statuses kennel produces.
+/// Send `f`'s error response to the client (errors writing it are the client's: it is gone).
+pub async fn refuse(shared: &Shared, client: &mut TcpStream, target: Option<&Target>, f: &Failure) {
+    let policy = shared.store.current();
+    let _ = client
+        .write_all(&f.response(target, shared.policy_shown_as(&policy).as_deref()))
+        .await;
+}
+
+/// Close after an error response without resetting it away: shut the write side, then read and
+/// discard what the client is still sending (bounded in bytes and time), so the kernel does not
+/// answer unread data with a RST that destroys the response in flight.
+pub async fn linger_close(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    // On the heap, not in the future: an array here would make every connection task (whose
+    // size is that of its largest state) 16 KiB larger for its whole life, idle tunnels included.
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left: usize = 1 << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
+/// The standard reason phrase of `status`.
 pub fn reason_phrase(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
         .ok()
@@ -231,7 +265,11 @@ mod tests {
         let p = Policy::from_toml_str(policy, Path::new("/etc/kennel/policy.toml")).unwrap();
         let t = Target::parse_authority(target).unwrap();
         let f = crate::admit::check(&p, &t, &[]).expect_err("denied");
-        (f.status(), f.reason(), f.body(Some(&t), p.primary_file()))
+        (
+            f.status(),
+            f.reason().to_string(),
+            f.body(Some(&t), p.primary_file()),
+        )
     }
 
     #[test]

@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use kennel_policy::{Host, Target};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Ended, Reason};
 
 /// Largest ClientHello kennel waits for.
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
@@ -58,6 +63,155 @@ pub async fn peek_client_hello<R: AsyncRead + Unpin>(
                 Peek::Malformed("client closed mid-ClientHello".into())
             });
         }
+    }
+}
+
+/// Why a tunnel's first flight was refused (access-log `reason` and `error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not TLS on a port outside `plaintext_tunnel_ports`: nothing ties the bytes to the CONNECT
+    /// host (a plain HTTP request can carry any Host header, and shared front ends route by it).
+    #[error(
+        "the tunnel does not start with a TLS ClientHello and port {port} is not in plaintext_tunnel_ports"
+    )]
+    NotTls {
+        /// The CONNECT port.
+        port: u16,
+    },
+    /// The hello hides the real server name and `allow_ech = false`.
+    #[error(
+        "TLS ClientHello with encrypted_client_hello / encrypted_server_name: the real server name is hidden (allow_ech = false)"
+    )]
+    Ech {
+        /// The outer SNI, if any.
+        sni: Option<String>,
+    },
+    /// The SNI names another host than the CONNECT target.
+    #[error("TLS SNI {sni:?} does not match the CONNECT host {host}")]
+    Mismatch {
+        /// The SNI.
+        sni: String,
+        /// The CONNECT host.
+        host: Host,
+    },
+    /// No server_name extension.
+    #[error("TLS ClientHello without SNI")]
+    Missing,
+    /// The ClientHello could not be parsed.
+    #[error("unreadable ClientHello: {0}")]
+    Unreadable(String),
+}
+
+impl Refusal {
+    /// The access-log reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::NotTls { .. } => Reason::NotTls,
+            Refusal::Ech { .. } => Reason::SniEch,
+            Refusal::Mismatch { .. } => Reason::SniMismatch,
+            Refusal::Missing => Reason::SniMissing,
+            Refusal::Unreadable(_) => Reason::SniUnreadable,
+        }
+    }
+
+    /// The SNI the refused hello carried, if any (access-log `sni`).
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            Refusal::Ech { sni } => sni.as_deref(),
+            Refusal::Mismatch { sni, .. } => Some(sni),
+            _ => None,
+        }
+    }
+}
+
+/// Check a classified first flight against the CONNECT target: `Ok(sni)` when it is a
+/// ClientHello whose SNI names the target (and, unless `allow_ech`, hides no other name).
+pub fn check(peek: Peek, target: &Target, allow_ech: bool) -> Result<String, Refusal> {
+    match peek {
+        Peek::NotTls => Err(Refusal::NotTls { port: target.port }),
+        Peek::Tls { sni, ech: true } if !allow_ech => Err(Refusal::Ech { sni }),
+        Peek::Tls { sni: Some(sni), .. } => match Host::parse(&sni) {
+            Ok(h) if h == target.host => Ok(sni),
+            _ => Err(Refusal::Mismatch {
+                sni,
+                host: target.host.clone(),
+            }),
+        },
+        Peek::Tls { sni: None, .. } => Err(Refusal::Missing),
+        Peek::Malformed(m) => Err(Refusal::Unreadable(m)),
+    }
+}
+
+/// The result of [`inspect_first_flight`].
+#[derive(Debug)]
+pub enum FirstFlight {
+    /// Relay it: the SNI that passed the check, or `None` when no check applies.
+    Pass(Option<String>),
+    /// The check refused it.
+    Refused(Refusal),
+    /// The wait ended without a verdict (revoked, shutdown, client failure, origin closed).
+    Ended(Ended),
+}
+
+/// What [`inspect_first_flight`] needs besides the sockets.
+pub struct Inspect<'a> {
+    /// The CONNECT target.
+    pub target: &'a Target,
+    /// `require_sni` and the port is not a plaintext port and the target is a name.
+    pub required: bool,
+    /// `allow_ech`.
+    pub allow_ech: bool,
+    /// How long to wait for the client's first bytes.
+    pub timeout: Duration,
+    /// Cancelled when a reload revokes the destination.
+    pub revoked: &'a CancellationToken,
+    /// Cancelled at the drain deadline.
+    pub hard_stop: &'a CancellationToken,
+}
+
+/// Wait for the client's first flight (it stays in `buf`, forwarded unchanged) and check its
+/// SNI against the CONNECT host. `origin` is the destination socket of a direct tunnel: if it
+/// speaks first (SMTP, FTP, some SSH servers) this is not TLS and there is no SNI to check.
+pub async fn inspect_first_flight(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    origin: Option<&TcpStream>,
+    cx: Inspect<'_>,
+) -> FirstFlight {
+    if !cx.required {
+        return FirstFlight::Pass(None);
+    }
+    // Readiness alone is not "the origin spoke": it can be spurious, or an EOF / reset. Only
+    // bytes actually waiting (peek > 0) count; a closed origin ends the tunnel. Through an
+    // upstream the origin is not visible: wait for the client.
+    let origin_speaks_first = async move {
+        match origin {
+            Some(t) => {
+                let mut one = [0u8; 1];
+                matches!(t.peek(&mut one).await, Ok(n) if n > 0)
+            }
+            None => std::future::pending::<bool>().await,
+        }
+    };
+    let peek = tokio::select! {
+        p = peek_client_hello(client, buf, cx.timeout) => p,
+        spoke = origin_speaks_first => if spoke {
+            Ok(Peek::NotTls)
+        } else {
+            return FirstFlight::Ended(Ended::OriginClosedFirst);
+        },
+        _ = cx.revoked.cancelled() => return FirstFlight::Ended(Ended::Revoked),
+        _ = cx.hard_stop.cancelled() => return FirstFlight::Ended(Ended::Shutdown),
+    };
+    match peek {
+        Ok(p) => match check(p, cx.target, cx.allow_ech) {
+            Ok(sni) => FirstFlight::Pass(Some(sni)),
+            Err(r) => {
+                tracing::info!(reason = %r.reason(), "{r}");
+                FirstFlight::Refused(r)
+            }
+        },
+        Err(e) => FirstFlight::Ended(Ended::ClientError(e.to_string())),
     }
 }
 
@@ -167,6 +321,36 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each first flight gets its typed refusal, with the SNI kept where the hello had one.
+    #[test]
+    fn check_refusals_are_typed() {
+        let t = Target::parse_authority("a.test:443").expect("target");
+        let tls = |sni: Option<&str>, ech| Peek::Tls {
+            sni: sni.map(str::to_string),
+            ech,
+        };
+        assert_eq!(
+            check(tls(Some("A.test"), false), &t, false),
+            Ok("A.test".into())
+        );
+        assert_eq!(
+            check(tls(Some("a.test"), true), &t, true),
+            Ok("a.test".into())
+        );
+        let refused = |p: Peek, allow_ech| check(p, &t, allow_ech).expect_err("refused");
+        let r = refused(tls(Some("b.test"), false), false);
+        assert_eq!((r.reason(), r.sni()), (Reason::SniMismatch, Some("b.test")));
+        let r = refused(tls(Some("a.test"), true), false);
+        assert_eq!((r.reason(), r.sni()), (Reason::SniEch, Some("a.test")));
+        assert_eq!(refused(tls(None, false), false), Refusal::Missing);
+        assert_eq!(refused(tls(None, true), true).reason(), Reason::SniMissing);
+        assert_eq!(refused(Peek::NotTls, false), Refusal::NotTls { port: 443 });
+        assert_eq!(
+            refused(Peek::Malformed("x".into()), false).reason(),
+            Reason::SniUnreadable
+        );
+    }
 
     #[test]
     fn not_tls() {

@@ -257,3 +257,92 @@ async fn writes_next_to_an_invalid_policy_do_not_reload_it_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue 13, item 5: a tunnel waiting for the client's ClientHello (SNI check) that is revoked by
+/// a reload was logged as `client_error`, as if the client had failed. It is a revocation:
+/// `deny`/`revoked`, counted in `kennel_proxy_revoked_total`, closed within 1 s.
+#[tokio::test]
+async fn revocation_during_the_client_hello_wait_is_logged_as_revoked() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test", "keep.test"], ""),
+        &[("echo.test", LO)],
+        |_| {},
+    )
+    .await
+    .expect("start the proxy");
+    // Not a plaintext port: the proxy waits for a ClientHello the client never sends.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .expect("tunnel");
+    proxy
+        .write_policy(&policy(&[p], &["keep.test"], ""))
+        .expect("write policy");
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(2), t.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "tunnel still open after the revocation: {r:?}"
+    );
+    let rec = proxy
+        .wait_log(|r| r["host"] == "echo.test")
+        .await
+        .expect("record");
+    assert_eq!(
+        (rec["decision"].as_str(), rec["reason"].as_str()),
+        (Some("deny"), Some("revoked")),
+        "{rec}"
+    );
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_revoked_total")
+            .await
+            .expect("metric"),
+        1
+    );
+}
+
+/// Issue 13, item 5: a tunnel still waiting for the ClientHello at the drain deadline was logged
+/// as `client_error`. It is closed by shutdown: the decision and reason stay those of the
+/// admission, and `error` says shutdown, as for an established tunnel.
+#[tokio::test]
+async fn shutdown_during_the_client_hello_wait_is_logged_as_shutdown() {
+    let o = origin::echo(origin::loopback().await);
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["echo.test"], ""),
+        &[("echo.test", LO)],
+        |c| c.limits.drain_timeout_ms = 100,
+    )
+    .await
+    .expect("start the proxy");
+    let _t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
+        .await
+        .expect("tunnel");
+    let TestProxy {
+        dir: _dir,
+        proxy: running,
+        log_path,
+        ..
+    } = proxy;
+    tokio::time::timeout(Duration::from_secs(5), running.shutdown())
+        .await
+        .expect("shutdown within the drain deadline + 1 s");
+    let log = std::fs::read_to_string(&log_path).expect("access log");
+    let rec: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|r: &serde_json::Value| r["host"] == "echo.test")
+        .unwrap_or_else(|| panic!("no record for the tunnel in {log}"));
+    assert_eq!(
+        (rec["decision"].as_str(), rec["reason"].as_str()),
+        (Some("allow"), Some("allowed_by_rule")),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["error"], "closed by shutdown after the drain deadline",
+        "{rec}"
+    );
+}

@@ -8,6 +8,7 @@
 //! loadgen origin PORT
 //! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S
 //! loadgen forward-rate --origin PORT --proxy PORT --clients N --secs S
 //! loadgen denied-rate --proxy PORT --clients N --secs S
 //! loadgen idle --origin PORT --proxy PORT --tunnels N --pids PID[,PID..]
@@ -119,6 +120,7 @@ async fn run(cmd: &str, o: &Opts) -> anyhow::Result<String> {
     match cmd {
         "download" => download(o).await,
         "tunnel-rate" => rate(o, Kind::Tunnel).await,
+        "tunnel-latency" => latency(o).await,
         "forward-rate" => rate(o, Kind::Forward).await,
         "denied-rate" => rate(o, Kind::Denied).await,
         "idle" => idle(o).await,
@@ -353,9 +355,71 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
     ))
 }
 
+/// Most samples one latency run keeps (a bound on memory, far above what 30 s can produce).
+const MAX_SAMPLES: usize = 1_000_000;
+
+/// `clients` loops for `secs` each, like `tunnel-rate`; each iteration times the tunnel setup
+/// (TCP connect + CONNECT until its `200` head is read; directly: the TCP connect) and then
+/// does the small GET and closes. Prints the 99th percentile in µs, and the median.
+async fn latency(o: &Opts) -> anyhow::Result<String> {
+    let until = Instant::now() + Duration::from_secs_f64(o.secs);
+    let mut tasks = Vec::new();
+    for _ in 0..o.conns.max(1) {
+        let opts = Opts {
+            origin: o.origin,
+            proxy: o.proxy,
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < until && errors < 1000 && samples.len() < MAX_SAMPLES {
+                let t0 = Instant::now();
+                let mut buf = Vec::new();
+                let r = match open(&opts, &mut buf).await {
+                    Ok(s) => {
+                        samples.push(t0.elapsed());
+                        small_get(s, buf).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    errors += 1;
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (s, e) = t.await?;
+        all.extend(s);
+        errors += e;
+    }
+    ensure!(!all.is_empty(), "no tunnel was set up");
+    ensure!(
+        errors * 100 <= all.len() as u64,
+        "{errors} errors for {} tunnels",
+        all.len()
+    );
+    all.sort_unstable();
+    let pct = |p: usize| all[(all.len() * p / 100).min(all.len() - 1)].as_secs_f64() * 1e6;
+    Ok(format!(
+        "{:.0} us-p99 p50={:.0}us n={}",
+        pct(99),
+        pct(50),
+        all.len()
+    ))
+}
+
 async fn tunnel_once(o: &Opts) -> anyhow::Result<()> {
     let mut buf = Vec::new();
-    let mut s = open(o, &mut buf).await?;
+    let s = open(o, &mut buf).await?;
+    small_get(s, buf).await
+}
+
+/// `GET /64` on an open stream (to the origin, directly or tunnelled), body read to its end.
+async fn small_get(mut s: TcpStream, mut buf: Vec<u8>) -> anyhow::Result<()> {
     s.write_all(format!("GET /{SMALL} HTTP/1.1\r\nHost: origin\r\n\r\n").as_bytes())
         .await?;
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
