@@ -293,9 +293,6 @@ async fn origin_reset_mid_body_is_an_error_for_that_client_only() {
 /// The access-log record of a response cut by an origin reset states what the client got: the
 /// 200 head it was sent and the body bytes relayed before the reset.
 #[tokio::test]
-#[ignore = "bug: a response whose body is cut by an origin reset is logged as status 502 with \
-            bytes_down 0, but the client was sent a 200 head and part of the body \
-            (proxy/src/forward.rs: the Failure::Origin from the body pump replaces the record)"]
 async fn origin_reset_mid_body_is_logged_as_what_the_client_saw() {
     let l = origin::loopback().await;
     let rp = l.local_addr().expect("addr").port();

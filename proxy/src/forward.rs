@@ -446,15 +446,17 @@ async fn forward<'h>(
         (Err(_), Some(Err(PumpError::Client(e)))) => Err(Failure::BadRequest(e.to_string())),
         (r, _) => r,
     };
-    let ((status, down, origin_keep, client_keep), sender, resolved) = result?;
+    let ((status, down, origin_keep, client_keep, cut), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
     shared
         .metrics
         .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule());
     let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
-    let ended = match &pump_done {
-        Some(Err(e)) => Ended::Error(e.to_string()),
+    let ended = match (&pump_done, cut) {
+        // The client already has the head and part of the body: what is logged is what it got.
+        (_, Some(why)) => Ended::OriginError(why),
+        (Some(Err(e)), None) => Ended::Error(e.to_string()),
         _ => Ended::Done,
     };
     if origin_keep && body_ok && !sender.is_closed() {
@@ -555,14 +557,16 @@ async fn open(
 }
 
 /// Write the origin's response to the client. Returns (status, body bytes, origin connection
-/// reusable, client connection reusable).
+/// reusable, client connection reusable, why the body was cut short). Once the head is out an
+/// origin failure cannot become an error response any more (the client would read it as body):
+/// the body just ends, the connection is closed, and the cause is returned for the log.
 async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
     resp: http::Response<hyper::body::Incoming>,
     client_v11: bool,
     client_keep: bool,
     is_head: bool,
-) -> Result<(u16, u64, bool, bool), Failure> {
+) -> Result<(u16, u64, bool, bool, Option<String>), Failure> {
     let status = resp.status().as_u16();
     let (parts, mut body) = resp.into_parts();
     let no_body = is_head || status == 204 || status == 304 || (100..200).contains(&status);
@@ -632,8 +636,14 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let mut down = 0u64;
     if !no_body {
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| Failure::Origin(format!("reading the response body: {e}")))?;
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = wr.flush().await;
+                    let why = format!("origin: reading the response body: {e}");
+                    return Ok((status, down, false, false, Some(why)));
+                }
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -656,5 +666,5 @@ async fn write_response<W: AsyncWrite + Unpin>(
         }
     }
     wr.flush().await.map_err(werr)?;
-    Ok((status, down, !origin_close, keep))
+    Ok((status, down, !origin_close, keep, None))
 }

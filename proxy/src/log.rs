@@ -159,6 +159,9 @@ pub enum Ended {
     ClientError(String),
     /// An I/O error, or a request body that stopped early; the decision stands.
     Error(String),
+    /// The origin broke its response after the head reached the client (the body was cut
+    /// short); the decision stands, the reason is `origin_error`.
+    OriginError(String),
 }
 
 impl From<crate::relay::End> for Ended {
@@ -279,6 +282,9 @@ pub fn finish(shared: &Shared, rec: Access<'_>, outcome: Outcome) {
         Outcome::Ended(Ended::ClientError(_)) => {
             (rec.admitted_verdict(), Reason::ClientError, rec.status)
         }
+        Outcome::Ended(Ended::OriginError(_)) => {
+            (rec.admitted_verdict(), Reason::OriginError, rec.status)
+        }
         Outcome::Ended(_) => (rec.admitted_verdict(), rec.admitted_reason(), rec.status),
     };
     if matches!(outcome, Outcome::Ended(Ended::Revoked)) {
@@ -301,7 +307,7 @@ pub fn finish(shared: &Shared, rec: Access<'_>, outcome: Outcome) {
             Ended::OriginClosedFirst => {
                 Some("the destination closed before the client sent anything".into())
             }
-            Ended::ClientError(e) | Ended::Error(e) => Some(e.clone()),
+            Ended::ClientError(e) | Ended::Error(e) | Ended::OriginError(e) => Some(e.clone()),
         },
     };
     let rule = match &outcome {
