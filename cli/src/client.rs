@@ -181,16 +181,14 @@ impl Client {
         self.call(Self::request(Method::DELETE, path, None)?).await
     }
 
-    /// `POST /v1/envs` as a framed stream: `on_line` gets each line of the creation's output
-    /// (the image build, lifecycle commands) as it happens; returns the environment.
-    pub async fn create_streaming(
+    /// `POST /v1{path}` with `body`, asking for the `kennel-exec/1` upgrade; the upgraded
+    /// connection, or the daemon's error when it answered without switching protocols.
+    async fn upgrade(
         &self,
-        req: &CreateEnv,
-        on_line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<EnvInfo, ClientError> {
-        let body = serde_json::to_vec(req)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        let mut http_req = Self::request(Method::POST, "/envs", Some(body))?;
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::upgrade::Upgraded, ClientError> {
+        let mut http_req = Self::request(Method::POST, path, Some(body))?;
         http_req
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -203,7 +201,19 @@ impl Client {
             let bytes = resp.into_body().collect().await?.to_bytes();
             return Err(api_error(status, &bytes));
         }
-        let mut rd = TokioIo::new(hyper::upgrade::on(resp).await?);
+        Ok(hyper::upgrade::on(resp).await?)
+    }
+
+    /// `POST /v1/envs` as a framed stream: `on_line` gets each line of the creation's output
+    /// (the image build, lifecycle commands) as it happens; returns the environment.
+    pub async fn create_streaming(
+        &self,
+        req: &CreateEnv,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<EnvInfo, ClientError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut rd = TokioIo::new(self.upgrade("/envs", body).await?);
         let mut info = Vec::new();
         // Bounded by the daemon: it ends the stream after the creation's last frame.
         loop {
@@ -279,20 +289,7 @@ impl Client {
     {
         let body = serde_json::to_vec(req)
             .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        let mut http_req = Self::request(Method::POST, &format!("/envs/{env}/exec"), Some(body))?;
-        http_req
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        http_req
-            .headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-        let resp = self.send(http_req).await?;
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            return Err(api_error(status, &bytes));
-        }
-        let upgraded = hyper::upgrade::on(resp).await?;
+        let upgraded = self.upgrade(&format!("/envs/{env}/exec"), body).await?;
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let ExecInput {
             mut stdin,
@@ -340,37 +337,7 @@ impl Client {
                 }
             })
         });
-        let result = async {
-            loop {
-                let Some(f) = frame::read_frame(&mut rd).await? else {
-                    return Err(ClientError::Protocol(
-                        "the exec stream ended without an exit code".into(),
-                    ));
-                };
-                match f.kind {
-                    FrameKind::Stdout => {
-                        stdout.write_all(&f.payload).await.map_err(FrameError::Io)?;
-                        stdout.flush().await.map_err(FrameError::Io)?;
-                    }
-                    FrameKind::Stderr => {
-                        stderr.write_all(&f.payload).await.map_err(FrameError::Io)?;
-                        stderr.flush().await.map_err(FrameError::Io)?;
-                    }
-                    FrameKind::Exit => return Ok(f.exit_code()?),
-                    FrameKind::Error => {
-                        return Err(ClientError::Exec(
-                            String::from_utf8_lossy(&f.payload).into_owned(),
-                        ));
-                    }
-                    FrameKind::Stdin | FrameKind::Resize => {
-                        return Err(ClientError::Protocol(
-                            "client-side frame from the daemon".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        .await;
+        let result = copy_output_frames(&mut rd, stdout, stderr, "the exec stream").await;
         if let Some(task) = input_task {
             task.abort();
         }
@@ -396,49 +363,9 @@ impl Client {
     {
         let body = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        let mut http_req = Self::request(Method::POST, path, Some(body))?;
-        http_req
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        http_req
-            .headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-        let resp = self.send(http_req).await?;
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            return Err(api_error(status, &bytes));
-        }
         // The write half stays open: the daemon takes its end as "the client went away".
-        let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
-        loop {
-            let Some(f) = frame::read_frame(&mut io).await? else {
-                return Err(ClientError::Protocol(
-                    "the stream ended without an exit frame".into(),
-                ));
-            };
-            match f.kind {
-                FrameKind::Stdout => {
-                    stdout.write_all(&f.payload).await.map_err(FrameError::Io)?;
-                    stdout.flush().await.map_err(FrameError::Io)?;
-                }
-                FrameKind::Stderr => {
-                    stderr.write_all(&f.payload).await.map_err(FrameError::Io)?;
-                    stderr.flush().await.map_err(FrameError::Io)?;
-                }
-                FrameKind::Exit => return Ok(f.exit_code()?),
-                FrameKind::Error => {
-                    return Err(ClientError::Exec(
-                        String::from_utf8_lossy(&f.payload).into_owned(),
-                    ));
-                }
-                FrameKind::Stdin | FrameKind::Resize => {
-                    return Err(ClientError::Protocol(
-                        "client-side frame from the daemon".into(),
-                    ));
-                }
-            }
-        }
+        let mut io = TokioIo::new(self.upgrade(path, body).await?);
+        copy_output_frames(&mut io, stdout, stderr, "the stream").await
     }
 }
 
@@ -525,4 +452,47 @@ pub fn block_on<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
     // A blocking stdin read may still be parked on a runtime thread; do not wait for it.
     rt.shutdown_background();
     Ok(out)
+}
+
+/// Copies a daemon's output frames to `stdout`/`stderr` as they arrive until the exit frame,
+/// whose code it returns (`what` names the stream in the error when it ends without one).
+async fn copy_output_frames<R, O, E>(
+    rd: &mut R,
+    stdout: &mut O,
+    stderr: &mut E,
+    what: &str,
+) -> Result<i32, ClientError>
+where
+    R: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    loop {
+        let Some(f) = frame::read_frame(rd).await? else {
+            return Err(ClientError::Protocol(format!(
+                "{what} ended without an exit code"
+            )));
+        };
+        match f.kind {
+            FrameKind::Stdout => {
+                stdout.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                stdout.flush().await.map_err(FrameError::Io)?;
+            }
+            FrameKind::Stderr => {
+                stderr.write_all(&f.payload).await.map_err(FrameError::Io)?;
+                stderr.flush().await.map_err(FrameError::Io)?;
+            }
+            FrameKind::Exit => return Ok(f.exit_code()?),
+            FrameKind::Error => {
+                return Err(ClientError::Exec(
+                    String::from_utf8_lossy(&f.payload).into_owned(),
+                ));
+            }
+            FrameKind::Stdin | FrameKind::Resize => {
+                return Err(ClientError::Protocol(
+                    "client-side frame from the daemon".into(),
+                ));
+            }
+        }
+    }
 }
