@@ -229,6 +229,26 @@ pub struct ChangeEvent {
     pub expires: Option<String>,
 }
 
+impl ChangeEvent {
+    /// An event that happens now.
+    fn now(
+        uid: Option<u32>,
+        action: &str,
+        changes: Vec<String>,
+        note: Option<String>,
+        expires: Option<String>,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            time: rfc3339(SystemTime::now()),
+            uid,
+            action: action.to_string(),
+            changes,
+            note,
+            expires,
+        }
+    }
+}
+
 fn now_unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -658,14 +678,7 @@ impl Daemon {
         }
         self.record_change(
             name,
-            &ChangeEvent {
-                time: rfc3339(SystemTime::now()),
-                uid: Some(peer.uid),
-                action: "deny".into(),
-                changes: changes.clone(),
-                note,
-                expires: None,
-            },
+            &ChangeEvent::now(Some(peer.uid), "deny", changes.clone(), note, None),
         )?;
         Ok(PolicyChanged {
             env: name.to_string(),
@@ -755,14 +768,7 @@ impl Daemon {
         )];
         self.record_change(
             name,
-            &ChangeEvent {
-                time: rfc3339(SystemTime::now()),
-                uid: Some(peer.uid),
-                action: "edit".into(),
-                changes: changes.clone(),
-                note,
-                expires: None,
-            },
+            &ChangeEvent::now(Some(peer.uid), "edit", changes.clone(), note, None),
         )?;
         Ok(PolicyChanged {
             env: name.to_string(),
@@ -833,14 +839,7 @@ impl Daemon {
         changes.extend(removed.iter().map(|r| format!("- {r}")));
         self.record_change(
             name,
-            &ChangeEvent {
-                time: rfc3339(SystemTime::now()),
-                uid: Some(peer.uid),
-                action: "import".into(),
-                changes,
-                note: None,
-                expires: None,
-            },
+            &ChangeEvent::now(Some(peer.uid), "import", changes, None, None),
         )?;
         Ok(ImportPreview {
             added,
