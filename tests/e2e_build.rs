@@ -527,6 +527,7 @@ fn kennel_worktree_add_brings_the_task_up_and_rm_refuses_dirty_then_removes_both
         name: "t1".into(),
         dir: None,
         force: false,
+        keep_home: false,
     };
     let e = rm(&client, &main, &args).expect_err("dirty worktree");
     assert!(e.to_string().contains("uncommitted or untracked"), "{e}");
@@ -552,6 +553,12 @@ fn kennel_worktree_add_brings_the_task_up_and_rm_refuses_dirty_then_removes_both
         rt.block_on(d.inspect_env(&name))
             .expect("inspect")
             .is_none()
+    );
+    // The home volume goes with the worktree: no workspace would claim it again.
+    assert_eq!(
+        rt.block_on(d.kept_home(&name)).expect("kept home"),
+        None,
+        "home volume left behind by worktree rm"
     );
     rt.block_on(daemon.stop());
 }

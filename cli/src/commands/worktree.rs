@@ -57,6 +57,10 @@ pub struct RmArgs {
     /// Remove even with uncommitted or untracked changes (they are lost).
     #[arg(long)]
     pub force: bool,
+    /// Keep the environment's home volume (by default it goes with the worktree: no workspace
+    /// will claim it again).
+    #[arg(long)]
+    pub keep_home: bool,
 }
 
 /// Runs `kennel worktree …` from the current directory.
@@ -276,8 +280,16 @@ pub fn rm(client: &Client, cwd: &Path, args: &RmArgs) -> anyhow::Result<ExitCode
         .iter()
         .filter(|e| e.workspace.as_deref() == Some(canonical.as_path()))
     {
-        let removed: Removed = block_on(client.delete(&format!("/envs/{}", env.name)))??;
-        println!("removed environment {:?}", removed.name);
+        let query = if args.keep_home { "" } else { "?purge=true" };
+        let removed: Removed = block_on(client.delete(&format!("/envs/{}{query}", env.name)))??;
+        if args.keep_home {
+            println!(
+                "removed environment {:?} (home volume kept: `kennel down --purge {}` removes it)",
+                removed.name, removed.name
+            );
+        } else {
+            println!("removed environment {:?} and its home volume", removed.name);
+        }
     }
     let path = remove_worktree(cwd, args)?;
     println!(
@@ -361,6 +373,7 @@ mod tests {
             name: "task1".into(),
             dir: None,
             force: false,
+            keep_home: false,
         };
         assert!(
             remove_worktree(&main, &rm).is_err(),
