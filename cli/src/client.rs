@@ -154,7 +154,7 @@ impl Client {
 
     async fn connect(&self) -> Result<Connection, ClientError> {
         if let Some(target) = &self.ssh {
-            return Ok(Connection::Ssh(target.open()?));
+            return Ok(Connection::Ssh(Box::new(target.open()?)));
         }
         UnixStream::connect(&self.socket)
             .await
@@ -465,7 +465,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
 #[derive(Debug)]
 enum Connection {
     Unix(UnixStream),
-    Ssh(crate::remote::SshStream),
+    Ssh(Box<crate::remote::SshStream>),
 }
 
 impl AsyncRead for Connection {
