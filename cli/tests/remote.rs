@@ -302,6 +302,14 @@ fn every_command_works_through_an_ssh_host() {
     assert_eq!(stderr(&exec), "err line\n");
     assert_eq!(exec.status.code(), Some(7));
 
+    // The logs stream, too.
+    daemon
+        .fake
+        .set_logs("kennel-far-sandbox", "first line\nsecond line\n");
+    let logs = kennel_via(&sshd, &host, &["logs", "far"]);
+    assert!(logs.status.success(), "logs: {}", stderr(&logs));
+    assert_eq!(stdout(&logs), "first line\nsecond line\n");
+
     // `--host` wins over KENNEL_HOST, and a daemon error keeps its message and hint.
     let gone = Command::new(env!("CARGO_BIN_EXE_kennel"))
         .args(["--socket", "/nonexistent/kennel-test.sock", "--host", &host])
