@@ -80,6 +80,9 @@ pub enum ClientError {
     /// The exec stream broke.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// `--host`/`KENNEL_HOST` does not parse.
+    #[error("{0}")]
+    InvalidHost(String),
     /// The ssh channel to a remote daemon (`--host ssh://…`) failed.
     #[error(
         "cannot reach kennel-supervisord through {target}: {detail}; check that `ssh` reaches the machine without a prompt it cannot show, and that `kennel system dial-stdio` works there (set {} if kennel is not on its PATH)",
@@ -112,6 +115,9 @@ pub struct Client {
     socket: PathBuf,
     /// Set for `--host ssh://…`: the daemon is reached through ssh, not `socket`.
     ssh: Option<crate::remote::SshTarget>,
+    /// A `--host`/`KENNEL_HOST` that does not parse: reported by the first call to the daemon,
+    /// so commands that need none (`policy check`, `completions`, `man`) still work.
+    invalid_host: Option<String>,
 }
 
 impl Client {
@@ -120,26 +126,27 @@ impl Client {
         Client {
             socket: socket.into(),
             ssh: None,
+            invalid_host: None,
         }
     }
 
     /// A client for `host` (`--host`/`KENNEL_HOST`) when given, else for the local `socket`.
-    pub fn for_host(host: Option<&str>, socket: &Path) -> Result<Client, crate::remote::HostError> {
+    /// An invalid `host` is reported by the first call ([`ClientError::InvalidHost`]).
+    pub fn for_host(host: Option<&str>, socket: &Path) -> Client {
         use crate::remote::Host;
-        Ok(
-            match host
-                .filter(|h| !h.is_empty())
-                .map(Host::parse)
-                .transpose()?
-            {
-                None => Client::new(socket),
-                Some(Host::Unix(path)) => Client::new(path),
-                Some(Host::Ssh(target)) => Client {
-                    socket: socket.to_path_buf(),
-                    ssh: Some(target),
-                },
+        match host.filter(|h| !h.is_empty()).map(Host::parse) {
+            None => Client::new(socket),
+            Some(Ok(Host::Unix(path))) => Client::new(path),
+            Some(Ok(Host::Ssh(target))) => Client {
+                socket: socket.to_path_buf(),
+                ssh: Some(target),
+                invalid_host: None,
             },
-        )
+            Some(Err(e)) => Client {
+                invalid_host: Some(e.to_string()),
+                ..Client::new(socket)
+            },
+        }
     }
 
     /// The socket path (of this machine; see [`Client::remote`]).
@@ -153,6 +160,9 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<Connection, ClientError> {
+        if let Some(e) = &self.invalid_host {
+            return Err(ClientError::InvalidHost(e.clone()));
+        }
         if let Some(target) = &self.ssh {
             return Ok(Connection::Ssh(Box::new(target.open()?)));
         }

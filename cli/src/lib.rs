@@ -78,7 +78,7 @@ pub enum Command {
 
 /// Runs one parsed command line; the returned code is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = client::Client::for_host(cli.host.as_deref(), &cli.socket)?;
+    let client = client::Client::for_host(cli.host.as_deref(), &cli.socket);
     match cli.command {
         Command::Policy(cmd) => commands::policy::run(cmd, &client),
         Command::Up(args) => commands::up::run(&client, args),
