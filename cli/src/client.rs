@@ -80,6 +80,20 @@ pub enum ClientError {
     /// The exec stream broke.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// `--host`/`KENNEL_HOST` does not parse.
+    #[error("{0}")]
+    InvalidHost(String),
+    /// The ssh channel to a remote daemon (`--host ssh://…`) failed.
+    #[error(
+        "cannot reach kennel-supervisord through {target}: {detail}; check that `ssh` reaches the machine without a prompt it cannot show, and that `kennel system dial-stdio` works there (set {} if kennel is not on its PATH)",
+        crate::remote::REMOTE_BIN_ENV
+    )]
+    Ssh {
+        /// The `ssh://` target.
+        target: String,
+        /// ssh's own message, or what went wrong.
+        detail: String,
+    },
     /// The command could not run to completion inside the daemon.
     #[error("exec failed: {0}")]
     Exec(String),
@@ -99,6 +113,11 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// Set for `--host ssh://…`: the daemon is reached through ssh, not `socket`.
+    ssh: Option<crate::remote::SshTarget>,
+    /// A `--host`/`KENNEL_HOST` that does not parse: reported by the first call to the daemon,
+    /// so commands that need none (`policy check`, `completions`, `man`) still work.
+    invalid_host: Option<String>,
 }
 
 impl Client {
@@ -106,29 +125,80 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            ssh: None,
+            invalid_host: None,
         }
     }
 
-    /// The socket path.
+    /// A client for `host` (`--host`/`KENNEL_HOST`) when given, else for the local `socket`.
+    /// An invalid `host` is reported by the first call ([`ClientError::InvalidHost`]).
+    pub fn for_host(host: Option<&str>, socket: &Path) -> Client {
+        use crate::remote::Host;
+        match host.filter(|h| !h.is_empty()).map(Host::parse) {
+            None => Client::new(socket),
+            Some(Ok(Host::Unix(path))) => Client::new(path),
+            Some(Ok(Host::Ssh(target))) => Client {
+                socket: socket.to_path_buf(),
+                ssh: Some(target),
+                invalid_host: None,
+            },
+            Some(Err(e)) => Client {
+                invalid_host: Some(e.to_string()),
+                ..Client::new(socket)
+            },
+        }
+    }
+
+    /// The socket path (of this machine; see [`Client::remote`]).
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
-    async fn connect(&self) -> Result<UnixStream, ClientError> {
+    /// The `ssh://` target when the daemon is on another machine.
+    pub fn remote(&self) -> Option<String> {
+        self.ssh.as_ref().map(crate::remote::SshTarget::display)
+    }
+
+    async fn connect(&self) -> Result<Connection, ClientError> {
+        if let Some(e) = &self.invalid_host {
+            return Err(ClientError::InvalidHost(e.clone()));
+        }
+        if let Some(target) = &self.ssh {
+            return Ok(Connection::Ssh(Box::new(target.open()?)));
+        }
         UnixStream::connect(&self.socket)
             .await
+            .map(Connection::Unix)
             .map_err(|source| classify_connect_error(&self.socket, source))
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
         let stream = self.connect().await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // The connection ends when the response (or the upgraded stream) is done.
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender.send_request(req).await?)
+        let diagnostics = match &stream {
+            Connection::Ssh(s) => Some(s.diagnostics.clone()),
+            Connection::Unix(_) => None,
+        };
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                // The connection ends when the response (or the upgraded stream) is done.
+                let _ = conn.with_upgrades().await;
+            });
+            sender.send_request(req).await
+        };
+        match (exchange.await, diagnostics) {
+            (Ok(resp), _) => Ok(resp),
+            (Err(e), None) => Err(e.into()),
+            // The channel closed before an answer: ssh (or kennel on the other side) said why.
+            (Err(e), Some(diag)) => {
+                let text = diag.text().await;
+                Err(ClientError::Ssh {
+                    target: self.remote().unwrap_or_default(),
+                    detail: if text.is_empty() { e.to_string() } else { text },
+                })
+            }
+        }
     }
 
     fn request(
@@ -401,8 +471,61 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
+/// One connection to the daemon: its Unix socket, or an ssh channel to `dial-stdio`.
+#[derive(Debug)]
+enum Connection {
+    Unix(UnixStream),
+    Ssh(Box<crate::remote::SshStream>),
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Connection::Ssh(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Connection::Ssh(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Connection::Ssh(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Connection::Ssh(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Turns a connect error into an actionable one.
-fn classify_connect_error(socket: &Path, source: std::io::Error) -> ClientError {
+pub fn classify_connect_error(socket: &Path, source: std::io::Error) -> ClientError {
     use std::io::ErrorKind;
     match source.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::DaemonNotRunning {

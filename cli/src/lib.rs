@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod client;
 pub mod commands;
+pub mod remote;
 
 /// Run coding agents in sandboxes whose only route out is an allowlisting egress proxy.
 #[derive(Debug, Parser)]
@@ -18,6 +19,10 @@ pub struct Cli {
     /// kennel-supervisord's API socket.
     #[arg(long, global = true, env = "KENNEL_SOCKET", default_value = client::DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: std::path::PathBuf,
+    /// The daemon on another machine, reached through ssh: ssh://[user@]host[:port][/socket]
+    /// (`kennel system dial-stdio` runs there). Also unix:///path for a local socket.
+    #[arg(long, global = true, env = "KENNEL_HOST", value_name = "URL")]
+    pub host: Option<String>,
 }
 
 /// Every `kennel` subcommand. Each variant's arguments live in its own module.
@@ -62,32 +67,40 @@ pub enum Command {
     /// One worktree + environment per task: `add NAME` creates `../<repo>-<NAME>` and brings it up, `rm NAME` removes both.
     #[command(subcommand)]
     Worktree(commands::worktree::WorktreeCommand),
+    /// Print a shell completion script: `source <(kennel completions bash)`.
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the man page (roff), or write one page per subcommand with --dir.
+    Man(commands::completions::ManArgs),
+    /// Plumbing for other kennel processes (`dial-stdio` serves `kennel --host ssh://…`).
+    #[command(subcommand)]
+    System(commands::system::SystemCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = client::Client::for_host(cli.host.as_deref(), &cli.socket);
     match cli.command {
-        Command::Policy(cmd) => commands::policy::run(cmd, &cli.socket),
-        Command::Up(args) => commands::up::run(&client::Client::new(&cli.socket), args),
-        Command::Ls(args) => commands::ls::run(&client::Client::new(&cli.socket), args),
-        Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
-        Command::Down(args) => commands::down::run(&client::Client::new(&cli.socket), args),
-        Command::Stop(args) => {
-            commands::startstop::run(&client::Client::new(&cli.socket), args, false)
-        }
-        Command::Start(args) => {
-            commands::startstop::run(&client::Client::new(&cli.socket), args, true)
-        }
-        Command::Exec(args) => commands::exec::run(&client::Client::new(&cli.socket), args),
-        Command::Shell(args) => commands::shell::run(&client::Client::new(&cli.socket), args),
-        Command::Allow(args) => commands::allow::run_allow(&client::Client::new(&cli.socket), args),
-        Command::Deny(args) => commands::allow::run_deny(&client::Client::new(&cli.socket), args),
-        Command::Denials(args) => commands::denials::run(&client::Client::new(&cli.socket), args),
-        Command::Refresh(args) => commands::refresh::run(&client::Client::new(&cli.socket), args),
-        Command::Stats(args) => commands::stats::run(&client::Client::new(&cli.socket), args),
-        Command::Logs(args) => commands::logs::run(&client::Client::new(&cli.socket), args),
-        Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
-        Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
-        Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
+        Command::Policy(cmd) => commands::policy::run(cmd, &client),
+        Command::Up(args) => commands::up::run(&client, args),
+        Command::Ls(args) => commands::ls::run(&client, args),
+        Command::Inspect(args) => commands::inspect::run(&client, args),
+        Command::Down(args) => commands::down::run(&client, args),
+        Command::Stop(args) => commands::startstop::run(&client, args, false),
+        Command::Start(args) => commands::startstop::run(&client, args, true),
+        Command::Exec(args) => commands::exec::run(&client, args),
+        Command::Shell(args) => commands::shell::run(&client, args),
+        Command::Allow(args) => commands::allow::run_allow(&client, args),
+        Command::Deny(args) => commands::allow::run_deny(&client, args),
+        Command::Denials(args) => commands::denials::run(&client, args),
+        Command::Refresh(args) => commands::refresh::run(&client, args),
+        Command::Stats(args) => commands::stats::run(&client, args),
+        Command::Logs(args) => commands::logs::run(&client, args),
+        Command::Doctor(args) => commands::doctor::run(&client, args),
+        Command::Image(cmd) => commands::image::run(&client, cmd),
+        Command::Worktree(cmd) => commands::worktree::run(&client, cmd),
+        Command::Completions(args) => commands::completions::run_completions(args),
+        Command::Man(args) => commands::completions::run_man(args),
+        // Always the local socket: this is the remote end of `--host ssh://…`.
+        Command::System(cmd) => commands::system::run(cmd, &cli.socket),
     }
 }

@@ -119,9 +119,23 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener, Star
 }
 
 /// Runs the daemon on `listener`: reconciles with the engine, notifies systemd (`READY=1`),
-/// serves until `shutdown`, notifies `STOPPING=1` and drains. Keeps systemd's watchdog fed
-/// when `WATCHDOG_USEC` is set.
+/// serves until `shutdown`, notifies `STOPPING=1` and drains. Feeds systemd's watchdog when
+/// `WATCHDOG_USEC` is set (see [`run_watched`]).
 pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
+    run_watched(listener, daemon, shutdown, Watchdog::from_env()).await;
+}
+
+/// [`run`] with an explicit watchdog. The pings are sent by the accept loop itself
+/// ([`server::serve_watched`]), not by a timer task of their own: a loop that stops turning —
+/// a blocking call on its thread, a future in it that never completes — stops them, and
+/// systemd restarts the daemon after `WatchdogSec`. A separate task would keep pinging on
+/// another worker thread while nobody's connections are accepted.
+pub async fn run_watched(
+    listener: UnixListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl Future<Output = ()>,
+    watchdog: Option<Watchdog>,
+) {
     match daemon.reconcile().await {
         Ok(report) => tracing::info!(
             kept = report.kept.len(),
@@ -137,15 +151,12 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
-    let watchdog = sd_notify::watchdog_enabled().map(|every| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every / 2);
-            loop {
-                tick.tick().await;
-                notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        })
-    });
+    if let Some(w) = &watchdog {
+        tracing::info!(
+            every_ms = w.every.as_millis() as u64,
+            "feeding systemd's watchdog from the accept loop"
+        );
+    }
     // `kennel allow --for` entries expire by themselves (also those due while we were down).
     let expiry = tokio::spawn(crate::policy_ops::expire_loop(daemon.clone()));
     let shutdown = async move {
@@ -156,12 +167,65 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
         ]);
     };
     let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::HEALTH_INTERVAL);
-    server::serve(listener, daemon, shutdown).await;
+    server::serve_watched(listener, daemon, shutdown, watchdog).await;
     health.abort();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
     expiry.abort();
+}
+
+/// systemd's watchdog: where `WATCHDOG=1` goes and how often.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    socket: PathBuf,
+    every: std::time::Duration,
+}
+
+impl Watchdog {
+    /// From systemd's environment: `NOTIFY_SOCKET`, and `WATCHDOG_USEC` (for this process when
+    /// `WATCHDOG_PID` is set). Pings every half of the timeout, as sd_watchdog_enabled(3) advises.
+    pub fn from_env() -> Option<Watchdog> {
+        let timeout = sd_notify::watchdog_enabled()?;
+        let socket = std::env::var_os("NOTIFY_SOCKET")?;
+        Some(Watchdog::new(socket, timeout / 2))
+    }
+
+    /// Pings `socket` (a path, or `@name` for an abstract socket) every `every`.
+    pub fn new(socket: impl Into<PathBuf>, every: std::time::Duration) -> Watchdog {
+        Watchdog {
+            socket: socket.into(),
+            every: every.max(std::time::Duration::from_millis(1)),
+        }
+    }
+
+    /// How often the accept loop pings.
+    pub fn every(&self) -> std::time::Duration {
+        self.every
+    }
+
+    /// Sends one `WATCHDOG=1`. A failure is logged: systemd will notice the missing pings.
+    pub fn ping(&self) {
+        if let Err(e) = self.send(b"WATCHDOG=1\n") {
+            tracing::warn!(socket = %self.socket.display(), error = %e, "watchdog ping failed");
+        }
+    }
+
+    fn send(&self, msg: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let raw = self.socket.as_os_str().as_bytes();
+        let sent = match raw.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg, &addr)?
+            }
+            None => sock.send_to(msg, &self.socket)?,
+        };
+        if sent == msg.len() {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::WriteZero.into())
+        }
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {

@@ -23,12 +23,35 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_watched(listener, daemon, shutdown, None).await;
+}
+
+/// [`serve`], pinging `watchdog` from this loop (see [`crate::daemon::run_watched`]) while it
+/// accepts; no pings while draining (systemd stops the watchdog once `STOPPING=1` is sent).
+pub async fn serve_watched(
+    listener: UnixListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl Future<Output = ()>,
+    watchdog: Option<crate::daemon::Watchdog>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = daemon.tasks().clone();
     tokio::pin!(shutdown);
+    let mut ping = watchdog.as_ref().map(|w| {
+        let mut every = tokio::time::interval(w.every());
+        // After a stall, one ping, not a burst that would hide it.
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
+            () = next_tick(&mut ping) => {
+                if let Some(w) = &watchdog {
+                    w.ping();
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -84,4 +107,14 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     tracing::info!("all connections closed");
+}
+
+/// The next watchdog tick, or never without a watchdog.
+async fn next_tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(every) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -206,3 +206,69 @@ fn sigterm_while_reconciling_is_a_clean_shutdown() {
     assert_eq!(status.unwrap().code(), Some(0), "{status:?}: {stderr}");
     assert!(!socket.exists(), "socket removed on exit");
 }
+
+/// Under systemd (`WATCHDOG_USEC` set, `WATCHDOG_PID` = the daemon), the real binary pings
+/// `WATCHDOG=1` every half of the timeout; for another process's `WATCHDOG_PID` it does not.
+#[test]
+fn daemon_binary_feeds_the_systemd_watchdog() {
+    if !docker_answers("daemon_binary_feeds_the_systemd_watchdog") {
+        return;
+    }
+    for (for_us, label) in [(true, "WATCHDOG_PID unset"), (false, "WATCHDOG_PID=1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kennel.sock");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kennel-supervisord"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--proxy-image", "kennel-proxy:unused"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("KENNEL_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if for_us {
+            cmd.env_remove("WATCHDOG_PID");
+        } else {
+            // systemd sets it to the main process; a child inheriting it must not ping.
+            cmd.env("WATCHDOG_PID", "1");
+        }
+        let mut child = cmd.spawn().unwrap();
+        assert!(recv(&notify).contains("READY=1"), "{label}");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut pings = 0;
+        let window = Instant::now() + Duration::from_millis(1000);
+        let mut buf = [0u8; 256];
+        while Instant::now() < window {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+            {
+                pings += 1;
+            }
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        let mut status = None;
+        wait_for("the daemon to exit", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if for_us {
+            // Every 100 ms for a second, give or take scheduling on a busy machine.
+            assert!(pings >= 5, "{label}: {pings} pings in 1 s");
+        } else {
+            assert_eq!(pings, 0, "{label}");
+        }
+    }
+}

@@ -107,6 +107,24 @@ pub fn socket_check(socket: &Path) -> Check {
     }
 }
 
+/// The daemon on another machine answers through its ssh channel (`GET /v1/version`).
+fn remote_check(client: &Client, target: &str) -> Check {
+    let name = "socket";
+    match block_on(client.get::<serde_json::Value>("/version")) {
+        Ok(Ok(_)) => Check::pass(name, format!("{target}: kennel-supervisord answers")),
+        Ok(Err(e)) => Check::fail(
+            name,
+            format!("{target}: {e}"),
+            "run `ssh <host> kennel system dial-stdio </dev/null` to see what the other machine says",
+        ),
+        Err(e) => Check::fail(
+            name,
+            format!("{target}: {e:#}"),
+            "the CLI could not start its async runtime; retry",
+        ),
+    }
+}
+
 /// The host-side checks: the socket and, if given, a state directory (expected to belong to the
 /// socket's owner, the daemon's user).
 pub fn local_checks(socket: &Path, state_dir: Option<&Path>) -> Vec<Check> {
@@ -127,8 +145,13 @@ fn current_uid() -> u32 {
 
 /// Runs `kennel doctor`.
 pub fn run(client: &Client, args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let checks = match client.remote() {
+        // `--host ssh://…`: this machine's socket is not the one in use; the channel is.
+        Some(target) => vec![remote_check(client, &target)],
+        None => local_checks(client.socket(), args.state_dir.as_deref()),
+    };
     let mut report = Report {
-        checks: local_checks(client.socket(), args.state_dir.as_deref()),
+        checks,
         selftest: None,
     };
     let reachable = report.checks[0].outcome == Outcome::Pass;

@@ -1,6 +1,7 @@
 //! One module per `kennel` subcommand.
 
 pub mod allow;
+pub mod completions;
 pub mod denials;
 pub mod doctor;
 pub mod down;
@@ -16,5 +17,6 @@ pub mod refresh;
 pub mod shell;
 pub mod startstop;
 pub mod stats;
+pub mod system;
 pub mod up;
 pub mod worktree;

@@ -84,9 +84,9 @@ pub struct MigrateArgs {
 }
 
 /// Runs a `kennel policy` subcommand.
-pub fn run(cmd: PolicyCommand, socket: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: PolicyCommand, client: &crate::client::Client) -> anyhow::Result<ExitCode> {
     use crate::commands::policy_live;
-    let client = || crate::client::Client::new(socket);
+    let client = || client.clone();
     match cmd {
         PolicyCommand::Show(a) => policy_live::show(&client(), a),
         PolicyCommand::Edit(a) => policy_live::edit(&client(), a),

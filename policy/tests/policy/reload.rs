@@ -321,3 +321,112 @@ fn a_continuously_written_file_beside_the_policy_does_not_postpone_a_reload() {
         "reload postponed by {took:?}"
     );
 }
+
+/// A Kubernetes ConfigMap volume as the kubelet lays it out: each key is a symlink
+/// `KEY -> ..data/KEY`, `..data` is a symlink to a timestamped directory holding the files.
+/// An update writes a new timestamped directory, points a `..data_tmp` symlink at it, renames
+/// `..data_tmp` over `..data` (one atomic step for every key at once) and removes the old
+/// directory. The watcher must see that — no event touches `policy.toml` itself — and must
+/// never load a mix of old and new keys.
+struct ConfigMap {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl ConfigMap {
+    fn new(files: &[(&str, &str)]) -> ConfigMap {
+        let mut cm = ConfigMap {
+            dir: tempfile::tempdir().unwrap(),
+            version: 0,
+        };
+        cm.update(files);
+        for (key, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{key}"), cm.dir.path().join(key)).unwrap();
+        }
+        cm
+    }
+
+    /// The kubelet's atomic update (AtomicWriter in pkg/volume/util).
+    fn update(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let root = self.dir.path();
+        let stamped = format!(
+            "..2026_11_30_22_00_{:02}.{}",
+            self.version,
+            1000 + self.version
+        );
+        std::fs::create_dir(root.join(&stamped)).unwrap();
+        for (key, content) in files {
+            std::fs::write(root.join(&stamped).join(key), content).unwrap();
+        }
+        let old = std::fs::read_link(root.join("..data")).ok();
+        std::os::unix::fs::symlink(&stamped, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        if let Some(old) = old {
+            std::fs::remove_dir_all(root.join(old)).unwrap();
+        }
+    }
+
+    fn policy(&self) -> std::path::PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+}
+
+#[test]
+fn a_configmap_update_by_data_symlink_swap_is_picked_up() {
+    let mut cm = ConfigMap::new(&[
+        ("policy.toml", "include = [\"list.txt\"]\n"),
+        ("list.txt", "one.example\n"),
+    ]);
+    let r = Arc::new(Reloader::new(Some(cm.policy()), LegacyEnv::default()).unwrap());
+    assert!(allowed(&r, "one.example:443"));
+    let (_guard, rx) = watch(&r);
+
+    // Both keys change in one swap: the include and the policy that names it.
+    cm.update(&[
+        (
+            "policy.toml",
+            "include = [\"list.txt\"]\n[allow]\nhosts = [\"policy.example\"]\n",
+        ),
+        ("list.txt", "two.example\n"),
+    ]);
+    assert_eq!(
+        wait_event(&rx, |e| !e.starts_with("unchanged")),
+        "reloaded 2"
+    );
+    assert!(allowed(&r, "two.example:443") && allowed(&r, "policy.example:443"));
+    assert!(!allowed(&r, "one.example:443"));
+
+    // Again: the directory the first update used is gone, the watch must still hold.
+    cm.update(&[
+        ("policy.toml", "include = [\"list.txt\"]\n"),
+        ("list.txt", "three.example\n"),
+    ]);
+    assert_eq!(
+        wait_event(&rx, |e| !e.starts_with("unchanged")),
+        "reloaded 3"
+    );
+    assert!(allowed(&r, "three.example:443"));
+    assert!(!allowed(&r, "policy.example:443") && !allowed(&r, "two.example:443"));
+
+    // An invalid update keeps the policy in force, and a fixed one is loaded after it.
+    cm.update(&[
+        ("policy.toml", "include = [\"list.txt\"]\nbogus = 1\n"),
+        ("list.txt", "x.example\n"),
+    ]);
+    let ev = wait_event(&rx, |e| !e.starts_with("unchanged"));
+    assert!(
+        ev.starts_with("failed") && ev.contains("unknown field `bogus`"),
+        "{ev}"
+    );
+    assert!(allowed(&r, "three.example:443"));
+    cm.update(&[
+        ("policy.toml", "include = [\"list.txt\"]\n"),
+        ("list.txt", "four.example\n"),
+    ]);
+    assert_eq!(
+        wait_event(&rx, |e| !e.starts_with("unchanged")),
+        "reloaded 4"
+    );
+    assert!(allowed(&r, "four.example:443") && !allowed(&r, "three.example:443"));
+}
