@@ -4,6 +4,7 @@ pub mod allow;
 pub mod denials;
 pub mod doctor;
 pub mod down;
+pub mod events;
 pub mod exec;
 pub mod image;
 pub mod inspect;
