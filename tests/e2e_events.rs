@@ -369,6 +369,8 @@ async fn events_ttl_removes_also_across_a_daemon_restart_and_events_survive_it_o
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(labelled_objects(&d, &early).await.iter().all(|o| o.starts_with("volume")));
+    // `--since` has whole seconds: the next second begins after the removal.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let after_early = now_unix();
 
     // Across a restart: the daemon is down when the deadline passes.

@@ -2,7 +2,10 @@
 //! `envs/<name>/policy/` (the effective policy directory, mounted read-only into the proxy).
 //!
 //! The directory is outside every sandbox's reach (mode 0700, owned by the daemon). Creating
-//! `envs/<name>` is the atomic name reservation that makes concurrent creates safe.
+//! `envs/<name>` is the atomic name reservation that makes concurrent creates safe;
+//! `envs/<name>/creating` marks a creation that has not finished (a daemon killed in the middle
+//! finds it at start and removes what was made). `events.jsonl` is the event log
+//! ([`crate::events`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
