@@ -99,10 +99,8 @@ async fn labelled_objects(d: &DockerBackend, env: &str) -> Vec<String> {
         ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
     };
     use std::collections::HashMap;
-    let filters: HashMap<String, Vec<String>> = HashMap::from([(
-        "label".to_string(),
-        vec![format!("dev.kennel.env={env}")],
-    )]);
+    let filters: HashMap<String, Vec<String>> =
+        HashMap::from([("label".to_string(), vec![format!("dev.kennel.env={env}")])]);
     let mut out = Vec::new();
     let cs = d
         .docker()
@@ -120,13 +118,17 @@ async fn labelled_objects(d: &DockerBackend, env: &str) -> Vec<String> {
     );
     let ns = d
         .docker()
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .expect("list networks");
     out.extend(ns.into_iter().map(|n| format!("network {:?}", n.name)));
     let vs = d
         .docker()
-        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filters).build()))
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filters).build(),
+        ))
         .await
         .expect("list volumes");
     out.extend(
@@ -172,7 +174,9 @@ async fn events_health_age_rule_fires_refreshes_once_and_is_an_event_on_docker()
     assert_eq!(fired[0].details["rule"], "max_age");
     let value = fired[0].details["value"].as_str().expect("value");
     // The measured age: at least the threshold, written as a duration.
-    let secs = humantime::parse_duration(value).expect("a duration").as_secs();
+    let secs = humantime::parse_duration(value)
+        .expect("a duration")
+        .as_secs();
     assert!((5..60).contains(&secs), "{value}");
     assert_eq!(fired[0].details["threshold"], "5s");
     let refreshed = of_kind(&evs, "refreshed");
@@ -197,10 +201,7 @@ async fn events_health_age_rule_fires_refreshes_once_and_is_an_event_on_docker()
     assert_eq!(h["readings"][0]["rule"], "max_age", "{h}");
     assert_eq!(h["interval_secs"], 1);
 
-    let _: serde_json::Value = client
-        .delete(&format!("/envs/{name}"))
-        .await
-        .expect("down");
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
     let evs = events(&client, Some(&name), None).await;
     assert_eq!(of_kind(&evs, "removed").len(), 1, "{evs:#?}");
     daemon.stop().await;
@@ -237,18 +238,27 @@ async fn events_health_command_rule_fires_after_three_failures_on_docker() {
         .expect("health");
     assert_eq!(h["readings"][0]["rule"], "command", "{h}");
     assert_eq!(h["readings"][0]["fired"], false, "{h}");
-    assert!(of_kind(&events(&client, Some(&name), None).await, "health-rule-fired").is_empty());
+    assert!(
+        of_kind(
+            &events(&client, Some(&name), None).await,
+            "health-rule-fired"
+        )
+        .is_empty()
+    );
 
     std::fs::remove_file(ws.path().join("ok")).expect("rm ok");
     let broke = Instant::now();
     let evs = wait_event(&client, &name, "health-rule-fired", Duration::from_secs(30)).await;
     // Three failed checks a second apart: not before about 2 s.
-    assert!(broke.elapsed() >= Duration::from_secs(2), "{:?}", broke.elapsed());
+    assert!(
+        broke.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        broke.elapsed()
+    );
     let fired = of_kind(&evs, "health-rule-fired");
     assert_eq!(fired[0].details["rule"], "command");
     assert_eq!(
-        fired[0].details["value"],
-        "3 failures in a row (exit 3: no ok file)",
+        fired[0].details["value"], "3 failures in a row (exit 3: no ok file)",
         "{:?}",
         fired[0]
     );
@@ -260,10 +270,7 @@ async fn events_health_command_rule_fires_after_three_failures_on_docker() {
             .is_some_and(|r| r.starts_with("health: command 3 failures in a row")),
         "{evs:#?}"
     );
-    let _: serde_json::Value = client
-        .delete(&format!("/envs/{name}"))
-        .await
-        .expect("down");
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
     daemon.stop().await;
 }
 
@@ -312,10 +319,7 @@ async fn events_refresh_is_deferred_while_an_exec_session_is_attached_on_docker(
     let evs = wait_event(&client, &name, "refreshed", Duration::from_secs(10)).await;
     assert_eq!(of_kind(&evs, "refreshed").len(), 1, "{evs:#?}");
     assert_eq!(of_kind(&evs, "refresh-deferred").len(), 1, "{evs:#?}");
-    let _: serde_json::Value = client
-        .delete(&format!("/envs/{name}"))
-        .await
-        .expect("down");
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
     daemon.stop().await;
 }
 
@@ -368,7 +372,12 @@ async fn events_ttl_removes_also_across_a_daemon_restart_and_events_survive_it_o
         assert!(Instant::now() < deadline, "{early} was not removed");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(labelled_objects(&d, &early).await.iter().all(|o| o.starts_with("volume")));
+    assert!(
+        labelled_objects(&d, &early)
+            .await
+            .iter()
+            .all(|o| o.starts_with("volume"))
+    );
     // `--since` has whole seconds: the next second begins after the removal.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let after_early = now_unix();
@@ -386,10 +395,18 @@ async fn events_ttl_removes_also_across_a_daemon_restart_and_events_survive_it_o
     let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &state);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gone(&client, &late).await {
-        assert!(Instant::now() < deadline, "{late} was not removed after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "{late} was not removed after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(labelled_objects(&d, &late).await.iter().all(|o| o.starts_with("volume")));
+    assert!(
+        labelled_objects(&d, &late)
+            .await
+            .iter()
+            .all(|o| o.starts_with("volume"))
+    );
 
     // The events from before the restart are still there, and --since filters.
     let all = events(&client, None, Some(now_unix() - 86_400)).await;
@@ -488,14 +505,20 @@ async fn events_child_daemon_process() {
         return;
     };
     let d = DockerBackend::connect().await.expect("engine");
-    let _daemon = RunningDaemon::start(&d, Path::new(&proxy_bin), Path::new(&socket), Path::new(&state));
+    let _daemon = RunningDaemon::start(
+        &d,
+        Path::new(&proxy_bin),
+        Path::new(&socket),
+        Path::new(&state),
+    );
     // Until killed.
     tokio::time::sleep(Duration::from_secs(600)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_made_on_docker() {
-    let test = "events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_made_on_docker";
+    let test =
+        "events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_made_on_docker";
     let Some(d) = engine(test).await else { return };
     let Some(proxy_bin) = proxy_binary(test) else {
         return;
@@ -507,7 +530,11 @@ async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_ma
     let socket = dir.path().join("kennel.sock");
     let state = dir.path().join("state");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "e2e_events::events_child_daemon_process", "--nocapture"])
+        .args([
+            "--exact",
+            "e2e_events::events_child_daemon_process",
+            "--nocapture",
+        ])
         .env("KENNEL_TEST_CHILD_SOCKET", &socket)
         .env("KENNEL_TEST_CHILD_STATE", &state)
         .env("KENNEL_TEST_CHILD_PROXY_BIN", &proxy_bin)
@@ -517,7 +544,10 @@ async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_ma
     let client = Client::new(&socket);
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.get::<serde_json::Value>("/version").await.is_err() {
-        assert!(Instant::now() < deadline, "the daemon process did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon process did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ws = workspace(&name, &image, "");
@@ -538,7 +568,10 @@ async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_ma
     )
     .expect("SIGKILL");
     let _ = child.wait();
-    assert!(create.await.expect("task").is_err(), "the create cannot have answered");
+    assert!(
+        create.await.expect("task").is_err(),
+        "the create cannot have answered"
+    );
     let half = labelled_objects(&d, &name).await;
     eprintln!("left by the killed daemon: {half:?}");
 
@@ -551,7 +584,10 @@ async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_ma
         if !of_kind(&evs, "create-interrupted").is_empty() {
             break evs;
         }
-        assert!(Instant::now() < deadline, "no create-interrupted event: {evs:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "no create-interrupted event: {evs:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ev = of_kind(&evs, "create-interrupted")[0];

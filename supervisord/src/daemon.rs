@@ -290,8 +290,12 @@ impl crate::registry::ImageSource for DockerImages {
             let before = self.image_tags().await;
             let tag = kennel_container::image::ensure_proxy_image(&self.docker, &binary).await?;
             tracing::info!(image = %tag, binary = %binary.display(), ms = started.elapsed().as_millis() as u64, "proxy image ready");
-            self.built_if_new(before, &format!("the proxy image, from {}", binary.display()), started)
-                .await;
+            self.built_if_new(
+                before,
+                &format!("the proxy image, from {}", binary.display()),
+                started,
+            )
+            .await;
             *last = stamp.map(|(len, mtime)| (binary, len, mtime, tag.clone()));
             Ok(tag)
         })
@@ -332,7 +336,12 @@ impl DockerImages {
     }
 
     /// Records an `image-built` event for each tag that was not there `before`.
-    async fn built_if_new(&self, before: Option<Vec<String>>, what: &str, started: std::time::Instant) {
+    async fn built_if_new(
+        &self,
+        before: Option<Vec<String>>,
+        what: &str,
+        started: std::time::Instant,
+    ) {
         let (Some(before), Some(log)) = (before, self.events.get()) else {
             return;
         };

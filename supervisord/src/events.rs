@@ -370,8 +370,11 @@ impl Daemon {
                 Frame::new(FrameKind::Stdout, l)
             };
             let newest = kept.last().map_or(0, |e| e.unix_ms);
-            let mut sent_last: Vec<Event> =
-                kept.iter().filter(|e| e.unix_ms == newest).cloned().collect();
+            let mut sent_last: Vec<Event> = kept
+                .iter()
+                .filter(|e| e.unix_ms == newest)
+                .cloned()
+                .collect();
             for ev in &kept {
                 if write_frame(&mut wr, &line(ev)).await.is_err() {
                     return;
@@ -466,8 +469,9 @@ mod tests {
         };
         assert_eq!(msgs(q(None, None)), ["old", "b new", "daemon"]);
         assert_eq!(msgs(q(Some("a"), None)), ["old"]);
-        assert_eq!(msgs(q(None, Some(since_ago(Duration::from_secs(60))))), [
-            "b new", "daemon"
-        ]);
+        assert_eq!(
+            msgs(q(None, Some(since_ago(Duration::from_secs(60))))),
+            ["b new", "daemon"]
+        );
     }
 }

@@ -445,7 +445,10 @@ impl Daemon {
             )
             .with("uid", peer.uid)
             .with("ms", started.elapsed().as_millis() as u64)
-            .with("workspace", record.request.spec.workspace.display().to_string());
+            .with(
+                "workspace",
+                record.request.spec.workspace.display().to_string(),
+            );
             if let Some(t) = ttl_secs {
                 ev = ev.with("ttl_secs", t);
             }

@@ -187,8 +187,8 @@ impl StateDir {
     /// must not remove it.
     pub fn mark_creating(&self, name: &str, kept_home: bool) -> Result<(), StateError> {
         let path = self.env_dir(name).join(CREATING);
-        let body = serde_json::to_vec(&Creating { kept_home })
-            .map_err(|source| StateError::Corrupt {
+        let body =
+            serde_json::to_vec(&Creating { kept_home }).map_err(|source| StateError::Corrupt {
                 path: path.clone(),
                 source,
             })?;

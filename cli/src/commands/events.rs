@@ -41,7 +41,9 @@ pub fn run(client: &Client, args: EventsArgs) -> anyhow::Result<ExitCode> {
             printed: 0,
         };
         let mut err = tokio::io::stderr();
-        let code = client.output_stream("/events", &q, &mut out, &mut err).await?;
+        let code = client
+            .output_stream("/events", &q, &mut out, &mut err)
+            .await?;
         out.emit(true)?;
         if out.printed == 0 && !args.json {
             eprintln!(
@@ -140,7 +142,11 @@ mod tests {
 
     #[test]
     fn renders_time_kind_env_and_message() {
-        let mut ev = Event::now(Some("web"), "health-rule-fired", "health rule max_age fired");
+        let mut ev = Event::now(
+            Some("web"),
+            "health-rule-fired",
+            "health rule max_age fired",
+        );
         ev.time = "2026-11-30T20:00:00.000Z".into();
         assert_eq!(
             render(&ev),

@@ -48,7 +48,15 @@ pub fn table(envs: &[EnvInfo]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "RUNNING", "CREATED", "EXPIRES", "WORKSPACE"].map(String::from);
+    let header = [
+        "NAME",
+        "STATE",
+        "RUNNING",
+        "CREATED",
+        "EXPIRES",
+        "WORKSPACE",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {

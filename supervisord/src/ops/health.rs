@@ -371,7 +371,10 @@ impl Daemon {
                 )
             }
             Ok(Err(e)) => (false, format!("could not run: {e}")),
-            Err(_) => (false, format!("timed out after {}", humantime::format_duration(limit))),
+            Err(_) => (
+                false,
+                format!("timed out after {}", humantime::format_duration(limit)),
+            ),
         }
     }
 }

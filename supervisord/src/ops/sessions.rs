@@ -144,7 +144,10 @@ mod tests {
         let two = s.attach("a");
         assert!(s.take_detached().is_empty());
         drop(one);
-        assert!(s.take_detached().is_empty(), "one session is still attached");
+        assert!(
+            s.take_detached().is_empty(),
+            "one session is still attached"
+        );
         drop(two);
         assert_eq!(s.take_detached(), ["a"]);
         assert!(s.take_detached().is_empty(), "taken once");
