@@ -472,6 +472,21 @@ async fn events_rm_removes_the_environment_when_its_last_exec_ends_on_docker() {
     // Not removed before any session has ended.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!gone(&client, &name).await);
+    // `kennel events ENV --follow --json` sees the removal as it happens.
+    let (mut w, r) = tokio::io::duplex(64 * 1024);
+    let follower = {
+        let client = Client::new(&socket);
+        let q = EventQuery {
+            env: Some(name.clone()),
+            since_unix: None,
+            follow: true,
+        };
+        tokio::spawn(async move {
+            let mut err = tokio::io::sink();
+            client.output_stream("/events", &q, &mut w, &mut err).await
+        })
+    };
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(r));
     let (out, _, code) = crate::e2e_supervisor::exec(&client, &name, "echo hello").await;
     assert_eq!((out.trim(), code), ("hello", 0));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -479,6 +494,20 @@ async fn events_rm_removes_the_environment_when_its_last_exec_ends_on_docker() {
         assert!(Instant::now() < deadline, "{name} was not removed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let mut followed = Vec::new();
+    while !followed.iter().any(|e: &Event| e.kind == "removed") {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .expect("the removal reaches `events --follow` within 5 s")
+            .expect("read")
+            .expect("a line");
+        followed.push(serde_json::from_str(&line).expect("an event"));
+    }
+    assert_eq!(
+        followed[0].kind, "created",
+        "the kept events come first: {followed:#?}"
+    );
+    follower.abort();
     let evs = events(&client, Some(&name), None).await;
     let removed = of_kind(&evs, "removed");
     assert_eq!(removed.len(), 1, "{evs:#?}");
