@@ -137,6 +137,7 @@ async fn setup(test: &str, prefix: &str) -> Option<Setup> {
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
+        ..Default::default()
     })
     .expect("spec");
     let info: EnvInfo = client.post("/envs", &req).await.expect("create");

@@ -376,6 +376,7 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         image: None,
         workspace: Some(ws.path().into()),
         learn: None,
+        ..Default::default()
     })
     .expect("spec");
     assert!(req.spec.build.is_some());
@@ -427,6 +428,7 @@ async fn kennel_up_builds_the_devcontainer_and_runs_lifecycle_commands_as_the_sa
         image: None,
         workspace: Some(ws.path().into()),
         learn: None,
+        ..Default::default()
     })
     .expect("spec");
     let e = client

@@ -39,6 +39,7 @@ async fn up(client: &Client, ws: &std::path::Path) -> EnvInfo {
         image: None,
         workspace: Some(ws.into()),
         learn: None,
+        ..Default::default()
     })
     .expect("spec");
     let info: EnvInfo = client.post("/envs", &req).await.expect("create");
@@ -366,6 +367,7 @@ async fn ops_health_rule_fires_and_refreshes_once_on_docker() {
         image: None,
         workspace: Some(ws.path().into()),
         learn: None,
+        ..Default::default()
     })
     .expect("spec");
     let peer = Peer {

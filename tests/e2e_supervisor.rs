@@ -129,6 +129,7 @@ async fn supervisor_up_exec_ls_down_on_docker() {
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
+        ..Default::default()
     })
     .expect("spec");
     assert_eq!(
@@ -240,6 +241,7 @@ async fn supervisor_restart_keeps_known_envs_and_removes_orphans_on_docker() {
             name: None,
             image: None,
             workspace: Some(ws.path().into()),
+            ..Default::default()
         })
         .expect("spec");
         let _: EnvInfo = client.post("/envs", &req).await.expect("create");
@@ -297,6 +299,7 @@ async fn supervisor_demo_sandbox_from_host_files_on_docker() {
         name: Some(name.clone()),
         image: None,
         workspace: Some(ws.path().into()),
+        ..Default::default()
     })
     .expect("spec from the seed layout");
     assert_eq!(req.spec.image, "kennel-sandbox:latest");

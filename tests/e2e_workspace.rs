@@ -280,6 +280,7 @@ fn up_request(ws: &Path) -> anyhow::Result<kennel_supervisord::api::types::Creat
         name: None,
         image: None,
         workspace: Some(ws.to_path_buf()),
+        ..Default::default()
     })
 }
 

@@ -74,6 +74,8 @@ pub enum Command {
     /// Plumbing for other kennel processes (`dial-stdio` serves `kennel --host ssh://…`).
     #[command(subcommand)]
     System(commands::system::SystemCommand),
+    /// What happened to environments and the daemon (created, refreshed and why, removed, health rules fired, policy changes …).
+    Events(commands::events::EventsArgs),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -102,5 +104,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man(args) => commands::completions::run_man(args),
         // Always the local socket: this is the remote end of `--host ssh://…`.
         Command::System(cmd) => commands::system::run(cmd, &cli.socket),
+        Command::Events(args) => commands::events::run(&client, args),
     }
 }

@@ -255,6 +255,20 @@ pub struct EnvStats {
     pub pids: Option<u64>,
     /// When the sandbox started (engine's RFC 3339 string).
     pub started_at: Option<String>,
+    /// The image's `HEALTHCHECK` as the engine runs it; `None` when the image has none.
+    #[serde(default)]
+    pub healthcheck: Option<ImageHealth>,
+}
+
+/// The engine's view of a container's `HEALTHCHECK`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHealth {
+    /// `starting`, `healthy`, `unhealthy`.
+    pub status: String,
+    /// Failed checks in a row.
+    pub failing_streak: u32,
+    /// The last check's output (trimmed), if any.
+    pub last_output: Option<String>,
 }
 
 impl EnvStats {

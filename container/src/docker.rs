@@ -958,6 +958,27 @@ impl Backend for DockerBackend {
                 Err(e) if is_status(&e, 404) => return Ok(None),
                 Err(e) => return Err(BackendError::engine("inspect container", &sandbox, e)),
             };
+            let healthcheck = info
+                .state
+                .as_ref()
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| {
+                    let status = h.status.map(|s| s.to_string())?;
+                    // `none`: the image has no HEALTHCHECK (or it was disabled).
+                    (!status.is_empty() && status != "none").then(|| crate::backend::ImageHealth {
+                        status,
+                        failing_streak: h
+                            .failing_streak
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(0),
+                        last_output: h
+                            .log
+                            .as_ref()
+                            .and_then(|l| l.last())
+                            .and_then(|r| r.output.as_ref())
+                            .map(|o| o.trim().chars().take(200).collect()),
+                    })
+                });
             let started_at = info.state.and_then(|s| s.started_at);
             let mut stream = self.docker.stats(
                 &sandbox,
@@ -969,6 +990,7 @@ impl Backend for DockerBackend {
             let Some(sample) = stream.next().await else {
                 return Ok(Some(EnvStats {
                     started_at,
+                    healthcheck,
                     ..Default::default()
                 }));
             };
@@ -992,6 +1014,7 @@ impl Backend for DockerBackend {
                     .and_then(|u| u.total_usage),
                 pids: sample.pids_stats.and_then(|p| p.current),
                 started_at,
+                healthcheck,
             }))
         })
     }

@@ -156,6 +156,29 @@ pub struct HealthSpec {
     pub max_disk_percent: Option<u8>,
     /// Recreate when memory use exceeds this share of the limit.
     pub max_memory_percent: Option<u8>,
+    /// Recreate when this command (run in the sandbox) fails [`HealthSpec::failures`] times
+    /// in a row.
+    pub command: Option<Vec<String>>,
+    /// Recreate when the image's own `HEALTHCHECK` fails [`HealthSpec::failures`] times in a
+    /// row (as the engine counts them).
+    pub healthcheck: bool,
+    /// Consecutive failures of `command` / `healthcheck` that fire the rule (default 3).
+    pub failures: Option<u32>,
+    /// How often the monitor looks (default 60 s).
+    pub interval: Option<Duration>,
+    /// The longest a due refresh waits for attached exec sessions to end (default 15 min).
+    pub max_defer: Option<Duration>,
+}
+
+impl HealthSpec {
+    /// Whether any rule is configured.
+    pub fn has_rules(&self) -> bool {
+        self.max_age.is_some()
+            || self.max_disk_percent.is_some()
+            || self.max_memory_percent.is_some()
+            || self.command.is_some()
+            || self.healthcheck
+    }
 }
 
 /// Read-only credential mounts (absolute host paths).
@@ -325,6 +348,11 @@ struct RawHealth {
     max_age: Option<Spanned<String>>,
     max_disk_percent: Option<Spanned<i64>>,
     max_memory_percent: Option<Spanned<i64>>,
+    command: Option<Spanned<Vec<String>>>,
+    healthcheck: Option<bool>,
+    failures: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    max_defer: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -898,14 +926,45 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
 }
 
 fn build_health(src: &Src<'_>, raw: RawHealth) -> Result<HealthSpec, SpecError> {
-    let max_age = match raw.max_age {
-        Some(a) => Some(parse_duration(a.get_ref()).ok_or_else(|| {
-            src.err(
-                a.span(),
-                "health.max_age",
-                "must be a duration like \"72h\", \"30m\", \"2d\" or \"90s\"",
-            )
-        })?),
+    let duration = |v: Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, SpecError> {
+        match v {
+            Some(a) => Ok(Some(
+                parse_duration(a.get_ref())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        src.err(
+                            a.span(),
+                            key,
+                            "must be a duration like \"72h\", \"30m\", \"2d\" or \"90s\"",
+                        )
+                    })?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let max_age = duration(raw.max_age, "health.max_age")?;
+    let interval = duration(raw.interval, "health.interval")?;
+    let max_defer = duration(raw.max_defer, "health.max_defer")?;
+    let command = match raw.command {
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
+            return Err(src.err(
+                c.span(),
+                "health.command",
+                "must be a non-empty list like [\"/bin/sh\", \"-c\", \"test -e /tmp/ok\"]",
+            ));
+        }
+        Some(c) => Some(c.into_inner()),
+        None => None,
+    };
+    let failures = match raw.failures {
+        Some(f) => Some(
+            u32::try_from(*f.get_ref())
+                .ok()
+                .filter(|f| (1..=100).contains(f))
+                .ok_or_else(|| {
+                    src.err(f.span(), "health.failures", "must be a count from 1 to 100")
+                })?,
+        ),
         None => None,
     };
     let pct = |v: Option<Spanned<i64>>, key: &str| -> Result<Option<u8>, SpecError> {
@@ -922,6 +981,11 @@ fn build_health(src: &Src<'_>, raw: RawHealth) -> Result<HealthSpec, SpecError> 
         max_age,
         max_disk_percent: pct(raw.max_disk_percent, "health.max_disk_percent")?,
         max_memory_percent: pct(raw.max_memory_percent, "health.max_memory_percent")?,
+        command,
+        healthcheck: raw.healthcheck.unwrap_or(false),
+        failures,
+        interval,
+        max_defer,
     })
 }
 

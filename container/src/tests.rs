@@ -536,3 +536,39 @@ fn sandbox_gets_workspace_variables_then_kennels_and_the_git_mounts() {
     let hooks = format!("{}/.git/hooks:/workspace/.git/hooks:ro", d.path().display());
     assert!(binds.contains(&hooks), "{binds:?}");
 }
+
+#[test]
+fn health_command_interval_and_deferral_parse_with_clear_errors() {
+    let d = ws();
+    let s = parse(
+        d.path(),
+        "name = \"ok\"\n[health]\ncommand = [\"/bin/true\"]\nhealthcheck = true\nfailures = 5\ninterval = \"10s\"\nmax_defer = \"1h\"\n",
+    )
+    .expect("valid");
+    assert_eq!(s.health.command, Some(vec!["/bin/true".to_string()]));
+    assert!(s.health.healthcheck && s.health.has_rules());
+    assert_eq!(s.health.failures, Some(5));
+    assert_eq!(s.health.interval, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        s.health.max_defer,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    let interval_only =
+        parse(d.path(), "name = \"ok\"\n[health]\ninterval = \"10s\"\n").expect("ok");
+    assert!(
+        !interval_only.health.has_rules(),
+        "an interval alone is no rule"
+    );
+    for (text, key) in [
+        ("command = []", "health.command"),
+        ("interval = \"0s\"", "health.interval"),
+        ("max_defer = \"soon\"", "health.max_defer"),
+        ("failures = 0", "health.failures"),
+    ] {
+        let e = parse(d.path(), &format!("name = \"ok\"\n[health]\n{text}\n")).expect_err(text);
+        assert!(
+            e.to_string().contains("kennel.toml:3:") && e.to_string().contains(key),
+            "{text}: {e}"
+        );
+    }
+}

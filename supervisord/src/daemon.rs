@@ -136,6 +136,19 @@ pub async fn run_watched(
     shutdown: impl Future<Output = ()>,
     watchdog: Option<Watchdog>,
 ) {
+    daemon.event(
+        crate::events::Event::now(
+            None,
+            crate::events::kind::DAEMON_STARTED,
+            format!(
+                "kennel-supervisord {} started (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+        )
+        .with("version", env!("CARGO_PKG_VERSION"))
+        .with("pid", std::process::id()),
+    );
     match daemon.reconcile().await {
         Ok(report) => tracing::info!(
             kept = report.kept.len(),
@@ -145,7 +158,17 @@ pub async fn run_watched(
             "reconciled with the engine"
         ),
         // The engine may come up later; serve anyway so `kennel` can report what is wrong.
-        Err(e) => tracing::error!(error = %e, "reconcile failed; serving anyway"),
+        Err(e) => {
+            tracing::error!(error = %e, "reconcile failed; serving anyway");
+            daemon.event(
+                crate::events::Event::now(
+                    None,
+                    crate::events::kind::RECONCILED,
+                    format!("reconcile with the engine failed: {e}; serving anyway"),
+                )
+                .with("error", e.to_string()),
+            );
+        }
     }
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -166,9 +189,12 @@ pub async fn run_watched(
             sd_notify::NotifyState::Status("draining"),
         ]);
     };
-    let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::HEALTH_INTERVAL);
+    let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::TICK);
+    // `kennel up --ttl` / `--rm` environments go by themselves (also those due while we were down).
+    let ephemeral = crate::ops::expiry::spawn(daemon.clone());
     server::serve_watched(listener, daemon, shutdown, watchdog).await;
     health.abort();
+    ephemeral.abort();
     expiry.abort();
 }
 
@@ -259,6 +285,8 @@ pub struct DockerImages {
     lock: tokio::sync::Mutex<()>,
     /// The last proxy build: binary path, size, mtime -> tag (skips re-hashing an unchanged binary).
     last_proxy: tokio::sync::Mutex<Option<(PathBuf, u64, std::time::SystemTime, String)>>,
+    /// Where `image-built` events go (set by [`Daemon::new`]).
+    events: std::sync::OnceLock<Arc<crate::events::EventLog>>,
 }
 
 impl DockerImages {
@@ -275,6 +303,7 @@ impl DockerImages {
             fixed_proxy,
             lock: tokio::sync::Mutex::new(()),
             last_proxy: tokio::sync::Mutex::new(None),
+            events: std::sync::OnceLock::new(),
         }
     }
 }
@@ -322,8 +351,15 @@ impl crate::registry::ImageSource for DockerImages {
                 return Ok(tag.clone());
             }
             let started = std::time::Instant::now();
+            let before = self.image_tags().await;
             let tag = kennel_container::image::ensure_proxy_image(&self.docker, &binary).await?;
             tracing::info!(image = %tag, binary = %binary.display(), ms = started.elapsed().as_millis() as u64, "proxy image ready");
+            self.built_if_new(
+                before,
+                &format!("the proxy image, from {}", binary.display()),
+                started,
+            )
+            .await;
             *last = stamp.map(|(len, mtime)| (binary, len, mtime, tag.clone()));
             Ok(tag)
         })
@@ -335,7 +371,57 @@ impl crate::registry::ImageSource for DockerImages {
     {
         Box::pin(async move {
             let _one_at_a_time = self.lock.lock().await;
-            crate::images::ensure_demo_sandbox_image(&self.docker).await
+            let started = std::time::Instant::now();
+            let before = self.image_tags().await;
+            let tag = crate::images::ensure_demo_sandbox_image(&self.docker).await?;
+            self.built_if_new(before, "the demo sandbox image, from host files", started)
+                .await;
+            Ok(tag)
         })
+    }
+
+    fn attach_events(&self, log: Arc<crate::events::EventLog>) {
+        // Only the first daemon's log counts; a second call is a no-op by design.
+        let _ = self.events.set(log);
+    }
+}
+
+impl DockerImages {
+    /// The image tags present now (`None`: the engine did not answer).
+    async fn image_tags(&self) -> Option<Vec<String>> {
+        use bollard::query_parameters::ListImagesOptions;
+        let images = self
+            .docker
+            .docker()
+            .list_images(None::<ListImagesOptions>)
+            .await
+            .ok()?;
+        Some(images.into_iter().flat_map(|i| i.repo_tags).collect())
+    }
+
+    /// Records an `image-built` event for each tag that was not there `before`.
+    async fn built_if_new(
+        &self,
+        before: Option<Vec<String>>,
+        what: &str,
+        started: std::time::Instant,
+    ) {
+        let (Some(before), Some(log)) = (before, self.events.get()) else {
+            return;
+        };
+        let Some(after) = self.image_tags().await else {
+            return;
+        };
+        for tag in after.iter().filter(|t| !before.contains(t)) {
+            log.record(
+                crate::events::Event::now(
+                    None,
+                    crate::events::kind::IMAGE_BUILT,
+                    format!("image {tag} built ({what})"),
+                )
+                .with("image", tag.clone())
+                .with("ms", started.elapsed().as_millis() as u64),
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod frame;
 pub mod images;
 pub mod ops;

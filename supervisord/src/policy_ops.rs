@@ -547,6 +547,9 @@ impl Daemon {
     fn record_change(&self, name: &str, ev: &ChangeEvent) -> Result<(), ApiError> {
         tracing::info!(target: "kennel::policy", env = %name, uid = ?ev.uid, action = %ev.action,
             changes = ?ev.changes, note = ?ev.note, expires = ?ev.expires, "policy changed");
+        // Kept once, in `changes.jsonl`; followers of `kennel events` get it live.
+        self.event_log()
+            .publish(crate::events::from_change(name, ev));
         let path = self.state().env_dir(name).join(CHANGES_FILE);
         let mut line = serde_json::to_string(ev)
             .map_err(|e| ApiError::Internal(format!("cannot encode a change event: {e}")))?;
@@ -577,8 +580,23 @@ impl Daemon {
     /// Validates `text` as the policy file at `path` (includes resolved beside it) and swaps it
     /// in. An invalid policy is refused (422) with the policy crate's FILE:LINE:COL message.
     fn swap_policy(&self, path: &Path, text: &str) -> Result<Policy, ApiError> {
-        let policy = Policy::from_toml_str(text, path)
-            .map_err(|e| ApiError::InvalidChange(format!("invalid policy: {e}")))?;
+        let policy = Policy::from_toml_str(text, path).map_err(|e| {
+            // `<state>/envs/<name>/policy/policy.toml`
+            let env = path
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned());
+            self.event(
+                crate::events::Event::now(
+                    env.as_deref(),
+                    crate::events::kind::POLICY_REJECTED,
+                    format!("policy change refused, the policy in force is kept: {e}"),
+                )
+                .with("error", e.to_string()),
+            );
+            ApiError::InvalidChange(format!("invalid policy: {e}"))
+        })?;
         write_atomic(path, text)?;
         Ok(policy)
     }

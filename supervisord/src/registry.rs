@@ -48,6 +48,8 @@ pub trait ImageSource: Send + Sync + 'static {
     fn proxy_binary(&self) -> Option<PathBuf> {
         None
     }
+    /// Where to record `image-built` events (called once by [`Daemon::new`]).
+    fn attach_events(&self, _log: Arc<crate::events::EventLog>) {}
 }
 
 /// Images assumed to exist already: the given proxy tag and `kennel-sandbox:latest`.
@@ -96,6 +98,8 @@ pub struct Daemon {
     sessions: crate::ops::sessions::Sessions,
     /// The health monitor's last readings.
     health: crate::ops::health::HealthState,
+    /// The event log (`events.jsonl` in the state directory).
+    events: Arc<crate::events::EventLog>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -127,6 +131,8 @@ impl Daemon {
         state: StateDir,
         authorizer: Authorizer,
     ) -> Arc<Daemon> {
+        let events = Arc::new(crate::events::EventLog::new(state.root()));
+        images.attach_events(events.clone());
         Arc::new(Daemon {
             backend,
             images,
@@ -139,6 +145,7 @@ impl Daemon {
             policy_lock: tokio::sync::Mutex::new(()),
             sessions: Default::default(),
             health: Default::default(),
+            events,
         })
     }
 
@@ -180,6 +187,11 @@ impl Daemon {
     /// The health monitor's last readings.
     pub fn health_state(&self) -> &crate::ops::health::HealthState {
         &self.health
+    }
+
+    /// The event log.
+    pub fn event_log(&self) -> &Arc<crate::events::EventLog> {
+        &self.events
     }
 
     /// The attached exec sessions.
@@ -267,14 +279,43 @@ impl Daemon {
 
     /// [`Daemon::create`], sending the image build's and lifecycle commands' output to
     /// `progress` line by line as it happens (for the streaming create, see [`crate::api`]).
-    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
     pub async fn create_streaming(
         &self,
         peer: &Peer,
         req: CreateEnv,
         progress: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<EnvInfo, ApiError> {
+        use crate::events::{Event, kind};
+        let asked = req.spec.name.clone();
+        let result = self.create_streaming_inner(peer, req, progress).await;
+        match &result {
+            Ok(_) => {}
+            // A refused request (bad spec, name taken …) changed nothing: no event.
+            Err(e) if !e.status().is_server_error() => {}
+            Err(e) => self.event(
+                Event::now(
+                    Some(&asked),
+                    kind::CREATE_FAILED,
+                    format!("creating environment {asked:?} failed: {e}"),
+                )
+                .with("error", e.to_string())
+                .with("uid", peer.uid),
+            ),
+        }
+        result
+    }
+
+    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    async fn create_streaming_inner(
+        &self,
+        peer: &Peer,
+        req: CreateEnv,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
+        // What the caller asked of the environment's lifetime: kept as asked (the spec is
+        // re-derived from the validated one below, which knows nothing of it).
+        let (ttl_secs, remove_on_exit) = (req.spec.ttl_secs, req.spec.remove_on_exit);
         let started = std::time::Instant::now();
         validate_env_name(&req.spec.name)?;
         let mut spec: EnvSpec = req.spec.clone().into();
@@ -325,6 +366,10 @@ impl Daemon {
         if self.backend.inspect_env(&name).await?.is_some() {
             return Err(ApiError::Conflict(name));
         }
+        // Until the creation is done, a marker says so: a daemon killed in between finds it at
+        // start and removes what was made (see [`Daemon::reconcile`]).
+        let kept_home = self.backend.kept_home(&name).await?.is_some();
+        self.state.mark_creating(&name, kept_home)?;
 
         // Invalid legacy variables are the request's fault (the CLI already reports them with
         // the `.env` file and line), not a state-directory write failure.
@@ -357,6 +402,8 @@ impl Daemon {
         let mut req = req;
         // Record what is mounted: the validated, canonical paths.
         req.spec = (&spec).into();
+        req.spec.ttl_secs = ttl_secs;
+        req.spec.remove_on_exit = remove_on_exit;
         let record = EnvRecord {
             name: name.clone(),
             request: req,
@@ -386,8 +433,30 @@ impl Daemon {
             progress: Some(progress.clone()),
         };
         let status = self.backend.create_env(&plan).await?;
+        self.state.creation_done(&name)?;
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
+        {
+            use crate::events::{Event, kind};
+            let mut ev = Event::now(
+                Some(&name),
+                kind::CREATED,
+                format!("environment {name:?} created by uid {}", peer.uid),
+            )
+            .with("uid", peer.uid)
+            .with("ms", started.elapsed().as_millis() as u64)
+            .with(
+                "workspace",
+                record.request.spec.workspace.display().to_string(),
+            );
+            if let Some(t) = ttl_secs {
+                ev = ev.with("ttl_secs", t);
+            }
+            if remove_on_exit {
+                ev = ev.with("remove_on_exit", true);
+            }
+            self.event(ev);
+        }
         self.run_lifecycle(&name, &lifecycle, &progress).await;
         Ok(self.info(status, Some(&record)))
     }
@@ -418,12 +487,14 @@ impl Daemon {
             return Err(ApiError::Busy(name.to_string()));
         };
         let mut status = self.backend.inspect_env(name).await?;
+        let mut started = false;
         if let Some(s) = &status
             && s.state != EnvState::Running
         {
             let _busy = self.mark_busy(name)?;
             status = Some(self.backend.start_env(name).await?);
             tracing::info!(env = %name, "existing environment started");
+            started = true;
         }
         let Some(status) = status else {
             // Recorded but gone from the engine: nothing to start; `kennel down` clears the
@@ -432,6 +503,13 @@ impl Daemon {
         };
         let mut info = self.info(status, Some(&record));
         info.already_existed = true;
+        if started {
+            self.event(crate::events::Event::now(
+                Some(name),
+                crate::events::kind::STARTED,
+                format!("environment {name:?} started by `kennel up`"),
+            ));
+        }
         Ok(info)
     }
 
@@ -459,6 +537,16 @@ impl Daemon {
             self.backend.stop_env(name).await?
         };
         tracing::info!(env = %name, start, "environment {}", if start { "started" } else { "stopped" });
+        let (kind, verb) = if start {
+            (crate::events::kind::STARTED, "started")
+        } else {
+            (crate::events::kind::STOPPED, "stopped")
+        };
+        self.event(crate::events::Event::now(
+            Some(name),
+            kind,
+            format!("environment {name:?} {verb}"),
+        ));
         Ok(self.info(status, record.as_ref()))
     }
 
@@ -683,6 +771,8 @@ impl Daemon {
             already_existed: false,
             warnings: record.map(workspace_warnings).unwrap_or_default(),
             log: Vec::new(),
+            expires: record.and_then(expires_text),
+            remove_on_exit: record.is_some_and(|r| r.request.spec.remove_on_exit),
         }
     }
 
@@ -701,6 +791,8 @@ impl Daemon {
             already_existed: false,
             warnings: workspace_warnings(record),
             log: Vec::new(),
+            expires: expires_text(record),
+            remove_on_exit: record.request.spec.remove_on_exit,
         }
     }
 
@@ -768,6 +860,16 @@ impl Daemon {
     /// volume too (also of an environment that is already down but kept its home).
     /// Returns the workspace's warnings ([`workspace_warnings`]) for the person to read.
     pub async fn remove_with(&self, name: &str, purge: bool) -> Result<Vec<String>, ApiError> {
+        self.remove_because(name, purge, "kennel down").await
+    }
+
+    /// [`Daemon::remove_with`], recording `reason` in the `removed` event.
+    pub async fn remove_because(
+        &self,
+        name: &str,
+        purge: bool,
+        reason: &str,
+    ) -> Result<Vec<String>, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let _busy = self.mark_busy(name)?;
         let record = self.state.read_record(name)?;
@@ -782,6 +884,18 @@ impl Daemon {
         }
         self.state.remove(name)?;
         tracing::info!(env = %name, purge, "environment removed");
+        self.event(
+            crate::events::Event::now(
+                Some(name),
+                crate::events::kind::REMOVED,
+                format!(
+                    "environment {name:?} removed ({reason}){}",
+                    if purge { ", home volume purged" } else { "" }
+                ),
+            )
+            .with("reason", reason)
+            .with("purge", purge),
+        );
         Ok(record.map(|r| workspace_warnings(&r)).unwrap_or_default())
     }
 
@@ -793,9 +907,17 @@ impl Daemon {
         let mut engine = Vec::new();
         for status in self.backend.list_envs().await? {
             let name = status.name.clone();
-            let recorded =
-                validate_env_name(&name).is_ok() && self.state.read_record(&name)?.is_some();
-            if recorded {
+            let valid = validate_env_name(&name).is_ok();
+            let recorded = valid && self.state.read_record(&name)?.is_some();
+            let interrupted = if valid {
+                self.state.creating(&name)?
+            } else {
+                None
+            };
+            if let Some(marker) = interrupted {
+                self.remove_interrupted(&name, marker, true).await?;
+                report.removed_incomplete.push(name.clone());
+            } else if recorded {
                 report.kept.push(name.clone());
             } else if self.owns(&status) {
                 tracing::warn!(env = %name, "removing orphaned environment objects (no state)");
@@ -813,16 +935,82 @@ impl Daemon {
             if engine.contains(&name) {
                 continue;
             }
-            if self.state.read_record(&name)?.is_some() {
+            if let Some(marker) = self.state.creating(&name)? {
+                self.remove_interrupted(&name, marker, false).await?;
+                report.removed_incomplete.push(name);
+            } else if self.state.read_record(&name)?.is_some() {
                 tracing::warn!(env = %name, "environment has state but no engine objects; `kennel down` clears it");
                 report.missing.push(name);
             } else {
                 tracing::warn!(env = %name, "removing the state of an unfinished create");
                 self.state.remove(&name)?;
+                self.event(
+                    crate::events::Event::now(
+                        Some(&name),
+                        crate::events::kind::CREATE_INTERRUPTED,
+                        format!("the creation of {name:?} never finished (the daemon stopped in the middle); its state was removed, nothing had been created in the engine"),
+                    )
+                    .with("outcome", "removed"),
+                );
                 report.removed_incomplete.push(name);
             }
         }
+        let mut ev = crate::events::Event::now(
+            None,
+            crate::events::kind::RECONCILED,
+            format!(
+                "reconciled with the engine: {} kept, {} orphaned removed, {} unfinished creations removed, {} missing",
+                report.kept.len(),
+                report.removed_orphans.len(),
+                report.removed_incomplete.len(),
+                report.missing.len()
+            ),
+        );
+        for (k, v) in [
+            ("kept", &report.kept),
+            ("removed_orphans", &report.removed_orphans),
+            ("removed_incomplete", &report.removed_incomplete),
+            ("missing", &report.missing),
+        ] {
+            ev = ev.with(k, v.clone());
+        }
+        self.event(ev);
         Ok(report)
+    }
+
+    /// Removes what an interrupted creation of `name` made: its engine objects, the home
+    /// volume if the creation made it (a kept home it reused stays), and its state.
+    async fn remove_interrupted(
+        &self,
+        name: &str,
+        marker: crate::state::Creating,
+        in_engine: bool,
+    ) -> Result<(), ApiError> {
+        tracing::warn!(env = %name, "removing an environment whose creation never finished");
+        // Always: a creation killed before its first container may have made its networks,
+        // which the engine's list of environments does not show.
+        self.backend.remove_env(name).await?;
+        if !marker.kept_home {
+            self.backend.purge_env(name).await?;
+        }
+        self.state.remove(name)?;
+        self.event(
+            crate::events::Event::now(
+                Some(name),
+                crate::events::kind::CREATE_INTERRUPTED,
+                format!(
+                    "the creation of {name:?} never finished (the daemon stopped in the middle); what it had made was removed{}",
+                    if marker.kept_home {
+                        " (the kept home volume it reused stays)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .with("outcome", "removed")
+            .with("engine_objects", in_engine),
+        );
+        Ok(())
     }
 
     /// `POST /v1/envs/{name}/exec`: starts the command, then (once the connection is upgraded)
@@ -857,6 +1045,13 @@ impl Daemon {
             .await?;
         let env = name.to_string();
         let attached = self.sessions.attach(name);
+        // `kennel up --rm`: the expiry loop removes it once its last session has ended.
+        if record
+            .as_ref()
+            .is_some_and(|r| r.request.spec.remove_on_exit)
+        {
+            self.sessions.remove_when_detached(name);
+        }
         self.tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
@@ -905,6 +1100,22 @@ pub fn workspace_warnings(record: &EnvRecord) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// When an environment with a `--ttl` is removed (seconds since the Unix epoch): its creation
+/// time plus the TTL, both stored in its record, so the deadline survives a daemon restart.
+pub fn expires_unix(record: &EnvRecord) -> Option<u64> {
+    record
+        .request
+        .spec
+        .ttl_secs
+        .map(|t| record.created_unix.saturating_add(t))
+}
+
+fn expires_text(record: &EnvRecord) -> Option<String> {
+    expires_unix(record).map(|t| {
+        crate::policy_ops::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+    })
 }
 
 /// The names (never the values) of an environment's sandbox variables.

@@ -2,7 +2,10 @@
 //! `envs/<name>/policy/` (the effective policy directory, mounted read-only into the proxy).
 //!
 //! The directory is outside every sandbox's reach (mode 0700, owned by the daemon). Creating
-//! `envs/<name>` is the atomic name reservation that makes concurrent creates safe.
+//! `envs/<name>` is the atomic name reservation that makes concurrent creates safe;
+//! `envs/<name>/creating` marks a creation that has not finished (a daemon killed in the middle
+//! finds it at start and removes what was made). `events.jsonl` is the event log
+//! ([`crate::events`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,15 @@ pub struct StateDir {
 
 /// Name of the per-environment spec file.
 pub const SPEC_JSON: &str = "spec.json";
+/// Name of the per-environment marker of a creation in progress.
+pub const CREATING: &str = "creating";
+
+/// What `envs/<name>/creating` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creating {
+    /// The home volume existed before the creation (it is not the creation's to remove).
+    pub kept_home: bool,
+}
 
 impl StateDir {
     /// Opens (creating if needed) the state directory at `root`; `root` is made mode 0700.
@@ -168,6 +180,47 @@ impl StateDir {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// Writes `envs/<name>/creating`: the creation has begun and is not done. `kept_home`
+    /// says the home volume existed before (kept by `kennel down`), so an interrupted creation
+    /// must not remove it.
+    pub fn mark_creating(&self, name: &str, kept_home: bool) -> Result<(), StateError> {
+        let path = self.env_dir(name).join(CREATING);
+        let body =
+            serde_json::to_vec(&Creating { kept_home }).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        let mut f = std::fs::File::create(&path).map_err(io("create", &path))?;
+        f.write_all(&body)
+            .and_then(|()| f.sync_all())
+            .map_err(io("write", &path))
+    }
+
+    /// Removes the [`StateDir::mark_creating`] marker: the environment exists.
+    pub fn creation_done(&self, name: &str) -> Result<(), StateError> {
+        let path = self.env_dir(name).join(CREATING);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// The marker of a creation of `name` that has not finished, if there is one. A marker
+    /// that does not parse (torn by a crash while written) counts as a creation that made no
+    /// home volume of its own… unless one was kept: so it reads as `kept_home = true`, which
+    /// never removes a home.
+    pub fn creating(&self, name: &str) -> Result<Option<Creating>, StateError> {
+        let path = self.env_dir(name).join(CREATING);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).unwrap_or(Creating { kept_home: true }),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
     }
 
     /// Removes `envs/<name>` and everything in it; absent is fine.

@@ -553,3 +553,56 @@ async fn http_routes_and_bad_input() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn policy_changes_and_refusals_are_events_kept_once() {
+    use kennel_supervisord::events::{EventQuery, kind};
+    let f = fixture("evp").await;
+    let mut live = f.daemon.event_log().subscribe();
+    f.daemon
+        .policy_allow(&person(), "evp", allow(&["api.example.com"], None))
+        .await
+        .unwrap();
+    // Followers get the change as it happens …
+    let ev = live.try_recv().unwrap();
+    assert_eq!(ev.kind, kind::POLICY_CHANGED);
+    assert_eq!(ev.env.as_deref(), Some("evp"));
+    assert_eq!(ev.details["action"], "allow");
+    assert!(ev.message.contains("api.example.com"), "{}", ev.message);
+
+    let doc = f.daemon.policy_file("evp").await.unwrap();
+    f.daemon
+        .policy_replace(
+            &person(),
+            "evp",
+            PolicyReplace {
+                content: format!("{}\n[allow]\nhosts = [\"bad host\"]\n", doc.content),
+                base_sha256: doc.sha256,
+                note: None,
+            },
+        )
+        .await
+        .unwrap_err();
+
+    let q = EventQuery {
+        env: Some("evp".into()),
+        ..Default::default()
+    };
+    let evs = f.daemon.events(&q).unwrap();
+    let kinds: Vec<&str> = evs.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [kind::CREATED, kind::POLICY_CHANGED, kind::POLICY_REJECTED],
+        "{evs:#?}"
+    );
+    assert!(
+        evs[2].details["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("policy.toml:")),
+        "the refusal names FILE:LINE:COL: {:?}",
+        evs[2]
+    );
+    // … and the change is kept once, in changes.jsonl, not copied into the event log.
+    let log = std::fs::read_to_string(f.state_dir.path().join("events.jsonl")).unwrap();
+    assert!(!log.contains(kind::POLICY_CHANGED), "{log}");
+}

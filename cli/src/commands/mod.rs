@@ -5,6 +5,7 @@ pub mod completions;
 pub mod denials;
 pub mod doctor;
 pub mod down;
+pub mod events;
 pub mod exec;
 pub mod image;
 pub mod inspect;

@@ -11,7 +11,7 @@ use kennel_supervisord::api::types::{CreateEnv, EnvInfo};
 use crate::client::{Client, block_on};
 
 /// Arguments of `kennel up`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct UpArgs {
     /// Spec file to use instead of `<workspace>/kennel.toml`.
     #[arg(long, value_name = "FILE")]
@@ -29,6 +29,14 @@ pub struct UpArgs {
     /// would be denied is logged (`kennel denials ENV --learned`); then it enforces by itself.
     #[arg(long, value_name = "DURATION", value_parser = crate::commands::allow::parse_duration)]
     pub learn: Option<std::time::Duration>,
+    /// Remove the environment when its last `kennel exec`/`shell` session ends (the home
+    /// volume is kept, as with `kennel down`).
+    #[arg(long)]
+    pub rm: bool,
+    /// Remove the environment this long after its creation (`30m`, `8h`, `2d`), also when the
+    /// daemon was restarted in between.
+    #[arg(long, value_name = "DURATION", value_parser = crate::commands::allow::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// Reads the spec as the calling user (so `~` and file permissions are the caller's), imports
@@ -81,8 +89,11 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
         })?),
         None => None,
     };
+    let mut spec_doc: kennel_supervisord::api::types::SpecDoc = (&spec).into();
+    spec_doc.ttl_secs = args.ttl.map(|d| d.as_secs());
+    spec_doc.remove_on_exit = args.rm;
     Ok(CreateEnv {
-        spec: (&spec).into(),
+        spec: spec_doc,
         project_whitelist,
     })
 }
@@ -142,6 +153,12 @@ fn print_up(info: &EnvInfo) {
     }
     if !info.env_names.is_empty() {
         println!("  env      {}", info.env_names.join(" "));
+    }
+    if let Some(t) = &info.expires {
+        println!("  expires  {t} (removed then, `--ttl`)");
+    }
+    if info.remove_on_exit {
+        println!("  --rm     removed when its last exec session ends");
     }
     for w in &info.warnings {
         eprintln!("warning: {w}");

@@ -210,6 +210,7 @@ pub fn add(client: &Client, cwd: &Path, args: &AddArgs) -> anyhow::Result<ExitCo
         image: None,
         workspace: Some(path.clone()),
         learn: None,
+        ..Default::default()
     };
     // build_request prints the spec's warnings (devcontainer.json keys not applied).
     let result = build_request(&up).and_then(|req| crate::commands::up::create(client, &req));

@@ -17,6 +17,8 @@
 //! | `GET` | `/v1/stats` | | `[`[`crate::ops::stats::EnvUsage`]`]` |
 //! | `GET` | `/v1/envs/{name}/stats` | | [`crate::ops::stats::EnvUsage`] |
 //! | `POST` | `/v1/envs/{name}/logs` | [`crate::ops::logs::LogsBody`], `Upgrade: kennel-exec/1` | `101`, then frames |
+//! | `GET` | `/v1/events[?env=NAME][&since=SECS]` | | `[`[`crate::events::Event`]`]` |
+//! | `POST` | `/v1/events` | [`crate::events::EventQuery`], `Upgrade: kennel-exec/1` | `101`, then one JSON event per line in `Stdout` frames (`follow`: until the client goes away) |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
@@ -343,6 +345,17 @@ async fn route(
             daemon.start_exec(&name, body, on_upgrade).await?;
             Ok(switching_protocols())
         }
+        (&Method::GET, ["events"]) => {
+            let q = crate::events::parse_query(req.uri().query())?;
+            Ok(json(StatusCode::OK, &daemon.events(&q)?))
+        }
+        (&Method::POST, ["events"]) => {
+            require_upgrade(&req, "events")?;
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let body: crate::events::EventQuery = read_json(req.into_body()).await?;
+            daemon.start_events(body, on_upgrade)?;
+            Ok(switching_protocols())
+        }
         // Live policy changes and denials (crate::policy_ops).
         (_, ["envs", name, "policy" | "denials", ..]) => {
             let name = (*name).to_string();
@@ -360,7 +373,8 @@ async fn route(
                 _,
                 "refresh" | "stats" | "logs" | "doctor" | "health",
             ]
-            | ["images", "proxy" | "demo-sandbox"],
+            | ["images", "proxy" | "demo-sandbox"]
+            | ["events"],
         ) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
             path,

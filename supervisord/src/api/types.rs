@@ -63,6 +63,12 @@ pub struct EnvInfo {
     /// lifecycle commands' output, in order (returned whole at the end, not streamed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<String>,
+    /// When the environment is removed by itself (`kennel up --ttl`; RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Removed when its last exec session ends (`kennel up --rm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_on_exit: bool,
 }
 
 /// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
@@ -207,6 +213,16 @@ pub struct SpecDoc {
     /// Health thresholds: memory percentage.
     #[serde(default)]
     pub max_memory_percent: Option<u8>,
+    /// Health rule: `[health] command` and `healthcheck`, their failure count, the monitor's
+    /// interval and longest deferral.
+    #[serde(default, skip_serializing_if = "HealthDoc::is_empty")]
+    pub health: HealthDoc,
+    /// Remove the environment this many seconds after its creation (`kennel up --ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Remove the environment when its last exec session ends (`kennel up --rm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_on_exit: bool,
     /// Credential mounts.
     #[serde(default)]
     pub credentials: CredentialsDoc,
@@ -232,6 +248,34 @@ pub struct SpecDoc {
     /// devcontainer.json lifecycle commands, run in the sandbox after creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
+}
+
+/// Wire form of the `[health]` keys beyond the thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthDoc {
+    /// `[health] command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `[health] healthcheck`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub healthcheck: bool,
+    /// `[health] failures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// `[health] interval`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+    /// `[health] max_defer`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_defer_secs: Option<u64>,
+}
+
+impl HealthDoc {
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        *self == HealthDoc::default()
+    }
 }
 
 /// Wire form of [`kennel_container::env::SandboxEnv`]: `[name, value]` pairs per source.
@@ -379,7 +423,7 @@ mod convert {
     };
     use kennel_policy::LegacyEnv;
 
-    use super::{CredentialsDoc, EnvDoc, LegacyDoc, MountDoc, ServiceDoc, SpecDoc};
+    use super::{CredentialsDoc, EnvDoc, HealthDoc, LegacyDoc, MountDoc, ServiceDoc, SpecDoc};
 
     impl From<&EnvSpec> for SpecDoc {
         fn from(s: &EnvSpec) -> SpecDoc {
@@ -438,6 +482,16 @@ mod convert {
                 max_age_secs: s.health.max_age.map(|d| d.as_secs()),
                 max_disk_percent: s.health.max_disk_percent,
                 max_memory_percent: s.health.max_memory_percent,
+                health: HealthDoc {
+                    command: s.health.command.clone(),
+                    healthcheck: s.health.healthcheck,
+                    failures: s.health.failures,
+                    interval_secs: s.health.interval.map(|d| d.as_secs().max(1)),
+                    max_defer_secs: s.health.max_defer.map(|d| d.as_secs()),
+                },
+                // Not part of the spec file: `kennel up` sets them from its flags.
+                ttl_secs: None,
+                remove_on_exit: false,
                 credentials: CredentialsDoc {
                     git_config: s.credentials.git_config.clone(),
                     ssh_dir: s.credentials.ssh_dir.clone(),
@@ -526,6 +580,11 @@ mod convert {
                     max_age: d.max_age_secs.map(Duration::from_secs),
                     max_disk_percent: d.max_disk_percent,
                     max_memory_percent: d.max_memory_percent,
+                    command: d.health.command,
+                    healthcheck: d.health.healthcheck,
+                    failures: d.health.failures,
+                    interval: d.health.interval_secs.map(Duration::from_secs),
+                    max_defer: d.health.max_defer_secs.map(Duration::from_secs),
                 },
                 credentials: CredentialMounts {
                     git_config: d.credentials.git_config,

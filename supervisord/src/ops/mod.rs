@@ -3,6 +3,7 @@
 //! removes them.
 
 pub mod doctor;
+pub mod expiry;
 pub mod health;
 pub mod logs;
 pub mod refresh;

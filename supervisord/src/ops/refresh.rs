@@ -7,6 +7,7 @@ use kennel_container::spec::{EnvSpec, validate_env_name};
 
 use crate::api::types::EnvInfo;
 use crate::error::ApiError;
+use crate::events::{Event, kind};
 use crate::registry::{Daemon, LABEL_DAEMON};
 use crate::state::EnvRecord;
 
@@ -32,8 +33,13 @@ impl Daemon {
     /// `POST /v1/envs/{name}/refresh`: tells attached exec sessions why they end, then
     /// recreates the containers (and networks) from the stored spec. The workspace, home volume,
     /// effective policy directory and name are kept; the containers' own filesystems are not.
-    #[tracing::instrument(skip(self))]
     pub async fn refresh(&self, name: &str) -> Result<EnvInfo, ApiError> {
+        self.refresh_because(name, "kennel refresh").await
+    }
+
+    /// [`Daemon::refresh`], recording `reason` in the `refreshed` (or `refresh-failed`) event.
+    #[tracing::instrument(skip(self))]
+    pub async fn refresh_because(&self, name: &str, reason: &str) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
         let _busy = self.mark_busy(name)?;
@@ -52,6 +58,15 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(env = %name, error = %e, "refresh failed; `kennel refresh` again recreates it");
+                self.event(
+                    Event::now(
+                        Some(name),
+                        kind::REFRESH_FAILED,
+                        format!("refreshing {name:?} ({reason}) failed: {e}; `kennel refresh {name}` again recreates it"),
+                    )
+                    .with("reason", reason)
+                    .with("error", e.to_string()),
+                );
                 return Err(e.into());
             }
         };
@@ -60,6 +75,15 @@ impl Daemon {
             self.state().write_record(&record)?;
         }
         tracing::info!(env = %name, sessions_told = told, "environment refreshed");
+        self.event(
+            Event::now(
+                Some(name),
+                kind::REFRESHED,
+                format!("environment {name:?} refreshed ({reason})"),
+            )
+            .with("reason", reason)
+            .with("sessions_ended", told),
+        );
         Ok(self.info(status, Some(&record)))
     }
 

@@ -19,6 +19,9 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Environments to remove once their last session ends (`kennel up --rm`): `false` while a
+    /// session is attached, `true` once none is.
+    remove_when_detached: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 /// One attached session; detaches when dropped.
@@ -37,6 +40,10 @@ impl Drop for Attached {
             e.attached = e.attached.saturating_sub(1);
             if e.attached == 0 {
                 map.remove(&self.env);
+                drop(map);
+                if let Some(due) = self.sessions.removals().get_mut(&self.env) {
+                    *due = true;
+                }
             }
         }
     }
@@ -64,6 +71,34 @@ impl Sessions {
             env: env.to_string(),
             notices: tx.subscribe(),
         }
+    }
+
+    fn removals(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        // As above: each update is one statement.
+        self.remove_when_detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `env` for removal once its last attached session ends (`kennel up --rm`).
+    pub fn remove_when_detached(&self, env: &str) {
+        let attached = self.attached(env);
+        self.removals().insert(env.to_string(), attached == 0);
+    }
+
+    /// The environments marked with [`Sessions::remove_when_detached`] whose last session has
+    /// ended (and that have none attached now); they are unmarked.
+    pub fn take_detached(&self) -> Vec<String> {
+        let mut removals = self.removals();
+        let due: Vec<String> = removals
+            .iter()
+            .filter(|(env, due)| **due && self.attached(env) == 0)
+            .map(|(env, _)| env.clone())
+            .collect();
+        for env in &due {
+            removals.remove(env);
+        }
+        due
     }
 
     /// How many sessions of `env` are attached.
@@ -99,5 +134,22 @@ mod tests {
         drop(one);
         assert_eq!(s.attached("a"), 0);
         assert_eq!(s.notify("a", "x"), 0);
+    }
+
+    #[test]
+    fn an_env_marked_for_removal_is_due_once_its_last_session_ends() {
+        let s = Sessions::default();
+        let one = s.attach("a");
+        s.remove_when_detached("a");
+        let two = s.attach("a");
+        assert!(s.take_detached().is_empty());
+        drop(one);
+        assert!(
+            s.take_detached().is_empty(),
+            "one session is still attached"
+        );
+        drop(two);
+        assert_eq!(s.take_detached(), ["a"]);
+        assert!(s.take_detached().is_empty(), "taken once");
     }
 }
