@@ -62,6 +62,8 @@ pub enum Command {
     /// One worktree + environment per task: `add NAME` creates `../<repo>-<NAME>` and brings it up, `rm NAME` removes both.
     #[command(subcommand)]
     Worktree(commands::worktree::WorktreeCommand),
+    /// Measure egress throughput and connection rate from the sandbox through its proxy, beside the same without the proxy.
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -89,5 +91,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
         Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
+        Command::Bench(args) => commands::bench::run(&client::Client::new(&cli.socket), args),
     }
 }

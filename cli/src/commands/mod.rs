@@ -1,6 +1,7 @@
 //! One module per `kennel` subcommand.
 
 pub mod allow;
+pub mod bench;
 pub mod denials;
 pub mod doctor;
 pub mod down;
