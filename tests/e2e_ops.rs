@@ -503,6 +503,7 @@ async fn ops_bench_measures_both_paths_and_leaves_no_hole_on_docker() {
         "{report:?}"
     );
     let shown = kennel_cli::commands::bench::render(&report);
+    eprintln!("{shown}");
     for want in [
         "sandbox -> proxy -> origin",
         "egress network -> origin",
@@ -552,7 +553,11 @@ async fn ops_bench_measures_both_paths_and_leaves_no_hole_on_docker() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The environment is left as it was: still running, nothing but its own containers.
-    let status = d.inspect_env(&name).await.expect("inspect").expect("exists");
+    let status = d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists");
     assert_eq!(status.state, kennel_container::EnvState::Running);
     daemon.stop().await;
 }

@@ -1141,81 +1141,6 @@ pub async fn expire_loop(daemon: Arc<Daemon>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_parse_with_clear_errors() {
-        let e = parse_entry("Example.COM:8443").expect("valid");
-        assert_eq!(
-            (e.pattern.as_str(), e.cidr, e.port),
-            ("example.com", false, Some(8443))
-        );
-        let e = parse_entry("*.example.com").expect("valid");
-        assert_eq!((e.pattern.as_str(), e.port), ("*.example.com", None));
-        let e = parse_entry("10.0.0.5:5432").expect("valid");
-        assert_eq!(
-            (e.pattern.as_str(), e.cidr, e.port),
-            ("10.0.0.5/32", true, Some(5432))
-        );
-        let e = parse_entry("[fd00::1]:443").expect("valid");
-        assert_eq!(
-            (e.pattern.as_str(), e.cidr, e.port),
-            ("fd00::1/128", true, Some(443))
-        );
-        let e = parse_entry("fd00::/8").expect("valid");
-        assert!(e.cidr && e.port.is_none());
-        for (input, says) in [
-            ("exa mple.com", "invalid host pattern \"exa mple.com\""),
-            ("example.com:0", "invalid port \"0\""),
-            ("example.com:http", "invalid port \"http\""),
-            ("", "empty entry"),
-            ("[fd00::1", "missing `]`"),
-            ("10.0.0.1/8", "invalid address or CIDR \"10.0.0.1/8\""),
-        ] {
-            let err = parse_entry(input).expect_err(input).to_string();
-            assert!(err.contains(says), "{input}: {err}");
-        }
-    }
-
-    #[test]
-    fn allow_and_expire_edit_only_their_own_entries() {
-        let src = "# comment kept\nmode = \"enforce\"\n\n[allow]\nhosts = [\"a.example\"]\n\n[deny]\nhosts = [\"b.example\"]\n";
-        let mut doc: DocumentMut = src.parse().expect("toml");
-        let d = [80, 443];
-        let b = parse_entry("b.example").expect("valid");
-        let (said, new) = add_allow(&mut doc, &b, &d).expect("allow");
-        assert!(
-            new && said.contains("removed \"b.example\" from [deny]"),
-            "{said}"
-        );
-        let (_, new) = add_allow(&mut doc, &parse_entry("a.example").expect("v"), &d).expect("a");
-        assert!(!new, "already there: not new, so never expired");
-        let p = parse_entry("c.example:5000").expect("valid");
-        add_allow(&mut doc, &p, &d).expect("rule");
-        let text = doc.to_string();
-        assert!(text.starts_with("# comment kept"), "{text}");
-        let pol = Policy::from_toml_str(&text, Path::new("/p/policy.toml")).expect("valid");
-        let t = Target::parse_authority("c.example:5000").expect("t");
-        assert!(pol.decide(&t).is_allowed());
-        assert!(remove_allow(&mut doc, &p, &d));
-        assert!(remove_allow(&mut doc, &b, &d));
-        let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
-        assert!(!pol.decide(&t).is_allowed());
-        assert!(
-            pol.decide(&Target::parse_authority("a.example:443").expect("t"))
-                .is_allowed()
-        );
-        add_deny(&mut doc, &parse_entry("a.example").expect("v")).expect("deny");
-        let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
-        assert!(
-            !pol.decide(&Target::parse_authority("a.example:443").expect("t"))
-                .is_allowed()
-        );
-    }
-}
-
 /// Temporary allow entries for jobs the daemon runs on a person's command (`kennel bench`):
 /// always with an expiry (so a daemon that dies mid-job still removes them through
 /// [`expire_loop`]), and removed again by the job itself when it ends.
@@ -1315,5 +1240,80 @@ impl Daemon {
             ),
         )?;
         Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_with_clear_errors() {
+        let e = parse_entry("Example.COM:8443").expect("valid");
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("example.com", false, Some(8443))
+        );
+        let e = parse_entry("*.example.com").expect("valid");
+        assert_eq!((e.pattern.as_str(), e.port), ("*.example.com", None));
+        let e = parse_entry("10.0.0.5:5432").expect("valid");
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("10.0.0.5/32", true, Some(5432))
+        );
+        let e = parse_entry("[fd00::1]:443").expect("valid");
+        assert_eq!(
+            (e.pattern.as_str(), e.cidr, e.port),
+            ("fd00::1/128", true, Some(443))
+        );
+        let e = parse_entry("fd00::/8").expect("valid");
+        assert!(e.cidr && e.port.is_none());
+        for (input, says) in [
+            ("exa mple.com", "invalid host pattern \"exa mple.com\""),
+            ("example.com:0", "invalid port \"0\""),
+            ("example.com:http", "invalid port \"http\""),
+            ("", "empty entry"),
+            ("[fd00::1", "missing `]`"),
+            ("10.0.0.1/8", "invalid address or CIDR \"10.0.0.1/8\""),
+        ] {
+            let err = parse_entry(input).expect_err(input).to_string();
+            assert!(err.contains(says), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn allow_and_expire_edit_only_their_own_entries() {
+        let src = "# comment kept\nmode = \"enforce\"\n\n[allow]\nhosts = [\"a.example\"]\n\n[deny]\nhosts = [\"b.example\"]\n";
+        let mut doc: DocumentMut = src.parse().expect("toml");
+        let d = [80, 443];
+        let b = parse_entry("b.example").expect("valid");
+        let (said, new) = add_allow(&mut doc, &b, &d).expect("allow");
+        assert!(
+            new && said.contains("removed \"b.example\" from [deny]"),
+            "{said}"
+        );
+        let (_, new) = add_allow(&mut doc, &parse_entry("a.example").expect("v"), &d).expect("a");
+        assert!(!new, "already there: not new, so never expired");
+        let p = parse_entry("c.example:5000").expect("valid");
+        add_allow(&mut doc, &p, &d).expect("rule");
+        let text = doc.to_string();
+        assert!(text.starts_with("# comment kept"), "{text}");
+        let pol = Policy::from_toml_str(&text, Path::new("/p/policy.toml")).expect("valid");
+        let t = Target::parse_authority("c.example:5000").expect("t");
+        assert!(pol.decide(&t).is_allowed());
+        assert!(remove_allow(&mut doc, &p, &d));
+        assert!(remove_allow(&mut doc, &b, &d));
+        let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
+        assert!(!pol.decide(&t).is_allowed());
+        assert!(
+            pol.decide(&Target::parse_authority("a.example:443").expect("t"))
+                .is_allowed()
+        );
+        add_deny(&mut doc, &parse_entry("a.example").expect("v")).expect("deny");
+        let pol = Policy::from_toml_str(&doc.to_string(), Path::new("/p/policy.toml")).expect("v");
+        assert!(
+            !pol.decide(&Target::parse_authority("a.example:443").expect("t"))
+                .is_allowed()
+        );
     }
 }

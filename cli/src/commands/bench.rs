@@ -80,7 +80,8 @@ pub fn render(r: &BenchReport) -> String {
     );
     match &r.temporary_allow {
         Some(e) => {
-            out += &format!("the origin ({e}) was allowed for the run only; that entry is removed\n")
+            out +=
+                &format!("the origin ({e}) was allowed for the run only; that entry is removed\n")
         }
         None => out += "the policy already allowed the origin; it was left unchanged\n",
     }
@@ -107,8 +108,7 @@ pub fn run(client: &Client, args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.env
         );
     }
-    let report: BenchReport =
-        block_on(client.post(&format!("/envs/{}/bench", args.env), &req))??;
+    let report: BenchReport = block_on(client.post(&format!("/envs/{}/bench", args.env), &req))??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

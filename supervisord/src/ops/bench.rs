@@ -154,7 +154,10 @@ pub fn reloads_ok(metrics: &str) -> Option<u64> {
     })
 }
 
-fn parse_report(path: &str, res: &kennel_container::backend::ExecResult) -> Result<PathReport, ApiError> {
+fn parse_report(
+    path: &str,
+    res: &kennel_container::backend::ExecResult,
+) -> Result<PathReport, ApiError> {
     if res.exit_code != 0 {
         return Err(ApiError::Internal(format!(
             "the benchmark client ({path}) exited {}: {}",
@@ -238,7 +241,9 @@ impl Daemon {
             ..Default::default()
         };
         let mut allowed: Option<EntrySpec> = None;
-        let outcome = self.bench_run(peer, name, &req, &mut report, &mut allowed).await;
+        let outcome = self
+            .bench_run(peer, name, &req, &mut report, &mut allowed)
+            .await;
         // Undo, whatever happened: the allow entry first (the hole), then the containers.
         let mut cleanup_errors = Vec::new();
         if let Some(entry) = allowed.take()
@@ -293,7 +298,10 @@ impl Daemon {
         // longest the allow entry and the origin can outlive a daemon that died mid-run.
         let budget = 2 * timeout.as_secs() + 2 * RELOAD_TIMEOUT.as_secs() + 60;
         let labels = vec![
-            (LABEL_DAEMON.to_string(), self.state().instance().to_string()),
+            (
+                LABEL_DAEMON.to_string(),
+                self.state().instance().to_string(),
+            ),
             (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
         ];
         let ends = self
