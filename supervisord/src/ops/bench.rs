@@ -319,8 +319,8 @@ impl Daemon {
         *allowed = self
             .temporary_allow(peer, name, &ends.origin.to_string(), budget, NOTE)
             .await?;
-        if let Some(e) = allowed.as_ref() {
-            report.temporary_allow = Some(format!("{}:{}", e.pattern, ends.origin.port()));
+        if allowed.is_some() {
+            report.temporary_allow = Some(ends.origin.to_string());
             self.wait_reload(name, before).await?;
         }
         let args = |via_proxy: bool| {
