@@ -421,3 +421,145 @@ async fn ops_health_rule_fires_and_refreshes_once_on_docker() {
     );
     daemon.remove(&name).await.expect("remove");
 }
+
+/// The `kennel bench` containers of `env` that exist now (any state).
+async fn bench_containers(d: &kennel_container::DockerBackend, env: &str) -> Vec<String> {
+    d.inspect_env(env)
+        .await
+        .expect("inspect")
+        .map(|s| {
+            s.containers
+                .into_iter()
+                .filter(|c| kennel_container::bench::is_bench_role(&c.role))
+                .map(|c| c.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the sandbox's proxy answers for `http://ADDR/1`: `403` is the policy's refusal (the
+/// proxy dials nothing for it).
+async fn proxy_answer(client: &Client, env: &str, addr: &str) -> String {
+    let (out, _, _) = exec(
+        client,
+        env,
+        &format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -x http://proxy:8888 http://{addr}/1"
+        ),
+    )
+    .await;
+    out
+}
+
+/// `kennel bench ENV` on Docker: both figures (through the proxy from the sandbox, and direct
+/// from the egress network) and their ratios; afterwards the policy file is byte-identical, the
+/// proxy refuses the origin's address again, and no benchmark container is left. A run whose
+/// caller goes away (Ctrl-C) still cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_bench_measures_both_paths_and_leaves_no_hole_on_docker() {
+    use kennel_supervisord::api::policy_types::PolicyFileDoc;
+    use kennel_supervisord::ops::bench::{BenchReport, BenchRequest};
+    let test = "ops_bench_measures_both_paths_and_leaves_no_hole_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ops-bn");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    let ws = workspace(&name, &image, "exec sleep 3600");
+    up(&client, ws.path()).await;
+    let policy_path = format!("/envs/{name}/policy/file");
+    let policy_before: PolicyFileDoc = client.get(&policy_path).await.expect("policy file");
+
+    // Small, bounded sizes: this checks the command, not the machine.
+    let req = BenchRequest {
+        bytes: 8 << 20,
+        secs: 0.5,
+        max_conns: 2000,
+        clients: 2,
+    };
+    let report: BenchReport = client
+        .post(&format!("/envs/{name}/bench"), &req)
+        .await
+        .expect("bench");
+    for r in [&report.proxy, &report.direct] {
+        assert_eq!(r.bytes, 8 << 20, "{report:?}");
+        assert!(r.mb_per_s > 0.0, "{report:?}");
+        assert!(r.connections > 0 && r.connections <= 2000, "{report:?}");
+        assert!(r.connections_per_s > 0.0, "{report:?}");
+    }
+    assert_eq!(report.proxy.path, "proxy");
+    assert_eq!(report.direct.path, "direct");
+    assert!(report.throughput_ratio > 0.0 && report.connection_rate_ratio > 0.0);
+    let origin_ip = report.origin.split(':').next().expect("ip").to_string();
+    assert!(
+        report
+            .temporary_allow
+            .as_deref()
+            .is_some_and(|e| e.contains(&origin_ip)),
+        "{report:?}"
+    );
+    let shown = kennel_cli::commands::bench::render(&report);
+    eprintln!("{shown}");
+    for want in [
+        "sandbox -> proxy -> origin",
+        "egress network -> origin",
+        "MB/s",
+        "conn/s",
+        "proxy / direct",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from:\n{shown}");
+    }
+
+    // No hole left: the file is as before, and the proxy refuses the origin's address.
+    let policy_after: PolicyFileDoc = client.get(&policy_path).await.expect("policy file");
+    assert_eq!(policy_after.content, policy_before.content);
+    assert_eq!(proxy_answer(&client, &name, &report.origin).await, "403");
+    assert_eq!(bench_containers(&d, &name).await, Vec::<String>::new());
+
+    // Ctrl-C: the caller goes away while the run is under way; the daemon still cleans up.
+    let run = {
+        let client = Client::new(&socket);
+        let path = format!("/envs/{name}/bench");
+        let req = BenchRequest {
+            bytes: 8 << 20,
+            secs: 2.0,
+            max_conns: 100_000,
+            clients: 2,
+        };
+        tokio::spawn(async move { client.post::<_, BenchReport>(&path, &req).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bench_containers(&d, &name).await.is_empty() {
+        assert!(Instant::now() < deadline, "the second run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.abort();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = bench_containers(&d, &name).await;
+        let file: PolicyFileDoc = client.get(&policy_path).await.expect("policy file");
+        if left.is_empty() && file.content == policy_before.content {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cleaned up after the caller left: {left:?}\n{}",
+            file.content
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The environment is left as it was: still running, nothing but its own containers.
+    let status = d
+        .inspect_env(&name)
+        .await
+        .expect("inspect")
+        .expect("exists");
+    assert_eq!(status.state, kennel_container::EnvState::Running);
+    daemon.stop().await;
+}

@@ -76,6 +76,8 @@ pub enum Command {
     System(commands::system::SystemCommand),
     /// What happened to environments and the daemon (created, refreshed and why, removed, health rules fired, policy changes …).
     Events(commands::events::EventsArgs),
+    /// Measure egress throughput and connection rate from the sandbox through its proxy, beside the same without the proxy.
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -105,5 +107,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Always the local socket: this is the remote end of `--host ssh://…`.
         Command::System(cmd) => commands::system::run(cmd, &cli.socket),
         Command::Events(args) => commands::events::run(&client, args),
+        Command::Bench(args) => commands::bench::run(&client, args),
     }
 }

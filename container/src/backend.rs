@@ -170,6 +170,45 @@ pub trait Backend: Send + Sync + 'static {
         name: &'a str,
         req: ExecRequest,
     ) -> BoxFuture<'a, Result<ExecSession, BackendError>>;
+    /// `kennel bench`: starts the benchmark origin (`kennel-proxy bench origin`, from the
+    /// proxy's image) on the environment's egress network; returns where it and the proxy are.
+    /// Labelled with the environment (so `kennel down` removes it too) and role
+    /// [`crate::bench::ROLE_ORIGIN`]. The default refuses.
+    fn bench_start_origin<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::bench::OriginRequest,
+    ) -> BoxFuture<'a, Result<crate::bench::BenchEndpoints, BackendError>> {
+        let _ = req;
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: name.to_string(),
+                message: "this backend cannot run benchmarks".into(),
+            })
+        })
+    }
+    /// `kennel bench`: runs `kennel-proxy bench client ARGS..` to completion in a short-lived
+    /// container on `path` (the sandbox's network namespace, or the egress network) and
+    /// returns its output; the container is removed afterwards. The default refuses.
+    fn bench_run_client<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::bench::ClientRequest,
+    ) -> BoxFuture<'a, Result<ExecResult, BackendError>> {
+        let _ = req;
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: name.to_string(),
+                message: "this backend cannot run benchmarks".into(),
+            })
+        })
+    }
+    /// `kennel bench`: removes every benchmark container of the environment; returns how many
+    /// there were. Idempotent. The default has none.
+    fn bench_cleanup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// What to create for one environment.

@@ -669,9 +669,13 @@ fn status_from(name: &str, containers: Vec<bollard::models::ContainerSummary>) -
             .state
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown".into());
-        total += 1;
-        if state == "running" {
-            running += 1;
+        // `kennel bench` containers come and go during a benchmark; they are listed but do
+        // not make the environment degraded.
+        if !crate::bench::is_bench_role(&role) {
+            total += 1;
+            if state == "running" {
+                running += 1;
+            }
         }
         match role.as_str() {
             "proxy" => has_proxy = true,
@@ -1182,5 +1186,25 @@ impl Backend for DockerBackend {
                 resize: req.tty.then_some(resize),
             })
         })
+    }
+
+    fn bench_start_origin<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::bench::OriginRequest,
+    ) -> BoxFuture<'a, Result<crate::bench::BenchEndpoints, BackendError>> {
+        crate::bench::start_origin(self, name, req)
+    }
+
+    fn bench_run_client<'a>(
+        &'a self,
+        name: &'a str,
+        req: crate::bench::ClientRequest,
+    ) -> BoxFuture<'a, Result<crate::backend::ExecResult, BackendError>> {
+        crate::bench::run_client(self, name, req)
+    }
+
+    fn bench_cleanup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, BackendError>> {
+        crate::bench::cleanup(self, name)
     }
 }

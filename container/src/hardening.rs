@@ -469,3 +469,38 @@ pub fn home_init_container(plan: &EnvPlan) -> ContainerCreateBody {
         ..Default::default()
     }
 }
+
+/// Port the `kennel bench` origin listens on (inside its own container).
+pub const BENCH_ORIGIN_PORT: u16 = 8080;
+
+/// A `kennel bench` container ([`crate::bench`]): the proxy image running `kennel-proxy bench
+/// ARGS..`, hardened like the proxy (no capabilities, no new privileges, read-only root,
+/// non-root, limits) and never restarted. `network_mode` is the egress network (origin,
+/// direct client) or `container:<sandbox>` (the client that takes the sandbox's route).
+pub fn bench_container(
+    env: &str,
+    role: &str,
+    image: &str,
+    network_mode: &str,
+    args: &[String],
+    extra_labels: &[(String, String)],
+) -> ContainerCreateBody {
+    let mut host = hardened_host_config();
+    host.restart_policy = Some(RestartPolicy {
+        name: Some(RestartPolicyNameEnum::NO),
+        maximum_retry_count: None,
+    });
+    host.network_mode = Some(network_mode.to_string());
+    host.memory = Some(256 * 1024 * 1024);
+    host.pids_limit = Some(64);
+    let mut cmd = vec!["bench".to_string()];
+    cmd.extend(args.iter().cloned());
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        user: Some(PROXY_USER.into()),
+        cmd: Some(cmd),
+        labels: Some(labels(env, role, extra_labels)),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}

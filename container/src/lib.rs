@@ -11,9 +11,11 @@
 //! - [`build`]: builds that image through the engine, on the environment's network;
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
-//! - [`policy_dir`]: an environment's effective policy directory.
+//! - [`policy_dir`]: an environment's effective policy directory;
+//! - [`bench`]: the containers of `kennel bench` (origin and clients).
 
 pub mod backend;
+pub mod bench;
 pub mod build;
 pub mod devcontainer;
 pub mod docker;

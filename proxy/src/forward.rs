@@ -274,7 +274,8 @@ async fn forward<'h>(
         ));
     }
     if let Some(h) = head.header("host") {
-        let hv = String::from_utf8_lossy(trim(h)).to_string();
+        // Borrowed for a valid header (the usual case): no copy per request.
+        let hv = String::from_utf8_lossy(trim(h));
         let (hh, hp) = split_host_header(&hv);
         let port = match hp {
             None => Some(80),
@@ -285,7 +286,7 @@ async fn forward<'h>(
             .is_some_and(|t| t == target);
         if !same {
             return Err(Failure::HostMismatch {
-                host: hv,
+                host: hv.into_owned(),
                 target: target.to_string(),
             });
         }

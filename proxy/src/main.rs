@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use kennel_proxy::ProxyConfig;
 
+mod bench_tool;
+
 /// kennel's egress proxy: CONNECT + HTTP forward proxy enforcing a default-deny allowlist.
 #[derive(Parser, Debug)]
 #[command(name = "kennel-proxy", version)]
@@ -29,6 +31,18 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // `kennel-proxy bench ...`: the origin and client of `kennel bench ENV` (the proxy image
+    // doubles as the benchmark image). Not a proxy run, so no config and no tracing setup.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("bench") {
+        return match bench_tool::main(&argv[2..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kennel-proxy bench: error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     init_tracing();
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

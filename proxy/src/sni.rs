@@ -207,7 +207,7 @@ pub async fn inspect_first_flight(
         Ok(p) => match check(p, cx.target, cx.allow_ech) {
             Ok(sni) => FirstFlight::Pass(Some(sni)),
             Err(r) => {
-                tracing::info!(reason = %r.reason(), "{r}");
+                tracing::info!(reason = %r.reason(), target = %cx.target, "{r}");
                 FirstFlight::Refused(r)
             }
         },

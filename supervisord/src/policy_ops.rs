@@ -1159,6 +1159,108 @@ pub async fn expire_loop(daemon: Arc<Daemon>) {
     }
 }
 
+/// Temporary allow entries for jobs the daemon runs on a person's command (`kennel bench`):
+/// always with an expiry (so a daemon that dies mid-job still removes them through
+/// [`expire_loop`]), and removed again by the job itself when it ends.
+impl Daemon {
+    /// Allows `entry` for at most `for_secs`, recorded like `kennel allow --for` (the caller's
+    /// uid, `note`). Returns the entry when it was new — the caller must end it with
+    /// [`Daemon::end_temporary_allow`] — and `None` when the policy already allowed it (then
+    /// nothing was changed and nothing must be removed).
+    pub(crate) async fn temporary_allow(
+        &self,
+        peer: &Peer,
+        name: &str,
+        entry: &str,
+        for_secs: u64,
+        note: &str,
+    ) -> Result<Option<EntrySpec>, ApiError> {
+        self.policy_env(name)?;
+        let e = parse_entry(entry)?;
+        let _lock = self.policy_lock.lock().await;
+        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let defaults = policy.default_ports().to_vec();
+        let (said, new) = add_allow(&mut doc, &e, &defaults)?;
+        if !new {
+            return Ok(None);
+        }
+        let now = SystemTime::now();
+        let at = now + Duration::from_secs(for_secs);
+        // The expiry is written first: if the policy swap then fails nothing is allowed, and
+        // an expiry of an absent entry removes nothing.
+        let xpath = self.state().env_dir(name).join(EXPIRY_FILE);
+        let mut list = read_expiring(&xpath)?;
+        list.retain(|x| x.entry != e);
+        list.push(Expiring {
+            entry: e.clone(),
+            expires_unix: now_unix(at),
+            uid: peer.uid,
+        });
+        write_expiring(&xpath, &list)?;
+        if let Err(err) = self.swap_policy(&path, &doc.to_string()) {
+            // Take the expiry back: left behind, it would later remove the same entry if a
+            // person added it for good.
+            list.retain(|x| x.entry != e);
+            if let Err(e2) = write_expiring(&xpath, &list) {
+                tracing::warn!(env = %name, error = %e2, "cannot take back a temporary expiry");
+            }
+            return Err(err);
+        }
+        self.record_change(
+            name,
+            &ChangeEvent::now(
+                Some(peer.uid),
+                "allow",
+                vec![said],
+                Some(note.to_string()),
+                Some(rfc3339(at)),
+            ),
+        )?;
+        Ok(Some(e))
+    }
+
+    /// Removes what [`Daemon::temporary_allow`] added for `entry`, and its expiry; records it
+    /// with `note`. Returns whether the policy file changed.
+    pub(crate) async fn end_temporary_allow(
+        &self,
+        peer: &Peer,
+        name: &str,
+        entry: &EntrySpec,
+        note: &str,
+    ) -> Result<bool, ApiError> {
+        let _lock = self.policy_lock.lock().await;
+        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let defaults = policy.default_ports().to_vec();
+        let changed = remove_allow(&mut doc, entry, &defaults);
+        if changed {
+            self.swap_policy(&path, &doc.to_string())?;
+        }
+        let xpath = self.state().env_dir(name).join(EXPIRY_FILE);
+        let mut list = read_expiring(&xpath)?;
+        let before = list.len();
+        list.retain(|x| x.entry != *entry);
+        if list.len() != before {
+            write_expiring(&xpath, &list)?;
+        }
+        let changes = if changed {
+            vec![format!("removed {}", entry.describe())]
+        } else {
+            vec![format!("{} was already gone", entry.describe())]
+        };
+        self.record_change(
+            name,
+            &ChangeEvent::now(
+                Some(peer.uid),
+                "expire",
+                changes,
+                Some(note.to_string()),
+                None,
+            ),
+        )?;
+        Ok(changed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 
 pub mod allow;
 pub mod completions;
+pub mod bench;
 pub mod denials;
 pub mod doctor;
 pub mod down;

@@ -20,6 +20,7 @@
 //! | `GET` | `/v1/events[?env=NAME][&since=SECS]` | | `[`[`crate::events::Event`]`]` |
 //! | `POST` | `/v1/events` | [`crate::events::EventQuery`], `Upgrade: kennel-exec/1` | `101`, then one JSON event per line in `Stdout` frames (`follow`: until the client goes away) |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
+//! | `POST` | `/v1/envs/{name}/bench` | [`crate::ops::bench::BenchRequest`] | [`crate::ops::bench::BenchReport`] (`kennel bench`) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
 
@@ -356,6 +357,14 @@ async fn route(
             daemon.start_events(body, on_upgrade)?;
             Ok(switching_protocols())
         }
+        (&Method::POST, ["envs", name, "bench"]) => {
+            let body: crate::ops::bench::BenchRequest = read_json(req.into_body()).await?;
+            // A tracked task of its own: the run and its cleanup (the temporary allow entry,
+            // the containers) complete even when the caller goes away (Ctrl-C).
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let report = detach(&daemon, async move { d.bench(&peer, &n, body).await }).await?;
+            Ok(json(StatusCode::OK, &report))
+        }
         // Live policy changes and denials (crate::policy_ops).
         (_, ["envs", name, "policy" | "denials", ..]) => {
             let name = (*name).to_string();
@@ -366,7 +375,7 @@ async fn route(
             _,
             ["version" | "health" | "envs"]
             | ["envs", _]
-            | ["envs", _, "exec" | "stop" | "start"]
+            | ["envs", _, "exec" | "stop" | "start" | "bench"]
             | ["stats" | "doctor"]
             | [
                 "envs",

@@ -2,6 +2,7 @@
 //! `kennel doctor` (daemon side). Kept apart from [`crate::registry`], which creates and
 //! removes them.
 
+pub mod bench;
 pub mod doctor;
 pub mod expiry;
 pub mod health;
