@@ -62,6 +62,9 @@ pub enum Command {
     /// One worktree + environment per task: `add NAME` creates `../<repo>-<NAME>` and brings it up, `rm NAME` removes both.
     #[command(subcommand)]
     Worktree(commands::worktree::WorktreeCommand),
+    /// Host notifications from the sandboxes: `watch [ENV]` shows them on the desktop (or prints them).
+    #[command(subcommand)]
+    Notify(commands::notify::NotifyCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -89,5 +92,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
         Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
+        Command::Notify(cmd) => commands::notify::run(&client::Client::new(&cli.socket), cmd),
     }
 }

@@ -277,6 +277,8 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
         format!("no_proxy={no_proxy}"),
         format!("HOME={}", spec.home),
         format!("KENNEL_ENV={}", spec.name),
+        // Where `kennel-notify` writes (the `[notify] dir` mount).
+        format!("KENNEL_NOTIFY_DIR={}", spec.notify.dir),
     ]);
     if spec.credentials.git_token_file.is_some() {
         env.push(format!("GIT_ASKPASS={GIT_ASKPASS_PATH}"));

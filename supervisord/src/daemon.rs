@@ -148,6 +148,8 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
     });
     // `kennel allow --for` entries expire by themselves (also those due while we were down).
     let expiry = tokio::spawn(crate::policy_ops::expire_loop(daemon.clone()));
+    // Notification files from the sandboxes, read by the daemon for `kennel notify watch`.
+    let notifications = tokio::spawn(crate::notify::scan_loop(daemon.clone()));
     let shutdown = async move {
         shutdown.await;
         notify(&[
@@ -162,6 +164,7 @@ pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Fut
         w.abort();
     }
     expiry.abort();
+    notifications.abort();
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {

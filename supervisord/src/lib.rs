@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod error;
 pub mod frame;
 pub mod images;
+pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod policy_ops;

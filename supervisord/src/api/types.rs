@@ -232,6 +232,9 @@ pub struct SpecDoc {
     /// devcontainer.json lifecycle commands, run in the sandbox after creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
+    /// `[notify]` (absent in records written before notifications existed: the defaults).
+    #[serde(default)]
+    pub notify: kennel_container::spec::NotifySpec,
 }
 
 /// Wire form of [`kennel_container::env::SandboxEnv`]: `[name, value]` pairs per source.
@@ -465,6 +468,7 @@ mod convert {
                 build: s.build.clone(),
                 user_name: s.user_name.clone(),
                 lifecycle: s.lifecycle.clone(),
+                notify: s.notify.clone(),
             }
         }
     }
@@ -551,6 +555,7 @@ mod convert {
                 lifecycle: d.lifecycle,
                 // Warnings are the CLI's to show; the daemon has nothing to add.
                 warnings: Vec::new(),
+                notify: d.notify,
             }
         }
     }
