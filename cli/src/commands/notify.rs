@@ -165,7 +165,8 @@ pub fn desktop_args(n: &Notification) -> Vec<String> {
 /// cleaned again here (the terminal is the last line of defence against escape sequences).
 pub fn line(n: &Notification) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(n.unix_ms);
-    let at = humantime::format_rfc3339_seconds(at.min(SystemTime::now() + Duration::from_secs(86400)));
+    let at =
+        humantime::format_rfc3339_seconds(at.min(SystemTime::now() + Duration::from_secs(86400)));
     let msg = sanitize(&n.message).replace('\n', "\n    ");
     format!("{at} [{}] {}: {msg}", sanitize(&n.env), sanitize(&n.level))
 }
@@ -230,7 +231,11 @@ pub fn watch_with(
                 }
                 after = Some(b.next);
             }
-            Err(e @ (ClientError::DaemonNotRunning { .. } | ClientError::Connect { .. } | ClientError::Http(_))) => {
+            Err(
+                e @ (ClientError::DaemonNotRunning { .. }
+                | ClientError::Connect { .. }
+                | ClientError::Http(_)),
+            ) => {
                 if !down_reported {
                     eprintln!("kennel notify watch: {e}; retrying every 2 s");
                     down_reported = true;
@@ -241,4 +246,44 @@ pub fn watch_with(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(level: &str, message: &str) -> Notification {
+        Notification {
+            seq: 1,
+            env: "task-a".into(),
+            level: level.into(),
+            message: message.into(),
+            unix_ms: 1_764_547_200_000,
+        }
+    }
+
+    #[test]
+    fn printed_lines_are_clean_and_indent_continuations() {
+        assert_eq!(
+            line(&n("error", "build failed\u{1b}[2J\nsee log")),
+            "2025-12-01T00:00:00Z [task-a] error: build failed\n    see log"
+        );
+    }
+
+    #[test]
+    fn desktop_notifications_have_the_env_as_title_urgency_per_level_and_escaped_markup() {
+        assert_eq!(
+            desktop_args(&n("error", "<b>x</b> & y")),
+            [
+                "--app-name=kennel",
+                "--urgency=critical",
+                "--",
+                "task-a",
+                "error: &lt;b&gt;x&lt;/b&gt; &amp; y"
+            ]
+        );
+        assert_eq!(urgency("clarification"), "normal");
+        assert_eq!(urgency("complete"), "normal");
+        assert_eq!(urgency("info"), "low");
+    }
 }

@@ -389,8 +389,7 @@ pub fn prepare_mount_point(workspace: &Path, sandbox_dir: &str) {
     match std::fs::create_dir(&path) {
         Ok(()) => {
             if let Ok(meta) = std::fs::metadata(workspace)
-                && let Err(e) =
-                    std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid()))
+                && let Err(e) = std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid()))
             {
                 tracing::debug!(path = %path.display(), error = %e, "cannot chown the notification mount point");
             }
@@ -451,7 +450,9 @@ impl NotifyHub {
         let scan = scan_dir(dir, limiter, now)?;
         for o in scan.outcomes {
             match o {
-                Outcome::Message(p) => Self::push(&mut inner, &self.changed, env, p.level, p.message),
+                Outcome::Message(p) => {
+                    Self::push(&mut inner, &self.changed, env, p.level, p.message)
+                }
                 Outcome::Refused { name, reason } => {
                     tracing::warn!(target: "kennel::event", env = %env, file = %format::sanitize(&name), reason = %reason, "notification file refused");
                 }
