@@ -401,9 +401,8 @@ impl Daemon {
                 source: e,
             })
         })?;
-        let mut spec = spec;
-        spec.mounts
-            .extend(self.prepare_notifications(&name, &spec)?);
+        let notify_mounts = self.prepare_notifications(&name, &spec)?;
+        spec.mounts.extend(notify_mounts);
         let plan = EnvPlan {
             access_log_dir: Some(access_log_dir),
             spec,

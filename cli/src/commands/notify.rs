@@ -47,12 +47,10 @@ pub fn run(client: &Client, cmd: NotifyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NotifyCommand::Watch(args) => {
             let mut out = Output::choose(args.print);
-            if let Output::Print = out {
-                if !args.print {
-                    eprintln!(
-                        "kennel notify watch: no desktop notifications (notify-send or a session D-Bus is missing); printing them"
-                    );
-                }
+            if matches!(out, Output::Print) && !args.print {
+                eprintln!(
+                    "kennel notify watch: no desktop notifications (notify-send or a session D-Bus is missing); printing them"
+                );
             }
             let stop = AtomicBool::new(false);
             watch_with(client, &args, &mut out, &stop)
