@@ -264,3 +264,36 @@ fn a_user_who_cannot_read_the_state_dir_watches_through_the_socket() {
     assert!(summaries[0].contains("995 more notification"), "{got:?}");
     assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
 }
+
+#[test]
+fn with_on_denials_a_burst_of_denials_notifies() {
+    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        "name = \"loud\"\n[notify]\non_denials = true\n",
+    )
+    .unwrap();
+    let o = kennel(&d.socket)
+        .args(["up", "--workspace", ws.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = Watch::start({
+        let mut c = kennel(&d.socket);
+        c.args(["notify", "watch", "loud", "--print", "--poll-secs", "1"]);
+        c
+    });
+    // The daemon's first look (right after `up`) takes the log as history.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.dir.path().join("state/envs/loud/logs/access.log");
+    let line = "{\"time\":\"2026-11-30T22:00:00.000Z\",\"host\":\"evil.example\",\"port\":443,\"decision\":\"deny\",\"reason\":\"not_in_allowlist\"}\n";
+    std::fs::write(&log, line.repeat(8)).unwrap();
+    let got = w
+        .next(Duration::from_secs(8))
+        .expect("a denial-burst notification");
+    assert!(
+        got.contains("[loud] info: the proxy denied 8 requests in 5s (evil.example:443); `kennel denials loud` lists them"),
+        "{got}"
+    );
+}

@@ -236,3 +236,61 @@ async fn a_waiting_watcher_gets_a_notification_as_it_arrives() {
     assert_eq!(got.notifications[0].message, "which db?");
     assert_eq!(got.next, start + 2);
 }
+
+fn deny_line(host: &str, port: u16, decision: &str) -> String {
+    format!(
+        "{{\"time\":\"2026-11-30T22:00:00.000Z\",\"host\":\"{host}\",\"port\":{port},\"decision\":\"{decision}\",\"reason\":\"not_in_allowlist\"}}\n"
+    )
+}
+
+#[test]
+fn a_burst_of_denials_notifies_once_per_window_and_history_does_not() {
+    use kennel_supervisord::notify::DENIAL_WINDOW;
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("access.log");
+    // Denials from before the watch started are history.
+    std::fs::write(&log, deny_line("old.example", 443, "deny").repeat(50)).unwrap();
+    let hub = NotifyHub::default();
+    let t0 = Instant::now();
+    hub.check_denials("e", &log, t0, true);
+    assert!(hub.since(Some(0), None).notifications.is_empty());
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for i in 0..6 {
+        f.write_all(deny_line(&format!("h{}.example\\u001b[2J", i % 2), 443, "deny").as_bytes())
+            .unwrap();
+    }
+    f.write_all(deny_line("ok.example", 443, "allow").as_bytes())
+        .unwrap();
+    // Within the window: not looked at yet.
+    hub.check_denials("e", &log, t0 + Duration::from_secs(1), true);
+    assert!(hub.since(Some(0), None).notifications.is_empty());
+    let t1 = t0 + DENIAL_WINDOW;
+    hub.check_denials("e", &log, t1, true);
+    let got = hub.since(Some(0), None).notifications;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].level, "info");
+    assert_eq!(
+        got[0].message,
+        "the proxy denied 6 requests in 5s (h0.example:443, h1.example:443); `kennel denials e` lists them"
+    );
+    // Fewer than the burst: nothing; a rotated log is read from its start.
+    std::fs::rename(&log, d.path().join("access.log.1")).unwrap();
+    std::fs::write(&log, deny_line("a.example", 80, "deny").repeat(2)).unwrap();
+    hub.check_denials("e", &log, t1 + DENIAL_WINDOW, true);
+    assert_eq!(hub.since(Some(0), None).notifications.len(), 1);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(deny_line("b.example", 80, "deny").repeat(7).as_bytes())
+        .unwrap();
+    hub.check_denials("e", &log, t1 + DENIAL_WINDOW * 2, true);
+    let got = hub.since(Some(0), None).notifications;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[1].message.starts_with("the proxy denied 7 requests"),
+        "{got:?}"
+    );
+}

@@ -57,6 +57,12 @@ pub const MAX_ENTRIES_PER_SCAN: usize = 4096;
 pub const KEEP_RECENT: usize = 512;
 /// A dot-file (the helper's file being written) older than this is removed.
 pub const STALE_TEMP: Duration = Duration::from_secs(60);
+/// With `[notify] on_denials = true`, the access log is looked at this often …
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
+/// … and this many denials within one look are a burst that notifies.
+pub const DENIAL_BURST: u64 = 5;
+/// Most access-log bytes read per look (a busier log is skipped to its end: still a burst).
+const MAX_DENIAL_READ: u64 = 4 * 1024 * 1024;
 
 /// The `kennel-notify` helper, bind-mounted read-only into every sandbox. POSIX sh, so it runs
 /// in any image with `/bin/sh`; writes a dot-file and renames it, so the daemon never reads a
@@ -406,7 +412,11 @@ pub fn prepare_mount_point(workspace: &Path, sandbox_dir: &str) {
 pub struct NotifyHub {
     inner: Mutex<HubInner>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Per environment with `on_denials`: where its access log was read to, and when.
+    denials: Mutex<DenialCursors>,
 }
+
+type DenialCursors = HashMap<String, (Option<LogCursor>, Option<Instant>)>;
 
 #[derive(Debug, Default)]
 struct HubInner {
@@ -420,6 +430,7 @@ impl Default for NotifyHub {
         NotifyHub {
             inner: Mutex::new(HubInner::default()),
             changed: tokio::sync::watch::channel(0).0,
+            denials: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -509,9 +520,13 @@ impl NotifyHub {
         changed.send_replace(inner.last_seq);
     }
 
-    /// Forgets `env`'s rate limit (the environment was removed).
+    /// Forgets `env`'s rate limit and denial cursor (the environment was removed).
     pub fn forget(&self, env: &str) {
         self.lock().limits.remove(env);
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(env);
     }
 
     /// Notifications after `after` (of `env`, or of every environment), without waiting.
@@ -570,6 +585,127 @@ impl NotifyHub {
     }
 }
 
+/// Where the denial watch of one environment is in its access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCursor {
+    inode: u64,
+    offset: u64,
+}
+
+/// The denials of an access log since `cursor` (`None`: start at the end now, counting
+/// nothing): how many, and up to three `host:port` of them. A rotated log (another inode, or
+/// shorter than the cursor) is read from its start.
+pub fn new_denials(
+    log: &Path,
+    cursor: &mut Option<LogCursor>,
+) -> std::io::Result<(u64, Vec<String>)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match std::fs::File::open(log) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            *cursor = Some(LogCursor {
+                inode: 0,
+                offset: 0,
+            });
+            return Ok((0, Vec::new()));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let (inode, len) = (meta.ino(), meta.len());
+    let start = match *cursor {
+        None => len,
+        Some(c) if c.inode == inode && c.offset <= len => c.offset,
+        Some(_) => 0,
+    };
+    let from = start.max(len.saturating_sub(MAX_DENIAL_READ));
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.take(len - from).read_to_end(&mut bytes)?;
+    // Up to the last complete line; the rest is read next time.
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    *cursor = Some(LogCursor {
+        inode,
+        offset: from + complete as u64,
+    });
+    #[derive(Deserialize)]
+    struct Line {
+        host: String,
+        port: u16,
+        decision: String,
+    }
+    let (mut count, mut examples) = (0u64, Vec::new());
+    for line in bytes[..complete].split(|b| *b == b'\n') {
+        let Ok(l) = serde_json::from_slice::<Line>(line) else {
+            continue;
+        };
+        if l.decision != "deny" {
+            continue;
+        }
+        count += 1;
+        let dest = format!("{}:{}", format::sanitize(&l.host), l.port);
+        if examples.len() < 3 && !examples.contains(&dest) {
+            examples.push(dest);
+        }
+    }
+    Ok((count, examples))
+}
+
+/// The text of a denial-burst notification.
+pub fn denial_text(env: &str, count: u64, examples: &[String]) -> String {
+    format!(
+        "the proxy denied {count} requests in {}s ({}); `kennel denials {env}` lists them",
+        DENIAL_WINDOW.as_secs(),
+        examples.join(", ")
+    )
+}
+
+impl NotifyHub {
+    /// Whether [`NotifyHub::check_denials`] would look at `env`'s log now (so the record is
+    /// read only once per [`DENIAL_WINDOW`]).
+    pub fn denials_due(&self, env: &str, now: Instant) -> bool {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env)
+            .and_then(|e| e.1)
+            .is_none_or(|last| now.saturating_duration_since(last) >= DENIAL_WINDOW)
+    }
+
+    /// With `on_denials`, a burst of denials in `env`'s access log since the last look is a
+    /// notification (through the rate limit). Looks at most once per [`DENIAL_WINDOW`].
+    /// `enabled` false (the spec does not ask) only notes the time, so the spec is read again
+    /// one window later.
+    pub fn check_denials(&self, env: &str, log: &Path, now: Instant, enabled: bool) {
+        let mut cursors = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = cursors.entry(env.to_string()).or_insert((None, None));
+        if entry
+            .1
+            .is_some_and(|last: Instant| now.saturating_duration_since(last) < DENIAL_WINDOW)
+        {
+            return;
+        }
+        entry.1 = Some(now);
+        if !enabled {
+            entry.0 = None;
+            return;
+        }
+        match new_denials(log, &mut entry.0) {
+            Ok((count, examples)) if count >= DENIAL_BURST => {
+                drop(cursors);
+                self.deliver(env, Level::Info, denial_text(env, count, &examples), now);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(env = %env, error = %e, "cannot read the access log for denials")
+            }
+        }
+    }
+}
+
 /// Scans every environment's notification directory every [`SCAN_INTERVAL`] until the daemon
 /// shuts down.
 pub async fn scan_loop(daemon: Arc<Daemon>) {
@@ -606,5 +742,18 @@ fn scan_all(daemon: &Daemon) {
                 tracing::debug!(env = %name, error = %e, "cannot scan the notification directory")
             }
         }
+        if daemon.notifications().denials_due(&name, now) {
+            let log = crate::policy_ops::log_dir(daemon.state(), &name)
+                .join(kennel_container::hardening::ACCESS_LOG_FILE);
+            let enabled = on_denials(daemon, &name);
+            daemon
+                .notifications()
+                .check_denials(&name, &log, now, enabled);
+        }
     }
+}
+
+/// Whether `name`'s recorded spec asks for denial notifications.
+fn on_denials(daemon: &Daemon, name: &str) -> bool {
+    matches!(daemon.state().read_record(name), Ok(Some(r)) if r.request.spec.notify.on_denials)
 }
