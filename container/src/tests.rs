@@ -536,3 +536,24 @@ fn sandbox_gets_workspace_variables_then_kennels_and_the_git_mounts() {
     let hooks = format!("{}/.git/hooks:/workspace/.git/hooks:ro", d.path().display());
     assert!(binds.contains(&hooks), "{binds:?}");
 }
+
+#[test]
+fn the_proxy_config_names_the_environment_for_kennel_allow_hints() {
+    let c = hardening::proxy_config_for_env(
+        std::net::Ipv4Addr::new(10, 1, 2, 3),
+        "/state/policy.toml",
+        true,
+        "task-a",
+    );
+    let parsed: toml::Table = toml::from_str(&c).expect("valid TOML");
+    assert_eq!(
+        parsed["policy"]["kennel_env"].as_str(),
+        Some("task-a"),
+        "{c}"
+    );
+    assert_eq!(
+        parsed["policy"]["shown_as"].as_str(),
+        Some("/state/policy.toml")
+    );
+    assert!(parsed.get("access_log").is_some());
+}
