@@ -1,7 +1,8 @@
 //! Host notifications on the real Docker engine (issue 12 item 5): `kennel-notify` inside the
 //! sandbox (the helper kennel mounts read-only) reaches `kennel notify watch` (printed mode,
 //! the CLI's own loop over the daemon's socket) within a second, cleaned of escape sequences;
-//! the notification directory is the only thing of the host's state the sandbox sees.
+//! the notification directory is the only thing of the host's state the sandbox sees; a 403
+//! from the environment's proxy names the `kennel allow` to run.
 //! Mandatory under `CI=true`, skipped with a reason without an engine.
 
 use std::io::Write;
@@ -139,6 +140,7 @@ async fn notification_from_the_sandbox_reaches_notify_watch_within_a_second() {
     let line = tokio::task::block_in_place(|| recv_within(&rx, Duration::from_secs(5)))
         .expect("the notification reaches the watcher");
     let took = written.elapsed();
+    eprintln!("notification latency (exec returned -> watcher line): {took:?}");
     assert!(
         line.ends_with(&format!("[{name}] complete: tests pass: 42/42")),
         "{line}"
@@ -165,6 +167,22 @@ async fn notification_from_the_sandbox_reaches_notify_watch_within_a_second() {
     let (_, err, code) = exec(&client, &name, "kennel-notify urgent hi").await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("usage: kennel-notify"), "{err}");
+
+    // A denied request's 403 says which `kennel allow` a person runs (the request goes to the
+    // environment's own proxy only, which denies it by policy before any lookup).
+    let (out, err, _) = exec(
+        &client,
+        &name,
+        "printf 'GET http://denied.kennel-test/ HTTP/1.1\r\nHost: denied.kennel-test\r\nConnection: close\r\n\r\n' | nc proxy 8888",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "Ask a person on the host to run: kennel allow {name} denied.kennel-test:80"
+        )),
+        "{out}"
+    );
 
     stop.store(true, Ordering::SeqCst);
     let _: kennel_supervisord::api::types::Removed =
