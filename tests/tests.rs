@@ -4,6 +4,7 @@ mod e2e_approve;
 mod e2e_build;
 mod e2e_docker;
 mod e2e_events;
+mod e2e_notify;
 mod e2e_ops;
 mod e2e_proxy;
 mod e2e_supervisor;

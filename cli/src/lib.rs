@@ -78,6 +78,9 @@ pub enum Command {
     Events(commands::events::EventsArgs),
     /// Measure egress throughput and connection rate from the sandbox through its proxy, beside the same without the proxy.
     Bench(commands::bench::BenchArgs),
+    /// Host notifications from the sandboxes: `watch [ENV]` shows them on the desktop (or prints them).
+    #[command(subcommand)]
+    Notify(commands::notify::NotifyCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -108,5 +111,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::System(cmd) => commands::system::run(cmd, &cli.socket),
         Command::Events(args) => commands::events::run(&client, args),
         Command::Bench(args) => commands::bench::run(&client, args),
+        Command::Notify(cmd) => commands::notify::run(&client, cmd),
     }
 }

@@ -432,7 +432,7 @@ impl DockerBackend {
         };
         write(
             hardening::PROXY_CONFIG_FILE,
-            &hardening::proxy_config_with_log(
+            &hardening::proxy_config_for_env(
                 proxy_ip,
                 &plan
                     .policy_dir
@@ -440,6 +440,7 @@ impl DockerBackend {
                     .display()
                     .to_string(),
                 plan.access_log_dir.is_some(),
+                env,
             ),
         )?;
         let askpass = if spec.credentials.git_token_file.is_some() {

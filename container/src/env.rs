@@ -117,7 +117,7 @@ pub fn check_var_name(name: &str) -> Result<(), String> {
     }
     if matches!(
         name,
-        "HOME" | "KENNEL_ENV" | "GIT_ASKPASS" | "GIT_CONFIG_COUNT"
+        "HOME" | "KENNEL_ENV" | "KENNEL_NOTIFY_DIR" | "GIT_ASKPASS" | "GIT_CONFIG_COUNT"
     ) || name.starts_with("GIT_CONFIG_KEY_")
         || name.starts_with("GIT_CONFIG_VALUE_")
     {

@@ -139,6 +139,24 @@ pub fn proxy_config(egress_ip: Ipv4Addr, policy_shown_as: &str) -> String {
     proxy_config_with_log(egress_ip, policy_shown_as, false)
 }
 
+/// [`proxy_config_with_log`] for environment `env`: deny messages also name the
+/// `kennel allow ENV HOST:PORT` a person runs to allow the destination.
+pub fn proxy_config_for_env(
+    egress_ip: Ipv4Addr,
+    policy_shown_as: &str,
+    log_to_file: bool,
+    env: &str,
+) -> String {
+    let config = proxy_config_with_log(egress_ip, policy_shown_as, log_to_file);
+    let env = crate::policy_dir::toml_str(env);
+    // `[policy]` is the first table; its keys end at the first blank line after it.
+    config.replacen(
+        "\n[policy]\n",
+        &format!("\n[policy]\nkennel_env = {env}\n"),
+        1,
+    )
+}
+
 /// [`proxy_config`], with the access log written to [`PROXY_LOG_DIR`]/[`ACCESS_LOG_FILE`]
 /// (size-capped, see [`ACCESS_LOG_ROTATE_BYTES`]) when `log_to_file`.
 pub fn proxy_config_with_log(
@@ -277,6 +295,8 @@ pub fn sandbox_env(spec: &EnvSpec) -> Vec<String> {
         format!("no_proxy={no_proxy}"),
         format!("HOME={}", spec.home),
         format!("KENNEL_ENV={}", spec.name),
+        // Where `kennel-notify` writes (the `[notify] dir` mount).
+        format!("KENNEL_NOTIFY_DIR={}", spec.notify.dir),
     ]);
     if spec.credentials.git_token_file.is_some() {
         env.push(format!("GIT_ASKPASS={GIT_ASKPASS_PATH}"));

@@ -75,6 +75,57 @@ pub struct EnvSpec {
     pub lifecycle: Vec<LifecycleCommand>,
     /// Warnings for the person running `kennel up` (e.g. devcontainer.json keys not applied).
     pub warnings: Vec<String>,
+    /// Host notifications (`[notify]`): where the sandbox sees its notification directory.
+    pub notify: NotifySpec,
+}
+
+/// Where notifications appear in the sandbox when kennel.toml has no `[notify] dir`.
+pub const DEFAULT_NOTIFY_DIR: &str = "/workspace/.notifications";
+
+/// `[notify]`: the sandbox's notification directory (the only host directory mounted besides
+/// the workspace and the listed credentials) and whether denial bursts notify too.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySpec {
+    /// Absolute path inside the sandbox ([`DEFAULT_NOTIFY_DIR`] by default).
+    pub dir: String,
+    /// A burst of denials by the proxy notifies too.
+    pub on_denials: bool,
+}
+
+impl Default for NotifySpec {
+    fn default() -> Self {
+        NotifySpec {
+            dir: DEFAULT_NOTIFY_DIR.to_string(),
+            on_denials: false,
+        }
+    }
+}
+
+/// Checks a `[notify] dir`: an absolute, plain path (letters, digits, `._-` and `/`; no `..`),
+/// not `/` nor the workspace itself, at most 200 characters. The path goes into a bind-mount
+/// string, so `:` and `,` must never reach it.
+pub fn check_notify_dir(dir: &str) -> Result<(), String> {
+    let plain = dir
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if !dir.starts_with('/') || !plain || dir.len() > 200 {
+        return Err(format!(
+            "{dir:?} must be an absolute path of letters, digits, '.', '_', '-' and '/' (at most 200 characters)"
+        ));
+    }
+    let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(format!(
+            "{dir:?} must name a directory below / without `.` or `..` components"
+        ));
+    }
+    if parts == ["workspace"] {
+        return Err(format!(
+            "{dir:?} is the workspace itself; use a directory in it, e.g. {DEFAULT_NOTIFY_DIR:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// A `[[mount]]`: a host path in the sandbox. The daemon mounts only paths the caller owns.
@@ -287,6 +338,14 @@ struct RawSpec {
     #[serde(default)]
     mount: Vec<RawMount>,
     build: Option<Spanned<RawBuild>>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    dir: Option<Spanned<String>>,
+    on_denials: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -555,6 +614,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
             message,
         })?;
     let mounts = build_mounts(src, raw.mount, base_dir, &home)?;
+    let notify = build_notify(src, raw.notify.unwrap_or_default())?;
 
     Ok(EnvSpec {
         name,
@@ -576,7 +636,18 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         build,
         lifecycle,
         warnings,
+        notify,
     })
+}
+
+fn build_notify(src: &Src<'_>, raw: RawNotify) -> Result<NotifySpec, SpecError> {
+    let mut n = NotifySpec::default();
+    if let Some(d) = raw.dir {
+        check_notify_dir(d.get_ref()).map_err(|m| src.err(d.span(), "notify.dir", m))?;
+        n.dir = d.get_ref().trim_end_matches('/').to_string();
+    }
+    n.on_denials = raw.on_denials.unwrap_or(false);
+    Ok(n)
 }
 
 /// The `.devcontainer/.env` keys that are sandbox variables (all but the proxy settings).

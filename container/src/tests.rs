@@ -572,3 +572,24 @@ fn health_command_interval_and_deferral_parse_with_clear_errors() {
         );
     }
 }
+
+#[test]
+fn the_proxy_config_names_the_environment_for_kennel_allow_hints() {
+    let c = hardening::proxy_config_for_env(
+        std::net::Ipv4Addr::new(10, 1, 2, 3),
+        "/state/policy.toml",
+        true,
+        "task-a",
+    );
+    let parsed: toml::Table = toml::from_str(&c).expect("valid TOML");
+    assert_eq!(
+        parsed["policy"]["kennel_env"].as_str(),
+        Some("task-a"),
+        "{c}"
+    );
+    assert_eq!(
+        parsed["policy"]["shown_as"].as_str(),
+        Some("/state/policy.toml")
+    );
+    assert!(parsed.get("access_log").is_some());
+}

@@ -78,6 +78,9 @@ pub struct PolicySettings {
     /// sets the host path of the environment's policy, because the path inside the proxy
     /// container means nothing to the person (or agent) reading the message.
     pub shown_as: Option<String>,
+    /// The kennel environment this proxy serves (set by kennel-supervisord): deny messages then
+    /// also say which `kennel allow ENV HOST:PORT` a person on the host can run.
+    pub kennel_env: Option<String>,
 }
 
 /// Access-log destination.

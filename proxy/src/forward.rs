@@ -229,9 +229,10 @@ pub async fn handle(
             let keep = !has_body(&head) && head.keep_alive && f.side() == Side::Policy;
             if keep {
                 let policy = shared.store.current();
-                let resp = f.response(
+                let resp = f.response_for(
                     rec.target.as_ref(),
                     shared.policy_shown_as(&policy).as_deref(),
+                    shared.kennel_env(),
                 );
                 let resp = String::from_utf8_lossy(&resp).replacen("Connection: close\r\n", "", 1);
                 let _ = client.write_all(resp.as_bytes()).await;

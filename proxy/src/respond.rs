@@ -150,7 +150,18 @@ impl Failure {
 
     /// Render the full response (head + body) for `target` (None when unparsable).
     pub fn response(&self, target: Option<&Target>, policy_file: Option<&Path>) -> Vec<u8> {
-        let body = self.body(target, policy_file);
+        self.response_for(target, policy_file, None)
+    }
+
+    /// [`Failure::response`], with [`Failure::body_for`]'s `kennel allow` suggestion when the
+    /// proxy serves a kennel environment.
+    pub fn response_for(
+        &self,
+        target: Option<&Target>,
+        policy_file: Option<&Path>,
+        kennel_env: Option<&str>,
+    ) -> Vec<u8> {
+        let body = self.body_for(target, policy_file, kennel_env);
         let status = self.status();
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -166,6 +177,30 @@ impl Failure {
         let mut out = head.into_bytes();
         out.extend_from_slice(body.as_bytes());
         out
+    }
+
+    /// [`Failure::body`]; for a denial of a known destination in a kennel environment
+    /// (`kennel_env`), also the command a person on the host runs to allow it — the agent in the
+    /// sandbox cannot change the policy, so it should ask for exactly that.
+    pub fn body_for(
+        &self,
+        target: Option<&Target>,
+        policy_file: Option<&Path>,
+        kennel_env: Option<&str>,
+    ) -> String {
+        let body = self.body(target, policy_file);
+        let entry = match (self, target) {
+            (Failure::Denied { .. }, Some(t)) => t.to_string(),
+            (Failure::Guard(g), Some(_)) => g.ip.to_string(),
+            _ => return body,
+        };
+        match kennel_env {
+            Some(env) => format!(
+                "{} Ask a person on the host to run: kennel allow {env} {entry}\n",
+                body.trim_end()
+            ),
+            None => body,
+        }
     }
 
     /// The text body: what happened and, for denials, how to allow it.
@@ -225,7 +260,11 @@ impl Failure {
 pub async fn refuse(shared: &Shared, client: &mut TcpStream, target: Option<&Target>, f: &Failure) {
     let policy = shared.store.current();
     let _ = client
-        .write_all(&f.response(target, shared.policy_shown_as(&policy).as_deref()))
+        .write_all(&f.response_for(
+            target,
+            shared.policy_shown_as(&policy).as_deref(),
+            shared.kennel_env(),
+        ))
         .await;
 }
 
@@ -298,6 +337,34 @@ mod tests {
         assert!(
             b.contains("\"169.254.169.254/32\"") || b.contains("/128\""),
             "{b}"
+        );
+    }
+
+    #[test]
+    fn in_a_kennel_environment_the_body_names_the_kennel_allow_command() {
+        let p = Policy::from_toml_str(
+            "[allow]\nhosts = [\"github.com\"]\n",
+            Path::new("/etc/kennel/policy.toml"),
+        )
+        .unwrap();
+        let t = Target::parse_authority("evil.example:443").unwrap();
+        let f = crate::admit::check(&p, &t, &[]).expect_err("denied");
+        let b = f.body_for(Some(&t), p.primary_file(), Some("task-a"));
+        assert!(
+            b.ends_with(
+                "/etc/kennel/policy.toml. Ask a person on the host to run: kennel allow task-a evil.example:443\n"
+            ),
+            "{b}"
+        );
+        assert_eq!(
+            f.body_for(Some(&t), p.primary_file(), None),
+            f.body(Some(&t), p.primary_file())
+        );
+        // Not a denial: no suggestion.
+        let other = Failure::NotProxyRequest;
+        assert_eq!(
+            other.body_for(None, None, Some("task-a")),
+            other.body(None, None)
         );
     }
 

@@ -48,6 +48,11 @@ impl Shared {
         }
     }
 
+    /// `[policy] kennel_env`: the environment deny messages suggest `kennel allow` for.
+    pub fn kennel_env(&self) -> Option<&str> {
+        self.config.policy.kennel_env.as_deref()
+    }
+
     /// Build the shared state (loads the policy, opens the access log).
     pub fn build(config: ProxyConfig) -> Result<Arc<Shared>, StartError> {
         config.validate()?;

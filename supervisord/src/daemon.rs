@@ -182,6 +182,8 @@ pub async fn run_watched(
     }
     // `kennel allow --for` entries expire by themselves (also those due while we were down).
     let expiry = tokio::spawn(crate::policy_ops::expire_loop(daemon.clone()));
+    // Notification files from the sandboxes, read by the daemon for `kennel notify watch`.
+    let notifications = tokio::spawn(crate::notify::scan_loop(daemon.clone()));
     let shutdown = async move {
         shutdown.await;
         notify(&[
@@ -196,6 +198,7 @@ pub async fn run_watched(
     health.abort();
     ephemeral.abort();
     expiry.abort();
+    notifications.abort();
 }
 
 /// systemd's watchdog: where `WATCHDOG=1` goes and how often.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod frame;
 pub mod images;
+pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod policy_ops;

@@ -12,7 +12,8 @@
 //! - `expiry.json`: the `allow --for` entries and when they expire (survives a daemon restart;
 //!   [`expire_loop`] removes them);
 //! - `changes.jsonl`: one JSON line per change (who = the caller's uid from `SO_PEERCRED`, what,
-//!   when, note); every change is also logged by the daemon (`target = "kennel::policy"`);
+//!   when, note), rotated to `changes.jsonl.1` past [`CHANGES_ROTATE_BYTES`]; every change is
+//!   also logged by the daemon (`target = "kennel::policy"`);
 //! - `logs/`: the proxy's access log (mounted read-write into the proxy container only),
 //!   read by [`Daemon::denials`].
 
@@ -46,6 +47,10 @@ pub const EXPIRY_FILE: &str = "expiry.json";
 pub const LEARN_FILE: &str = "learn.json";
 /// The per-environment change log (JSON lines).
 pub const CHANGES_FILE: &str = "changes.jsonl";
+/// [`CHANGES_FILE`] is rotated to `changes.jsonl.1` (one older generation kept) before it would
+/// grow past this: at most ~2 MiB of change log per environment, however many changes a script
+/// makes.
+pub const CHANGES_ROTATE_BYTES: u64 = 1024 * 1024;
 /// The per-environment access-log directory (mounted read-write into the proxy only).
 pub const LOG_DIR: &str = "logs";
 /// Most bytes of access log `kennel denials` reads (newest kept): the proxy caps the files at
@@ -554,12 +559,7 @@ impl Daemon {
         let mut line = serde_json::to_string(ev)
             .map_err(|e| ApiError::Internal(format!("cannot encode a change event: {e}")))?;
         line.push('\n');
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .map_err(io_err("append to", &path))
+        append_rotating(&path, &line, CHANGES_ROTATE_BYTES).map_err(io_err("append to", &path))
     }
 
     /// Loads the current policy file as text + editable document + validated policy.
@@ -1143,6 +1143,27 @@ fn parse_entries(inputs: &[String]) -> Result<Vec<EntrySpec>, ApiError> {
     inputs.iter().map(|s| parse_entry(s)).collect()
 }
 
+/// Appends `line` to the log at `path`; when that would take the file past `rotate_bytes`, the
+/// file first becomes `<path>.1` (replacing the older generation), so the log never holds more
+/// than about twice `rotate_bytes`. A single line longer than the cap still gets written.
+pub fn append_rotating(path: &Path, line: &str, rotate_bytes: u64) -> std::io::Result<()> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    if len > 0 && len + line.len() as u64 > rotate_bytes {
+        let mut older = path.as_os_str().to_owned();
+        older.push(".1");
+        std::fs::rename(path, PathBuf::from(older))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+}
+
 /// Every second, removes expired `allow --for` entries (until the daemon shuts down). Runs once
 /// at start too, so entries that expired while the daemon was down go at once.
 pub async fn expire_loop(daemon: Arc<Daemon>) {
@@ -1264,6 +1285,26 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_change_log_rotates_and_keeps_one_older_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CHANGES_FILE);
+        let older = dir.path().join(format!("{CHANGES_FILE}.1"));
+        let line = |i: usize| format!("{{\"n\":{i:04}}}\n"); // 11 bytes
+        for i in 0..10 {
+            append_rotating(&path, &line(i), 50).expect("append");
+        }
+        let now = std::fs::read_to_string(&path).expect("current");
+        let old = std::fs::read_to_string(&older).expect("older generation");
+        // 4 lines (44 bytes) fit under 50: lines 0-3, 4-7 rotated, 8-9 current.
+        assert_eq!(now, format!("{}{}", line(8), line(9)));
+        assert_eq!(old, (4..8).map(line).collect::<String>());
+        assert!(std::fs::metadata(&path).expect("meta").len() <= 50);
+        // No third generation.
+        let files = std::fs::read_dir(dir.path()).expect("ls").count();
+        assert_eq!(files, 2);
+    }
 
     #[test]
     fn entries_parse_with_clear_errors() {

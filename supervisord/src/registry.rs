@@ -100,6 +100,8 @@ pub struct Daemon {
     health: crate::ops::health::HealthState,
     /// The event log (`events.jsonl` in the state directory).
     events: Arc<crate::events::EventLog>,
+    /// Notifications read from the sandboxes ([`crate::notify`]).
+    notifications: crate::notify::NotifyHub,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -146,6 +148,7 @@ impl Daemon {
             sessions: Default::default(),
             health: Default::default(),
             events,
+            notifications: Default::default(),
         })
     }
 
@@ -167,6 +170,8 @@ impl Daemon {
     /// From now on, new creates and execs are refused with 503.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        // Long-polling watchers answer now, so the drain does not wait for them.
+        self.notifications.wake_all();
     }
 
     /// Whether [`Daemon::begin_shutdown`] was called.
@@ -182,6 +187,28 @@ impl Daemon {
     /// Where images come from (for [`crate::ops`]).
     pub(crate) fn images(&self) -> &Arc<dyn ImageSource> {
         &self.images
+    }
+
+    /// Notifications read from the sandboxes, for `kennel notify watch`.
+    pub fn notifications(&self) -> &crate::notify::NotifyHub {
+        &self.notifications
+    }
+
+    /// Creates `name`'s notification directory and helper, and returns the sandbox mounts for
+    /// them ([`crate::notify::prepare`]).
+    pub(crate) fn prepare_notifications(
+        &self,
+        name: &str,
+        spec: &EnvSpec,
+    ) -> Result<Vec<kennel_container::spec::HostMount>, ApiError> {
+        crate::notify::prepare_mount_point(&spec.workspace, &spec.notify.dir);
+        crate::notify::prepare(&self.state, name, &spec.notify.dir).map_err(|e| {
+            ApiError::State(StateError::Io {
+                op: "create",
+                path: crate::notify::notify_dir(&self.state, name),
+                source: e,
+            })
+        })
     }
 
     /// The health monitor's last readings.
@@ -421,6 +448,8 @@ impl Daemon {
                 source: e,
             })
         })?;
+        let notify_mounts = self.prepare_notifications(&name, &spec)?;
+        spec.mounts.extend(notify_mounts);
         let plan = EnvPlan {
             access_log_dir: Some(access_log_dir),
             spec,
@@ -660,6 +689,8 @@ impl Daemon {
             Ok(())
         };
         checked("workspace", &mut spec.workspace)?;
+        kennel_container::spec::check_notify_dir(&spec.notify.dir)
+            .map_err(|m| bad("notify.dir".into(), m))?;
         // A worktree's main git directory is mounted read-write too: the caller must own it.
         let git = kennel_container::git::discover(&spec.workspace).map_err(|e| {
             bad(
@@ -883,6 +914,7 @@ impl Daemon {
             self.backend.purge_env(name).await?;
         }
         self.state.remove(name)?;
+        self.notifications.forget(name);
         tracing::info!(env = %name, purge, "environment removed");
         self.event(
             crate::events::Event::now(

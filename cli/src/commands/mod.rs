@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod learn;
 pub mod logs;
 pub mod ls;
+pub mod notify;
 pub mod policy;
 pub mod policy_live;
 pub mod refresh;

@@ -21,6 +21,7 @@
 //! | `POST` | `/v1/events` | [`crate::events::EventQuery`], `Upgrade: kennel-exec/1` | `101`, then one JSON event per line in `Stdout` frames (`follow`: until the client goes away) |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //! | `POST` | `/v1/envs/{name}/bench` | [`crate::ops::bench::BenchRequest`] | [`crate::ops::bench::BenchReport`] (`kennel bench`) |
+//! | `GET` | `/v1/notifications[?after=SEQ][&env=NAME][&wait=SECS]` | | [`crate::notify::NotificationBatch`] (a long poll: waits up to `wait` seconds, at most 60, for one after `after`; without `after`, answers at once with the current `next`) |
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
 
@@ -365,6 +366,20 @@ async fn route(
             let report = detach(&daemon, async move { d.bench(&peer, &n, body).await }).await?;
             Ok(json(StatusCode::OK, &report))
         }
+        (&Method::GET, ["notifications"]) => {
+            let q = notifications_query(req.uri().query().unwrap_or(""))?;
+            if let Some(env) = &q.env {
+                kennel_container::spec::validate_env_name(env)?;
+            }
+            let d = daemon.clone();
+            let batch = d
+                .notifications()
+                .wait_since(q.after, q.env.as_deref(), q.wait, || {
+                    daemon.is_shutting_down()
+                })
+                .await;
+            Ok(json(StatusCode::OK, &batch))
+        }
         // Live policy changes and denials (crate::policy_ops).
         (_, ["envs", name, "policy" | "denials", ..]) => {
             let name = (*name).to_string();
@@ -376,7 +391,7 @@ async fn route(
             ["version" | "health" | "envs"]
             | ["envs", _]
             | ["envs", _, "exec" | "stop" | "start" | "bench"]
-            | ["stats" | "doctor"]
+            | ["stats" | "doctor" | "notifications"]
             | [
                 "envs",
                 _,
@@ -478,6 +493,44 @@ async fn policy_route(
             path: req.uri().path().to_string(),
         }),
     }
+}
+
+/// The query of `GET /v1/notifications`.
+struct NotificationsQuery {
+    after: Option<u64>,
+    env: Option<String>,
+    wait: std::time::Duration,
+}
+
+/// Longest long poll a watcher may ask for.
+const MAX_NOTIFY_WAIT_SECS: u64 = 60;
+
+fn notifications_query(query: &str) -> Result<NotificationsQuery, ApiError> {
+    let mut q = NotificationsQuery {
+        after: None,
+        env: None,
+        wait: std::time::Duration::ZERO,
+    };
+    let bad = |pair: &str| {
+        ApiError::BadRequest(format!(
+            "bad query {pair:?}; GET /v1/notifications takes `after=SEQ`, `env=NAME` and `wait=SECONDS` (at most {MAX_NOTIFY_WAIT_SECS})"
+        ))
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after", v)) => q.after = Some(v.parse().map_err(|_| bad(pair))?),
+            Some(("env", v)) if !v.is_empty() => q.env = Some(v.to_string()),
+            Some(("wait", v)) => {
+                let secs: u64 = v.parse().map_err(|_| bad(pair))?;
+                if secs > MAX_NOTIFY_WAIT_SECS {
+                    return Err(bad(pair));
+                }
+                q.wait = std::time::Duration::from_secs(secs);
+            }
+            _ => return Err(bad(pair)),
+        }
+    }
+    Ok(q)
 }
 
 /// Refuses a streaming request that does not ask for the `kennel-exec/1` upgrade.

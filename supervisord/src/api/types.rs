@@ -248,6 +248,9 @@ pub struct SpecDoc {
     /// devcontainer.json lifecycle commands, run in the sandbox after creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
+    /// `[notify]` (absent in records written before notifications existed: the defaults).
+    #[serde(default)]
+    pub notify: kennel_container::spec::NotifySpec,
 }
 
 /// Wire form of the `[health]` keys beyond the thresholds.
@@ -519,6 +522,7 @@ mod convert {
                 build: s.build.clone(),
                 user_name: s.user_name.clone(),
                 lifecycle: s.lifecycle.clone(),
+                notify: s.notify.clone(),
             }
         }
     }
@@ -610,6 +614,7 @@ mod convert {
                 lifecycle: d.lifecycle,
                 // Warnings are the CLI's to show; the daemon has nothing to add.
                 warnings: Vec::new(),
+                notify: d.notify,
             }
         }
     }

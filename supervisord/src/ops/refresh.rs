@@ -103,6 +103,9 @@ impl Daemon {
             )));
         }
         let proxy_image = self.images().proxy_image().await?;
+        let mut spec = spec;
+        let notify_mounts = self.prepare_notifications(&record.name, &spec)?;
+        spec.mounts.extend(notify_mounts);
         Ok(EnvPlan {
             // The same access-log directory as at creation, so `kennel denials` keeps its history.
             access_log_dir: Some(crate::policy_ops::log_dir(self.state(), &record.name)),
