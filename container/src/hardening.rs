@@ -394,6 +394,25 @@ pub fn sandbox_container(
     }
 }
 
+/// The IDE's dev container (`kennel devcontainer init`): the sandbox's body, labelled with the
+/// IDE role so `kennel ls/down/inspect` see it and the start-up order leaves it to the IDE.
+/// The IDE replaces the command; `crate::ide::devcontainer_json` turns this into
+/// devcontainer.json, so the sandbox and the IDE's container share one set of settings.
+pub fn ide_container(
+    plan: &EnvPlan,
+    askpass_host: Option<&std::path::Path>,
+    git: Option<&GitMounts>,
+) -> ContainerCreateBody {
+    let mut body = sandbox_container(plan, askpass_host, git);
+    body.labels = Some(labels(
+        &plan.spec.name,
+        crate::backend::ROLE_IDE,
+        &plan.state_labels,
+    ));
+    body.cmd = None;
+    body
+}
+
 /// A service container: internal network only (alias = service name), no new privileges,
 /// default seccomp, raw sockets dropped. Its rootfs stays writable (databases write to it).
 pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBody {
