@@ -27,7 +27,7 @@ pub enum Command {
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
     /// Create an environment from a workspace (kennel.toml, or .devcontainer/) and start it.
-    Up(commands::up::UpArgs),
+    Up(commands::up::UpCmd),
     /// List environments.
     Ls(commands::ls::LsArgs),
     /// Show one environment as JSON.
@@ -62,13 +62,17 @@ pub enum Command {
     /// One worktree + environment per task: `add NAME` creates `../<repo>-<NAME>` and brings it up, `rm NAME` removes both.
     #[command(subcommand)]
     Worktree(commands::worktree::WorktreeCommand),
+    /// The IDE's "Open in Dev Container" as a kennel sandbox: `init` writes
+    /// `.devcontainer/kennel/devcontainer.json`, `init --check` reports what is weaker than kennel's.
+    #[command(subcommand)]
+    Devcontainer(commands::devcontainer::DevcontainerCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(cmd) => commands::policy::run(cmd, &cli.socket),
-        Command::Up(args) => commands::up::run(&client::Client::new(&cli.socket), args),
+        Command::Up(cmd) => commands::up::run_cmd(&client::Client::new(&cli.socket), cmd),
         Command::Ls(args) => commands::ls::run(&client::Client::new(&cli.socket), args),
         Command::Inspect(args) => commands::inspect::run(&client::Client::new(&cli.socket), args),
         Command::Down(args) => commands::down::run(&client::Client::new(&cli.socket), args),
@@ -89,5 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => commands::doctor::run(&client::Client::new(&cli.socket), args),
         Command::Image(cmd) => commands::image::run(&client::Client::new(&cli.socket), cmd),
         Command::Worktree(cmd) => commands::worktree::run(&client::Client::new(&cli.socket), cmd),
+        Command::Devcontainer(cmd) => {
+            commands::devcontainer::run(&client::Client::new(&cli.socket), cmd)
+        }
     }
 }

@@ -319,6 +319,18 @@ pub fn sandbox_binds(spec: &EnvSpec, askpass_host: Option<&std::path::Path>) -> 
         let mode = if m.rw { "rw" } else { "ro" };
         binds.push(format!("{}:{}:{mode}", m.source.display(), m.target));
     }
+    // The IDE's devcontainer.json (`kennel devcontainer init`): its initializeCommand runs on
+    // the host and its runArgs set the IDE container's isolation, so the sandbox may read it,
+    // never change it.
+    let ide_dir = crate::ide::DEVCONTAINER_FILE
+        .rsplit_once('/')
+        .map_or(crate::ide::DEVCONTAINER_FILE, |(d, _)| d);
+    if spec.workspace.join(ide_dir).is_dir() {
+        binds.push(format!(
+            "{}:{WORKSPACE_MOUNT}/{ide_dir}:ro",
+            spec.workspace.join(ide_dir).display()
+        ));
+    }
     binds
 }
 

