@@ -1069,11 +1069,15 @@ impl Backend for DockerBackend {
             let askpass = plan.policy_dir.join("git-askpass");
             let askpass =
                 (plan.spec.credentials.git_token_file.is_some() && askpass.is_file()).then_some(askpass);
-            Ok(hardening::ide_container(
-                &resolved,
-                askpass.as_deref(),
-                git.as_ref(),
-            ))
+            let mut body = hardening::ide_container(&resolved, askpass.as_deref(), git.as_ref());
+            // As create_container does for the sandbox: the engine refuses more CPUs than it has.
+            if let Some(host) = body.host_config.as_mut()
+                && let Some(nano) = host.nano_cpus
+            {
+                let ncpu = self.engine_cpus().await?;
+                host.nano_cpus = Some(nano.min(ncpu * 1_000_000_000));
+            }
+            Ok(body)
         })
     }
 
