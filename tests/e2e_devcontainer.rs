@@ -36,7 +36,10 @@ async fn kennel(socket: &Path, args: &[&str]) -> Ran {
 }
 
 fn show(r: &Ran) -> String {
-    format!("exit {} stdout {:?} stderr {:?}", r.code, r.stdout, r.stderr)
+    format!(
+        "exit {} stdout {:?} stderr {:?}",
+        r.code, r.stdout, r.stderr
+    )
 }
 
 async fn gateway(d: &kennel_container::DockerBackend, network: &str) -> String {
@@ -160,7 +163,10 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
     let r = ide.initialize();
     assert_eq!(r.code, 0, "initializeCommand: {}", show(&r));
     assert!(r.stdout.contains("already up"), "{}", show(&r));
-    eprintln!("initializeCommand on a running environment: {:?}", started.elapsed());
+    eprintln!(
+        "initializeCommand on a running environment: {:?}",
+        started.elapsed()
+    );
     assert_eq!(ide.container_name(), names::ide(&name));
     ide.start();
 
@@ -168,17 +174,33 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
     let r = ide.sh("id -u; id -g; pwd; echo $HOME; touch /workspace/from-ide && echo ok > $HOME/h && echo wrote");
     assert_eq!(r.code, 0, "{}", show(&r));
     assert_eq!(r.stdout, "1001\n2000\n/workspace\n/home/claude\nwrote\n");
-    assert!(ws_path.join("from-ide").is_file(), "the workspace is the host's");
+    assert!(
+        ws_path.join("from-ide").is_file(),
+        "the workspace is the host's"
+    );
     let r = ide.sh("grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status");
     assert_eq!(r.code, 0, "{}", show(&r));
     for line in r.stdout.lines() {
-        assert!(line.ends_with("0000000000000000"), "capabilities: {}", r.stdout);
+        assert!(
+            line.ends_with("0000000000000000"),
+            "capabilities: {}",
+            r.stdout
+        );
     }
     let r = ide.exec(&["probe", "write", "/etc/kennel-ide-probe"]);
     assert_ne!(r.code, 0, "root filesystem writable: {}", show(&r));
     // The generated file is read-only inside (its initializeCommand runs on the host).
-    let r = ide.exec(&["probe", "write", "/workspace/.devcontainer/kennel/devcontainer.json"]);
-    assert_ne!(r.code, 0, "devcontainer.json writable from inside: {}", show(&r));
+    let r = ide.exec(&[
+        "probe",
+        "write",
+        "/workspace/.devcontainer/kennel/devcontainer.json",
+    ]);
+    assert_ne!(
+        r.code,
+        0,
+        "devcontainer.json writable from inside: {}",
+        show(&r)
+    );
 
     // An allowed origin through the proxy works.
     let r = ide.sh("curl -s --max-time 10 http://origin.kennel-test/");
@@ -196,7 +218,12 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
         ("docker0 (host)", "172.17.0.1", port.as_str()),
     ] {
         let r = ide.exec(&["probe", "tcp", host, p, "1500"]);
-        assert_ne!(r.code, 0, "direct connection to the {what} {host}:{p}: {}", show(&r));
+        assert_ne!(
+            r.code,
+            0,
+            "direct connection to the {what} {host}:{p}: {}",
+            show(&r)
+        );
     }
     drop(listener);
     // DNS for outside names gets no answer (not even NXDOMAIN); the proxy's name resolves.
@@ -217,7 +244,11 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
         "{info:?}"
     );
     assert_eq!(info.state, "running", "{info:?}");
-    let r = kennel(&socket, &["devcontainer", "init", "--check", "--workspace", &ws_arg]).await;
+    let r = kennel(
+        &socket,
+        &["devcontainer", "init", "--check", "--workspace", &ws_arg],
+    )
+    .await;
     assert_eq!(r.code, 0, "check of the generated file: {}", show(&r));
     let r = kennel(&socket, &["inspect", &name]).await;
     assert_eq!(r.code, 0, "{}", show(&r));
@@ -240,12 +271,22 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
         "control: --privileged gives capabilities: {}",
         show(&r)
     );
-    let r = kennel(&socket, &["devcontainer", "init", "--check", "--workspace", &ws_arg]).await;
+    let r = kennel(
+        &socket,
+        &["devcontainer", "init", "--check", "--workspace", &ws_arg],
+    )
+    .await;
     assert_eq!(r.code, 1, "check of the weakened file: {}", show(&r));
-    assert!(r.stdout.contains("runArgs adds --privileged"), "{}", show(&r));
     assert!(
-        r.stdout
-            .contains(&format!("container {} (ide): runs --privileged", names::ide(&name))),
+        r.stdout.contains("runArgs adds --privileged"),
+        "{}",
+        show(&r)
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "container {} (ide): runs --privileged",
+            names::ide(&name)
+        )),
         "{}",
         show(&r)
     );
@@ -264,7 +305,10 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
     // `kennel down` removes the IDE's container with the environment.
     let r = kennel(&socket, &["down", &name]).await;
     assert_eq!(r.code, 0, "down: {}", show(&r));
-    assert!(!container_exists(&names::ide(&name)), "the IDE's container outlived down");
+    assert!(
+        !container_exists(&names::ide(&name)),
+        "the IDE's container outlived down"
+    );
     assert!(!container_exists(&names::proxy(&name)));
     let r = kennel(&socket, &["down", "--purge", &name]).await;
     assert_eq!(r.code, 0, "purge: {}", show(&r));

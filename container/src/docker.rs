@@ -1067,8 +1067,8 @@ impl Backend for DockerBackend {
             let (resolved, git) = self.resolve_plan(plan).await?;
             // Written by create_env next to the policy when a token file is configured.
             let askpass = plan.policy_dir.join("git-askpass");
-            let askpass =
-                (plan.spec.credentials.git_token_file.is_some() && askpass.is_file()).then_some(askpass);
+            let askpass = (plan.spec.credentials.git_token_file.is_some() && askpass.is_file())
+                .then_some(askpass);
             let mut body = hardening::ide_container(&resolved, askpass.as_deref(), git.as_ref());
             // As create_container does for the sandbox: the engine refuses more CPUs than it has.
             if let Some(host) = body.host_config.as_mut()

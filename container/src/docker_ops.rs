@@ -239,7 +239,10 @@ impl DockerBackend {
         for id in n.containers.unwrap_or_default().into_keys() {
             let c = match self
                 .docker()
-                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
             {
                 Ok(c) => c,
@@ -256,11 +259,7 @@ impl DockerBackend {
                 .unwrap_or_default();
             networks.sort();
             out.push(crate::ide::Member {
-                name: c
-                    .name
-                    .unwrap_or(id)
-                    .trim_start_matches('/')
-                    .to_string(),
+                name: c.name.unwrap_or(id).trim_start_matches('/').to_string(),
                 role: labels.get(crate::backend::LABEL_ROLE).cloned(),
                 env_label: labels.get(crate::backend::LABEL_ENV).cloned(),
                 privileged: h.privileged.unwrap_or(false),

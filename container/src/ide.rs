@@ -149,7 +149,9 @@ pub fn weaknesses(env: &str, m: &Member, read_only_rootfs: bool) -> Vec<String> 
             ));
         }
     }
-    if read_only_rootfs && (role == "sandbox" || role == ROLE_IDE || role.is_empty()) && !m.readonly_rootfs
+    if read_only_rootfs
+        && (role == "sandbox" || role == ROLE_IDE || role.is_empty())
+        && !m.readonly_rootfs
     {
         p.push("has a writable root filesystem (kennel's is read-only: --read-only)".into());
     }
@@ -245,7 +247,12 @@ pub fn run_args(env: &str, body: &ContainerCreateBody) -> Vec<String> {
     if let Some(i) = h.ipc_mode.filter(|i| !i.is_empty()) {
         a.push(format!("--ipc={i}"));
     }
-    let labels: BTreeMap<String, String> = body.labels.clone().unwrap_or_default().into_iter().collect();
+    let labels: BTreeMap<String, String> = body
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     for (k, v) in labels {
         a.push(format!("--label={k}={v}"));
     }
@@ -404,9 +411,7 @@ pub fn check_file(text: &str, expected: &Value) -> Result<(Vec<String>, Vec<Stri
             .file_name()
             .is_some_and(|f| f.to_string_lossy().starts_with("kennel"))
     });
-    if !want_init.is_empty()
-        && (!kennel_argv0 || have_init.get(1..) != want_init.get(1..))
-    {
+    if !want_init.is_empty() && (!kennel_argv0 || have_init.get(1..) != want_init.get(1..)) {
         let s = format!(
             "initializeCommand is {have_init:?} (kennel's: {want_init:?}); it runs on the host"
         );
@@ -417,9 +422,21 @@ pub fn check_file(text: &str, expected: &Value) -> Result<(Vec<String>, Vec<Stri
         weaker.push("privileged is true".into());
         diffs.push("privileged is true".into());
     }
-    for key in ["capAdd", "securityOpt", "features", "appPort", "forwardPorts"] {
-        if actual.get(key).is_some_and(|v| v != &json!([]) && v != &json!({})) {
-            let s = format!("{key} is set ({}): kennel does not apply it, the IDE does", actual[key]);
+    for key in [
+        "capAdd",
+        "securityOpt",
+        "features",
+        "appPort",
+        "forwardPorts",
+    ] {
+        if actual
+            .get(key)
+            .is_some_and(|v| v != &json!([]) && v != &json!({}))
+        {
+            let s = format!(
+                "{key} is set ({}): kennel does not apply it, the IDE does",
+                actual[key]
+            );
             if key != "forwardPorts" {
                 weaker.push(s.clone());
             }
@@ -525,10 +542,20 @@ mod tests {
         ] {
             assert!(args.contains(&want), "{want} missing in {args:?}");
         }
-        assert!(args.iter().any(|a| a.starts_with("--tmpfs=/tmp:")), "{args:?}");
-        assert!(!args.iter().any(|a| a.contains("privileged") || a.starts_with("--cap-add")));
+        assert!(
+            args.iter().any(|a| a.starts_with("--tmpfs=/tmp:")),
+            "{args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("privileged") || a.starts_with("--cap-add"))
+        );
         // The generated file checks clean against itself.
-        let text = format!("{FILE_HEADER}{}", serde_json::to_string_pretty(&v).expect("ser"));
+        let text = format!(
+            "{FILE_HEADER}{}",
+            serde_json::to_string_pretty(&v).expect("ser")
+        );
         let (diffs, weaker) = check_file(&text, &v).expect("check");
         assert!(diffs.is_empty() && weaker.is_empty(), "{diffs:?}");
     }
@@ -542,14 +569,22 @@ mod tests {
             let (_, weaker) = check_file(&w.to_string(), &v).expect("check");
             weaker
         };
-        let w = edit(&|w| w["runArgs"].as_array_mut().expect("a").push("--privileged".into()));
+        let w = edit(&|w| {
+            w["runArgs"]
+                .as_array_mut()
+                .expect("a")
+                .push("--privileged".into())
+        });
         assert_eq!(w, ["runArgs adds --privileged"]);
         let w = edit(&|w| {
             let a = w["runArgs"].as_array_mut().expect("a");
             a.retain(|x| x != "--cap-drop=ALL");
             a.push("--cap-add=NET_ADMIN".into());
         });
-        assert!(w.iter().any(|s| s.contains("lacks --cap-drop=ALL")), "{w:?}");
+        assert!(
+            w.iter().any(|s| s.contains("lacks --cap-drop=ALL")),
+            "{w:?}"
+        );
         assert!(w.iter().any(|s| s.contains("--cap-add=NET_ADMIN")), "{w:?}");
         let w = edit(&|w| {
             let a = w["runArgs"].as_array_mut().expect("a");
@@ -565,11 +600,19 @@ mod tests {
         assert!(w.is_empty(), "another path to kennel is fine: {w:?}");
         let w = edit(&|w| w["privileged"] = true.into());
         assert_eq!(w, ["privileged is true"]);
-        let w = edit(&|w| w["mounts"].as_array_mut().expect("m").push("source=/var/run/docker.sock,target=/var/run/docker.sock,type=bind".into()));
+        let w = edit(&|w| {
+            w["mounts"]
+                .as_array_mut()
+                .expect("m")
+                .push("source=/var/run/docker.sock,target=/var/run/docker.sock,type=bind".into())
+        });
         assert_eq!(w.len(), 1, "{w:?}");
         // A harmless addition is a difference, not a weakening.
         let mut w = v.clone();
-        w["runArgs"].as_array_mut().expect("a").push("--env=X=1".into());
+        w["runArgs"]
+            .as_array_mut()
+            .expect("a")
+            .push("--env=X=1".into());
         let (diffs, weaker) = check_file(&w.to_string(), &v).expect("check");
         assert_eq!((diffs.len(), weaker.len()), (1, 0));
         assert!(check_file("{ nope", &v).is_err());
@@ -597,7 +640,10 @@ mod tests {
         assert!(weaknesses("e", &strict("ide", "kennel-e-ide"), true).is_empty());
         let mut proxy = strict("proxy", "kennel-e-proxy");
         proxy.networks.push("kennel-e-egress".into());
-        assert!(weaknesses("e", &proxy, true).is_empty(), "the proxy is dual-homed by design");
+        assert!(
+            weaknesses("e", &proxy, true).is_empty(),
+            "the proxy is dual-homed by design"
+        );
         let mut svc = strict("service", "kennel-e-svc-db");
         svc.cap_drop = SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect();
         svc.readonly_rootfs = false;
@@ -614,11 +660,17 @@ mod tests {
         check(&|m| m.cap_drop.clear(), "--cap-drop=ALL");
         check(&|m| m.security_opt.clear(), "no-new-privileges");
         check(&|m| m.network_mode = "host".into(), "host's network");
-        check(&|m| m.networks.push("bridge".into()), "also on network bridge");
+        check(
+            &|m| m.networks.push("bridge".into()),
+            "also on network bridge",
+        );
         check(&|m| m.pid_mode = "host".into(), "PID");
         check(&|m| m.readonly_rootfs = false, "writable root");
         check(
-            &|m| m.binds.push("/var/run/docker.sock:/var/run/docker.sock".into()),
+            &|m| {
+                m.binds
+                    .push("/var/run/docker.sock:/var/run/docker.sock".into())
+            },
             "Docker socket",
         );
         // An unlabelled container (made by hand) is held to the sandbox's standard.

@@ -539,9 +539,15 @@ fn include_spec(ctx: &Ctx<'_>, v: &Spanned<toml::Value>) -> Result<IncludeSource
                     format!("a preset include takes no `{other}`; {EXPECTED_PRESET}"),
                 ));
             }
-            let name = t.get("preset").and_then(toml::Value::as_str).ok_or_else(|| {
-                ctx.err(at, format!("include preset must be a string; {EXPECTED_PRESET}"))
-            })?;
+            let name = t
+                .get("preset")
+                .and_then(toml::Value::as_str)
+                .ok_or_else(|| {
+                    ctx.err(
+                        at,
+                        format!("include preset must be a string; {EXPECTED_PRESET}"),
+                    )
+                })?;
             PRESETS
                 .iter()
                 .find(|(n, _)| *n == name)

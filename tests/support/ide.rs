@@ -66,7 +66,8 @@ fn substitute(v: &mut Value, folder: &Path) {
                     break;
                 };
                 let name = &out[start + "${localEnv:".len()..start + len];
-                let value = std::env::var(name.split(':').next().unwrap_or(name)).unwrap_or_default();
+                let value =
+                    std::env::var(name.split(':').next().unwrap_or(name)).unwrap_or_default();
                 out.replace_range(start..=start + len, &value);
             }
             *s = out;
@@ -124,7 +125,13 @@ impl IdeEmulator {
     /// Step 1: `initializeCommand` on the host, in the local workspace folder.
     pub fn initialize(&self) -> Ran {
         let mut cmd = match &self.config["initializeCommand"] {
-            Value::Null => return Ran { code: 0, stdout: String::new(), stderr: String::new() },
+            Value::Null => {
+                return Ran {
+                    code: 0,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                };
+            }
             Value::String(s) => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(s);
@@ -153,7 +160,11 @@ impl IdeEmulator {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| {
-                let base = self.local_folder.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+                let base = self
+                    .local_folder
+                    .file_name()
+                    .map(|b| b.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 format!("type=bind,source={folder},target=/workspaces/{base}")
             });
         a.push("--mount".into());
@@ -169,7 +180,10 @@ impl IdeEmulator {
         if let Some(env) = c["containerEnv"].as_object() {
             for (k, v) in env {
                 a.push("-e".into());
-                a.push(format!("{k}={}", v.as_str().expect("containerEnv values are strings")));
+                a.push(format!(
+                    "{k}={}",
+                    v.as_str().expect("containerEnv values are strings")
+                ));
             }
         }
         if let Some(u) = c["containerUser"].as_str() {
@@ -226,7 +240,8 @@ impl IdeEmulator {
         }
         if let Some(env) = self.config["remoteEnv"].as_object() {
             for (k, v) in env {
-                cmd.arg("-e").arg(format!("{k}={}", v.as_str().unwrap_or_default()));
+                cmd.arg("-e")
+                    .arg(format!("{k}={}", v.as_str().unwrap_or_default()));
             }
         }
         cmd.arg(self.container_name()).args(argv);

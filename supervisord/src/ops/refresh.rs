@@ -84,11 +84,7 @@ impl Daemon {
             .backend()
             .inspect_env(&record.name)
             .await?
-            .is_some_and(|s| {
-                s.labels
-                    .get(LABEL_EGRESS_ONLY)
-                    .is_some_and(|v| v == "true")
-            });
+            .is_some_and(|s| s.labels.get(LABEL_EGRESS_ONLY).is_some_and(|v| v == "true"));
         let mut plan = EnvPlan {
             // The same access-log directory as at creation, so `kennel denials` keeps its history.
             access_log_dir: Some(crate::policy_ops::log_dir(self.state(), &record.name)),
