@@ -302,6 +302,43 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
     );
     assert_eq!(std::fs::read_to_string(&file).expect("read"), text);
 
+    // A container attached to the network by hand, without kennel's labels (cleaned up by its
+    // own guard): reported as weaker, and it does not keep `kennel down` from removing the network.
+    let stranger_env = format!("{name}-x");
+    let _stranger_guard = EnvGuard::new(&stranger_env);
+    let stranger = format!("kennel-{stranger_env}");
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &stranger,
+            "--label",
+            &format!("dev.kennel.env={stranger_env}"),
+            "--network",
+            &names::network(&name),
+            &image,
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ])
+        .output()
+        .expect("docker run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = kennel(
+        &socket,
+        &["devcontainer", "init", "--check", "--workspace", &ws_arg],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}", show(&r));
+    assert!(
+        r.stdout.contains(&format!(
+            "container {stranger} (unlabelled): does not drop all capabilities"
+        )),
+        "{}",
+        show(&r)
+    );
+
     // `kennel down` removes the IDE's container with the environment.
     let r = kennel(&socket, &["down", &name]).await;
     assert_eq!(r.code, 0, "down: {}", show(&r));
@@ -310,6 +347,12 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
         "the IDE's container outlived down"
     );
     assert!(!container_exists(&names::proxy(&name)));
+    assert!(container_exists(&stranger), "not kennel's to remove");
+    let o = Command::new("docker")
+        .args(["network", "inspect", &names::network(&name)])
+        .output()
+        .expect("docker network inspect");
+    assert!(!o.status.success(), "the internal network outlived down");
     let r = kennel(&socket, &["down", "--purge", &name]).await;
     assert_eq!(r.code, 0, "purge: {}", show(&r));
     daemon.stop().await;

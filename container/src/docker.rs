@@ -842,6 +842,30 @@ impl Backend for DockerBackend {
             for n in self.list_labelled_networks(&label).await? {
                 let Some(id) = n.id else { continue };
                 let shown = n.name.unwrap_or_else(|| id.clone());
+                // A container someone attached by hand (an IDE container whose labels were edited
+                // away) would keep the network: it is disconnected, not removed (not kennel's).
+                if let Ok(full) = self
+                    .docker
+                    .inspect_network(
+                        &id,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await
+                {
+                    for cid in full.containers.unwrap_or_default().into_keys() {
+                        tracing::warn!(network = %shown, container = %cid, "disconnecting a container kennel did not label from the environment's network");
+                        let _ = self
+                            .docker
+                            .disconnect_network(
+                                &id,
+                                bollard::models::NetworkDisconnectRequest {
+                                    container: cid,
+                                    force: Some(true),
+                                },
+                            )
+                            .await;
+                    }
+                }
                 match self.docker.remove_network(&id).await {
                     Ok(()) => {}
                     Err(e) if is_status(&e, 404) => {}
