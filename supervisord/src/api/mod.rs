@@ -496,3 +496,22 @@ fn require_upgrade(req: &Request<Incoming>, what: &str) -> Result<(), ApiError> 
         )))
     }
 }
+
+#[cfg(test)]
+mod egress_only_tests {
+    use super::egress_only_query;
+
+    #[test]
+    fn egress_only_query_is_parsed_and_anything_else_refused() {
+        assert!(!egress_only_query(None).expect("none"));
+        assert!(!egress_only_query(Some("")).expect("empty"));
+        assert!(egress_only_query(Some("egress_only=true")).expect("true"));
+        assert!(egress_only_query(Some("egress_only=1")).expect("1"));
+        assert!(!egress_only_query(Some("egress_only=false")).expect("false"));
+        let e = egress_only_query(Some("egress=yes")).expect_err("unknown");
+        assert!(
+            e.to_string().contains("takes only `egress_only=true`"),
+            "{e}"
+        );
+    }
+}
