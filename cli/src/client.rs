@@ -281,9 +281,20 @@ impl Client {
         req: &CreateEnv,
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<EnvInfo, ClientError> {
+        self.create_streaming_at("/envs", req, on_line).await
+    }
+
+    /// [`Client::create_streaming`] to `path` (`/envs?egress_only=true` for
+    /// `kennel up --egress-only`).
+    pub async fn create_streaming_at(
+        &self,
+        path: &str,
+        req: &CreateEnv,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<EnvInfo, ClientError> {
         let body = serde_json::to_vec(req)
             .map_err(|e| ClientError::Protocol(format!("cannot encode request: {e}")))?;
-        let mut rd = TokioIo::new(self.upgrade("/envs", body).await?);
+        let mut rd = TokioIo::new(self.upgrade(path, body).await?);
         let mut info = Vec::new();
         // Bounded by the daemon: it ends the stream after the creation's last frame.
         loop {

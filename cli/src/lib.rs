@@ -32,7 +32,7 @@ pub enum Command {
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
     /// Create an environment from a workspace (kennel.toml, or .devcontainer/) and start it.
-    Up(commands::up::UpArgs),
+    Up(commands::up::UpCmd),
     /// List environments.
     Ls(commands::ls::LsArgs),
     /// Show one environment as JSON.
@@ -81,6 +81,10 @@ pub enum Command {
     /// Host notifications from the sandboxes: `watch [ENV]` shows them on the desktop (or prints them).
     #[command(subcommand)]
     Notify(commands::notify::NotifyCommand),
+    /// The IDE's "Open in Dev Container" as a kennel sandbox: `init` writes
+    /// `.devcontainer/kennel/devcontainer.json`, `init --check` reports what is weaker than kennel's.
+    #[command(subcommand)]
+    Devcontainer(commands::devcontainer::DevcontainerCommand),
 }
 
 /// Runs one parsed command line; the returned code is the process exit code.
@@ -88,7 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client::Client::for_host(cli.host.as_deref(), &cli.socket);
     match cli.command {
         Command::Policy(cmd) => commands::policy::run(cmd, &client),
-        Command::Up(args) => commands::up::run(&client, args),
+        Command::Up(cmd) => commands::up::run_cmd(&client, cmd),
         Command::Ls(args) => commands::ls::run(&client, args),
         Command::Inspect(args) => commands::inspect::run(&client, args),
         Command::Down(args) => commands::down::run(&client, args),
@@ -112,5 +116,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => commands::events::run(&client, args),
         Command::Bench(args) => commands::bench::run(&client, args),
         Command::Notify(cmd) => commands::notify::run(&client, cmd),
+        Command::Devcontainer(cmd) => commands::devcontainer::run(&client, cmd),
     }
 }

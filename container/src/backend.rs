@@ -31,6 +31,13 @@ pub const LABEL_CREATED_BY: &str = "dev.kennel.created-by";
 /// environment name is.
 pub const LABEL_WORKSPACE: &str = "dev.kennel.workspace";
 
+/// Label (in [`EnvPlan::state_labels`], put there by the daemon for `kennel up --egress-only`):
+/// the environment has its network, proxy, services, image and home but no sandbox container;
+/// the IDE's dev container (`kennel devcontainer init`) takes the sandbox's place.
+pub const LABEL_EGRESS_ONLY: &str = "dev.kennel.egress-only";
+/// Role label of the IDE's dev container (`.devcontainer/kennel/devcontainer.json`).
+pub const ROLE_IDE: &str = "ide";
+
 /// A boxed, sendable future (keeps [`Backend`] usable as `Arc<dyn Backend>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -164,6 +171,29 @@ pub trait Backend: Send + Sync + 'static {
         let _ = name;
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// The container the IDE's dev container must be (`kennel devcontainer init`): the sandbox's
+    /// create body for `plan` (image built and user resolved exactly as for the sandbox), with
+    /// the IDE role label. The default refuses.
+    fn ide_container<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<bollard::models::ContainerCreateBody, BackendError>> {
+        Box::pin(async move {
+            Err(BackendError::InvalidPlan {
+                env: plan.spec.name.clone(),
+                message: "this backend cannot describe an IDE container".into(),
+            })
+        })
+    }
+    /// The isolation settings of every container attached to the environment's internal
+    /// network (for [`crate::ide::weaknesses`]). The default knows none.
+    fn network_members<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::ide::Member>, BackendError>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Runs a command in the sandbox. Output arrives tagged stdout/stderr; the exit code after.
     fn exec<'a>(
         &'a self,
@@ -229,6 +259,16 @@ pub struct EnvPlan {
     /// only, at [`crate::hardening::PROXY_LOG_DIR`]; never into the sandbox, and not inside the
     /// read-only, watched policy directory). `None`: the access log goes to the proxy's stdout.
     pub access_log_dir: Option<PathBuf>,
+}
+
+impl EnvPlan {
+    /// Whether the plan is `kennel up --egress-only`'s: no sandbox container
+    /// ([`LABEL_EGRESS_ONLY`] among the state labels).
+    pub fn egress_only(&self) -> bool {
+        self.state_labels
+            .iter()
+            .any(|(k, v)| k == LABEL_EGRESS_ONLY && v == "true")
+    }
 }
 
 /// Coarse state of an environment.
@@ -541,6 +581,10 @@ pub mod names {
     /// A service container.
     pub fn service(env: &str, service: &str) -> String {
         format!("kennel-{env}-svc-{service}")
+    }
+    /// The IDE's dev container (`kennel devcontainer init`).
+    pub fn ide(env: &str) -> String {
+        format!("kennel-{env}-ide")
     }
     /// The home volume (kept by `kennel down`, removed by `kennel down --purge`).
     pub fn home_volume(env: &str) -> String {

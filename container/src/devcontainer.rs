@@ -210,7 +210,7 @@ impl Src<'_> {
     }
 }
 
-fn parse_options() -> jsonc_parser::ParseOptions {
+pub(crate) fn parse_options() -> jsonc_parser::ParseOptions {
     // JSONC as VS Code reads devcontainer.json: comments and trailing commas, nothing looser.
     jsonc_parser::ParseOptions {
         allow_comments: true,

@@ -480,6 +480,35 @@ impl DockerBackend {
             .await?;
         }
 
+        let (resolved, git) = self.resolve_plan(plan).await?;
+        let plan = &resolved;
+        // After the build and the user lookup: the home volume is initialised from the image
+        // that will run, owned by the user it runs as.
+        self.ensure_home(plan, created).await?;
+        // `kennel up --egress-only`: the IDE's dev container takes the sandbox's place.
+        if !plan.egress_only() {
+            self.create_and_start(
+                &names::sandbox(env),
+                hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
+                created,
+            )
+            .await?;
+        }
+
+        self.inspect_env_inner(env)
+            .await?
+            .ok_or_else(|| BackendError::NotFound(env.clone()))
+    }
+
+    /// `plan` with the workspace's image built (or its content tag reused) and a user given by
+    /// name resolved in that image, and the workspace's git mounts: what the sandbox (and the
+    /// IDE's container) runs.
+    async fn resolve_plan(
+        &self,
+        plan: &EnvPlan,
+    ) -> Result<(EnvPlan, Option<crate::git::GitMounts>), BackendError> {
+        let spec = &plan.spec;
+        let env = &spec.name;
         // Git: the workspace's git directory reachable at its own path, with what git on the
         // host would execute mounted read-only (crate::git).
         let git_error = |e: crate::git::GitError| BackendError::InvalidPlan {
@@ -493,8 +522,7 @@ impl DockerBackend {
 
         // The workspace's image, built now that the network and proxy its RUN steps go
         // through exist; then a user given by name is looked up in the image that will run.
-        let built;
-        let plan = if spec.build.is_some() || spec.user_name.is_some() {
+        let resolved = if spec.build.is_some() || spec.user_name.is_some() {
             let progress = plan.progress.clone();
             let report = move |line: String| {
                 if let Some(p) = &progress {
@@ -523,24 +551,11 @@ impl DockerBackend {
                     p.spec.user
                 ));
             }
-            built = p;
-            &built
+            p
         } else {
-            plan
+            plan.clone()
         };
-        // After the build and the user lookup: the home volume is initialised from the image
-        // that will run, owned by the user it runs as.
-        self.ensure_home(plan, created).await?;
-        self.create_and_start(
-            &names::sandbox(env),
-            hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
-            created,
-        )
-        .await?;
-
-        self.inspect_env_inner(env)
-            .await?
-            .ok_or_else(|| BackendError::NotFound(env.clone()))
+        Ok((resolved, git))
     }
 
     /// Makes sure the home volume exists. A new one is initialised through a never-started
@@ -663,6 +678,7 @@ fn status_from(name: &str, containers: Vec<bollard::models::ContainerSummary>) -
     let mut created = None;
     let (mut running, mut total) = (0, 0);
     let (mut has_proxy, mut has_sandbox) = (false, false);
+    let mut proxy_labels = HashMap::new();
     for c in containers {
         let labels = c.labels.clone().unwrap_or_default();
         let role = labels.get(LABEL_ROLE).cloned().unwrap_or_default();
@@ -670,16 +686,19 @@ fn status_from(name: &str, containers: Vec<bollard::models::ContainerSummary>) -
             .state
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown".into());
-        // `kennel bench` containers come and go during a benchmark; they are listed but do
-        // not make the environment degraded.
-        if !crate::bench::is_bench_role(&role) {
+        // `kennel bench` containers come and go during a benchmark, the IDE's container with the
+        // IDE; they are listed but the environment's state is its own.
+        if !crate::bench::is_bench_role(&role) && role != crate::backend::ROLE_IDE {
             total += 1;
             if state == "running" {
                 running += 1;
             }
         }
         match role.as_str() {
-            "proxy" => has_proxy = true,
+            "proxy" => {
+                has_proxy = true;
+                proxy_labels = labels.clone();
+            }
             "sandbox" => {
                 has_sandbox = true;
                 sandbox_labels = labels.clone();
@@ -701,6 +720,14 @@ fn status_from(name: &str, containers: Vec<bollard::models::ContainerSummary>) -
         });
     }
     list.sort_by(|a, b| a.name.cmp(&b.name));
+    // `kennel up --egress-only`: no sandbox by design; the proxy carries the labels.
+    let egress_only = proxy_labels
+        .get(crate::backend::LABEL_EGRESS_ONLY)
+        .is_some_and(|v| v == "true");
+    if egress_only && !has_sandbox {
+        has_sandbox = true;
+        sandbox_labels = proxy_labels;
+    }
     let state = if !(has_proxy && has_sandbox) {
         EnvState::Incomplete
     } else if running == total {
@@ -817,6 +844,30 @@ impl Backend for DockerBackend {
             for n in self.list_labelled_networks(&label).await? {
                 let Some(id) = n.id else { continue };
                 let shown = n.name.unwrap_or_else(|| id.clone());
+                // A container someone attached by hand (an IDE container whose labels were edited
+                // away) would keep the network: it is disconnected, not removed (not kennel's).
+                if let Ok(full) = self
+                    .docker
+                    .inspect_network(
+                        &id,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await
+                {
+                    for cid in full.containers.unwrap_or_default().into_keys() {
+                        tracing::warn!(network = %shown, container = %cid, "disconnecting a container kennel did not label from the environment's network");
+                        let _ = self
+                            .docker
+                            .disconnect_network(
+                                &id,
+                                bollard::models::NetworkDisconnectRequest {
+                                    container: cid,
+                                    force: Some(true),
+                                },
+                            )
+                            .await;
+                    }
+                }
                 match self.docker.remove_network(&id).await {
                     Ok(()) => {}
                     Err(e) if is_status(&e, 404) => {}
@@ -1055,6 +1106,35 @@ impl Backend for DockerBackend {
         req: crate::backend::LogsRequest,
     ) -> BoxFuture<'a, Result<crate::backend::ExecOutputStream, BackendError>> {
         Box::pin(self.logs_of(name, req))
+    }
+
+    fn ide_container<'a>(
+        &'a self,
+        plan: &'a EnvPlan,
+    ) -> BoxFuture<'a, Result<ContainerCreateBody, BackendError>> {
+        Box::pin(async move {
+            let (resolved, git) = self.resolve_plan(plan).await?;
+            // Written by create_env next to the policy when a token file is configured.
+            let askpass = plan.policy_dir.join("git-askpass");
+            let askpass = (plan.spec.credentials.git_token_file.is_some() && askpass.is_file())
+                .then_some(askpass);
+            let mut body = hardening::ide_container(&resolved, askpass.as_deref(), git.as_ref());
+            // As create_container does for the sandbox: the engine refuses more CPUs than it has.
+            if let Some(host) = body.host_config.as_mut()
+                && let Some(nano) = host.nano_cpus
+            {
+                let ncpu = self.engine_cpus().await?;
+                host.nano_cpus = Some(nano.min(ncpu * 1_000_000_000));
+            }
+            Ok(body)
+        })
+    }
+
+    fn network_members<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::ide::Member>, BackendError>> {
+        Box::pin(self.network_members_of(name))
     }
 
     fn exec<'a>(

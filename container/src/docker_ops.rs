@@ -219,6 +219,71 @@ impl DockerBackend {
         Ok(out)
     }
 
+    /// [`Backend::network_members`]: every container attached to `env`'s internal network,
+    /// with the settings [`crate::ide::weaknesses`] judges.
+    pub(crate) async fn network_members_of(
+        &self,
+        env: &str,
+    ) -> Result<Vec<crate::ide::Member>, BackendError> {
+        let net = names::network(env);
+        let n = match self
+            .docker()
+            .inspect_network(&net, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if is_404(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(BackendError::engine("inspect network", &net, e)),
+        };
+        let mut out = Vec::new();
+        for id in n.containers.unwrap_or_default().into_keys() {
+            let c = match self
+                .docker()
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
+                Ok(c) => c,
+                // Gone since the network was read.
+                Err(e) if is_404(&e) => continue,
+                Err(e) => return Err(BackendError::engine("inspect container", &id, e)),
+            };
+            let h = c.host_config.unwrap_or_default();
+            let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+            let mut networks: Vec<String> = c
+                .network_settings
+                .and_then(|s| s.networks)
+                .map(|m| m.into_keys().collect())
+                .unwrap_or_default();
+            networks.sort();
+            out.push(crate::ide::Member {
+                name: c.name.unwrap_or(id).trim_start_matches('/').to_string(),
+                role: labels.get(crate::backend::LABEL_ROLE).cloned(),
+                env_label: labels.get(crate::backend::LABEL_ENV).cloned(),
+                privileged: h.privileged.unwrap_or(false),
+                cap_add: h.cap_add.unwrap_or_default(),
+                cap_drop: h.cap_drop.unwrap_or_default(),
+                security_opt: h.security_opt.unwrap_or_default(),
+                network_mode: h.network_mode.unwrap_or_default(),
+                networks,
+                readonly_rootfs: h.readonly_rootfs.unwrap_or(false),
+                pid_mode: h.pid_mode.unwrap_or_default(),
+                ipc_mode: h.ipc_mode.unwrap_or_default(),
+                devices: h
+                    .devices
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|d| d.path_on_host)
+                    .collect(),
+                binds: h.binds.unwrap_or_default(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// The output of one container of `env`.
     pub(crate) async fn logs_of(
         &self,

@@ -339,6 +339,18 @@ pub fn sandbox_binds(spec: &EnvSpec, askpass_host: Option<&std::path::Path>) -> 
         let mode = if m.rw { "rw" } else { "ro" };
         binds.push(format!("{}:{}:{mode}", m.source.display(), m.target));
     }
+    // The IDE's devcontainer.json (`kennel devcontainer init`): its initializeCommand runs on
+    // the host and its runArgs set the IDE container's isolation, so the sandbox may read it,
+    // never change it.
+    let ide_dir = crate::ide::DEVCONTAINER_FILE
+        .rsplit_once('/')
+        .map_or(crate::ide::DEVCONTAINER_FILE, |(d, _)| d);
+    if spec.workspace.join(ide_dir).is_dir() {
+        binds.push(format!(
+            "{}:{WORKSPACE_MOUNT}/{ide_dir}:ro",
+            spec.workspace.join(ide_dir).display()
+        ));
+    }
     binds
 }
 
@@ -412,6 +424,25 @@ pub fn sandbox_container(
         }),
         ..Default::default()
     }
+}
+
+/// The IDE's dev container (`kennel devcontainer init`): the sandbox's body, labelled with the
+/// IDE role so `kennel ls/down/inspect` see it and the start-up order leaves it to the IDE.
+/// The IDE replaces the command; `crate::ide::devcontainer_json` turns this into
+/// devcontainer.json, so the sandbox and the IDE's container share one set of settings.
+pub fn ide_container(
+    plan: &EnvPlan,
+    askpass_host: Option<&std::path::Path>,
+    git: Option<&GitMounts>,
+) -> ContainerCreateBody {
+    let mut body = sandbox_container(plan, askpass_host, git);
+    body.labels = Some(labels(
+        &plan.spec.name,
+        crate::backend::ROLE_IDE,
+        &plan.state_labels,
+    ));
+    body.cmd = None;
+    body
 }
 
 /// A service container: internal network only (alias = service name), no new privileges,

@@ -26,6 +26,7 @@ pub mod fake;
 pub mod git;
 pub mod hardening;
 pub mod home;
+pub mod ide;
 pub mod image;
 pub mod policy_dir;
 pub mod spec;

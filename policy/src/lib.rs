@@ -29,7 +29,7 @@ pub use legacy::{
     AppliedVar, LegacyEntry, LegacyEnv, LegacySettings, LegacyUpstream, Origin, VARS as LEGACY_VARS,
 };
 pub use model::{Decision, Mode, Policy, PolicyEntry, PolicyStats, Reason, RuleRef, Verdict};
-pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat};
+pub use parse::{DEFAULT_PORTS, EMBEDDED_DEFAULT_LIST, EMBEDDED_DEFAULT_NAME, ListFormat, PRESETS};
 pub use pattern::{HostPattern, PatternKind};
 pub use target::{Host, Target};
 pub use upstream::{Credentials, Upstream};

@@ -21,6 +21,14 @@ use crate::upstream::{Credentials, Upstream, parse_upstream_url};
 pub const EMBEDDED_DEFAULT_LIST: &str = include_str!("../default-whitelist.txt");
 /// How rules from the embedded list are attributed.
 pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded>/default-whitelist.txt";
+/// Optional lists a policy can include by name (`include = [{ preset = "vscode" }]`), native
+/// format, never part of the default list: the hosts IDEs download their servers from into a
+/// dev container (docs/environments.md, "IDE dev containers").
+pub const PRESETS: [(&str, &str); 2] = [
+    ("vscode", include_str!("../presets/vscode.txt")),
+    ("jetbrains", include_str!("../presets/jetbrains.txt")),
+];
+
 /// Ports allowed when `[defaults] ports` is not given.
 pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
 
@@ -511,15 +519,50 @@ fn resolve(origin: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn include_spec(
-    ctx: &Ctx<'_>,
-    v: &Spanned<toml::Value>,
-) -> Result<(String, ListFormat), PolicyError> {
+/// What an `include` entry names: a list file, or an embedded [`PRESETS`] list.
+enum IncludeSource {
+    File(String, ListFormat),
+    Preset(&'static str, &'static str),
+}
+
+fn include_spec(ctx: &Ctx<'_>, v: &Spanned<toml::Value>) -> Result<IncludeSource, PolicyError> {
     const EXPECTED: &str =
         "expected \"file.txt\" or { path = \"file.txt\", format = \"seed\" | \"native\" }";
+    const EXPECTED_PRESET: &str = "expected { preset = \"vscode\" | \"jetbrains\" }";
     let at = v.span().start;
     match v.get_ref() {
-        toml::Value::String(s) => Ok((s.clone(), ListFormat::Native)),
+        toml::Value::String(s) => Ok(IncludeSource::File(s.clone(), ListFormat::Native)),
+        toml::Value::Table(t) if t.contains_key("preset") => {
+            if let Some(other) = t.keys().find(|k| *k != "preset") {
+                return Err(ctx.err(
+                    at,
+                    format!("a preset include takes no `{other}`; {EXPECTED_PRESET}"),
+                ));
+            }
+            let name = t
+                .get("preset")
+                .and_then(toml::Value::as_str)
+                .ok_or_else(|| {
+                    ctx.err(
+                        at,
+                        format!("include preset must be a string; {EXPECTED_PRESET}"),
+                    )
+                })?;
+            PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, text)| IncludeSource::Preset(n, text))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                    ctx.err(
+                        at,
+                        format!(
+                            "unknown include preset {name:?}; known presets: {}",
+                            known.join(", ")
+                        ),
+                    )
+                })
+        }
         toml::Value::Table(t) => {
             let mut path = None;
             let mut format = ListFormat::Native;
@@ -552,7 +595,7 @@ fn include_spec(
             }
             let path =
                 path.ok_or_else(|| ctx.err(at, format!("include without path; {EXPECTED}")))?;
-            Ok((path, format))
+            Ok(IncludeSource::File(path, format))
         }
         other => Err(ctx.err(at, format!("invalid include {other}; {EXPECTED}"))),
     }
@@ -600,7 +643,17 @@ pub(crate) fn build_from_toml_recording(
         b.default_ports = ctx.ports(ports)?;
     }
     for inc in &raw.include {
-        let (p, format) = include_spec(&ctx, inc)?;
+        let (p, format) = match include_spec(&ctx, inc)? {
+            IncludeSource::File(p, format) => (p, format),
+            IncludeSource::Preset(name, text) => {
+                let shown = PathBuf::from(format!("<preset>/{name}.txt"));
+                let entries = parse_list(text, &shown, ListFormat::Native)?;
+                b.add_source(&shown, text);
+                let display: Arc<str> = Arc::from(shown.to_string_lossy().as_ref());
+                b.add_list(&display, entries);
+                continue;
+            }
+        };
         let path = resolve(origin, &p);
         let read = ctx.inputs.borrow_mut().read_to_string(&path);
         let text = read.map_err(|e| {

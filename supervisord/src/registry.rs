@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use kennel_container::backend::{
-    Backend, BoxFuture, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecSession,
+    Backend, BoxFuture, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecSession, LABEL_EGRESS_ONLY,
 };
 use kennel_container::error::{ImageError, SpecError};
 use kennel_container::spec::{EnvSpec, validate_env_name};
@@ -292,8 +292,22 @@ impl Daemon {
     /// directory and validates it, makes sure the proxy image exists, and creates the objects.
     /// The build's and lifecycle commands' output is returned in [`EnvInfo::log`].
     pub async fn create(&self, peer: &Peer, req: CreateEnv) -> Result<EnvInfo, ApiError> {
+        self.create_opts(peer, req, false).await
+    }
+
+    /// [`Daemon::create`]; with `egress_only` (`kennel up --egress-only`) the environment gets
+    /// its network, proxy, services, image and home but no sandbox container (the IDE's dev
+    /// container, `kennel devcontainer init`, takes its place) and no lifecycle commands.
+    pub async fn create_opts(
+        &self,
+        peer: &Peer,
+        req: CreateEnv,
+        egress_only: bool,
+    ) -> Result<EnvInfo, ApiError> {
         let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        let result = self.create_streaming(peer, req, progress).await;
+        let result = self
+            .create_streaming_opts(peer, req, progress, egress_only)
+            .await;
         let mut log = Vec::new();
         // Bounded: the sender is gone, only what was queued remains.
         while let Ok(line) = lines.try_recv() {
@@ -312,9 +326,24 @@ impl Daemon {
         req: CreateEnv,
         progress: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<EnvInfo, ApiError> {
+        self.create_streaming_opts(peer, req, progress, false).await
+    }
+
+    /// [`Daemon::create_streaming`], egress-only as [`Daemon::create_opts`] says. An existing
+    /// environment of the workspace is returned as it is (fast: `initializeCommand` runs this on
+    /// every IDE start). A failure in the engine is an event.
+    pub async fn create_streaming_opts(
+        &self,
+        peer: &Peer,
+        req: CreateEnv,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+        egress_only: bool,
+    ) -> Result<EnvInfo, ApiError> {
         use crate::events::{Event, kind};
         let asked = req.spec.name.clone();
-        let result = self.create_streaming_inner(peer, req, progress).await;
+        let result = self
+            .create_streaming_inner(peer, req, progress, egress_only)
+            .await;
         match &result {
             Ok(_) => {}
             // A refused request (bad spec, name taken …) changed nothing: no event.
@@ -332,12 +361,13 @@ impl Daemon {
         result
     }
 
-    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid))]
+    #[tracing::instrument(skip_all, fields(env = %req.spec.name, uid = peer.uid, egress_only))]
     async fn create_streaming_inner(
         &self,
         peer: &Peer,
         req: CreateEnv,
         progress: tokio::sync::mpsc::UnboundedSender<String>,
+        egress_only: bool,
     ) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         // What the caller asked of the environment's lifetime: kept as asked (the spec is
@@ -455,10 +485,16 @@ impl Daemon {
             spec,
             policy_dir,
             proxy_image,
-            state_labels: vec![
-                (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
-                (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
-            ],
+            state_labels: {
+                let mut l = vec![
+                    (LABEL_CREATED_BY.to_string(), peer.uid.to_string()),
+                    (LABEL_DAEMON.to_string(), self.state.instance().to_string()),
+                ];
+                if egress_only {
+                    l.push((LABEL_EGRESS_ONLY.to_string(), "true".to_string()));
+                }
+                l
+            },
             progress: Some(progress.clone()),
         };
         let status = self.backend.create_env(&plan).await?;
@@ -486,7 +522,15 @@ impl Daemon {
             }
             self.event(ev);
         }
-        self.run_lifecycle(&name, &lifecycle, &progress).await;
+        if egress_only {
+            if !lifecycle.is_empty() {
+                let _ = progress.send(
+                    "egress-only: devcontainer.json's lifecycle commands are not run (no sandbox); the IDE runs its own".to_string(),
+                );
+            }
+        } else {
+            self.run_lifecycle(&name, &lifecycle, &progress).await;
+        }
         Ok(self.info(status, Some(&record)))
     }
 
@@ -929,6 +973,67 @@ impl Daemon {
             .with("purge", purge),
         );
         Ok(record.map(|r| workspace_warnings(&r)).unwrap_or_default())
+    }
+
+    /// `GET /v1/envs/{name}/ide`: the IDE's dev container for environment `name`, as
+    /// devcontainer.json (without `initializeCommand`). Only the environment's creator (or root,
+    /// or the daemon's own user) may read it: it carries the sandbox's variables, values included.
+    pub async fn ide_container(
+        &self,
+        peer: &Peer,
+        name: &str,
+    ) -> Result<crate::api::types::IdeContainer, ApiError> {
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        let record = self
+            .state
+            .read_record(name)?
+            .ok_or_else(|| ApiError::NotFound(name.to_string()))?;
+        if peer.uid != 0 && peer.uid != self.daemon_uid && peer.uid != record.created_by_uid {
+            return Err(ApiError::PathNotAllowed(format!(
+                "environment {name:?} was created by uid {}; only they may read its variables (you are uid {})",
+                record.created_by_uid, peer.uid
+            )));
+        }
+        let plan = self.refresh_plan(&record).await?;
+        let body = self.backend.ide_container(&plan).await?;
+        let devcontainer = kennel_container::ide::devcontainer_json(name, &body, &[])
+            .map_err(|m| ApiError::BadRequest(format!("environment {name:?}: {m}")))?;
+        Ok(crate::api::types::IdeContainer {
+            name: name.to_string(),
+            devcontainer,
+        })
+    }
+
+    /// `GET /v1/envs/{name}/weaker`: every container on the environment's internal network whose
+    /// settings are weaker than kennel's for its role (the IDE's container after a hand edit, a
+    /// container attached by hand).
+    pub async fn weaker(
+        &self,
+        name: &str,
+    ) -> Result<Vec<kennel_container::ide::Weakness>, ApiError> {
+        validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
+        let record = self.state.read_record(name)?;
+        if self.managed_status(name, record.as_ref()).await?.is_none() {
+            return Err(ApiError::NotFound(name.to_string()));
+        }
+        let read_only = record
+            .as_ref()
+            .map(|r| r.request.spec.read_only_rootfs)
+            .unwrap_or(true);
+        Ok(self
+            .backend
+            .network_members(name)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let problems = kennel_container::ide::weaknesses(name, &m, read_only);
+                (!problems.is_empty()).then(|| kennel_container::ide::Weakness {
+                    container: m.name.clone(),
+                    role: m.role.clone().unwrap_or_else(|| "unlabelled".into()),
+                    problems,
+                })
+            })
+            .collect())
     }
 
     /// Start-up reconcile. Objects carrying this daemon's instance label but without state are

@@ -24,6 +24,21 @@ pub fn run(client: &Client, args: InspectArgs) -> anyhow::Result<ExitCode> {
     if let (Ok(h), Some(obj)) = (health, doc.as_object_mut()) {
         obj.insert("health".into(), h);
     }
+    // Containers on the environment's network weaker than kennel's (a hand-edited IDE
+    // devcontainer.json, a container attached by hand): in the JSON and on stderr.
+    let weaker: Result<Vec<kennel_container::ide::Weakness>, _> =
+        block_on(client.get(&format!("/envs/{}/weaker", args.env)))?;
+    if let (Ok(w), Some(obj)) = (weaker, doc.as_object_mut()) {
+        for c in &w {
+            for p in &c.problems {
+                eprintln!(
+                    "warning: container {} ({}) is weaker than kennel's: {p}",
+                    c.container, c.role
+                );
+            }
+        }
+        obj.insert("weaker_containers".into(), serde_json::to_value(&w)?);
+    }
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
 }

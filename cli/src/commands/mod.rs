@@ -4,6 +4,7 @@ pub mod allow;
 pub mod completions;
 pub mod bench;
 pub mod denials;
+pub mod devcontainer;
 pub mod doctor;
 pub mod down;
 pub mod events;

@@ -39,6 +39,19 @@ pub struct UpArgs {
     pub ttl: Option<std::time::Duration>,
 }
 
+/// `kennel up`'s command line: [`UpArgs`] plus the flags only the command line has.
+#[derive(Debug, Args)]
+pub struct UpCmd {
+    /// What to bring up.
+    #[command(flatten)]
+    pub args: UpArgs,
+    /// Only the environment's network, proxy, services, image and home volume, no sandbox
+    /// container: for the IDE's dev container (`kennel devcontainer init`), whose
+    /// `initializeCommand` runs this. Idempotent; fast when the environment is already up.
+    #[arg(long)]
+    pub egress_only: bool,
+}
+
 /// Reads the spec as the calling user (so `~` and file permissions are the caller's), imports
 /// the project whitelist, and asks the daemon to create the environment.
 pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
@@ -96,6 +109,46 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
         spec: spec_doc,
         project_whitelist,
     })
+}
+
+/// Runs `kennel up [--egress-only]`.
+pub fn run_cmd(client: &Client, cmd: UpCmd) -> anyhow::Result<ExitCode> {
+    if !cmd.egress_only {
+        return run(client, cmd.args);
+    }
+    if cmd.args.learn.is_some() {
+        anyhow::bail!(
+            "--learn needs a sandbox; with --egress-only run `kennel learn ENV DURATION` instead"
+        );
+    }
+    let req = build_request(&cmd.args)?;
+    let info = create_egress_only(client, &req)?;
+    if info.already_existed {
+        println!("environment {:?} is {} (already up)", info.name, info.state);
+    } else {
+        println!(
+            "environment {:?} is {}: network {}, proxy {}; no sandbox container (the IDE's dev container takes its place)",
+            info.name,
+            info.state,
+            info.network,
+            info.proxy_address.as_deref().unwrap_or("-")
+        );
+    }
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon for an egress-only environment (`kennel up --egress-only`), printing the
+/// creation's output to stderr as [`create`] does.
+pub fn create_egress_only(client: &Client, req: &CreateEnv) -> anyhow::Result<EnvInfo> {
+    let mut show = |line: &str| eprintln!("| {line}");
+    Ok(block_on(client.create_streaming_at(
+        "/envs?egress_only=true",
+        req,
+        &mut show,
+    ))??)
 }
 
 /// Runs `kennel up`.

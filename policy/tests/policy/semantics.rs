@@ -407,3 +407,42 @@ fn defaults_ports_apply_to_includes_allow_and_legacy_but_not_rules() {
         Reason::PortNotAllowed
     );
 }
+
+#[test]
+fn ide_presets_are_included_by_name_and_not_in_the_default_list() {
+    let d = Dir::new();
+    d.write(
+        "policy.toml",
+        "include = [{ preset = \"vscode\" }, { preset = \"jetbrains\" }]\n",
+    );
+    let p = d.load("policy.toml");
+    for t in [
+        "update.code.visualstudio.com:443",
+        "main.vscode-cdn.net:443",
+        "x.gallerycdn.vsassets.io:443",
+        "download.jetbrains.com:443",
+        "cache-redirector.jetbrains.com:443",
+    ] {
+        assert!(decide(&p, t).is_allowed(), "{t}");
+    }
+    assert_eq!(
+        decide(&p, "update.code.visualstudio.com:443")
+            .rule
+            .unwrap()
+            .to_string(),
+        "<preset>/vscode.txt:5"
+    );
+    assert!(!decide(&p, "gallerycdn.vsassets.io:443").is_allowed());
+    assert!(!decide(&p, "visualstudio.com:443").is_allowed());
+    let default = Policy::embedded_default();
+    assert!(!decide(&default, "update.code.visualstudio.com:443").is_allowed());
+    let e = d.err("include = [{ preset = \"emacs\" }]\n");
+    assert!(
+        e.contains("unknown include preset \"emacs\"; known presets: vscode, jetbrains"),
+        "{e}"
+    );
+    let e = d.err("include = [{ preset = \"vscode\", format = \"seed\" }]\n");
+    assert!(e.contains("a preset include takes no `format`"), "{e}");
+    let e = d.err("include = [{ preset = 1 }]\n");
+    assert!(e.contains("include preset must be a string"), "{e}");
+}

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `GET` | `/v1/version` | | [`types::VersionInfo`] |
 //! | `GET` | `/v1/health` | | [`types::HealthInfo`] |
-//! | `POST` | `/v1/envs` | [`types::CreateEnv`] | `201` + [`types::EnvInfo`] (with the build and lifecycle output in `log`) |
+//! | `POST` | `/v1/envs[?egress_only=true]` | [`types::CreateEnv`] | `201` + [`types::EnvInfo`] (with the build and lifecycle output in `log`) |
 //! | `POST` | `/v1/envs` | [`types::CreateEnv`], `Upgrade: kennel-exec/1` | `101`, then frames: output lines as `Stderr`, the [`types::EnvInfo`] JSON as `Stdout`, `Exit` 0; or an `Error` frame with a [`types::StreamError`] |
 //! | `GET` | `/v1/envs` | | `[`[`types::EnvInfo`]`]` |
 //! | `GET` | `/v1/envs/{name}` | | [`types::EnvInfo`] |
@@ -19,6 +19,8 @@
 //! | `POST` | `/v1/envs/{name}/logs` | [`crate::ops::logs::LogsBody`], `Upgrade: kennel-exec/1` | `101`, then frames |
 //! | `GET` | `/v1/events[?env=NAME][&since=SECS]` | | `[`[`crate::events::Event`]`]` |
 //! | `POST` | `/v1/events` | [`crate::events::EventQuery`], `Upgrade: kennel-exec/1` | `101`, then one JSON event per line in `Stdout` frames (`follow`: until the client goes away) |
+//! | `GET` | `/v1/envs/{name}/ide` | | [`types::IdeContainer`] (only for its creator) |
+//! | `GET` | `/v1/envs/{name}/weaker` | | `[`[`kennel_container::ide::Weakness`]`]` |
 //! | `POST` | `/v1/envs/{name}/exec` | [`types::ExecRequest`], `Upgrade: kennel-exec/1` | `101`, then frames ([`crate::frame`]) |
 //! | `POST` | `/v1/envs/{name}/bench` | [`crate::ops::bench::BenchRequest`] | [`crate::ops::bench::BenchReport`] (`kennel bench`) |
 //! | `GET` | `/v1/notifications[?after=SEQ][&env=NAME][&wait=SECS]` | | [`crate::notify::NotificationBatch`] (a long poll: waits up to `wait` seconds, at most 60, for one after `after`; without `after`, answers at once with the current `next`) |
@@ -137,6 +139,7 @@ fn stream_create(
     daemon: &Arc<Daemon>,
     peer: Peer,
     body: types::CreateEnv,
+    egress_only: bool,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) {
     use crate::frame::{Frame, FrameKind, write_frame};
@@ -144,7 +147,7 @@ fn stream_create(
     let d = daemon.clone();
     let create = daemon
         .tasks()
-        .spawn(async move { d.create_streaming(&peer, body, tx).await });
+        .spawn(async move { d.create_streaming_opts(&peer, body, tx, egress_only).await });
     daemon.tasks().spawn(async move {
         let mut io = match on_upgrade.await {
             Ok(u) => Some(hyper_util::rt::TokioIo::new(u)),
@@ -267,17 +270,31 @@ async fn route(
         )),
         (&Method::GET, ["envs"]) => Ok(json(StatusCode::OK, &daemon.list().await?)),
         (&Method::POST, ["envs"]) if wants_upgrade(&req) => {
+            let egress_only = egress_only_query(req.uri().query())?;
             let on_upgrade = hyper::upgrade::on(&mut req);
             let body: types::CreateEnv = read_json(req.into_body()).await?;
-            stream_create(&daemon, peer, body, on_upgrade);
+            stream_create(&daemon, peer, body, egress_only, on_upgrade);
             Ok(switching_protocols())
         }
         (&Method::POST, ["envs"]) => {
+            let egress_only = egress_only_query(req.uri().query())?;
             let body: types::CreateEnv = read_json(req.into_body()).await?;
             // Runs to completion even if the client goes away (no half-created environment).
             let d = daemon.clone();
-            let info = detach(&daemon, async move { d.create(&peer, body).await }).await?;
+            let info = detach(&daemon, async move {
+                d.create_opts(&peer, body, egress_only).await
+            })
+            .await?;
             Ok(json(StatusCode::CREATED, &info))
+        }
+        (&Method::GET, ["envs", name, "ide"]) => {
+            let (d, n) = (daemon.clone(), (*name).to_string());
+            let p = peer.clone();
+            let ide = detach(&daemon, async move { d.ide_container(&p, &n).await }).await?;
+            Ok(json(StatusCode::OK, &ide))
+        }
+        (&Method::GET, ["envs", name, "weaker"]) => {
+            Ok(json(StatusCode::OK, &daemon.weaker(name).await?))
         }
         (&Method::GET, ["envs", name]) => Ok(json(StatusCode::OK, &daemon.inspect(name).await?)),
         (&Method::DELETE, ["envs", name]) => {
@@ -395,7 +412,7 @@ async fn route(
             | [
                 "envs",
                 _,
-                "refresh" | "stats" | "logs" | "doctor" | "health",
+                "refresh" | "stats" | "logs" | "doctor" | "health" | "ide" | "weaker",
             ]
             | ["images", "proxy" | "demo-sandbox"]
             | ["events"],
@@ -533,6 +550,18 @@ fn notifications_query(query: &str) -> Result<NotificationsQuery, ApiError> {
     Ok(q)
 }
 
+/// `POST /v1/envs?egress_only=true`: `kennel up --egress-only` (network, proxy, services, image
+/// and home, no sandbox container: the IDE's dev container takes its place).
+fn egress_only_query(query: Option<&str>) -> Result<bool, ApiError> {
+    match query {
+        None | Some("") | Some("egress_only=false" | "egress_only=0") => Ok(false),
+        Some("egress_only=true" | "egress_only=1") => Ok(true),
+        Some(q) => Err(ApiError::BadRequest(format!(
+            "unknown query {q:?}; POST /v1/envs takes only `egress_only=true`"
+        ))),
+    }
+}
+
 /// Refuses a streaming request that does not ask for the `kennel-exec/1` upgrade.
 fn require_upgrade(req: &Request<Incoming>, what: &str) -> Result<(), ApiError> {
     if wants_upgrade(req) {
@@ -541,5 +570,24 @@ fn require_upgrade(req: &Request<Incoming>, what: &str) -> Result<(), ApiError> 
         Err(ApiError::BadRequest(format!(
             "{what} needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
         )))
+    }
+}
+
+#[cfg(test)]
+mod egress_only_tests {
+    use super::egress_only_query;
+
+    #[test]
+    fn egress_only_query_is_parsed_and_anything_else_refused() {
+        assert!(!egress_only_query(None).expect("none"));
+        assert!(!egress_only_query(Some("")).expect("empty"));
+        assert!(egress_only_query(Some("egress_only=true")).expect("true"));
+        assert!(egress_only_query(Some("egress_only=1")).expect("1"));
+        assert!(!egress_only_query(Some("egress_only=false")).expect("false"));
+        let e = egress_only_query(Some("egress=yes")).expect_err("unknown");
+        assert!(
+            e.to_string().contains("takes only `egress_only=true`"),
+            "{e}"
+        );
     }
 }

@@ -626,3 +626,13 @@ pub struct ImageBuilt {
     /// The image reference, e.g. `kennel-proxy:0123456789abcdef` or `kennel-sandbox:latest`.
     pub image: String,
 }
+
+/// `GET /v1/envs/{name}/ide`: what the IDE's dev container must be (`kennel devcontainer init`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdeContainer {
+    /// The environment.
+    pub name: String,
+    /// devcontainer.json without `initializeCommand` (the CLI adds it: it knows its own path and
+    /// socket), from [`kennel_container::ide::devcontainer_json`].
+    pub devcontainer: serde_json::Value,
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kennel_container::backend::{EnvPlan, LABEL_CREATED_BY};
+use kennel_container::backend::{EnvPlan, LABEL_CREATED_BY, LABEL_EGRESS_ONLY};
 use kennel_container::spec::{EnvSpec, validate_env_name};
 
 use crate::api::types::EnvInfo;
@@ -89,7 +89,7 @@ impl Daemon {
 
     /// The plan `create` made, rebuilt from the record: the recorded (validated, canonical)
     /// spec, the effective policy directory as it is now, the current proxy image.
-    async fn refresh_plan(&self, record: &EnvRecord) -> Result<EnvPlan, ApiError> {
+    pub(crate) async fn refresh_plan(&self, record: &EnvRecord) -> Result<EnvPlan, ApiError> {
         let spec: EnvSpec = record.request.spec.clone().into();
         let spec = rebuild_image_if_changed(spec).await?;
         let policy_dir = self.state().policy_dir(&record.name);
@@ -106,7 +106,13 @@ impl Daemon {
         let mut spec = spec;
         let notify_mounts = self.prepare_notifications(&record.name, &spec)?;
         spec.mounts.extend(notify_mounts);
-        Ok(EnvPlan {
+        // An egress-only environment (`kennel up --egress-only`) stays one: the label says so.
+        let egress_only = self
+            .backend()
+            .inspect_env(&record.name)
+            .await?
+            .is_some_and(|s| s.labels.get(LABEL_EGRESS_ONLY).is_some_and(|v| v == "true"));
+        let mut plan = EnvPlan {
             // The same access-log directory as at creation, so `kennel denials` keeps its history.
             access_log_dir: Some(crate::policy_ops::log_dir(self.state(), &record.name)),
             // Nobody is listening to a refresh's build output; the build reuses the content tag.
@@ -124,6 +130,11 @@ impl Daemon {
                     self.state().instance().to_string(),
                 ),
             ],
-        })
+        };
+        if egress_only {
+            plan.state_labels
+                .push((LABEL_EGRESS_ONLY.to_string(), "true".to_string()));
+        }
+        Ok(plan)
     }
 }
