@@ -1,6 +1,8 @@
 //! Load and fault tests of kennel-proxy (issue 14, item 2): floods, resets, vanishing clients, a
-//! policy file torn under load, fd exhaustion, and the memory cost of idle tunnels. Every test
-//! asserts what a user of the proxy sees (statuses, closed connections, metrics, access log).
+//! policy file torn under load, fd exhaustion, and the memory cost of idle tunnels; and of the
+//! daemon: its state directory full, the Docker engine restarting under it (simulated: see that
+//! test). Every test asserts what a user sees (statuses, closed connections, metrics, access log,
+//! API errors).
 //!
 //! Traffic goes to loopback only. Every loop is bounded in count and in time. Heavy sizes run with
 //! `KENNEL_HEAVY_TESTS=1`; the default sizes keep the module well under a minute.
