@@ -290,6 +290,8 @@ pub async fn serve(
                 };
                 let stream = Conn::Upstream(Box::new(TokioIo::new(up)));
                 let out = crate::relay::tunnel(client, stream, buf, &relay).await;
+                let rule = cx.decision.as_ref().and_then(|d| d.rule.as_ref());
+                shared.metrics.add_bytes(out.up, out.down, rule);
                 served.up += out.up;
                 served.down += out.down;
                 served.end = out.end.into();
