@@ -1488,6 +1488,10 @@ async fn docker_engine_restart_simulated_environment_comes_back_nothing_duplicat
         .expect("the daemon answers while the engine is away");
     let err = down.expect_err("no listing without an engine");
     eprintln!("while the engine is away: {err}");
+    assert!(
+        err.to_string().contains("Docker engine"),
+        "says what is wrong: {err}"
+    );
     let again = tokio::time::timeout(
         Duration::from_secs(30),
         client.post::<_, EnvInfo>("/envs", &req),
