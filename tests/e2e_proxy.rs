@@ -1320,8 +1320,10 @@ async fn server_first_protocols_work_through_a_tunnel_with_require_sni() {
 }
 
 /// Regression (security review, HIGH): a plaintext request inside a CONNECT tunnel to an allowed
-/// name could carry any `Host` header, and shared front ends route by it. Non-TLS tunnels are
-/// refused unless their port is in `plaintext_tunnel_ports`.
+/// name could carry any `Host` header, and shared front ends route by it. Plain HTTP inside a
+/// tunnel is served request by request (issue 14), and a request whose `Host` names another
+/// host is refused with 403 and never reaches the origin; other non-TLS first bytes are refused
+/// (`not_tls`) unless their port is in `plaintext_tunnel_ports`.
 #[tokio::test]
 async fn plaintext_http_inside_a_connect_tunnel_is_refused_by_default() {
     let o = origin::http(origin::loopback().await, "front");
@@ -1337,17 +1339,44 @@ async fn plaintext_http_inside_a_connect_tunnel_is_refused_by_default() {
     t.write_all(b"GET / HTTP/1.1\r\nHost: attacker.front.test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_string(&mut out))
+        .await
+        .expect("the tunnel is closed");
+    assert!(out.starts_with("HTTP/1.1 403 "), "{out}");
+    assert!(
+        out.contains("X-Kennel-Deny-Reason: host_mismatch\r\n"),
+        "{out}"
+    );
+    let rec = proxy
+        .wait_log(|r| r["reason"] == "host_mismatch" && r["host"] == "www.front.test")
+        .await
+        .unwrap();
+    assert_eq!(rec["decision"], "deny");
+    assert_eq!(rec["status"], 403);
+    assert_eq!(o.hits(), 0, "the request never reached the origin");
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"deny\",reason=\"host_mismatch\"}")
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Non-HTTP plaintext from the client stays refused.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut out))
         .await
         .expect("the tunnel is closed");
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
-    let rec = proxy
+    proxy
         .wait_log(|r| r["reason"] == "not_tls" && r["host"] == "www.front.test")
         .await
         .unwrap();
-    assert_eq!(rec["decision"], "deny");
-    assert_eq!(o.hits(), 0, "the request never reached the origin");
     assert_eq!(
         proxy
             .metric("kennel_proxy_decisions_total{kind=\"connect\",decision=\"deny\",reason=\"not_tls\"}")
@@ -1355,6 +1384,7 @@ async fn plaintext_http_inside_a_connect_tunnel_is_refused_by_default() {
             .unwrap(),
         1
     );
+    assert_eq!(o.hits(), 0);
 
     // A destination that speaks first is not TLS either: refused unless opted in.
     let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("smtp.test:{sp}"))
@@ -1561,4 +1591,280 @@ async fn deny_messages_name_the_policy_as_configured_in_shown_as() {
     .unwrap();
     assert!(connect.starts_with("HTTP/1.1 403"), "{connect}");
     assert!(connect.contains(want), "{connect}");
+}
+
+/// Issue 14 item 1: `curl -p` (proxytunnel) sends plain HTTP through a CONNECT tunnel. The
+/// requests are forwarded to the admitted address over the tunnel's one connection, in order,
+/// and each gets its own access-log line like a forwarded request.
+#[tokio::test]
+async fn curl_proxytunnel_plain_http_through_a_connect_tunnel() {
+    let o = origin::http(origin::loopback().await, "front");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["www.front.test"], ""),
+        &[("www.front.test", LO)],
+        |c| c.require_sni = true,
+    )
+    .await
+    .unwrap();
+    let out = curl(&[
+        "-p",
+        "-x",
+        &proxy.url(),
+        &format!("http://www.front.test:{p}/one"),
+        "-d",
+        "hello",
+        &format!("http://www.front.test:{p}/two"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "origin front: POST /one host=www.front.test:{p} body=5\norigin front: POST /two host=www.front.test:{p} body=5\n"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(o.hits(), 2);
+    assert_eq!(o.conns(), 1, "both requests went through the one tunnel");
+    let line = proxy
+        .wait_log(|r| r["method"] == "POST" && r["host"] == "www.front.test")
+        .await
+        .unwrap();
+    assert_eq!(line["decision"], "allow", "{line}");
+    assert_eq!(line["reason"], "allowed_by_rule", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["bytes_up"], 5, "{line}");
+    assert_eq!(line["port"], p, "{line}");
+    let tunnel = proxy
+        .wait_log(|r| r["method"] == "CONNECT" && r["host"] == "www.front.test")
+        .await
+        .unwrap();
+    assert_eq!(tunnel["decision"], "allow", "{tunnel}");
+    assert_eq!(tunnel["bytes_up"], 10, "{tunnel}");
+    let posts = proxy
+        .log()
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["status"] == 200)
+        .count();
+    assert_eq!(posts, 2);
+    assert_eq!(
+        proxy
+            .metric("kennel_proxy_decisions_total{kind=\"http\",decision=\"allow\",reason=\"allowed_by_rule\"}")
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body from `t`.
+async fn read_response(t: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = t.read(&mut byte).await.expect("read the head");
+        assert_eq!(n, 1, "EOF inside a head: {}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    t.read_exact(&mut body).await.expect("read the body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Issue 14 item 1: every request of a tunnel is checked, not only the first. A second request
+/// in the same tunnel naming another host (sent after the first response, or pipelined behind
+/// it) is refused with 403 and never reaches the origin.
+#[tokio::test]
+async fn second_request_with_another_host_in_a_tunnel_is_refused_and_not_forwarded() {
+    let o = origin::http(origin::loopback().await, "front");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["www.front.test"], ""),
+        &[("www.front.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let good = format!("GET /ok HTTP/1.1\r\nHost: www.front.test:{p}\r\n\r\n");
+    let bad = format!("GET /steal HTTP/1.1\r\nHost: admin.front.test:{p}\r\n\r\n");
+
+    // One after the other.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(good.as_bytes()).await.unwrap();
+    let first = read_response(&mut t).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    let want = format!("origin front: GET /ok host=www.front.test:{p} body=0\n");
+    assert!(first.ends_with(&want), "{first}");
+    t.write_all(bad.as_bytes()).await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_string(&mut rest))
+        .await
+        .expect("the tunnel is closed after the refusal")
+        .unwrap();
+    assert!(rest.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{rest}");
+    assert!(
+        rest.contains("X-Kennel-Deny-Reason: host_mismatch"),
+        "{rest}"
+    );
+    assert!(rest.contains("admin.front.test"), "{rest}");
+    assert_eq!(o.hits(), 1, "the origin saw only the first request");
+
+    // Pipelined: both in one write.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(format!("{good}{bad}").as_bytes())
+        .await
+        .unwrap();
+    let first = read_response(&mut t).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(5), t.read_to_string(&mut rest))
+        .await
+        .expect("the tunnel is closed after the refusal")
+        .unwrap();
+    assert!(rest.starts_with("HTTP/1.1 403 "), "{rest}");
+    assert_eq!(
+        o.hits(),
+        2,
+        "the pipelined second request was not forwarded"
+    );
+
+    // A request without Host: 400, not forwarded.
+    let mut t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("www.front.test:{p}"))
+        .await
+        .unwrap();
+    t.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut rest = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_string(&mut rest)).await;
+    assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
+    assert_eq!(o.hits(), 2);
+    drop(t);
+    // A refusal is logged once the refused client's side is closed (linger_close).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = proxy.log();
+        let count = |reason: &str| {
+            log.iter()
+                .filter(|r| r["reason"] == reason && r["method"] == "GET")
+                .count()
+        };
+        if count("host_mismatch") == 2 && count("bad_request") == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 14 item 1: a WebSocket client and server (tokio-tungstenite) on loopback exchange
+/// messages through a CONNECT tunnel: the upgrade request is checked and forwarded, the `101`
+/// is passed on, and the connection is relayed as is afterwards. An upgrade naming another
+/// host is refused.
+#[tokio::test]
+async fn websocket_through_a_connect_tunnel() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let l = origin::loopback().await;
+    let p = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acc = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let acc = acc.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while let Some(Ok(m)) = ws.next().await {
+                    let reply = match m {
+                        Message::Text(t) => Message::text(format!("echo: {}", t.as_str())),
+                        Message::Binary(b) => {
+                            Message::binary(b.iter().rev().copied().collect::<Vec<u8>>())
+                        }
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start(&policy(&[p], &["ws.test"], ""), &[("ws.test", LO)], |_| {})
+        .await
+        .unwrap();
+    let t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("ws.test:{p}"))
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(format!("ws://ws.test:{p}/chat"), t),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("WebSocket handshake through the tunnel");
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got, Message::text(format!("echo: message {i}")));
+    }
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let got = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        got.into_data().to_vec(),
+        big.iter().rev().copied().collect::<Vec<u8>>()
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let upgrade = proxy
+        .wait_log(|r| r["method"] == "GET" && r["host"] == "ws.test")
+        .await
+        .unwrap();
+    assert_eq!(upgrade["status"], 101, "{upgrade}");
+    assert_eq!(upgrade["decision"], "allow", "{upgrade}");
+    let tunnel = proxy
+        .wait_log(|r| r["method"] == "CONNECT" && r["host"] == "ws.test")
+        .await
+        .unwrap();
+    assert!(tunnel["bytes_down"].as_u64().unwrap() > 200_000, "{tunnel}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // An upgrade whose Host names another destination is refused before the origin sees it.
+    let t = connect_tunnel(proxy.proxy.proxy_addr(), &format!("ws.test:{p}"))
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(format!("ws://other.test:{p}/chat"), t),
+    )
+    .await
+    .expect("answered in time");
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    server.abort();
 }

@@ -99,11 +99,17 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
 fn write_atomic(dir: &Path, name: &str, content: &str) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, content)?;
-    // Readable by the proxy's user (65532) through the read-only mount, whatever the umask.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    let written = (|| {
+        std::fs::write(&tmp, content)?;
+        // Readable by the proxy's user (65532) through the read-only mount, whatever the umask.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        // A full disk leaves the old file in force and no partial temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
 }
 
 /// Writes an environment's effective policy directory: `policy.toml`, `default-whitelist.txt`

@@ -16,7 +16,7 @@ use crate::head::{Framing, RequestHead};
 use crate::log::{self, Access, Ended, Kind, Outcome};
 use crate::registry::Registration;
 use crate::respond::Failure;
-use crate::sni::{self, FirstFlight};
+use crate::sni::{self, FirstFlight, Refusal};
 
 /// Handle one CONNECT request; the client connection is consumed.
 // Debug level: at the default info level an info span formatted its two fields and was
@@ -93,6 +93,36 @@ async fn tunnel<'h>(
     };
     match sni::inspect_first_flight(client, &mut buf, origin, inspect).await {
         FirstFlight::Pass(sni) => rec.sni = sni,
+        // Not TLS, but the client spoke first: an HTTP/1.x request line makes it an HTTP
+        // connection whose every request must name the CONNECT target (`tunnel_http`).
+        FirstFlight::Refused(r @ Refusal::NotTls { .. }) if !buf.is_empty() => {
+            let limits = &shared.config.limits;
+            let http = crate::tunnel_http::sniff(
+                client,
+                &mut buf,
+                limits.max_head_bytes,
+                limits.header_timeout(),
+            )
+            .await;
+            if !http {
+                tracing::info!(reason = %r.reason(), "{r}");
+                return Ok(Outcome::Refused(r));
+            }
+            let cx = crate::tunnel_http::Tunnel {
+                target: &target,
+                decision: rec.admitted.clone(),
+                upstream: rec.upstream.clone(),
+                resolved: rec.resolved,
+                peer: rec.client,
+                revoked: &reg.cancel,
+                hard_stop,
+            };
+            let served = crate::tunnel_http::serve(shared, client, buf, dialed.conn, cx).await;
+            // Each request inside was logged and counted on its own line.
+            rec.bytes_up = served.up;
+            rec.bytes_down = served.down;
+            return Ok(Outcome::Ended(served.end));
+        }
         FirstFlight::Refused(r) => return Ok(Outcome::Refused(r)),
         FirstFlight::Ended(e) => return Ok(Outcome::Ended(e)),
     }

@@ -181,7 +181,7 @@ fn is_hop(name: &str, listed: &[String]) -> bool {
 }
 
 /// Split "host[:port]" of a Host header.
-fn split_host_header(v: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_host_header(v: &str) -> (&str, Option<&str>) {
     if let Some(rest) = v.strip_prefix('[') {
         match rest.find(']') {
             Some(i) => {
@@ -349,50 +349,7 @@ async fn forward<'h>(
     }
 
     let (mut rd, mut wr) = client.split();
-    let (tx, body) = match head.framing {
-        Framing::None => (None, ChanBody::empty()),
-        Framing::Length(n) => {
-            let (tx, rx) = mpsc::channel(4);
-            (
-                Some(tx),
-                ChanBody {
-                    rx: Some(rx),
-                    len: Some(n),
-                },
-            )
-        }
-        Framing::Chunked => {
-            let (tx, rx) = mpsc::channel(4);
-            (
-                Some(tx),
-                ChanBody {
-                    rx: Some(rx),
-                    len: None,
-                },
-            )
-        }
-    };
-    let bufsize = shared.config.limits.buffer_bytes;
-    let up = std::sync::atomic::AtomicU64::new(0);
-    let pump = async {
-        let Some(tx) = tx else { return Ok(()) };
-        let mut reader = BodyReader::new(head.framing);
-        loop {
-            match reader.next(&mut rd, buf, bufsize).await {
-                Ok(Some(data)) => {
-                    up.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    if tx.send(Ok(data)).await.is_err() {
-                        return Err(PumpError::OriginStopped);
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                    return Err(PumpError::Client(e));
-                }
-            }
-        }
-    };
+    let (tx, body) = request_body(head.framing);
     let req = build(body, &hop, headers)?;
     let client_v11 = head.version == 1;
     let is_head = method == http::Method::HEAD;
@@ -428,39 +385,20 @@ async fn forward<'h>(
             shared.metrics.upstream_failure(e.kind());
             return Err(dial::upstream_failure(&e));
         }
-        let r = write_response(&mut wr, resp, client_v11, head.keep_alive, is_head).await?;
+        let r = write_response(&mut wr, resp, client_v11, head.keep_alive, is_head, false).await?;
         Ok::<_, Failure>((r, sender, resolved))
     };
-    tokio::pin!(pump);
-    tokio::pin!(exchange);
-    let mut pump_done: Option<Result<(), PumpError>> = None;
-    let result = loop {
-        tokio::select! {
-            r = &mut pump, if pump_done.is_none() => pump_done = Some(r),
-            r = &mut exchange => break r,
-        }
-    };
-    rec.bytes_up = up.load(std::sync::atomic::Ordering::Relaxed);
-    // The exchange broke because the client's body framing was bad (hyper only saw the body
-    // stream fail): that is the client's 400, not an origin error. The pump finishes in the
-    // same poll in which it hands the error to the body, so it is always recorded by now.
-    let result = match (result, &pump_done) {
-        (Err(_), Some(Err(PumpError::Client(e)))) => Err(Failure::BadRequest(e.to_string())),
-        (r, _) => r,
-    };
+    let bufsize = shared.config.limits.buffer_bytes;
+    let (result, up, pump_done) =
+        drive_exchange(&mut rd, buf, head.framing, tx, bufsize, exchange).await;
+    rec.bytes_up = up;
     let ((status, down, origin_keep, client_keep, cut), sender, resolved) = result?;
     rec.status = status;
     rec.bytes_down = down;
     shared
         .metrics
         .add_bytes(rec.bytes_up, rec.bytes_down, rec.rule());
-    let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(head.framing, Framing::None);
-    let ended = match (&pump_done, cut) {
-        // The client already has the head and part of the body: what is logged is what it got.
-        (_, Some(why)) => Ended::OriginError(why),
-        (Some(Err(e)), None) => Ended::Error(e.to_string()),
-        _ => Ended::Done,
-    };
+    let (body_ok, ended) = exchange_end(&pump_done, head.framing, cut);
     if origin_keep && body_ok && !sender.is_closed() {
         shared
             .pool
@@ -474,8 +412,98 @@ async fn forward<'h>(
     Ok((next, ended))
 }
 
+/// The request body channel for `framing`: the sender the client-side pump feeds (none when
+/// there is no body) and the body hyper's client reads.
+pub(crate) fn request_body(
+    framing: Framing,
+) -> (Option<mpsc::Sender<Result<Bytes, io::Error>>>, ChanBody) {
+    let len = match framing {
+        Framing::None => return (None, ChanBody::empty()),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
+    let (tx, rx) = mpsc::channel(4);
+    (Some(tx), ChanBody { rx: Some(rx), len })
+}
+
+/// Run one exchange: stream the client's request body (read from `rd` and the bytes already in
+/// `buf`, decoded per `framing`) into `tx` while `exchange` sends the request and writes the
+/// response. Returns the exchange's result, the body bytes taken from the client, and how the
+/// body pump ended (`None`: it had not finished when the exchange did). Shared by absolute-form
+/// forwarding and HTTP inside CONNECT tunnels (`tunnel_http`).
+pub(crate) async fn drive_exchange<R, T>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    framing: Framing,
+    tx: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
+    bufsize: usize,
+    exchange: impl std::future::Future<Output = Result<T, Failure>>,
+) -> (Result<T, Failure>, u64, Option<Result<(), PumpError>>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let up = std::sync::atomic::AtomicU64::new(0);
+    let pump = async {
+        let Some(tx) = tx else { return Ok(()) };
+        let mut reader = BodyReader::new(framing);
+        loop {
+            match reader.next(rd, buf, bufsize).await {
+                Ok(Some(data)) => {
+                    up.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if tx.send(Ok(data)).await.is_err() {
+                        return Err(PumpError::OriginStopped);
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    return Err(PumpError::Client(e));
+                }
+            }
+        }
+    };
+    tokio::pin!(pump);
+    tokio::pin!(exchange);
+    let mut pump_done: Option<Result<(), PumpError>> = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut pump, if pump_done.is_none() => pump_done = Some(r),
+            r = &mut exchange => break r,
+        }
+    };
+    // The exchange broke because the client's body framing was bad (hyper only saw the body
+    // stream fail): that is the client's 400, not an origin error. The pump finishes in the
+    // same poll in which it hands the error to the body, so it is always recorded by now.
+    let result = match (result, &pump_done) {
+        (Err(_), Some(Err(PumpError::Client(e)))) => Err(Failure::BadRequest(e.to_string())),
+        (r, _) => r,
+    };
+    (
+        result,
+        up.load(std::sync::atomic::Ordering::Relaxed),
+        pump_done,
+    )
+}
+
+/// After a successful exchange: whether the whole request body was taken (the client
+/// connection can carry another request), and how the request ended for the access log.
+pub(crate) fn exchange_end(
+    pump_done: &Option<Result<(), PumpError>>,
+    framing: Framing,
+    cut: Option<String>,
+) -> (bool, Ended) {
+    let body_ok = matches!(pump_done, Some(Ok(()))) || matches!(framing, Framing::None);
+    let ended = match (pump_done, cut) {
+        // The client already has the head and part of the body: what is logged is what it got.
+        (_, Some(why)) => Ended::OriginError(why),
+        (Some(Err(e)), None) => Ended::Error(e.to_string()),
+        _ => Ended::Done,
+    };
+    (body_ok, ended)
+}
+
 /// The Host header sent to the origin: the target, without the port when it is 80.
-fn host_header(target: &Target) -> String {
+pub(crate) fn host_header(target: &Target) -> String {
     match (&target.host, target.port) {
         (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
         (h, 80) => h.to_string(),
@@ -485,7 +513,10 @@ fn host_header(target: &Target) -> String {
 
 /// The request's headers as sent on: hop-by-hop headers (and what `Connection` lists),
 /// `Expect` (answered by the proxy) and `Host` dropped; `Host` set to `host_value`.
-fn outgoing_headers(head: &RequestHead, host_value: &str) -> Result<http::HeaderMap, Failure> {
+pub(crate) fn outgoing_headers(
+    head: &RequestHead,
+    host_value: &str,
+) -> Result<http::HeaderMap, Failure> {
     let listed = connection_listed(&head.headers);
     let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 1);
     for (n, v) in &head.headers {
@@ -510,7 +541,7 @@ fn outgoing_headers(head: &RequestHead, host_value: &str) -> Result<http::Header
 
 /// Why streaming the request body to the origin stopped early.
 #[derive(Debug, thiserror::Error)]
-enum PumpError {
+pub(crate) enum PumpError {
     /// The client's body is malformed or the client went away mid-body.
     #[error(transparent)]
     Client(crate::head::BodyError),
@@ -562,14 +593,18 @@ async fn open(
 /// reusable, client connection reusable, why the body was cut short). Once the head is out an
 /// origin failure cannot become an error response any more (the client would read it as body):
 /// the body just ends, the connection is closed, and the cause is returned for the log.
-async fn write_response<W: AsyncWrite + Unpin>(
+/// `upgrading`: the caller relays the connection as is after a `101 Switching Protocols` (HTTP
+/// inside a CONNECT tunnel), so a 101's `Connection` and `Upgrade` headers are passed on.
+pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
     resp: http::Response<hyper::body::Incoming>,
     client_v11: bool,
     client_keep: bool,
     is_head: bool,
+    upgrading: bool,
 ) -> Result<(u16, u64, bool, bool, Option<String>), Failure> {
     let status = resp.status().as_u16();
+    let switching = upgrading && status == 101;
     let (parts, mut body) = resp.into_parts();
     let no_body = is_head || status == 204 || status == 304 || (100..200).contains(&status);
     // With Transfer-Encoding present the body was de-chunked by hyper and its length is not the
@@ -591,7 +626,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         });
     let chunked = !no_body && cl.is_none() && client_v11;
     let close_delimited = !no_body && cl.is_none() && !client_v11;
-    let keep = client_keep && !close_delimited;
+    let keep = client_keep && !close_delimited && !switching;
 
     let listed: Vec<String> = parts
         .headers
@@ -615,7 +650,11 @@ async fn write_response<W: AsyncWrite + Unpin>(
         .as_bytes(),
     );
     for (name, value) in &parts.headers {
-        if is_hop(name.as_str(), &listed) || (te && name == http::header::CONTENT_LENGTH) {
+        let switch_header =
+            switching && (name == http::header::CONNECTION || name == http::header::UPGRADE);
+        if !switch_header
+            && (is_hop(name.as_str(), &listed) || (te && name == http::header::CONTENT_LENGTH))
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -626,7 +665,9 @@ async fn write_response<W: AsyncWrite + Unpin>(
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !keep {
+    if switching {
+        // The Connection: upgrade of the 101 itself was passed on above.
+    } else if !keep {
         out.extend_from_slice(b"connection: close\r\n");
     } else if !client_v11 {
         out.extend_from_slice(b"connection: keep-alive\r\n");

@@ -20,6 +20,7 @@ pub mod resolve;
 pub mod respond;
 mod shared;
 pub mod sni;
+pub mod tunnel_http;
 pub mod upstream;
 
 use std::future::Future;

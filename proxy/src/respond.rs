@@ -85,6 +85,18 @@ pub enum Failure {
     /// The origin broke the HTTP exchange (502).
     #[error("origin: {0}")]
     Origin(String),
+    /// A request inside a CONNECT tunnel names another destination (its `Host` header or its
+    /// absolute-form target) than the tunnel's CONNECT host and port (403: a refusal, never
+    /// forwarded; shared front ends route by `Host`).
+    #[error("{what} {named:?} names another destination than the tunnel's CONNECT target {target}")]
+    TunnelHostMismatch {
+        /// What named it: "Host header" or "request target".
+        what: &'static str,
+        /// The name as sent.
+        named: String,
+        /// The CONNECT target.
+        target: String,
+    },
 }
 
 impl Failure {
@@ -95,7 +107,9 @@ impl Failure {
             | Failure::NotProxyRequest
             | Failure::HostMismatch { .. }
             | Failure::HeadTooLarge => Side::Client,
-            Failure::Denied { .. } | Failure::Guard(_) => Side::Policy,
+            Failure::Denied { .. } | Failure::Guard(_) | Failure::TunnelHostMismatch { .. } => {
+                Side::Policy
+            }
             _ => Side::Upstream,
         }
     }
@@ -114,6 +128,7 @@ impl Failure {
             Failure::ConnectTimeout(_) => LogReason::ConnectTimeout,
             Failure::Upstream { kind, .. } => LogReason::Upstream(kind),
             Failure::Origin(_) => LogReason::OriginError,
+            Failure::TunnelHostMismatch { .. } => LogReason::HostMismatch,
         }
     }
 
@@ -141,7 +156,7 @@ impl Failure {
         match self {
             Failure::BadRequest(_) | Failure::NotProxyRequest | Failure::HostMismatch { .. } => 400,
             Failure::HeadTooLarge => 431,
-            Failure::Denied { .. } | Failure::Guard(_) => 403,
+            Failure::Denied { .. } | Failure::Guard(_) | Failure::TunnelHostMismatch { .. } => 403,
             Failure::ConnectTimeout(_) => 504,
             Failure::Upstream { timeout: true, .. } => 504,
             _ => 502,
@@ -249,6 +264,9 @@ impl Failure {
                     how(&g.hint)
                 )
             }
+            Failure::TunnelHostMismatch { what, named, target } => format!(
+                "kennel: request refused: its {what} {named:?} names another destination than this tunnel's CONNECT target {target}. Every request inside a tunnel must be for the tunnel's own host and port; open a tunnel (or send an absolute-form request) to the other destination instead.\n"
+            ),
             Failure::NotProxyRequest => "kennel: this is a forward proxy. Send absolute-form requests (GET http://host/path) or CONNECT host:port; set HTTP_PROXY/HTTPS_PROXY to this address.\n".to_string(),
             other => format!("kennel: request to {dest} failed: {other}\n"),
         }

@@ -207,7 +207,11 @@ pub async fn inspect_first_flight(
         Ok(p) => match check(p, cx.target, cx.allow_ech) {
             Ok(sni) => FirstFlight::Pass(Some(sni)),
             Err(r) => {
-                tracing::info!(reason = %r.reason(), target = %cx.target, "{r}");
+                // A not-TLS first flight from the client may still be served as HTTP
+                // (`tunnel_http`): the caller logs that refusal once it is final.
+                if !matches!(r, Refusal::NotTls { .. }) || buf.is_empty() {
+                    tracing::info!(reason = %r.reason(), target = %cx.target, "{r}");
+                }
                 FirstFlight::Refused(r)
             }
         },

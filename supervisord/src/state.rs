@@ -144,11 +144,18 @@ impl StateDir {
             path: path.clone(),
             source,
         })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&body).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        Ok(())
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+            f.write_all(&body).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("write", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+        })();
+        if written.is_err() {
+            // A full disk (or any failure) leaves the old record in place and no partial
+            // temporary file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Reads `envs/<name>/spec.json`; `None` if the environment has no record.
