@@ -1441,6 +1441,7 @@ async fn docker_engine_restart_simulated_environment_comes_back_nothing_duplicat
         name: None,
         image: None,
         workspace: Some(ws.path().into()),
+        ..Default::default()
     })
     .expect("spec");
     let _: EnvInfo = client.post("/envs", &req).await.expect("create");
