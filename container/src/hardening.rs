@@ -146,24 +146,44 @@ pub fn proxy_config_with_log(
     policy_shown_as: &str,
     log_to_file: bool,
 ) -> String {
-    let shown = crate::policy_dir::toml_str(policy_shown_as);
-    let log = if log_to_file {
-        format!(
-            "\n[access_log]\ndestination = {{ file = \"{PROXY_LOG_DIR}/{ACCESS_LOG_FILE}\" }}\nrotate_bytes = {ACCESS_LOG_ROTATE_BYTES}\n"
-        )
-    } else {
-        String::new()
+    #[derive(serde::Serialize)]
+    struct ProxyConfigFile<'a> {
+        listen: [String; 1],
+        admin: String,
+        policy: PolicySection<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access_log: Option<AccessLogSection>,
+    }
+    #[derive(serde::Serialize)]
+    struct PolicySection<'a> {
+        file: String,
+        shown_as: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct AccessLogSection {
+        destination: FileDestination,
+        rotate_bytes: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct FileDestination {
+        file: String,
+    }
+    let config = ProxyConfigFile {
+        listen: [format!("0.0.0.0:{PROXY_PORT}")],
+        admin: std::net::SocketAddrV4::new(egress_ip, ADMIN_PORT).to_string(),
+        policy: PolicySection {
+            file: format!("{PROXY_POLICY_DIR}/{}", crate::policy_dir::POLICY_FILE),
+            shown_as: policy_shown_as,
+        },
+        access_log: log_to_file.then(|| AccessLogSection {
+            destination: FileDestination {
+                file: format!("{PROXY_LOG_DIR}/{ACCESS_LOG_FILE}"),
+            },
+            rotate_bytes: ACCESS_LOG_ROTATE_BYTES,
+        }),
     };
-    let base = format!(
-        "# Written by kennel for this environment's proxy container; do not edit.\n\
-         listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
-         admin = \"{egress_ip}:{ADMIN_PORT}\"\n\
-         \n\
-         [policy]\n\
-         file = \"{PROXY_POLICY_DIR}/policy.toml\"\n\
-         shown_as = {shown}\n"
-    );
-    base + &log
+    "# Written by kennel for this environment's proxy container; do not edit.\n".to_string()
+        + &crate::policy_dir::to_toml(&config)
 }
 
 fn hardened_host_config() -> HostConfig {
