@@ -326,7 +326,9 @@ async fn forward<'h>(
             .method(method.clone())
             .uri(uri)
             .body(body)
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            // Method and target were validated above: a request kennel cannot assemble from
+            // them is kennel's failure, not the client's.
+            .map_err(|e| Failure::Internal(format!("cannot build the origin request: {e}")))?;
         *req.headers_mut() = headers;
         if let HttpHop::Proxy {
             authorization: Some(a),
@@ -343,7 +345,7 @@ async fn forward<'h>(
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
-            .map_err(|e| Failure::Origin(format!("client went away: {e}")))?;
+            .map_err(Failure::ClientGone)?;
     }
 
     let (mut rd, mut wr) = client.split();
@@ -630,7 +632,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let werr = |e: io::Error| Failure::Origin(format!("client went away: {e}"));
+    let werr = Failure::ClientGone;
     wr.write_all(&out).await.map_err(werr)?;
 
     let mut down = 0u64;

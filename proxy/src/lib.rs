@@ -47,7 +47,7 @@ pub enum StartError {
     Log(#[from] log::LogOpenError),
     /// The upstream dialer could not be configured.
     #[error("upstream settings: {0}")]
-    Upstream(String),
+    Upstream(#[source] upstream::DialerBuildError),
     /// The signal handlers (SIGTERM, SIGINT, SIGHUP) could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),

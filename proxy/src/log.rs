@@ -107,6 +107,8 @@ pub enum Reason {
     HeadTooLarge,
     /// The client failed (timed out or broke the connection) before the tunnel was relayed.
     ClientError,
+    /// kennel itself failed.
+    Internal,
 }
 
 impl Reason {
@@ -132,6 +134,7 @@ impl Reason {
             Reason::NotAProxyRequest => "not_a_proxy_request",
             Reason::HeadTooLarge => "head_too_large",
             Reason::ClientError => "client_error",
+            Reason::Internal => "internal_error",
         })
     }
 }

@@ -69,7 +69,7 @@ impl Shared {
             connect_timeout: config.limits.connect_timeout(),
             ca_file: config.upstream.ca_file.clone(),
         })
-        .map_err(|e| StartError::Upstream(e.to_string()))?;
+        .map_err(StartError::Upstream)?;
         Ok(Arc::new(Shared {
             store: reloader.store(),
             reloader,
