@@ -6,3 +6,4 @@ pub mod origin;
 pub mod proxy_harness;
 pub mod tls;
 pub mod upstreams;
+pub mod wait;
