@@ -606,3 +606,31 @@ fn effective_policy_round_trips_to_the_same_decisions_as_the_env() {
         "legacy upstream applies"
     );
 }
+
+/// Issue 15 item 6: one `ExecRequest` from the CLI to the engine. As the daemon's request body
+/// only `cmd` is required, and an unknown field is refused (a misspelt `stdin` would otherwise
+/// silently run the command without input).
+#[test]
+fn exec_request_is_also_the_wire_type() {
+    let r: ExecRequest = serde_json::from_str(r#"{"cmd":["ls","-l"]}"#).expect("minimal body");
+    assert_eq!(
+        r,
+        ExecRequest {
+            cmd: vec!["ls".into(), "-l".into()],
+            ..Default::default()
+        }
+    );
+    let full = ExecRequest {
+        cmd: vec!["sh".into()],
+        tty: true,
+        env: vec!["A=1".into()],
+        workdir: Some("/workspace/x".into()),
+        stdin: true,
+    };
+    let back: ExecRequest =
+        serde_json::from_str(&serde_json::to_string(&full).expect("json")).expect("parse");
+    assert_eq!(back, full);
+    let e = serde_json::from_str::<ExecRequest>(r#"{"cmd":["sh"],"stdn":true}"#)
+        .expect_err("unknown field");
+    assert!(e.to_string().contains("stdn"), "{e}");
+}

@@ -25,8 +25,8 @@ use crate::Shared;
 use crate::dial::{self, PoolKey};
 use crate::head::{BodyReader, Framing, RequestHead, trim};
 use crate::log::{self, Access, Ended, Kind, Outcome};
-use crate::registry::Registration;
 use crate::respond::{self, Failure, Side};
+use crate::tunnels::Registration;
 use crate::upstream::HttpHop;
 
 /// Request body streamed from the client to hyper's client connection.

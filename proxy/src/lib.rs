@@ -14,13 +14,18 @@ pub mod head;
 pub mod listener;
 pub mod log;
 pub mod metrics;
-pub mod registry;
 pub mod relay;
 pub mod resolve;
 pub mod respond;
 mod shared;
 pub mod sni;
+pub mod tunnels;
 pub mod upstream;
+
+/// The old name of [`tunnels`] (it clashed with the daemon's environment registry); kept so
+/// code written against it still compiles. New code says `tunnels`.
+#[doc(hidden)]
+pub use tunnels as registry;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -842,19 +842,7 @@ impl Daemon {
         if record.is_none() && self.managed_status(name, None).await?.is_none() {
             return Err(ApiError::NotFound(name.to_string()));
         }
-        let session = self
-            .backend
-            .exec(
-                name,
-                kennel_container::backend::ExecRequest {
-                    cmd: req.cmd,
-                    tty: req.tty,
-                    env: req.env,
-                    workdir: req.workdir,
-                    stdin: req.stdin,
-                },
-            )
-            .await?;
+        let session = self.backend.exec(name, req).await?;
         let env = name.to_string();
         let attached = self.sessions.attach(name);
         self.tasks.spawn(async move {

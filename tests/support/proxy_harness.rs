@@ -30,6 +30,7 @@ impl TestProxy {
         hosts: &[(&str, IpAddr)],
         tweak: impl FnOnce(&mut ProxyConfig),
     ) -> anyhow::Result<TestProxy> {
+        crate::wait::trace_init();
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy)?;
