@@ -349,26 +349,9 @@ pub struct LogsRequest {
     pub since_unix: Option<i64>,
 }
 
-/// A command to run in the sandbox: what the backend runs and, as the same type, the body of
-/// the daemon's `POST /v1/envs/{name}/exec` (`kennel_supervisord::api::types::ExecRequest`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecRequest {
-    /// Argv (no shell).
-    pub cmd: Vec<String>,
-    /// Allocate a TTY (stdout and stderr then arrive merged as stdout).
-    #[serde(default)]
-    pub tty: bool,
-    /// Extra `KEY=VALUE` variables.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Working directory (default: the image's, normally `/workspace`).
-    #[serde(default)]
-    pub workdir: Option<String>,
-    /// Attach stdin ([`ExecSession::stdin`] is `Some`; the daemon forwards stdin frames).
-    #[serde(default)]
-    pub stdin: bool,
-}
+/// A command to run in the sandbox: the daemon's exec request body, run as it is (one type from
+/// the CLI to the engine, defined in the wire-types crate).
+pub use kennel_api::ExecRequest;
 
 /// A chunk of a running command's output.
 #[derive(Debug, Clone, PartialEq, Eq)]

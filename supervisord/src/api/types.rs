@@ -76,9 +76,9 @@ pub struct RemoveQuery {
 
 /// `POST /v1/envs/{name}/exec`: run a command in the sandbox. The request must ask for a
 /// connection upgrade to [`crate::frame::UPGRADE_PROTOCOL`]; the stream is then framed
-/// ([`crate::frame`]). The body is the backend's own request type: one type from the CLI to the
-/// engine.
-pub use kennel_container::backend::ExecRequest;
+/// ([`crate::frame`]). One type from the CLI to the engine (the container backend runs it as
+/// it is), defined in the wire-types crate.
+pub use kennel_api::ExecRequest;
 
 /// `GET /v1/version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
