@@ -9,6 +9,7 @@ use kennel_test_support::netns::{self, Netns};
 use kennel_test_support::origin;
 use kennel_test_support::proxy_harness::{TestProxy, connect_tunnel, curl, raw};
 use kennel_test_support::tls::{TestCa, client_hello, server_config};
+use kennel_test_support::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -614,19 +615,14 @@ async fn revocation_closes_a_live_tunnel_within_one_second_and_invalid_edit_keep
     proxy
         .write_policy("[allow]\nhosts = [\"unterminated\n")
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy
-        .metric("kennel_proxy_reloads_total{result=\"failed\"}")
-        .await
-        .unwrap()
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "invalid edit not noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), || async {
+        let failed = proxy
+            .metric("kennel_proxy_reloads_total{result=\"failed\"}")
+            .await?;
+        Ok((failed > 0).then_some(()))
+    })
+    .await
+    .expect("invalid edit noticed");
     assert_eq!(
         code(&proxy, &format!("http://keep.test:{kp}/")).await,
         "200"
@@ -665,10 +661,16 @@ async fn revocation_closes_a_live_tunnel_within_one_second_and_invalid_edit_keep
             .unwrap(),
         1
     );
+    // Refused by the reloaded policy (403 with its reason), not by a proxy that went away.
+    let refused = proxy
+        .connect(&format!("echo.test:{p}"))
+        .await
+        .expect_err("the revoked destination must be refused")
+        .to_string();
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
     assert!(
-        connect_tunnel(proxy.proxy.proxy_addr(), &format!("echo.test:{p}"))
-            .await
-            .is_err()
+        refused.contains("X-Kennel-Deny-Reason: not_in_allowlist\r\n"),
+        "{refused}"
     );
     assert_eq!(
         code(&proxy, &format!("http://keep.test:{kp}/")).await,
@@ -1156,20 +1158,12 @@ async fn readyz_reports_draining_while_a_tunnel_finishes() {
         ..
     } = proxy;
     let draining = tokio::spawn(running.shutdown());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = raw(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        if r.starts_with("HTTP/1.1 503") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reported draining: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), || async {
+        let r = raw(admin, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n").await?;
+        Ok(r.starts_with("HTTP/1.1 503").then_some(()))
+    })
+    .await
+    .expect("/readyz reports draining");
     // The live tunnel still works during the drain; closing it ends the shutdown.
     t.write_all(b"still here").await.unwrap();
     let mut b = [0u8; 10];
@@ -1570,25 +1564,19 @@ async fn deny_messages_name_the_policy_as_configured_in_shown_as() {
     .unwrap();
     let want = "To allow it, add \"evil.test\" to hosts in the [allow] table of /var/lib/kennel/envs/demo/policy/policy.toml.";
 
-    let http = raw(
-        proxy.proxy.proxy_addr(),
-        b"GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    assert!(http.starts_with("HTTP/1.1 403"), "{http}");
+    let (status, http) = proxy.get("http://evil.test/").await.unwrap();
+    assert_eq!(status, 403, "{http}");
     assert!(http.contains(want), "{http}");
     assert!(
         !http.contains(&proxy.policy_path.display().to_string()),
         "{http}"
     );
 
-    let connect = raw(
-        proxy.proxy.proxy_addr(),
-        b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let connect = proxy
+        .connect("evil.test:443")
+        .await
+        .expect_err("denied")
+        .to_string();
     assert!(connect.starts_with("HTTP/1.1 403"), "{connect}");
     assert!(connect.contains(want), "{connect}");
 }

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Default daemon socket.
-pub const DEFAULT_SOCKET: &str = "/run/kennel/kennel.sock";
+/// Default daemon socket (defined once, by the daemon).
+pub use kennel_supervisord::daemon::DEFAULT_SOCKET;
 
 /// Why a call to the daemon failed.
 #[derive(Debug, thiserror::Error)]

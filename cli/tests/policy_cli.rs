@@ -271,6 +271,13 @@ fn check_json() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3);
+    // `decision`, as in the access log; `verdict` is its old name, kept for one release.
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[1]["decision"], "deny");
+    assert_eq!(lines[2]["decision"], "deny", "{}", lines[2]);
+    for l in &lines {
+        assert_eq!(l["verdict"], l["decision"], "{l}");
+    }
     assert_eq!(lines[0]["verdict"], "allow");
     assert_eq!(lines[0]["reason"], "allowed_by_rule");
     assert_eq!(lines[0]["rule"], "<embedded>/default-whitelist.txt:4");

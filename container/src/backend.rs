@@ -442,20 +442,9 @@ pub struct LogsRequest {
     pub since_unix: Option<i64>,
 }
 
-/// A command to run in the sandbox.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExecRequest {
-    /// Argv.
-    pub cmd: Vec<String>,
-    /// Allocate a TTY (stdout and stderr then arrive merged as stdout).
-    pub tty: bool,
-    /// Extra `KEY=VALUE` variables.
-    pub env: Vec<String>,
-    /// Working directory (default `/workspace`).
-    pub workdir: Option<String>,
-    /// Attach stdin ([`ExecSession::stdin`] is `Some`).
-    pub stdin: bool,
-}
+/// A command to run in the sandbox: the daemon's exec request body, run as it is (one type from
+/// the CLI to the engine, defined in the wire-types crate).
+pub use kennel_api::ExecRequest;
 
 /// A chunk of a running command's output.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -315,17 +315,16 @@ impl DockerBackend {
                 .unwrap_or(false);
             if !running || Instant::now() >= deadline {
                 let logs = self.container_logs_tail(&name, 20).await;
-                return Err(BackendError::InvalidPlan {
+                return Err(BackendError::ProxyNotReady {
                     env: env.to_string(),
-                    message: format!(
-                        "proxy container {name} {} (admin port {admin}:{}); its last log lines:\n{logs}",
-                        if running {
-                            "did not become ready in time"
-                        } else {
-                            "exited"
-                        },
-                        hardening::ADMIN_PORT
-                    ),
+                    container: name,
+                    what: if running {
+                        "did not become ready in time"
+                    } else {
+                        "exited"
+                    },
+                    admin: format!("{admin}:{}", hardening::ADMIN_PORT),
+                    logs,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -89,6 +89,21 @@ pub enum BackendError {
     /// Building the workspace's image failed (the message carries the end of the build output).
     #[error(transparent)]
     Build(#[from] crate::build::BuildError),
+    /// The environment's proxy container exited or did not answer on its admin port in time:
+    /// kennel's own component failed, not the caller's request.
+    #[error("proxy container {container} {what} (admin port {admin}); its last log lines:\n{logs}")]
+    ProxyNotReady {
+        /// The environment.
+        env: String,
+        /// The proxy container's name.
+        container: String,
+        /// "exited" or "did not become ready in time".
+        what: &'static str,
+        /// The admin address waited for.
+        admin: String,
+        /// The end of the container's log.
+        logs: String,
+    },
     /// The sandbox is not running, so it cannot run a command.
     #[error("environment {env:?} is not running (sandbox state: {state})")]
     NotRunning {

@@ -147,14 +147,7 @@ pub fn proxy_config_for_env(
     log_to_file: bool,
     env: &str,
 ) -> String {
-    let config = proxy_config_with_log(egress_ip, policy_shown_as, log_to_file);
-    let env = crate::policy_dir::toml_str(env);
-    // `[policy]` is the first table; its keys end at the first blank line after it.
-    config.replacen(
-        "\n[policy]\n",
-        &format!("\n[policy]\nkennel_env = {env}\n"),
-        1,
-    )
+    proxy_config_file(egress_ip, policy_shown_as, log_to_file, Some(env))
 }
 
 /// [`proxy_config`], with the access log written to [`PROXY_LOG_DIR`]/[`ACCESS_LOG_FILE`]
@@ -164,24 +157,56 @@ pub fn proxy_config_with_log(
     policy_shown_as: &str,
     log_to_file: bool,
 ) -> String {
-    let shown = crate::policy_dir::toml_str(policy_shown_as);
-    let log = if log_to_file {
-        format!(
-            "\n[access_log]\ndestination = {{ file = \"{PROXY_LOG_DIR}/{ACCESS_LOG_FILE}\" }}\nrotate_bytes = {ACCESS_LOG_ROTATE_BYTES}\n"
-        )
-    } else {
-        String::new()
+    proxy_config_file(egress_ip, policy_shown_as, log_to_file, None)
+}
+
+fn proxy_config_file(
+    egress_ip: Ipv4Addr,
+    policy_shown_as: &str,
+    log_to_file: bool,
+    kennel_env: Option<&str>,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct ProxyConfigFile<'a> {
+        listen: [String; 1],
+        admin: String,
+        policy: PolicySection<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access_log: Option<AccessLogSection>,
+    }
+    #[derive(serde::Serialize)]
+    struct PolicySection<'a> {
+        file: String,
+        shown_as: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kennel_env: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct AccessLogSection {
+        destination: FileDestination,
+        rotate_bytes: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct FileDestination {
+        file: String,
+    }
+    let config = ProxyConfigFile {
+        listen: [format!("0.0.0.0:{PROXY_PORT}")],
+        admin: std::net::SocketAddrV4::new(egress_ip, ADMIN_PORT).to_string(),
+        policy: PolicySection {
+            file: format!("{PROXY_POLICY_DIR}/{}", crate::policy_dir::POLICY_FILE),
+            shown_as: policy_shown_as,
+            kennel_env,
+        },
+        access_log: log_to_file.then(|| AccessLogSection {
+            destination: FileDestination {
+                file: format!("{PROXY_LOG_DIR}/{ACCESS_LOG_FILE}"),
+            },
+            rotate_bytes: ACCESS_LOG_ROTATE_BYTES,
+        }),
     };
-    let base = format!(
-        "# Written by kennel for this environment's proxy container; do not edit.\n\
-         listen = [\"0.0.0.0:{PROXY_PORT}\"]\n\
-         admin = \"{egress_ip}:{ADMIN_PORT}\"\n\
-         \n\
-         [policy]\n\
-         file = \"{PROXY_POLICY_DIR}/policy.toml\"\n\
-         shown_as = {shown}\n"
-    );
-    base + &log
+    "# Written by kennel for this environment's proxy container; do not edit.\n".to_string()
+        + &crate::policy_dir::to_toml(&config)
 }
 
 fn hardened_host_config() -> HostConfig {

@@ -14,18 +14,40 @@ pub const DEFAULT_LIST_FILE: &str = "default-whitelist.txt";
 pub const PROJECT_LIST_FILE: &str = "whitelist.txt";
 /// `USER_WHITELIST_DOMAINS` from the legacy `.env` (seed format).
 pub const LEGACY_LIST_FILE: &str = "legacy-whitelist.txt";
-pub(crate) fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+
+/// `policy.toml` as values, serialised by `toml` (which escapes), never formatted by hand.
+#[derive(serde::Serialize)]
+struct PolicyFile {
+    mode: &'static str,
+    include: Vec<IncludeEntry>,
+    upstream: UpstreamSection,
+}
+
+#[derive(serde::Serialize)]
+struct IncludeEntry {
+    path: &'static str,
+    format: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct UpstreamSection {
+    default: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    route: Vec<UpstreamRoute>,
+}
+
+#[derive(serde::Serialize)]
+struct UpstreamRoute {
+    hosts: Vec<String>,
+    via: &'static str,
+}
+
+/// Serialises a value built from strings, integers, arrays and tables.
+///
+/// Invariant: such values always serialise (`toml` fails only on unsupported shapes such as a
+/// bare `None` at the top or non-string map keys, which these types do not have).
+pub(crate) fn to_toml<T: serde::Serialize>(value: &T) -> String {
+    toml::to_string(value).expect("plain TOML value (strings, integers, arrays, tables)")
 }
 
 /// The effective default upstream URL (credentials included; never print it): the spec's
@@ -54,10 +76,6 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
          # project's whitelist.\n",
         spec.name
     ));
-    t.push_str("mode = \"enforce\"\n");
-    t.push_str(&format!(
-        "include = [\n  {{ path = \"{DEFAULT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{PROJECT_LIST_FILE}\", format = \"seed\" }},\n  {{ path = \"{LEGACY_LIST_FILE}\", format = \"seed\" }},\n]\n"
-    ));
     // Which legacy variables made this policy, for the person reading it. Values that lost
     // their position still came from the workspace's `.devcontainer/.env`.
     for a in &legacy.applied {
@@ -77,22 +95,35 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
         t.push_str(&line);
         t.push('\n');
     }
-    t.push_str("\n[upstream]\n");
-    t.push_str(&format!(
-        "default = {}\n",
-        toml_str(&effective_upstream(spec)?)
-    ));
-    if !legacy.no_upstream.is_empty() {
-        let hosts: Vec<String> = legacy
-            .no_upstream
-            .iter()
-            .map(|e| toml_str(&e.pattern.to_string()))
-            .collect();
-        t.push_str(&format!(
-            "\n[[upstream.route]]\nhosts = [{}]\nvia = \"direct\"\n",
-            hosts.join(", ")
-        ));
-    }
+    let seed = |path| IncludeEntry {
+        path,
+        format: "seed",
+    };
+    let file = PolicyFile {
+        mode: "enforce",
+        include: vec![
+            seed(DEFAULT_LIST_FILE),
+            seed(PROJECT_LIST_FILE),
+            seed(LEGACY_LIST_FILE),
+        ],
+        upstream: UpstreamSection {
+            default: effective_upstream(spec)?,
+            route: if legacy.no_upstream.is_empty() {
+                Vec::new()
+            } else {
+                vec![UpstreamRoute {
+                    hosts: legacy
+                        .no_upstream
+                        .iter()
+                        .map(|e| e.pattern.to_string())
+                        .collect(),
+                    via: "direct",
+                }]
+            },
+        },
+    };
+    t.push('\n');
+    t.push_str(&to_toml(&file));
     Ok(t)
 }
 

@@ -238,15 +238,22 @@ fn sandbox_settings_are_hardened() {
         Some(vec![format!("{}:/etc/kennel:ro", d.path().display())])
     );
     assert_eq!(proxy.user.as_deref(), Some("65532:65532"));
-    let config = hardening::proxy_config(
-        "10.9.0.2".parse().expect("ip"),
-        "/state/a \"b\"/policy.toml",
+    let shown = "/state/a \"b\"\\c\n\u{7f}é/policy.toml";
+    let config = hardening::proxy_config("10.9.0.2".parse().expect("ip"), shown);
+    // What the proxy reads back (its own parser): deny messages name the host path of the
+    // policy, whatever characters it holds.
+    let cfg = kennel_proxy::config::ProxyConfig::from_toml_str(&config, Path::new("k.toml"))
+        .expect("the written config parses");
+    assert_eq!(cfg.admin, Some("10.9.0.2:9901".parse().expect("addr")));
+    assert_eq!(cfg.listen, vec!["0.0.0.0:8888".parse().expect("addr")]);
+    assert_eq!(cfg.policy.shown_as.as_deref(), Some(shown));
+    assert_eq!(
+        cfg.policy.file.as_deref(),
+        Some(Path::new("/etc/kennel/policy.toml"))
     );
-    assert!(config.contains("admin = \"10.9.0.2:9901\""), "{config}");
-    // Deny messages name the host path of the policy, escaped as a TOML string.
-    assert!(
-        config.contains(r#"shown_as = "/state/a \"b\"/policy.toml""#),
-        "{config}"
+    assert_eq!(
+        cfg.access_log.destination,
+        kennel_proxy::config::LogDestination::Stdout
     );
 }
 
@@ -270,13 +277,19 @@ fn access_log_dir_goes_to_the_proxy_only() {
     let sb = format!("{:?}", sandbox.host_config);
     assert!(!sb.contains(&logs.path().display().to_string()), "{sb}");
     let config = hardening::proxy_config_with_log("10.9.0.2".parse().expect("ip"), "/p", true);
-    assert!(
-        config.contains("destination = { file = \"/var/log/kennel/access.log\" }"),
+    let cfg = kennel_proxy::config::ProxyConfig::from_toml_str(&config, Path::new("k.toml"))
+        .expect("the written config parses");
+    assert_eq!(
+        cfg.access_log.destination,
+        kennel_proxy::config::LogDestination::File {
+            file: "/var/log/kennel/access.log".into()
+        }
+    );
+    assert_eq!(
+        cfg.access_log.rotate_bytes,
+        Some(8 * 1024 * 1024),
         "{config}"
     );
-    assert!(config.contains("rotate_bytes = 8388608"), "{config}");
-    let parsed: toml::Value = toml::from_str(&config).expect("valid TOML");
-    assert!(parsed.get("access_log").is_some());
 }
 
 #[test]
@@ -592,4 +605,89 @@ fn the_proxy_config_names_the_environment_for_kennel_allow_hints() {
         Some("/state/policy.toml")
     );
     assert!(parsed.get("access_log").is_some());
+}
+
+/// Issue 15 item 3: the effective policy is serialised by `toml`, and what the proxy loads from
+/// it decides every request as the proxy's own reading of the same `.env` does (embedded list +
+/// legacy variables), including the `NO_UPSTREAM` routes and the legacy upstream's credentials.
+#[test]
+fn effective_policy_round_trips_to_the_same_decisions_as_the_env() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        d.path().join(".devcontainer/.env"),
+        "UPSTREAM_PROXY=socks5h://us%22er:p%5Cw@host.docker.internal:8900\n\
+         NO_UPSTREAM=corp.example,.internal.example\n\
+         USER_WHITELIST_DOMAINS=extra.example,.wild.example\n",
+    )
+    .expect("w");
+    let spec = parse(d.path(), "name = \"p\"\n").expect("spec");
+    let out = d.path().join("pol \"q\"");
+    let file = policy_dir::write_effective_policy(&out, &spec, None).expect("write");
+    let written = kennel_policy::Policy::load(&file).expect("the written policy loads");
+    let reference =
+        kennel_policy::Policy::embedded_default_with(&spec.egress.legacy).expect("reference");
+    for (host, port) in [
+        ("github.com", 443),
+        ("api.github.com", 443),
+        ("extra.example", 443),
+        ("a.extra.example", 443),
+        ("a.wild.example", 80),
+        ("wild.example", 443),
+        ("evil.example", 443),
+        ("github.com", 22),
+        ("corp.example", 443),
+        ("10.1.2.3", 443),
+    ] {
+        let t = kennel_policy::Target::from_host_port(host, port).expect("target");
+        assert_eq!(
+            written.decide(&t).is_allowed(),
+            reference.decide(&t).is_allowed(),
+            "{host}:{port}"
+        );
+    }
+    for host in ["corp.example", "x.internal.example", "other.example"] {
+        let h = kennel_policy::Host::parse(host).expect("host");
+        assert_eq!(
+            written.upstream_for(&h),
+            reference.upstream_for(&h),
+            "{host}"
+        );
+    }
+    let h = kennel_policy::Host::parse("other.example").expect("host");
+    assert!(
+        written
+            .upstream_for(&h)
+            .to_string()
+            .starts_with("socks5h://"),
+        "legacy upstream applies"
+    );
+}
+
+/// Issue 15 item 6: one `ExecRequest` from the CLI to the engine. As the daemon's request body
+/// only `cmd` is required, and an unknown field is refused (a misspelt `stdin` would otherwise
+/// silently run the command without input).
+#[test]
+fn exec_request_is_also_the_wire_type() {
+    let r: ExecRequest = serde_json::from_str(r#"{"cmd":["ls","-l"]}"#).expect("minimal body");
+    assert_eq!(
+        r,
+        ExecRequest {
+            cmd: vec!["ls".into(), "-l".into()],
+            ..Default::default()
+        }
+    );
+    let full = ExecRequest {
+        cmd: vec!["sh".into()],
+        tty: true,
+        env: vec!["A=1".into()],
+        workdir: Some("/workspace/x".into()),
+        stdin: true,
+    };
+    let back: ExecRequest =
+        serde_json::from_str(&serde_json::to_string(&full).expect("json")).expect("parse");
+    assert_eq!(back, full);
+    let e = serde_json::from_str::<ExecRequest>(r#"{"cmd":["sh"],"stdn":true}"#)
+        .expect_err("unknown field");
+    assert!(e.to_string().contains("stdn"), "{e}");
 }

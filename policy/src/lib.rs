@@ -20,6 +20,7 @@ pub mod addr;
 pub mod log_env;
 pub mod migrate;
 pub mod reload;
+pub mod time;
 
 use std::path::Path;
 

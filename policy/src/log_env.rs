@@ -1,6 +1,7 @@
 //! The log settings shared by kennel's three binaries (`kennel-proxy`, `kennel-supervisord`,
-//! `kennel`) and the container backend that starts proxies. It lives in this crate because it is
-//! the one every binary and the backend already depend on; it is plain string logic, no I/O.
+//! `kennel`) and the container backend that starts proxies, and the one subscriber set-up the
+//! binaries use ([`init_tracing`]). It lives in this crate because it is the one every binary and
+//! the backend already depend on.
 
 /// The variable holding the log filter (`tracing` `EnvFilter` syntax, e.g. `info` or
 /// `kennel_proxy=debug`).
@@ -41,6 +42,33 @@ pub fn log_filter(lookup: impl Fn(&str) -> Option<String>, default: &str) -> Log
 /// text.
 pub fn use_ansi(is_terminal: bool, lookup: impl Fn(&str) -> Option<String>) -> bool {
     is_terminal && lookup("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Installs the `tracing` subscriber of a kennel binary: stderr, filtered by [`LOG_VAR`] (alias
+/// [`LOG_VAR_ALIAS`], else `default`), colour only on a terminal ([`use_ansi`]), JSON lines when
+/// `json`. An invalid filter is reported on stderr (naming `binary` and the variable), not
+/// silently replaced, and `default` is used.
+pub fn init_tracing(binary: &str, default: &str, json: bool) {
+    use std::io::IsTerminal as _;
+    let env = |k: &str| std::env::var(k).ok();
+    let chosen = log_filter(env, default);
+    let filter = tracing_subscriber::EnvFilter::try_new(&chosen.directive).unwrap_or_else(|e| {
+        eprintln!(
+            "{binary}: warning: {}={:?} is not a valid log filter ({e}); using {default}",
+            chosen.from.unwrap_or(LOG_VAR),
+            chosen.directive
+        );
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(use_ansi(std::io::stderr().is_terminal(), env))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,6 @@
 //! Host patterns (`example.com`, `*.example.com`, `.example.com`) and the suffix index that
 //! matches a host against any number of them in time proportional to its label count.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::target::{MAX_LABEL_LEN, MAX_NAME_LEN, normalize_name};
 
 /// What a host pattern matches.
@@ -168,56 +165,10 @@ impl std::fmt::Display for HostPattern {
 
 const NONE: u32 = u32::MAX;
 
-/// The Fx hash (rustc's): fast for short keys. Keys come only from the policy (trusted), so
-/// hash flooding through insertion is not possible; lookups with client-chosen hosts only probe.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// The Fx hash (rustc's, from `rustc-hash`): fast for short keys. Keys come only from the
+/// policy (trusted), so hash flooding through insertion is not possible; lookups with
+/// client-chosen hosts only probe.
+type FxMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// Index from host patterns to ids. Lookup costs one hash probe per label of the host,
 /// independent of the number of patterns.

@@ -2,7 +2,7 @@
 //! addresses, under this policy, now?" It is asked through [`check`] at the first decision of a
 //! tunnel or request (before DNS, then again with every address that will be used), on every
 //! keep-alive request (each is a first decision), after a reload raced a registration
-//! ([`recheck`]) and at revocation ([`crate::registry::Registry::revoke_denied`]). Copies of
+//! ([`recheck`]) and at revocation ([`crate::tunnels::Registry::revoke_denied`]). Copies of
 //! this question drifted apart before: revocation's own address guard forgot `[deny] cidrs` for
 //! public addresses.
 

@@ -14,9 +14,9 @@ use crate::Shared;
 use crate::dial;
 use crate::head::{Framing, RequestHead};
 use crate::log::{self, Access, Ended, Kind, Outcome};
-use crate::registry::Registration;
 use crate::respond::Failure;
 use crate::sni::{self, FirstFlight, Refusal};
+use crate::tunnels::Registration;
 
 /// Handle one CONNECT request; the client connection is consumed.
 // Debug level: at the default info level an info span formatted its two fields and was

@@ -210,14 +210,14 @@ async fn connect_direct(
                 Err(e) => {
                     last = Some(Failure::Connect {
                         addr: addr.to_string(),
-                        detail: e.to_string(),
+                        source: e,
                     })
                 }
             }
         }
         Err(last.unwrap_or_else(|| Failure::Connect {
             addr: all(),
-            detail: "no address".into(),
+            source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address"),
         }))
     };
     match tokio::time::timeout(timeout, attempt).await {

@@ -25,8 +25,8 @@ use crate::Shared;
 use crate::dial::{self, PoolKey};
 use crate::head::{BodyReader, Framing, RequestHead, trim};
 use crate::log::{self, Access, Ended, Kind, Outcome};
-use crate::registry::Registration;
 use crate::respond::{self, Failure, Side};
+use crate::tunnels::Registration;
 use crate::upstream::HttpHop;
 
 /// Request body streamed from the client to hyper's client connection.
@@ -328,7 +328,9 @@ async fn forward<'h>(
             .method(method.clone())
             .uri(uri)
             .body(body)
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            // Method and target were validated above: a request kennel cannot assemble from
+            // them is kennel's failure, not the client's.
+            .map_err(|e| Failure::Internal(format!("cannot build the origin request: {e}")))?;
         *req.headers_mut() = headers;
         if let HttpHop::Proxy {
             authorization: Some(a),
@@ -345,7 +347,7 @@ async fn forward<'h>(
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
-            .map_err(|e| Failure::Origin(format!("client went away: {e}")))?;
+            .map_err(Failure::ClientGone)?;
     }
 
     let (mut rd, mut wr) = client.split();
@@ -673,7 +675,7 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let werr = |e: io::Error| Failure::Origin(format!("client went away: {e}"));
+    let werr = Failure::ClientGone;
     wr.write_all(&out).await.map_err(werr)?;
 
     let mut down = 0u64;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAX_HEADERS: usize = 128;
 
 /// Why a request head was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum HeadError {
     /// The head exceeded the size limit or had too many header lines (→ 431).
     #[error("request head larger than {0} bytes or with too many header lines")]
@@ -33,9 +33,9 @@ pub enum HeadError {
         /// No byte of a new request had arrived.
         clean: bool,
     },
-    /// Reading from the client failed.
+    /// Reading from the client failed (the OS error is kept as the source).
     #[error("reading the request head failed: {0}")]
-    Io(String),
+    Io(#[source] std::io::Error),
 }
 
 /// How the request body is framed.
@@ -129,9 +129,7 @@ async fn read_more<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<usize, HeadError> {
     buf.reserve(8192);
-    io.read_buf(buf)
-        .await
-        .map_err(|e| HeadError::Io(e.to_string()))
+    io.read_buf(buf).await.map_err(HeadError::Io)
 }
 
 /// Parse a complete head at the start of `buf`; `Ok(None)` when more bytes are needed.
@@ -420,6 +418,38 @@ async fn read_line<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    /// A client connection whose every read fails (reset by the peer).
+    struct ResetReader;
+
+    impl AsyncRead for ResetReader {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+
+    /// Issue 15 item 5: a read error keeps the OS error as its source (it was a string).
+    #[tokio::test]
+    async fn read_error_keeps_the_os_error() {
+        let mut buf = BytesMut::new();
+        let t = Duration::from_secs(1);
+        let e = read_head(&mut ResetReader, &mut buf, 1024, t, t)
+            .await
+            .expect_err("read fails");
+        assert!(
+            matches!(&e, HeadError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset),
+            "{e:?}"
+        );
+        let source = std::error::Error::source(&e).expect("source kept");
+        assert!(
+            source.downcast_ref::<std::io::Error>().is_some(),
+            "{source:?}"
+        );
+    }
+
     fn parse(s: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut b = BytesMut::from(s.as_bytes());
         try_parse(&mut b, 65536)
@@ -442,9 +472,9 @@ mod tests {
         let e = parse(
             "POST http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         );
-        assert_eq!(
-            e.unwrap_err(),
-            HeadError::Bad("duplicate Content-Length header")
+        assert!(
+            matches!(e, Err(HeadError::Bad("duplicate Content-Length header"))),
+            "{e:?}"
         );
     }
 
@@ -568,7 +598,11 @@ mod props {
             prop_assert!(matches!(try_parse(&mut b, 65536), Err(HeadError::Bad(_))));
         }
 
-        /// The chunked decoder terminates on arbitrary input without panicking.
+        /// The chunked decoder terminates on arbitrary input without panicking: every step
+        /// that yields data consumes input (the buffer shrinks and the stream is at its end),
+        /// so it reaches the end of the body or an error within `len + 1` steps. (The old test
+        /// stopped after 2048 steps whatever happened, so a decoder that looped without
+        /// consuming passed it.)
         #[test]
         fn chunked_decoder_total(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
             let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
@@ -576,13 +610,21 @@ mod props {
                 let mut io: &[u8] = b"";
                 let mut buf = BytesMut::from(&bytes[..]);
                 let mut r = BodyReader::new(Framing::Chunked);
-                for _ in 0..2048 {
+                let mut steps = 0usize;
+                loop {
+                    let before = buf.len();
                     match r.next(&mut io, &mut buf, 65536).await {
-                        Ok(Some(_)) => continue,
-                        _ => break,
+                        Ok(Some(_)) => prop_assert!(
+                            buf.len() < before,
+                            "a step yielded data without consuming input"
+                        ),
+                        Ok(None) | Err(_) => break,
                     }
+                    steps += 1;
+                    prop_assert!(steps <= bytes.len() + 1, "{steps} steps for {} bytes", bytes.len());
                 }
-            });
+                Ok(())
+            })?;
         }
     }
 }

@@ -14,14 +14,19 @@ pub mod head;
 pub mod listener;
 pub mod log;
 pub mod metrics;
-pub mod registry;
 pub mod relay;
 pub mod resolve;
 pub mod respond;
 mod shared;
 pub mod sni;
 pub mod tunnel_http;
+pub mod tunnels;
 pub mod upstream;
+
+/// The old name of [`tunnels`] (it clashed with the daemon's environment registry); kept so
+/// code written against it still compiles. New code says `tunnels`.
+#[doc(hidden)]
+pub use tunnels as registry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +53,7 @@ pub enum StartError {
     Log(#[from] log::LogOpenError),
     /// The upstream dialer could not be configured.
     #[error("upstream settings: {0}")]
-    Upstream(String),
+    Upstream(#[source] upstream::DialerBuildError),
     /// The signal handlers (SIGTERM, SIGINT, SIGHUP) could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),

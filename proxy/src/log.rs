@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use kennel_policy::{Decision, RuleRef, Target, Upstream};
 use serde::Serialize;
@@ -107,6 +107,8 @@ pub enum Reason {
     HeadTooLarge,
     /// The client failed (timed out or broke the connection) before the tunnel was relayed.
     ClientError,
+    /// kennel itself failed.
+    Internal,
 }
 
 impl Reason {
@@ -132,6 +134,7 @@ impl Reason {
             Reason::NotAProxyRequest => "not_a_proxy_request",
             Reason::HeadTooLarge => "head_too_large",
             Reason::ClientError => "client_error",
+            Reason::Internal => "internal_error",
         })
     }
 }
@@ -520,42 +523,12 @@ fn text_line(r: &AccessRecord) -> String {
     s
 }
 
-/// Format a time as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
+/// Format a time as RFC 3339 UTC with milliseconds (the one helper every component uses).
+pub use kennel_policy::time::rfc3339_millis as rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn rfc3339_known_instant() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
-    }
 
     /// A capped file log rotates to `<file>.1` before passing the cap: the disk use stays below
     /// about twice the cap, and whole lines survive in one of the two files.

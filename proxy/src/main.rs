@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    init_tracing();
+    kennel_policy::log_env::init_tracing("kennel-proxy", "info", false);
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -51,28 +51,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
-}
-
-/// Logs to stderr, filtered by `KENNEL_LOG` (alias `RUST_LOG`, default `info`); colour only on a
-/// terminal. An invalid filter is reported, not silently replaced.
-fn init_tracing() {
-    use kennel_policy::log_env;
-    use std::io::IsTerminal as _;
-    let env = |k: &str| std::env::var(k).ok();
-    let chosen = log_env::log_filter(env, "info");
-    let filter = tracing_subscriber::EnvFilter::try_new(&chosen.directive).unwrap_or_else(|e| {
-        eprintln!(
-            "kennel-proxy: warning: {}={:?} is not a valid log filter ({e}); using info",
-            chosen.from.unwrap_or(log_env::LOG_VAR),
-            chosen.directive
-        );
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(log_env::use_ansi(std::io::stderr().is_terminal(), env))
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
 use kennel_policy::{Hint, Host, Policy, RuleRef, addr};
@@ -22,7 +23,23 @@ pub enum ResolveError {
         /// Why.
         detail: String,
     },
+    /// The DNS client could not be configured, or it answered the lookup with an error
+    /// (NXDOMAIN, timeout …); `source` is the resolver's own error.
+    #[error("DNS lookup of {name} failed: {source}")]
+    Lookup {
+        /// The name.
+        name: String,
+        /// The resolver's error (shared: the error of building the DNS client is cached and
+        /// reported for every lookup).
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
+
+/// The DNS client could not be built from the system or configured nameservers.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot configure DNS: {0}")]
+pub struct DnsSetupError(#[source] hickory_resolver::net::NetError);
 
 /// An address the guard refused.
 #[derive(Debug, thiserror::Error, Clone)]
@@ -47,7 +64,7 @@ pub struct Resolver {
     hosts: HashMap<String, Vec<IpAddr>>,
     static_only: bool,
     nameservers: Vec<std::net::SocketAddr>,
-    dns: OnceCell<Result<TokioResolver, String>>,
+    dns: OnceCell<Result<TokioResolver, Arc<DnsSetupError>>>,
 }
 
 impl Resolver {
@@ -91,7 +108,12 @@ impl Resolver {
             ));
         }
         let dns = self.dns.get_or_init(|| async { self.build_dns() }).await;
-        let dns = dns.as_ref().map_err(|e| fail(e.clone()))?;
+        let lookup_failed =
+            |source: Arc<dyn std::error::Error + Send + Sync>| ResolveError::Lookup {
+                name: name.clone(),
+                source,
+            };
+        let dns = dns.as_ref().map_err(|e| lookup_failed(e.clone()))?;
         // Always fully qualified: a relative name would get the host's search domains
         // appended (resolv.conf `search` / `ndots`), reaching a name the policy never checked.
         // Names are stored without the trailing dot (Host::parse strips it), so add it here.
@@ -99,7 +121,7 @@ impl Resolver {
         let lookup = dns
             .lookup_ip(fqdn.as_str())
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| lookup_failed(Arc::new(e)))?;
         let ips: Vec<IpAddr> = lookup.iter().collect();
         if ips.is_empty() {
             return Err(fail("no addresses".into()));
@@ -109,7 +131,7 @@ impl Resolver {
 }
 
 impl Resolver {
-    fn build_dns(&self) -> Result<TokioResolver, String> {
+    fn build_dns(&self) -> Result<TokioResolver, Arc<DnsSetupError>> {
         let built = if self.nameservers.is_empty() {
             TokioResolver::builder_tokio().and_then(|b| b.build())
         } else {
@@ -131,7 +153,7 @@ impl Resolver {
             )
             .build()
         };
-        built.map_err(|e| format!("cannot configure DNS: {e}"))
+        built.map_err(|e| Arc::new(DnsSetupError(e)))
     }
 }
 
@@ -248,10 +270,16 @@ mod tests {
             hosts: HashMap::new(),
             static_only: false,
             nameservers: vec![ns],
-            dns: OnceCell::new_with(Some(b.build().map_err(|e| e.to_string()))),
+            dns: OnceCell::new_with(Some(b.build().map_err(|e| Arc::new(DnsSetupError(e))))),
         };
         let host = Host::parse("missing.test").expect("host");
-        assert!(resolver.resolve(&host).await.is_err());
+        let err = resolver.resolve(&host).await.expect_err("NXDOMAIN");
+        // The resolver's own error is kept as the source, not flattened into a string.
+        assert!(
+            matches!(&err, ResolveError::Lookup { name, .. } if name == "missing.test"),
+            "{err:?}"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
         server.abort();
         let seen = seen.lock().expect("lock").clone();
         assert!(!seen.is_empty(), "the DNS server was asked");

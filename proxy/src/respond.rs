@@ -23,6 +23,8 @@ pub enum Side {
     Policy,
     /// The destination or upstream proxy failed.
     Upstream,
+    /// kennel itself failed (a bug or a local resource problem), neither party's doing.
+    Internal,
 }
 
 /// A request/tunnel that cannot proceed.
@@ -62,12 +64,13 @@ pub enum Failure {
     #[error("{0}")]
     Dns(ResolveError),
     /// TCP connect failed (502).
-    #[error("connect to {addr} failed: {detail}")]
+    #[error("connect to {addr} failed: {source}")]
     Connect {
         /// Address tried last.
         addr: String,
         /// The OS error.
-        detail: String,
+        #[source]
+        source: std::io::Error,
     },
     /// TCP connect timed out (504).
     #[error("connect to {0} timed out")]
@@ -97,6 +100,13 @@ pub enum Failure {
         /// The CONNECT target.
         target: String,
     },
+    /// The client went away while kennel was answering it (nothing can be sent; counted as
+    /// the client's failure, not the origin's).
+    #[error("client went away: {0}")]
+    ClientGone(#[source] std::io::Error),
+    /// kennel itself failed (500).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Failure {
@@ -106,11 +116,17 @@ impl Failure {
             Failure::BadRequest(_)
             | Failure::NotProxyRequest
             | Failure::HostMismatch { .. }
-            | Failure::HeadTooLarge => Side::Client,
+            | Failure::HeadTooLarge
+            | Failure::ClientGone(_) => Side::Client,
             Failure::Denied { .. } | Failure::Guard(_) | Failure::TunnelHostMismatch { .. } => {
                 Side::Policy
             }
-            _ => Side::Upstream,
+            Failure::Internal(_) => Side::Internal,
+            Failure::Dns(_)
+            | Failure::Connect { .. }
+            | Failure::ConnectTimeout(_)
+            | Failure::Upstream { .. }
+            | Failure::Origin(_) => Side::Upstream,
         }
     }
 
@@ -129,6 +145,8 @@ impl Failure {
             Failure::Upstream { kind, .. } => LogReason::Upstream(kind),
             Failure::Origin(_) => LogReason::OriginError,
             Failure::TunnelHostMismatch { .. } => LogReason::HostMismatch,
+            Failure::ClientGone(_) => LogReason::ClientError,
+            Failure::Internal(_) => LogReason::Internal,
         }
     }
 
@@ -157,6 +175,7 @@ impl Failure {
             Failure::BadRequest(_) | Failure::NotProxyRequest | Failure::HostMismatch { .. } => 400,
             Failure::HeadTooLarge => 431,
             Failure::Denied { .. } | Failure::Guard(_) | Failure::TunnelHostMismatch { .. } => 403,
+            Failure::Internal(_) => 500,
             Failure::ConnectTimeout(_) => 504,
             Failure::Upstream { timeout: true, .. } => 504,
             _ => 502,
@@ -352,10 +371,19 @@ mod tests {
         );
         let (_, r, b) = denied(pol, "[::ffff:169.254.169.254]:443");
         assert_eq!(r, "ip_literal_not_allowed");
+        // One answer, and one that works: the hint names the literal as written (the test used
+        // to accept either a /32 or any /128, so it passed whichever form the hint took).
         assert!(
-            b.contains("\"169.254.169.254/32\"") || b.contains("/128\""),
+            b.contains("add \"::ffff:169.254.169.254/128\" to cidrs in the [allow] table"),
             "{b}"
         );
+        let fixed = Policy::from_toml_str(
+            "[defaults]\nports = [443]\n[allow]\ncidrs = [\"::ffff:169.254.169.254/128\"]\n",
+            Path::new("/etc/kennel/policy.toml"),
+        )
+        .unwrap();
+        let t = Target::parse_authority("[::ffff:169.254.169.254]:443").unwrap();
+        assert!(fixed.decide(&t).is_allowed(), "the hint allows it");
     }
 
     #[test]
@@ -392,6 +420,54 @@ mod tests {
         let f = crate::admit::check(&Policy::embedded_default(), &t, &[]).expect_err("denied");
         let b = f.body(Some(&t), None);
         assert!(b.starts_with("kennel: egress to evil.example:443 denied (not in allowlist). To allow it, add \"evil.example\" to hosts in the [allow] table of a policy file"), "{b}");
+    }
+
+    /// Issue 15 item 5: whose fault a failure is decides the log reason and the metrics; a
+    /// client that went away is the client's failure, not the origin's, and kennel's own
+    /// failure is neither.
+    #[test]
+    fn sides_say_whose_fault() {
+        let gone = Failure::ClientGone(std::io::ErrorKind::BrokenPipe.into());
+        assert_eq!(gone.side(), Side::Client);
+        assert_eq!(gone.reason().to_string(), "client_error");
+        assert_eq!(gone.decision(), Verdict::Error);
+        let origin = Failure::Origin("connection reset".into());
+        assert_eq!(origin.side(), Side::Upstream);
+        assert_eq!(origin.reason().to_string(), "origin_error");
+        let internal = Failure::Internal("cannot build the origin request".into());
+        assert_eq!(internal.side(), Side::Internal);
+        assert_eq!(internal.status(), 500);
+        assert_eq!(internal.reason().to_string(), "internal_error");
+        let resp = String::from_utf8(internal.response(None, None)).expect("utf-8");
+        assert!(
+            resp.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("X-Kennel-Error: internal_error\r\n"),
+            "{resp}"
+        );
+    }
+
+    /// Issue 15 item 5: a failed connect keeps the OS error (kind and all) as its source.
+    #[test]
+    fn connect_failure_keeps_the_os_error() {
+        let f = Failure::Connect {
+            addr: "127.0.0.1:9".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(f.side(), Side::Upstream);
+        let source = std::error::Error::source(&f).expect("source kept");
+        assert_eq!(
+            source
+                .downcast_ref::<std::io::Error>()
+                .map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        assert!(
+            f.to_string().starts_with("connect to 127.0.0.1:9 failed: "),
+            "{f}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The state every connection handler shares (config, live policy, resolver, dialer, pool,
-//! metrics, access log, registry), how it is built, and what a reload does to it.
+//! metrics, access log, tunnel registry), how it is built, and what a reload does to it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use kennel_policy::LegacyEnv;
 use kennel_policy::reload::{PolicyStore, ReloadEvent, Reloader, WatchGuard};
 
-use crate::{ProxyConfig, StartError, forward, log, metrics, registry, resolve, upstream};
+use crate::{ProxyConfig, StartError, forward, log, metrics, resolve, tunnels, upstream};
 
 /// Everything the connection handlers share.
 pub struct Shared {
@@ -29,7 +29,7 @@ pub struct Shared {
     /// Access log.
     pub log: log::AccessLog,
     /// Live connections (revocation).
-    pub registry: registry::Registry,
+    pub registry: tunnels::Registry,
     /// When the policy in force was loaded.
     pub loaded_at: Mutex<SystemTime>,
     /// False once shutdown began (`/readyz` → 503).
@@ -74,7 +74,7 @@ impl Shared {
             connect_timeout: config.limits.connect_timeout(),
             ca_file: config.upstream.ca_file.clone(),
         })
-        .map_err(|e| StartError::Upstream(e.to_string()))?;
+        .map_err(StartError::Upstream)?;
         Ok(Arc::new(Shared {
             store: reloader.store(),
             reloader,
@@ -83,7 +83,7 @@ impl Shared {
             pool: forward::Pool::default(),
             metrics: metrics::Metrics::default(),
             log: log::AccessLog::open(&config.access_log)?,
-            registry: registry::Registry::default(),
+            registry: tunnels::Registry::default(),
             loaded_at: Mutex::new(SystemTime::now()),
             ready: AtomicBool::new(true),
             legacy: legacy_settings,

@@ -251,7 +251,7 @@ pub async fn serve(
                 return served;
             }
             Err(HeadError::Io(e)) => {
-                served.end = Ended::Error(e);
+                served.end = Ended::Error(e.to_string());
                 return served;
             }
             Err(e) => {

@@ -812,4 +812,21 @@ mod tests {
         .expect_err("missing CA file must fail");
         assert!(e.to_string().contains("/nonexistent/kennel-ca.pem"), "{e}");
     }
+
+    /// Issue 15 item 5: at start-up the dialer's error is kept as the source (it was a string).
+    #[test]
+    fn start_error_keeps_the_dialer_error() {
+        let mut config = crate::ProxyConfig::default();
+        config.upstream.ca_file = Some(PathBuf::from("/nonexistent/kennel-ca.pem"));
+        let Err(e) = crate::Shared::build(config) else {
+            panic!("a missing CA file must stop the start");
+        };
+        assert!(matches!(e, crate::StartError::Upstream(_)), "{e:?}");
+        let source = std::error::Error::source(&e).expect("source kept");
+        assert!(
+            source.downcast_ref::<DialerBuildError>().is_some(),
+            "{source:?}"
+        );
+        assert!(e.to_string().contains("/nonexistent/kennel-ca.pem"), "{e}");
+    }
 }

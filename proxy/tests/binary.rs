@@ -386,6 +386,23 @@ fn rust_log_is_honoured_as_an_alias_and_kennel_log_wins() {
     assert!(!err.contains(debug_line), "default is not info: {err}");
 }
 
+/// Issue 15: the three binaries share one subscriber set-up; an invalid filter is reported
+/// naming the binary and the variable, and the default applies (no silent fallback, no exit).
+#[test]
+fn invalid_log_filter_is_reported_and_the_default_applies() {
+    let out = check_with_log_env(&[("KENNEL_LOG", "kennel_proxy=[")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "kennel-proxy: warning: KENNEL_LOG=\"kennel_proxy=[\" is not a valid log filter"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("; using info"), "{err}");
+    assert!(!err.contains("loading configuration"), "not info: {err}");
+}
+
 /// Issue 9 item 7: log lines piped to a file or `docker logs` carried ANSI colour codes.
 #[test]
 fn piped_stderr_carries_no_ansi_escape_codes() {

@@ -104,7 +104,9 @@ impl ApiError {
                 BackendError::NotFound(_) => StatusCode::NOT_FOUND,
                 BackendError::NotRunning { .. } => StatusCode::CONFLICT,
                 BackendError::InvalidPlan { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                BackendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                BackendError::Unavailable { .. } | BackendError::ProxyNotReady { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 BackendError::Engine { .. } => StatusCode::BAD_GATEWAY,
                 BackendError::Build(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
@@ -142,6 +144,9 @@ impl ApiError {
             ApiError::Backend(BackendError::Build(_)) => {
                 "fix the Dockerfile or its build context and run `kennel up` again; RUN steps reach only what the environment's policy allows (see docs/environments.md)".to_string()
             }
+            ApiError::Backend(BackendError::ProxyNotReady { env, .. }) => format!(
+                "the proxy's log lines above say why; `kennel logs --proxy {env}` shows more. Retry with `kennel down {env}` then `kennel up`; if it fails again, report it with that log"
+            ),
             ApiError::Backend(BackendError::NotRunning { env, .. }) => {
                 format!("inspect it with `kennel inspect {env}`, or recreate it (`kennel down {env}` then `kennel up`)")
             }
@@ -169,5 +174,44 @@ impl ApiError {
             error: self.to_string(),
             hint: self.hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15 item 5: a proxy that does not come up is the daemon's failure (503 with a
+    /// hint), not "your request is invalid" (422).
+    #[test]
+    fn proxy_not_ready_is_the_daemons_failure() {
+        let e = ApiError::Backend(BackendError::ProxyNotReady {
+            env: "p".into(),
+            container: "kennel-p-proxy".into(),
+            what: "did not become ready in time",
+            admin: "10.9.0.2:9901".into(),
+            logs: "policy: bad".into(),
+        });
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = e.body();
+        assert!(
+            body.error
+                .starts_with("proxy container kennel-p-proxy did not become ready in time"),
+            "{}",
+            body.error
+        );
+        assert!(body.error.ends_with("policy: bad"), "{}", body.error);
+        assert!(
+            body.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("kennel logs --proxy p")),
+            "{:?}",
+            body.hint
+        );
+        let invalid = ApiError::Backend(BackendError::InvalidPlan {
+            env: "p".into(),
+            message: "x".into(),
+        });
+        assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -43,7 +43,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_json);
+    kennel_policy::log_env::init_tracing("kennel-supervisord", "info", args.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,32 +57,6 @@ fn main() -> ExitCode {
             eprintln!("kennel-supervisord: {err:#}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// Logs to stderr, filtered by `KENNEL_LOG` (alias `RUST_LOG`, default `info`); colour only on a
-/// terminal (never in the journal). An invalid filter is reported, not silently replaced.
-fn init_tracing(json: bool) {
-    use kennel_policy::log_env;
-    use std::io::IsTerminal as _;
-    let env = |k: &str| std::env::var(k).ok();
-    let chosen = log_env::log_filter(env, "info");
-    let filter = tracing_subscriber::EnvFilter::try_new(&chosen.directive).unwrap_or_else(|e| {
-        eprintln!(
-            "kennel-supervisord: warning: {}={:?} is not a valid log filter ({e}); using info",
-            chosen.from.unwrap_or(log_env::LOG_VAR),
-            chosen.directive
-        );
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(log_env::use_ansi(std::io::stderr().is_terminal(), env))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

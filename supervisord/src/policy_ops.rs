@@ -258,9 +258,7 @@ fn now_unix(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub(crate) use kennel_policy::time::rfc3339_millis as rfc3339;
 
 fn sha256_hex(text: &str) -> String {
     sha2::Sha256::digest(text.as_bytes())

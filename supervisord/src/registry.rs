@@ -1167,19 +1167,7 @@ impl Daemon {
         if record.is_none() && self.managed_status(name, None).await?.is_none() {
             return Err(ApiError::NotFound(name.to_string()));
         }
-        let session = self
-            .backend
-            .exec(
-                name,
-                kennel_container::backend::ExecRequest {
-                    cmd: req.cmd,
-                    tty: req.tty,
-                    env: req.env,
-                    workdir: req.workdir,
-                    stdin: req.stdin,
-                },
-            )
-            .await?;
+        let session = self.backend.exec(name, req).await?;
         let env = name.to_string();
         let attached = self.sessions.attach(name);
         // `kennel up --rm`: the expiry loop removes it once its last session has ended.
@@ -1278,24 +1266,7 @@ pub fn rfc3339_if_epoch(text: &str) -> String {
     let Ok(secs) = text.trim().parse::<i64>() else {
         return text.to_string();
     };
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    kennel_policy::time::rfc3339_from_unix_secs(secs).unwrap_or_else(|| text.to_string())
 }
 
 fn state_str(s: EnvState) -> &'static str {

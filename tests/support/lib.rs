@@ -7,3 +7,4 @@ pub mod origin;
 pub mod proxy_harness;
 pub mod tls;
 pub mod upstreams;
+pub mod wait;

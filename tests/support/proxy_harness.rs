@@ -30,6 +30,7 @@ impl TestProxy {
         hosts: &[(&str, IpAddr)],
         tweak: impl FnOnce(&mut ProxyConfig),
     ) -> anyhow::Result<TestProxy> {
+        crate::wait::trace_init();
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy)?;
@@ -84,18 +85,35 @@ impl TestProxy {
         &self,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> anyhow::Result<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(r) = self.log().into_iter().find(|r| pred(r)) {
-                return Ok(r);
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "no matching access-log record in: {:#?}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::wait::eventually(Duration::from_secs(5), || {
+            let found = self.log().into_iter().find(|r| pred(r));
+            async move { Ok(found) }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("no matching access-log record ({e}) in: {:#?}", self.log()))
+    }
+
+    /// Sends `GET url` (absolute form) through the proxy; returns (status, head and body text).
+    /// Status 0 when the proxy closed without an answer.
+    pub async fn get(&self, url: &str) -> anyhow::Result<(u16, String)> {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, r)| r)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let resp = raw(
+            self.proxy.proxy_addr(),
+            format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let status = resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok((status, resp))
+    }
+
+    /// Opens a CONNECT tunnel to `authority` through the proxy ([`connect_tunnel`]).
+    pub async fn connect(&self, authority: &str) -> anyhow::Result<TcpStream> {
+        connect_tunnel(self.proxy.proxy_addr(), authority).await
     }
 
     /// Replace the policy file atomically (write + rename, as editors do).

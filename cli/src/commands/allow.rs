@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::api::policy_types::{AllowRequest, DenyRequest, PolicyChanged};
+use kennel_api::policy::{AllowRequest, DenyRequest, PolicyChanged};
 
 use crate::client::{Client, block_on};
 

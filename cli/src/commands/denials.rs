@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::api::policy_types::Denials;
+use kennel_api::policy::Denials;
 
 use crate::client::{Client, block_on};
 use crate::commands::allow::{env_path, parse_duration};

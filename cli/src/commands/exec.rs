@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::api::types::ExecRequest;
+use kennel_api::ExecRequest;
 
 use crate::client::{Client, ExecInput, block_on};
 

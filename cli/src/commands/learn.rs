@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use kennel_supervisord::api::policy_types::{Denials, LearnRequest, PolicyChanged};
+use kennel_api::policy::{Denials, LearnRequest, PolicyChanged};
 
 use crate::client::{Client, block_on};
 use crate::commands::allow::env_path;

@@ -168,6 +168,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 if args.json {
                     serde_json::json!({
                         "input": input,
+                        "decision": "deny",
+                        // Old name of `decision` (the access log's word), kept for one release.
                         "verdict": "deny",
                         "reason": "invalid_target",
                         "error": e.to_string(),
@@ -184,6 +186,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     serde_json::json!({
                         "input": input,
                         "target": t.to_string(),
+                        "decision": d.verdict.as_str(),
+                        // Old name of `decision` (the access log's word), kept for one release.
                         "verdict": d.verdict.as_str(),
                         "reason": d.reason.as_str(),
                         "rule": d.rule.as_ref().map(ToString::to_string),

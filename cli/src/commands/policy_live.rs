@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use kennel_supervisord::api::policy_types::{
+use kennel_api::policy::{
     ImportPreview, ImportRequest, PolicyChanged, PolicyFileDoc, PolicyReplace, PolicyView,
 };
 use kennel_supervisord::api::types::EnvInfo;

@@ -27,7 +27,10 @@
 //!
 //! Errors are `{ "error": "...", "hint": "..." }` with the status from [`ApiError::status`].
 
-pub mod policy_types;
+/// The live-policy bodies, now in [`kennel_api::policy`] (re-exported at this old path).
+pub mod policy_types {
+    pub use kennel_api::policy::*;
+}
 pub mod types;
 
 use std::sync::Arc;

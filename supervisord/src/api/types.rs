@@ -82,25 +82,9 @@ pub struct RemoveQuery {
 
 /// `POST /v1/envs/{name}/exec`: run a command in the sandbox. The request must ask for a
 /// connection upgrade to [`crate::frame::UPGRADE_PROTOCOL`]; the stream is then framed
-/// ([`crate::frame`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecRequest {
-    /// The command and its arguments (no shell).
-    pub cmd: Vec<String>,
-    /// Extra environment variables, `KEY=VALUE`.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Working directory inside the sandbox (default: the image's, normally `/workspace`).
-    #[serde(default)]
-    pub workdir: Option<String>,
-    /// Allocate a TTY (stdout and stderr are then one stream, delivered as stdout).
-    #[serde(default)]
-    pub tty: bool,
-    /// Forward stdin frames to the command.
-    #[serde(default)]
-    pub stdin: bool,
-}
+/// ([`crate::frame`]). One type from the CLI to the engine (the container backend runs it as
+/// it is), defined in the wire-types crate.
+pub use kennel_api::ExecRequest;
 
 /// `GET /v1/version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

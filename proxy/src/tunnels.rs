@@ -1,4 +1,5 @@
-//! Registry of live client connections, for revocation: each connection registers its current
+//! The proxy's tunnel registry (not the daemon's environment registry): live client
+//! connections, for revocation: each connection registers its current
 //! destination (and the checked address) plus a cancellation token. After every successful
 //! policy reload [`Registry::revoke_denied`] asks the admission step ([`crate::admit::check`])
 //! again for each entry and cancels those the new policy refuses.

@@ -1,5 +1,5 @@
 //! JSON bodies of the live-policy endpoints (`kennel allow/deny/denials/policy show|edit|import`),
-//! shared by the daemon ([`crate::policy_ops`]) and the `kennel` CLI.
+//! shared by the daemon (`kennel_supervisord::policy_ops`) and the `kennel` CLI.
 
 use std::path::PathBuf;
 
