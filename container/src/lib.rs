@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod build;
+pub mod compose;
 pub mod devcontainer;
 pub mod docker;
 mod docker_ops;

@@ -232,6 +232,9 @@ pub struct SpecDoc {
     /// devcontainer.json lifecycle commands, run in the sandbox after creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifecycle: Vec<kennel_container::devcontainer::LifecycleCommand>,
+    /// Services the sandbox waits for (the compose dev service's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox_depends_on: Vec<kennel_container::spec::DependsOn>,
 }
 
 /// Wire form of [`kennel_container::env::SandboxEnv`]: `[name, value]` pairs per source.
@@ -347,6 +350,16 @@ pub struct ServiceDoc {
     /// Command override.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// `egress = "proxy"`: the environment's proxy (`egress_profile` is then unset).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress_proxy: bool,
+    /// Compose settings (entrypoint, volumes, healthcheck, depends_on, …).
+    #[serde(default, skip_serializing_if = "is_default_run")]
+    pub run: kennel_container::spec::ServiceRun,
+}
+
+fn is_default_run(r: &kennel_container::spec::ServiceRun) -> bool {
+    *r == kennel_container::spec::ServiceRun::default()
 }
 
 /// Wire form of [`kennel_container::spec::CredentialMounts`].
@@ -428,11 +441,13 @@ mod convert {
                         name: v.name.clone(),
                         image: v.image.clone(),
                         egress_profile: match &v.egress {
-                            ServiceEgress::None => None,
+                            ServiceEgress::None | ServiceEgress::Proxy => None,
                             ServiceEgress::Profile(p) => Some(p.clone()),
                         },
                         env: v.env.clone(),
                         command: v.command.clone(),
+                        egress_proxy: v.egress == ServiceEgress::Proxy,
+                        run: v.run.clone(),
                     })
                     .collect(),
                 max_age_secs: s.health.max_age.map(|d| d.as_secs()),
@@ -465,6 +480,7 @@ mod convert {
                 build: s.build.clone(),
                 user_name: s.user_name.clone(),
                 lifecycle: s.lifecycle.clone(),
+                sandbox_depends_on: s.sandbox_depends_on.clone(),
             }
         }
     }
@@ -515,11 +531,14 @@ mod convert {
                     .map(|v| ServiceSpec {
                         name: v.name,
                         image: v.image,
-                        egress: v
-                            .egress_profile
-                            .map_or(ServiceEgress::None, ServiceEgress::Profile),
+                        egress: match v.egress_profile {
+                            Some(p) => ServiceEgress::Profile(p),
+                            None if v.egress_proxy => ServiceEgress::Proxy,
+                            None => ServiceEgress::None,
+                        },
                         env: v.env,
                         command: v.command,
+                        run: v.run,
                     })
                     .collect(),
                 health: HealthSpec {
@@ -549,6 +568,7 @@ mod convert {
                 build: d.build,
                 user_name: d.user_name,
                 lifecycle: d.lifecycle,
+                sandbox_depends_on: d.sandbox_depends_on,
                 // Warnings are the CLI's to show; the daemon has nothing to add.
                 warnings: Vec::new(),
             }
