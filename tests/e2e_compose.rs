@@ -103,7 +103,10 @@ async fn compose_service_by_name_waits_healthy_and_its_volume_survives_down_up()
         .collect();
     assert_eq!(
         svc,
-        [("db", &ServiceEgress::None), ("fetcher", &ServiceEgress::Proxy)]
+        [
+            ("db", &ServiceEgress::None),
+            ("fetcher", &ServiceEgress::Proxy)
+        ]
     );
     assert_eq!(
         spec.sandbox_depends_on,
@@ -135,7 +138,12 @@ async fn compose_service_by_name_waits_healthy_and_its_volume_survives_down_up()
     let w = exec_in(
         &d,
         &db,
-        &["/bin/busybox", "sh", "-c", "echo persisted-42 > /data/www/v"],
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo persisted-42 > /data/www/v",
+        ],
         None,
     )
     .await;
@@ -150,7 +158,11 @@ async fn compose_service_by_name_waits_healthy_and_its_volume_survives_down_up()
         .await;
         (r.exit_code, out(&r))
     };
-    assert_eq!(fetch().await, (0, "persisted-42".to_string()), "sandbox reaches db by name");
+    assert_eq!(
+        fetch().await,
+        (0, "persisted-42".to_string()),
+        "sandbox reaches db by name"
+    );
 
     // Proxy egress: the proxy variables are set for fetcher, not for db; both stay on the
     // environment's internal network only.
@@ -183,13 +195,21 @@ async fn compose_service_by_name_waits_healthy_and_its_volume_survives_down_up()
     // down / up: the named volume and its data are kept.
     d.remove_env(&name).await.expect("down");
     let volume = names::service_volume(&name, "dbdata");
-    let v = d.docker().inspect_volume(&volume).await.expect("volume kept");
+    let v = d
+        .docker()
+        .inspect_volume(&volume)
+        .await
+        .expect("volume kept");
     assert_eq!(
         v.labels.get("dev.kennel.env").map(String::as_str),
         Some(name.as_str())
     );
     d.create_env(&plan).await.expect("up again");
-    assert_eq!(fetch().await, (0, "persisted-42".to_string()), "data survives down/up");
+    assert_eq!(
+        fetch().await,
+        (0, "persisted-42".to_string()),
+        "data survives down/up"
+    );
 
     // --purge removes it.
     d.remove_env(&name).await.expect("down");
@@ -220,6 +240,9 @@ fn compose_ports_and_host_network_are_refused_naming_file_line_service_and_key()
         let e = EnvSpec::from_workspace(&root, &Default::default()).expect_err("refused");
         let shown = e.to_string();
         let at = format!("{}:6:5: key `{key}`", file.display());
-        assert!(shown.starts_with(&at), "{shown}\nexpected to start with {at}");
+        assert!(
+            shown.starts_with(&at),
+            "{shown}\nexpected to start with {at}"
+        );
     }
 }
