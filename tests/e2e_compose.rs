@@ -20,14 +20,14 @@ fn out(r: &kennel_container::backend::ExecResult) -> String {
 }
 
 /// The compose file: `db` serves `/data/www` of its volume on port 5432 and becomes healthy
-/// only after 2 s; `dev` is the old dev container (its `build:` is the workspace's dev
+/// only after 5 s; `dev` is the old dev container (its `build:` is the workspace's dev
 /// Dockerfile), so it becomes the sandbox and waits for `db`; `fetcher` has proxy egress.
 fn compose_file(image: &str) -> String {
     format!(
         r#"services:
   db:
     image: {image}
-    command: ["/bin/busybox", "sh", "-c", "mkdir -p /data/www && sleep 2 && touch /tmp/ready && exec httpd -f -p 5432 -h /data/www"]
+    command: ["/bin/busybox", "sh", "-c", "mkdir -p /data/www && sleep 5 && touch /tmp/ready && exec httpd -f -p 5432 -h /data/www"]
     volumes:
       - dbdata:/data
     healthcheck:
@@ -129,7 +129,7 @@ async fn compose_service_by_name_waits_healthy_and_its_volume_survives_down_up()
 
     d.create_env(&plan).await.expect("up");
     let db = names::service(&name, "db");
-    // The sandbox was started after db became healthy (db needs 2 s to get there).
+    // The sandbox was started after db became healthy (db needs 5 s to get there).
     assert_eq!(
         health(&d, &db).await,
         Some(HealthStatusEnum::HEALTHY),
