@@ -449,7 +449,16 @@ pub fn parse_str(
             return Err(src.err(&base, "needs `image` or `build`"));
         };
         let is_sandbox = sandbox_name.as_deref() == Some(name.as_str());
-        ctx.check_refused(&base, svc)?;
+        for (key, why) in ctx.refused_keys(&base, svc) {
+            if is_sandbox {
+                // The dev container becomes the sandbox, which keeps kennel's hardening
+                // whatever the file says: these keys have no effect there, and are reported.
+                imp.not_applied
+                    .push((key, format!("not applied to the sandbox: {why}")));
+            } else {
+                return Err(src.err(&key, why));
+            }
+        }
         if !svc.profiles.is_empty() && !is_sandbox {
             imp.not_applied.push((
                 format!("{base}.profiles"),
@@ -656,16 +665,18 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Everything that would give a service a way around the proxy or into the host.
-    fn check_refused(&self, base: &str, s: &dc::Service) -> Result<(), SpecError> {
-        let err = |k: &str, m: &str| Err(self.src.err(&format!("{base}.{k}"), m.to_string()));
+    /// Returns each offending key (dotted path) with the reason.
+    fn refused_keys(&self, base: &str, s: &dc::Service) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bad = |k: &str, m: &str| out.push((format!("{base}.{k}"), m.to_string()));
         if s.privileged {
-            return err(
+            bad(
                 "privileged",
                 "would give the service every capability and the host's devices; refused",
             );
         }
         if !s.ports.is_empty() {
-            return err(
+            bad(
                 "ports",
                 "would publish the service on the host; services are reachable from the sandbox by name on the environment's network, without ports",
             );
@@ -676,7 +687,7 @@ impl Ctx<'_> {
             } else {
                 "net"
             };
-            return err(
+            bad(
                 k,
                 "would take the service off the environment's internal network (host network, another container's); refused",
             );
@@ -686,7 +697,7 @@ impl Ctx<'_> {
             dc::Networks::Advanced(n) => n.0.keys().collect(),
         };
         if let Some(n) = networks.iter().find(|n| n.as_str() != "default") {
-            return err(
+            bad(
                 "networks",
                 &format!(
                     "network {n:?}: services are on the environment's internal network only; refused"
@@ -696,33 +707,39 @@ impl Ctx<'_> {
         if let dc::Networks::Advanced(n) = &s.networks
             && n.0.values().any(|v| matches!(v, dc::MapOrEmpty::Map(_)))
         {
-            return err(
+            bad(
                 "networks",
                 "addresses and aliases on the environment's network are kennel's; refused",
             );
         }
         if s.pid.is_some() {
-            return err(
+            bad(
                 "pid",
                 "would share another process namespace (the host's with `host`); refused",
             );
         }
         if s.ipc.as_deref().is_some_and(|i| i != "private") {
-            return err(
+            bad(
                 "ipc",
                 "would share another IPC namespace (the host's with `host`); only `private`",
             );
         }
         if s.userns_mode.is_some() {
-            return err("userns_mode", "would change the user namespace; refused");
+            bad("userns_mode", "would change the user namespace; refused");
         }
         if !s.devices.is_empty() {
-            return err("devices", "would give the service host devices; refused");
+            bad("devices", "would give the service host devices; refused");
         }
         for c in &s.cap_add {
-            let name = cap_name(c).map_err(|m| self.src.err(&format!("{base}.cap_add"), m))?;
+            let name = match cap_name(c) {
+                Ok(n) => n,
+                Err(m) => {
+                    bad("cap_add", &m);
+                    continue;
+                }
+            };
             if !CAP_ADD_ALLOWED.contains(&name.as_str()) {
-                return err(
+                bad(
                     "cap_add",
                     &format!(
                         "{c}: services may only name capabilities they already have ({}); refused",
@@ -736,7 +753,7 @@ impl Ctx<'_> {
             .iter()
             .find(|o| !o.starts_with("no-new-privileges"))
         {
-            return err(
+            bad(
                 "security_opt",
                 &format!(
                     "{o:?} could turn off seccomp or AppArmor; kennel keeps them (only no-new-privileges may be named)"
@@ -744,19 +761,19 @@ impl Ctx<'_> {
             );
         }
         if !s.sysctls.is_empty() {
-            return err("sysctls", "kernel settings are kennel's; refused");
+            bad("sysctls", "kernel settings are kennel's; refused");
         }
         if !s.volumes_from.is_empty() {
-            return err(
+            bad(
                 "volumes_from",
                 "would mount another container's volumes, possibly one that is not the environment's; refused",
             );
         }
         if s.cgroup_parent.is_some() {
-            return err("cgroup_parent", "the cgroup is kennel's; refused");
+            bad("cgroup_parent", "the cgroup is kennel's; refused");
         }
         if s.runtime.is_some() {
-            return err("runtime", "the container runtime is kennel's; refused");
+            bad("runtime", "the container runtime is kennel's; refused");
         }
         if let Some(l) = &s.logging
             && !matches!(
@@ -764,21 +781,21 @@ impl Ctx<'_> {
                 None | Some("json-file" | "local" | "none")
             )
         {
-            return err(
+            bad(
                 "logging",
                 "log drivers other than json-file/local/none send logs from the host to an address of the file's choosing; refused",
             );
         }
         if s.secrets.is_some() {
-            return err("secrets", "secrets are host files; not supported");
+            bad("secrets", "secrets are host files; not supported");
         }
         if !s.extends.is_empty() {
-            return err(
+            bad(
                 "extends",
                 "not supported: it reads other files; write the service out",
             );
         }
-        Ok(())
+        out
     }
 
     /// Safe keys kennel does not apply: recorded for the warning.

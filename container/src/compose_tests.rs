@@ -389,7 +389,7 @@ volumes:
 fn the_dev_service_becomes_the_sandbox() {
     let d = ws();
     std::fs::write(d.path().join(".devcontainer/Dockerfile"), "FROM scratch\n").expect("df");
-    let text = "services:\n  dev:\n    build:\n      context: .\n      dockerfile: Dockerfile\n    environment:\n      APP_ENV: dev\n    volumes:\n      - ..:/workspace:cached\n    command: sleep infinity\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: busybox\n";
+    let text = "services:\n  dev:\n    build:\n      context: .\n      dockerfile: Dockerfile\n    environment:\n      APP_ENV: dev\n    volumes:\n      - ..:/workspace:cached\n    ports: [\"3000:3000\"]\n    cap_add: [SYS_PTRACE]\n    security_opt: [\"seccomp:unconfined\"]\n    command: sleep infinity\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: busybox\n";
     let imp = parse(d.path(), text).expect("import");
     let sb = imp
         .sandbox
@@ -406,6 +406,13 @@ fn the_dev_service_becomes_the_sandbox() {
     assert_eq!(imp.services.len(), 1);
     let w = imp.warning().expect("warning");
     assert!(w.contains("services.dev.volumes"), "{w}");
+    // The dev container's weakening keys have no effect on the sandbox: reported, not refused.
+    for k in ["ports", "cap_add", "security_opt"] {
+        assert!(
+            w.contains(&format!("services.dev.{k}: not applied to the sandbox")),
+            "{w}"
+        );
+    }
 
     // Named by devcontainer.json's `service`.
     let path = std::fs::canonicalize(d.path()).expect("canon");
@@ -434,8 +441,8 @@ fn the_dev_service_becomes_the_sandbox() {
             dockerfile: None,
         },
     )
-    .expect_err("dev is now a service depending on the sandbox");
-    assert!(e_contains(&imp, "is the dev container"), "{imp}");
+    .expect_err("dev is now an ordinary service, and its ports are refused");
+    assert!(e_contains(&imp, "key `services.dev.ports`"), "{imp}");
     let e = load(
         &path.join(".devcontainer/docker-compose.yaml"),
         &path,
