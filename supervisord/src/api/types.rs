@@ -582,3 +582,63 @@ pub struct ImageBuilt {
     /// The image reference, e.g. `kennel-proxy:0123456789abcdef` or `kennel-sandbox:latest`.
     pub image: String,
 }
+
+#[cfg(test)]
+mod compose_wire_tests {
+    use kennel_container::spec::{
+        DependsOn, EnvSpec, ServiceEgress, ServiceHealthcheck, ServiceRun, ServiceSpec,
+        ServiceVolume,
+    };
+
+    use super::SpecDoc;
+
+    /// A compose service's settings and the sandbox's depends_on survive the trip to the daemon.
+    #[test]
+    fn compose_services_round_trip_through_the_wire_form() {
+        let mut spec = EnvSpec::parse_str(
+            "name = \"wire\"\n",
+            std::path::Path::new("/kennel.toml"),
+            std::path::Path::new("/"),
+        )
+        .expect("spec");
+        spec.services.push(ServiceSpec {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            egress: ServiceEgress::Proxy,
+            env: vec![("A".into(), "1".into())],
+            command: Some(vec!["postgres".into()]),
+            run: ServiceRun {
+                entrypoint: Some(vec!["/e".into()]),
+                working_dir: Some("/srv".into()),
+                user: Some("999".into()),
+                volumes: vec![ServiceVolume {
+                    name: "pgdata".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                }],
+                healthcheck: Some(ServiceHealthcheck {
+                    test: vec!["CMD".into(), "true".into()],
+                    interval_ms: 500,
+                    timeout_ms: 0,
+                    retries: 3,
+                    start_period_ms: 0,
+                }),
+                depends_on: vec![DependsOn {
+                    service: "x".into(),
+                    healthy: true,
+                }],
+                ..Default::default()
+            },
+        });
+        spec.sandbox_depends_on = vec![DependsOn {
+            service: "db".into(),
+            healthy: true,
+        }];
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        let back: EnvSpec = serde_json::from_str::<SpecDoc>(&json)
+            .expect("deserialise")
+            .into();
+        assert_eq!(back.services, spec.services);
+        assert_eq!(back.sandbox_depends_on, spec.sandbox_depends_on);
+    }
+}
