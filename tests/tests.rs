@@ -2,6 +2,7 @@
 
 mod e2e_approve;
 mod e2e_build;
+mod e2e_compose;
 mod e2e_devcontainer;
 mod e2e_docker;
 mod e2e_events;

@@ -579,6 +579,10 @@ pub mod names {
     pub fn home_volume(env: &str) -> String {
         format!("kennel-{env}-home")
     }
+    /// A compose service's named volume (kept by `kennel down`, removed by `--purge`).
+    pub fn service_volume(env: &str, volume: &str) -> String {
+        format!("kennel-{env}-vol-{volume}")
+    }
     /// The short-lived, never started container that initialises a new home volume.
     pub fn home_init(env: &str) -> String {
         format!("kennel-{env}-home-init")

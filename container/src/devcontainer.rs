@@ -70,6 +70,11 @@ pub struct DevContainer {
     pub lifecycle: Vec<LifecycleCommand>,
     /// Keys not applied, each with the reason.
     pub not_applied: Vec<(String, String)>,
+    /// `dockerComposeFile`, resolved against the file's directory (services imported by
+    /// [`crate::compose`]).
+    pub compose_file: Option<PathBuf>,
+    /// `service`: the compose service that is the dev container (it becomes the sandbox).
+    pub service: Option<String>,
 }
 
 impl DevContainer {
@@ -130,8 +135,8 @@ fn reason(key: &str) -> Option<&'static str> {
         "features" => {
             "Dev Container Features are not supported; install the tools in the Dockerfile instead"
         }
-        "dockerComposeFile" | "service" | "runServices" => {
-            "Docker Compose is not supported; use [[service]] in kennel.toml"
+        "runServices" => {
+            "kennel starts every service of the compose file (except those with profiles)"
         }
         "workspaceFolder" => "the workspace is always at /workspace",
         "postAttachCommand" => "kennel has no attach step; run it with `kennel exec`",
@@ -322,6 +327,26 @@ pub fn parse_str(
                     env.insert(name.clone(), val);
                 }
             }
+            "dockerComposeFile" => {
+                let files: Vec<String> = match v {
+                    Value::String(f) => vec![f.clone()],
+                    Value::Array(a) => {
+                        a.iter().map(|f| string(key, f)).collect::<Result<_, _>>()?
+                    }
+                    _ => return Err(src.err(key, "must be a string or an array of strings")),
+                };
+                match files.as_slice() {
+                    [] => {}
+                    [f] => dc.compose_file = Some(crate::spec::normalize(&dir.join(f))),
+                    _ => {
+                        return Err(src.err(
+                            key,
+                            "kennel imports one compose file; merge them into one (or set `services` in kennel.toml)",
+                        ));
+                    }
+                }
+            }
+            "service" => dc.service = Some(string(key, v)?),
             "remoteUser" => remote_user = Some(string(key, v)?),
             "containerUser" => container_user = Some(string(key, v)?),
             "onCreateCommand"

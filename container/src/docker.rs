@@ -27,6 +27,8 @@ use crate::hardening;
 
 /// How long `create_env` waits for the proxy's admin port to accept connections.
 const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a service or the sandbox waits for a `depends_on: condition: service_healthy`.
+pub const DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// [`Backend`] on a Docker engine reached through the local socket (`DOCKER_HOST` honoured).
 #[derive(Clone)]
@@ -470,14 +472,7 @@ impl DockerBackend {
         self.start(&proxy).await?;
         self.wait_proxy_ready(env, proxy_ip).await?;
 
-        for svc in &spec.services {
-            self.create_and_start(
-                &names::service(env, &svc.name),
-                hardening::service_container(plan, svc),
-                created,
-            )
-            .await?;
-        }
+        self.start_services(plan, created).await?;
 
         let (resolved, git) = self.resolve_plan(plan).await?;
         let plan = &resolved;
@@ -486,6 +481,9 @@ impl DockerBackend {
         self.ensure_home(plan, created).await?;
         // `kennel up --egress-only`: the IDE's dev container takes the sandbox's place.
         if !plan.egress_only() {
+            // The compose dev service's depends_on: the sandbox starts after them.
+            self.wait_dependencies(env, "the sandbox", &plan.spec.sandbox_depends_on, plan)
+                .await?;
             self.create_and_start(
                 &names::sandbox(env),
                 hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
@@ -555,6 +553,158 @@ impl DockerBackend {
             plan.clone()
         };
         Ok((resolved, git))
+    }
+
+    /// Creates and starts the service containers in their order (each after those it depends
+    /// on, healthy where asked): their images built from the workspace first, their named
+    /// volumes created if missing (kept across `kennel down`).
+    async fn start_services(
+        &self,
+        plan: &EnvPlan,
+        created: &mut Vec<Created>,
+    ) -> Result<(), BackendError> {
+        let spec = &plan.spec;
+        let env = &spec.name;
+        // The daemon checks again what the spec parser checked: a service mounts only paths
+        // inside the workspace (the spec arrives over the API).
+        let ws = std::fs::canonicalize(&spec.workspace).unwrap_or_else(|_| spec.workspace.clone());
+        for svc in &spec.services {
+            if let Some(b) = svc.run.binds.iter().find(|b| !b.source.starts_with(&ws)) {
+                return Err(BackendError::InvalidPlan {
+                    env: env.clone(),
+                    message: format!(
+                        "service {:?}: bind mount {} is outside the workspace {}",
+                        svc.name,
+                        b.source.display(),
+                        ws.display()
+                    ),
+                });
+            }
+        }
+        let progress = plan.progress.clone();
+        let report = move |line: String| {
+            if let Some(p) = &progress {
+                let _ = p.send(line);
+            }
+        };
+        let mut volumes: Vec<&str> = spec
+            .services
+            .iter()
+            .flat_map(|s| s.run.volumes.iter().map(|v| v.name.as_str()))
+            .collect();
+        volumes.sort_unstable();
+        volumes.dedup();
+        for v in volumes {
+            let name = names::service_volume(env, v);
+            match self.docker.inspect_volume(&name).await {
+                Ok(existing) => {
+                    if existing.labels.get(LABEL_ENV).map(String::as_str) != Some(env.as_str()) {
+                        return Err(BackendError::InvalidPlan {
+                            env: env.clone(),
+                            message: format!(
+                                "volume {name} exists but is not this environment's; remove or rename it"
+                            ),
+                        });
+                    }
+                }
+                Err(e) if is_status(&e, 404) => {
+                    self.docker
+                        .create_volume(hardening::service_volume(plan, v))
+                        .await
+                        .map_err(|e| BackendError::engine("create volume", &name, e))?;
+                    created.push(Created::Volume(name));
+                }
+                Err(e) => return Err(BackendError::engine("inspect volume", &name, e)),
+            }
+        }
+        for svc in &spec.services {
+            let mut svc = svc.clone();
+            if let Some(b) = &svc.run.build {
+                report(format!("building the image of service {:?}", svc.name));
+                svc.image =
+                    crate::build::build_image(&self.docker, env, b, &plan.state_labels, &report)
+                        .await?;
+            }
+            self.wait_dependencies(
+                env,
+                &format!("service {:?}", svc.name),
+                &svc.run.depends_on,
+                plan,
+            )
+            .await?;
+            self.create_and_start(
+                &names::service(env, &svc.name),
+                hardening::service_container(plan, &svc),
+                created,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every `depends_on` with `service_healthy` reports healthy (those without
+    /// the condition were started before, in order). Fails when one is unhealthy, has no health
+    /// check, stopped, or is not healthy within [`DEPENDENCY_TIMEOUT`].
+    async fn wait_dependencies(
+        &self,
+        env: &str,
+        who: &str,
+        deps: &[crate::spec::DependsOn],
+        plan: &EnvPlan,
+    ) -> Result<(), BackendError> {
+        use bollard::models::HealthStatusEnum;
+        for d in deps.iter().filter(|d| d.healthy) {
+            let container = names::service(env, &d.service);
+            if let Some(p) = &plan.progress {
+                let _ = p.send(format!(
+                    "{who} waits for service {:?} to be healthy",
+                    d.service
+                ));
+            }
+            let started = Instant::now();
+            loop {
+                let info = self
+                    .docker
+                    .inspect_container(&container, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(|e| BackendError::engine("inspect container", &container, e))?;
+                let state = info.state.unwrap_or_default();
+                let fail = |why: String| BackendError::InvalidPlan {
+                    env: env.to_string(),
+                    message: format!(
+                        "{who} depends on service {:?} being healthy, but it {why} (see `docker logs {container}`)",
+                        d.service
+                    ),
+                };
+                if state.running != Some(true) {
+                    return Err(fail(format!(
+                        "is not running (exit code {})",
+                        state.exit_code.unwrap_or_default()
+                    )));
+                }
+                match state.health.and_then(|h| h.status) {
+                    Some(HealthStatusEnum::HEALTHY) => break,
+                    Some(HealthStatusEnum::UNHEALTHY) => {
+                        return Err(fail("is unhealthy".into()));
+                    }
+                    Some(HealthStatusEnum::STARTING) => {}
+                    _ => {
+                        return Err(fail(
+                            "has no health check (add `healthcheck:` to it in the compose file)"
+                                .into(),
+                        ));
+                    }
+                }
+                if started.elapsed() > DEPENDENCY_TIMEOUT {
+                    return Err(fail(format!(
+                        "was not healthy within {}s",
+                        DEPENDENCY_TIMEOUT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the home volume exists. A new one is initialised through a never-started
@@ -879,6 +1029,29 @@ impl Backend for DockerBackend {
 
     fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            // The compose services' named volumes: only those labelled as this environment's.
+            let label = format!("{LABEL_ENV}={name}");
+            let listed = self
+                .docker
+                .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                    filters: Some(HashMap::from([(
+                        "label".to_string(),
+                        vec![label.clone(), format!("{LABEL_ROLE}=service-volume")],
+                    )])),
+                }))
+                .await
+                .map_err(|e| BackendError::engine("list volumes labelled", &label, e))?;
+            for v in listed.volumes.unwrap_or_default() {
+                match self
+                    .docker
+                    .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(BackendError::engine("remove volume", &v.name, e)),
+                }
+            }
             let volume = names::home_volume(name);
             match self.docker.inspect_volume(&volume).await {
                 // Only kennel's own volume (labelled with this environment) is removed.

@@ -8,16 +8,16 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig, Ipam,
+    IpamConfig, NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 
 use crate::backend::{
     EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_WORKSPACE, names,
 };
 use crate::git::GitMounts;
-use crate::spec::{EnvSpec, ServiceSpec};
+use crate::spec::{EnvSpec, ServiceEgress, ServiceHealthcheck, ServiceSpec};
 
 /// Where the sandbox sees the workspace.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
@@ -475,17 +475,49 @@ pub fn ide_container(
 pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let mut host = hardened_host_config();
-    host.cap_drop = Some(SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect());
-    host.readonly_rootfs = Some(false);
     host.network_mode = Some(names::network(env));
     host.dns = Some(vec![SANDBOX_DNS.into()]);
     host.pids_limit = Some(1000);
+    let run = &svc.run;
+    let mut cap_drop: Vec<String> = SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect();
+    cap_drop.extend(
+        run.cap_drop
+            .iter()
+            .filter(|c| !cap_drop.contains(c))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    host.cap_drop = Some(cap_drop);
+    host.readonly_rootfs = Some(run.read_only);
+    let binds = service_binds(env, svc);
+    if !binds.is_empty() {
+        host.binds = Some(binds);
+    }
     let mut l = labels(env, "service", &plan.state_labels);
     l.insert(LABEL_SERVICE.into(), svc.name.clone());
+    let mut vars: Vec<String> = svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if svc.egress == ServiceEgress::Proxy {
+        // Still on the internal network only: the proxy, under the environment's policy, is
+        // its one way out.
+        let url = proxy_url();
+        let no_proxy = service_no_proxy(&plan.spec);
+        vars.extend([
+            format!("HTTP_PROXY={url}"),
+            format!("HTTPS_PROXY={url}"),
+            format!("http_proxy={url}"),
+            format!("https_proxy={url}"),
+            format!("NO_PROXY={no_proxy}"),
+            format!("no_proxy={no_proxy}"),
+        ]);
+    }
     ContainerCreateBody {
         image: Some(svc.image.clone()),
-        env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(vars),
         cmd: svc.command.clone(),
+        entrypoint: run.entrypoint.clone(),
+        working_dir: run.working_dir.clone(),
+        user: run.user.clone(),
+        healthcheck: run.healthcheck.as_ref().map(health_config),
         labels: Some(l),
         host_config: Some(host),
         networking_config: Some(NetworkingConfig {
@@ -577,6 +609,72 @@ pub fn bench_container(
         cmd: Some(cmd),
         labels: Some(labels(env, role, extra_labels)),
         host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+/// `NO_PROXY` for services with proxy egress: loopback and the environment's own names.
+fn service_no_proxy(spec: &EnvSpec) -> String {
+    let mut no_proxy = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    no_proxy.extend(spec.services.iter().map(|s| s.name.clone()));
+    no_proxy.join(",")
+}
+
+/// Bind mounts of a service: its per-environment named volumes and workspace paths.
+pub fn service_binds(env: &str, svc: &ServiceSpec) -> Vec<String> {
+    let mode = |ro: bool| if ro { "ro" } else { "rw" };
+    let mut binds: Vec<String> = svc
+        .run
+        .volumes
+        .iter()
+        .map(|v| {
+            format!(
+                "{}:{}:{}",
+                names::service_volume(env, &v.name),
+                v.target,
+                mode(v.read_only)
+            )
+        })
+        .collect();
+    binds.extend(
+        svc.run
+            .binds
+            .iter()
+            .map(|b| format!("{}:{}:{}", b.source.display(), b.target, mode(b.read_only))),
+    );
+    binds
+}
+
+/// Docker's health check settings from a service's (durations in nanoseconds; 0 = default).
+pub fn health_config(h: &ServiceHealthcheck) -> HealthConfig {
+    let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    HealthConfig {
+        test: Some(h.test.clone()),
+        interval: Some(ns(h.interval_ms)),
+        timeout: Some(ns(h.timeout_ms)),
+        retries: Some(i64::from(h.retries)),
+        start_period: Some(ns(h.start_period_ms)),
+        ..Default::default()
+    }
+}
+
+/// A service's named volume: per environment, labelled like the home volume, kept by
+/// `kennel down`, removed by `kennel down --purge`.
+pub fn service_volume(plan: &EnvPlan, volume: &str) -> VolumeCreateRequest {
+    let env = &plan.spec.name;
+    let mut l = labels(env, "service-volume", &plan.state_labels);
+    l.insert(
+        LABEL_WORKSPACE.into(),
+        plan.spec.workspace.display().to_string(),
+    );
+    VolumeCreateRequest {
+        name: Some(names::service_volume(env, volume)),
+        driver: Some("local".into()),
+        labels: Some(l),
         ..Default::default()
     }
 }

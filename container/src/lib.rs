@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod bench;
 pub mod build;
+pub mod compose;
 pub mod devcontainer;
 pub mod docker;
 mod docker_ops;

@@ -77,6 +77,8 @@ pub struct EnvSpec {
     pub warnings: Vec<String>,
     /// Host notifications (`[notify]`): where the sandbox sees its notification directory.
     pub notify: NotifySpec,
+    /// Services the sandbox waits for (the compose file's dev service's `depends_on`).
+    pub sandbox_depends_on: Vec<DependsOn>,
 }
 
 /// Where notifications appear in the sandbox when kennel.toml has no `[notify] dir`.
@@ -174,8 +176,9 @@ pub struct Egress {
     pub legacy: LegacyEnv,
 }
 
-/// A `[[service]]` container.
-#[derive(Debug, Clone, PartialEq)]
+/// A service container: a `[[service]]` table of kennel.toml or a service imported from a
+/// compose file ([`crate::compose`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceSpec {
     /// Service name (`[a-z0-9][a-z0-9-]{0,39}`); also its DNS alias on the env network.
     pub name: String,
@@ -187,13 +190,113 @@ pub struct ServiceSpec {
     pub env: Vec<(String, String)>,
     /// Command override.
     pub command: Option<Vec<String>>,
+    /// Everything else a compose service may set (entrypoint, volumes, healthcheck, …); empty
+    /// for a `[[service]]` table.
+    pub run: ServiceRun,
+}
+
+/// The compose settings of a service that kennel applies ([`crate::compose`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRun {
+    /// Entrypoint override.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Working directory.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// `user` (as compose gives it; services may run as root inside their own container).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Per-environment named volumes (Docker volume `kennel-<env>-vol-<name>`).
+    #[serde(default)]
+    pub volumes: Vec<ServiceVolume>,
+    /// Bind mounts of paths inside the workspace.
+    #[serde(default)]
+    pub binds: Vec<ServiceBind>,
+    /// Health check.
+    #[serde(default)]
+    pub healthcheck: Option<ServiceHealthcheck>,
+    /// Services started (and, with `healthy`, healthy) before this one.
+    #[serde(default)]
+    pub depends_on: Vec<DependsOn>,
+    /// Built from the workspace instead of pulled; `image` is then informational.
+    #[serde(default)]
+    pub build: Option<BuildSpec>,
+    /// Read-only root file system.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Capabilities dropped on top of kennel's [`crate::hardening::SERVICE_CAP_DROP`].
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+}
+
+/// A named volume mounted into a service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceVolume {
+    /// The compose volume name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+    pub name: String,
+    /// Absolute path inside the service.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A host path inside the workspace bind-mounted into a service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBind {
+    /// Absolute host path (inside the workspace, symlinks resolved).
+    pub source: PathBuf,
+    /// Absolute path inside the service.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A service's health check (Docker's `HEALTHCHECK`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceHealthcheck {
+    /// `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]` (disabled).
+    pub test: Vec<String>,
+    /// Between checks, in milliseconds (0 = Docker's default).
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Per check, in milliseconds (0 = Docker's default).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// Failures before unhealthy (0 = Docker's default).
+    #[serde(default)]
+    pub retries: u32,
+    /// Grace period after start, in milliseconds.
+    #[serde(default)]
+    pub start_period_ms: u64,
+}
+
+/// A `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOn {
+    /// The service depended on.
+    pub service: String,
+    /// `condition: service_healthy`: wait until its health check passes, not only started.
+    #[serde(default)]
+    pub healthy: bool,
 }
 
 /// Egress of a service container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ServiceEgress {
     /// No egress at all (the default).
+    #[default]
     None,
+    /// The environment's own proxy (`egress = "proxy"`): the proxy variables are set, the
+    /// service is still on the internal network only, under the environment's policy.
+    Proxy,
     /// Egress through a named second proxy profile (not implemented by the Docker backend yet).
     Profile(String),
 }
@@ -339,6 +442,8 @@ struct RawSpec {
     mount: Vec<RawMount>,
     build: Option<Spanned<RawBuild>>,
     notify: Option<RawNotify>,
+    /// A compose file whose services are imported ([`crate::compose`]).
+    services: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -599,12 +704,30 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         None => None,
     };
 
-    let (image, build, user, user_name, container_env, lifecycle, warnings) =
-        workspace_image(src, &raw, &workspace, &name, image, user)?;
+    let WorkspaceImage {
+        image,
+        build,
+        user,
+        user_name,
+        container_env,
+        lifecycle,
+        warnings,
+        compose_services,
+        sandbox_depends_on,
+    } = workspace_image(src, &raw, &workspace, &name, image, user)?;
 
     let resources = build_resources(src, raw.resources.unwrap_or_default())?;
     let egress = build_egress(src, raw.egress.unwrap_or_default(), &workspace)?;
-    let services = build_services(src, raw.service)?;
+    let mut services = build_services(src, raw.service)?;
+    for svc in compose_services {
+        if let Some(dup) = services.iter().find(|s| s.name == svc.name) {
+            return Err(SpecError::InvalidValue {
+                what: format!("service {:?}", dup.name),
+                message: "is both a [[service]] in kennel.toml and a service of the compose file; keep one".into(),
+            });
+        }
+        services.push(svc);
+    }
     let health = build_health(src, raw.health.unwrap_or_default())?;
     let credentials = build_credentials(src, raw.credentials.unwrap_or_default(), base_dir)?;
     let mut env = build_env(src, raw.env, raw.env_file, &workspace)?;
@@ -637,6 +760,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         lifecycle,
         warnings,
         notify,
+        sandbox_depends_on,
     })
 }
 
@@ -751,17 +875,54 @@ fn build_mounts(
     Ok(out)
 }
 
-/// What [`workspace_image`] settles: image, build, user, user name, variables, commands,
-/// warnings.
-type WorkspaceImage = (
-    String,
-    Option<BuildSpec>,
-    String,
-    Option<String>,
-    Vec<(String, String)>,
-    Vec<LifecycleCommand>,
-    Vec<String>,
-);
+/// What [`workspace_image`] settles.
+struct WorkspaceImage {
+    image: String,
+    build: Option<BuildSpec>,
+    user: String,
+    user_name: Option<String>,
+    container_env: Vec<(String, String)>,
+    lifecycle: Vec<LifecycleCommand>,
+    warnings: Vec<String>,
+    /// Services imported from the compose file.
+    compose_services: Vec<ServiceSpec>,
+    /// The compose dev service's `depends_on`.
+    sandbox_depends_on: Vec<DependsOn>,
+}
+
+/// The compose file to import: kennel.toml `services`, else devcontainer.json's
+/// `dockerComposeFile`, else the seed layout's `.devcontainer/docker-compose.y(a)ml`.
+fn compose_file(
+    src: &Src<'_>,
+    raw: &RawSpec,
+    workspace: &Path,
+    dc: &crate::devcontainer::DevContainer,
+) -> Result<Option<PathBuf>, SpecError> {
+    if let Some(f) = &raw.services {
+        let p = expand_path(f.get_ref(), workspace);
+        if !p.is_file() {
+            return Err(src.err(
+                f.span(),
+                "services",
+                format!("{} does not exist or is not a file", p.display()),
+            ));
+        }
+        return Ok(Some(p));
+    }
+    if let Some(p) = &dc.compose_file {
+        if !p.is_file() {
+            return Err(SpecError::InvalidValue {
+                what: format!("{} dockerComposeFile", dc.path.display()),
+                message: format!("{} does not exist or is not a file", p.display()),
+            });
+        }
+        return Ok(Some(p.clone()));
+    }
+    Ok(crate::compose::SEED_COMPOSE
+        .iter()
+        .map(|f| workspace.join(f))
+        .find(|p| p.is_file()))
+}
 
 /// Merges kennel.toml's `image`/`[build]`/`user` with `.devcontainer/devcontainer.json`:
 /// kennel.toml wins key by key (`image` or `[build]` there replaces the file's image or build).
@@ -814,6 +975,7 @@ fn workspace_image(
         None => None,
     };
     let toml_sets_image = raw.image.is_some() || toml_build.is_some();
+    let image_from_devcontainer = dc.build.is_some() || dc.image.is_some();
     let (image, build) = if toml_sets_image {
         if dc.build.is_some() || dc.image.is_some() {
             let key = if dc.build.is_some() { "build" } else { "image" };
@@ -832,16 +994,50 @@ fn workspace_image(
         (image, None)
     };
     let user = dc.user.take().unwrap_or(user);
-    let warnings = dc.warning().into_iter().collect();
-    Ok((
+    let mut warnings: Vec<String> = dc.warning().into_iter().collect();
+    let mut container_env = std::mem::take(&mut dc.container_env);
+    let mut compose_services = Vec::new();
+    let mut sandbox_depends_on = Vec::new();
+    let (mut image, mut build) = (image, build);
+    if let Some(file) = compose_file(src, raw, workspace, &dc)? {
+        let hint = crate::compose::SandboxHint {
+            service: dc.service.as_deref(),
+            dockerfile: build.as_ref().map(|b| b.dockerfile.as_path()),
+        };
+        let imp = crate::compose::load(&file, workspace, &hint)?;
+        warnings.extend(imp.warning());
+        compose_services = imp.services;
+        if let Some(sb) = imp.sandbox {
+            // The dev service's image is the lowest-priority source: kennel.toml and
+            // devcontainer.json's own `image`/`build` win.
+            let image_set_elsewhere = toml_sets_image || image_from_devcontainer;
+            if !image_set_elsewhere {
+                if let Some(b) = sb.build {
+                    image = format!("kennel-build-{name}");
+                    build = Some(b);
+                } else if let Some(i) = sb.image {
+                    image = i;
+                }
+            }
+            // Its variables come before devcontainer.json's containerEnv (which wins).
+            let mut merged = sb.env;
+            merged.retain(|(k, _)| !container_env.iter().any(|(c, _)| c == k));
+            merged.append(&mut container_env);
+            container_env = merged;
+            sandbox_depends_on = sb.depends_on;
+        }
+    }
+    Ok(WorkspaceImage {
         image,
         build,
         user,
-        dc.user_name,
-        dc.container_env,
-        dc.lifecycle,
+        user_name: dc.user_name,
+        container_env,
+        lifecycle: dc.lifecycle,
         warnings,
-    ))
+        compose_services,
+        sandbox_depends_on,
+    })
 }
 
 fn build_resources(src: &Src<'_>, raw: RawResources) -> Result<Resources, SpecError> {
@@ -963,6 +1159,7 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
         let egress = match &s.egress {
             None => ServiceEgress::None,
             Some(e) if e.get_ref() == "none" => ServiceEgress::None,
+            Some(e) if e.get_ref() == "proxy" => ServiceEgress::Proxy,
             Some(e) => {
                 check_name(e.get_ref()).map_err(|m| src.err(e.span(), "service.egress", m))?;
                 ServiceEgress::Profile(e.get_ref().clone())
@@ -991,6 +1188,7 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
             egress,
             env,
             command: s.command,
+            run: ServiceRun::default(),
         });
     }
     Ok(out)

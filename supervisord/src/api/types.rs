@@ -235,6 +235,9 @@ pub struct SpecDoc {
     /// `[notify]` (absent in records written before notifications existed: the defaults).
     #[serde(default)]
     pub notify: kennel_container::spec::NotifySpec,
+    /// Services the sandbox waits for (the compose dev service's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox_depends_on: Vec<kennel_container::spec::DependsOn>,
 }
 
 /// Wire form of the `[health]` keys beyond the thresholds.
@@ -378,6 +381,16 @@ pub struct ServiceDoc {
     /// Command override.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// `egress = "proxy"`: the environment's proxy (`egress_profile` is then unset).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress_proxy: bool,
+    /// Compose settings (entrypoint, volumes, healthcheck, depends_on, …).
+    #[serde(default, skip_serializing_if = "is_default_run")]
+    pub run: kennel_container::spec::ServiceRun,
+}
+
+fn is_default_run(r: &kennel_container::spec::ServiceRun) -> bool {
+    *r == kennel_container::spec::ServiceRun::default()
 }
 
 /// Wire form of [`kennel_container::spec::CredentialMounts`].
@@ -459,11 +472,13 @@ mod convert {
                         name: v.name.clone(),
                         image: v.image.clone(),
                         egress_profile: match &v.egress {
-                            ServiceEgress::None => None,
+                            ServiceEgress::None | ServiceEgress::Proxy => None,
                             ServiceEgress::Profile(p) => Some(p.clone()),
                         },
                         env: v.env.clone(),
                         command: v.command.clone(),
+                        egress_proxy: v.egress == ServiceEgress::Proxy,
+                        run: v.run.clone(),
                     })
                     .collect(),
                 max_age_secs: s.health.max_age.map(|d| d.as_secs()),
@@ -507,6 +522,7 @@ mod convert {
                 user_name: s.user_name.clone(),
                 lifecycle: s.lifecycle.clone(),
                 notify: s.notify.clone(),
+                sandbox_depends_on: s.sandbox_depends_on.clone(),
             }
         }
     }
@@ -557,11 +573,14 @@ mod convert {
                     .map(|v| ServiceSpec {
                         name: v.name,
                         image: v.image,
-                        egress: v
-                            .egress_profile
-                            .map_or(ServiceEgress::None, ServiceEgress::Profile),
+                        egress: match v.egress_profile {
+                            Some(p) => ServiceEgress::Profile(p),
+                            None if v.egress_proxy => ServiceEgress::Proxy,
+                            None => ServiceEgress::None,
+                        },
                         env: v.env,
                         command: v.command,
+                        run: v.run,
                     })
                     .collect(),
                 health: HealthSpec {
@@ -596,6 +615,7 @@ mod convert {
                 build: d.build,
                 user_name: d.user_name,
                 lifecycle: d.lifecycle,
+                sandbox_depends_on: d.sandbox_depends_on,
                 // Warnings are the CLI's to show; the daemon has nothing to add.
                 warnings: Vec::new(),
                 notify: d.notify,
@@ -619,4 +639,64 @@ pub struct IdeContainer {
     /// devcontainer.json without `initializeCommand` (the CLI adds it: it knows its own path and
     /// socket), from [`kennel_container::ide::devcontainer_json`].
     pub devcontainer: serde_json::Value,
+}
+
+#[cfg(test)]
+mod compose_wire_tests {
+    use kennel_container::spec::{
+        DependsOn, EnvSpec, ServiceEgress, ServiceHealthcheck, ServiceRun, ServiceSpec,
+        ServiceVolume,
+    };
+
+    use super::SpecDoc;
+
+    /// A compose service's settings and the sandbox's depends_on survive the trip to the daemon.
+    #[test]
+    fn compose_services_round_trip_through_the_wire_form() {
+        let mut spec = EnvSpec::parse_str(
+            "name = \"wire\"\n",
+            std::path::Path::new("/kennel.toml"),
+            std::path::Path::new("/"),
+        )
+        .expect("spec");
+        spec.services.push(ServiceSpec {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            egress: ServiceEgress::Proxy,
+            env: vec![("A".into(), "1".into())],
+            command: Some(vec!["postgres".into()]),
+            run: ServiceRun {
+                entrypoint: Some(vec!["/e".into()]),
+                working_dir: Some("/srv".into()),
+                user: Some("999".into()),
+                volumes: vec![ServiceVolume {
+                    name: "pgdata".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                }],
+                healthcheck: Some(ServiceHealthcheck {
+                    test: vec!["CMD".into(), "true".into()],
+                    interval_ms: 500,
+                    timeout_ms: 0,
+                    retries: 3,
+                    start_period_ms: 0,
+                }),
+                depends_on: vec![DependsOn {
+                    service: "x".into(),
+                    healthy: true,
+                }],
+                ..Default::default()
+            },
+        });
+        spec.sandbox_depends_on = vec![DependsOn {
+            service: "db".into(),
+            healthy: true,
+        }];
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        let back: EnvSpec = serde_json::from_str::<SpecDoc>(&json)
+            .expect("deserialise")
+            .into();
+        assert_eq!(back.services, spec.services);
+        assert_eq!(back.sandbox_depends_on, spec.sandbox_depends_on);
+    }
 }
