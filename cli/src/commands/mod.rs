@@ -1,8 +1,8 @@
 //! One module per `kennel` subcommand.
 
 pub mod allow;
-pub mod completions;
 pub mod bench;
+pub mod completions;
 pub mod denials;
 pub mod devcontainer;
 pub mod doctor;
