@@ -284,6 +284,28 @@ impl Daemon {
         self.event_log().record(ev);
     }
 
+    /// Records an `image-built` event for each workspace or service image build that ran for
+    /// environment `env` (from [`kennel_container::build::collecting_builds`]).
+    pub(crate) fn images_built(&self, env: &str, builds: &[kennel_container::build::BuiltImage]) {
+        for b in builds {
+            self.event(
+                Event::now(
+                    Some(env),
+                    kind::IMAGE_BUILT,
+                    format!(
+                        "image {} built from {} in {} ms",
+                        b.tag,
+                        b.dockerfile.display(),
+                        b.ms
+                    ),
+                )
+                .with("image", b.tag.clone())
+                .with("dockerfile", b.dockerfile.display().to_string())
+                .with("ms", b.ms),
+            );
+        }
+    }
+
     /// `GET /v1/events`: the kept events passing `q` (the daemon's log merged with every
     /// environment's policy changes), oldest first.
     pub fn events(&self, q: &EventQuery) -> Result<Vec<Event>, ApiError> {

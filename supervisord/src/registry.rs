@@ -497,7 +497,11 @@ impl Daemon {
             },
             progress: Some(progress.clone()),
         };
-        let status = self.backend.create_env(&plan).await?;
+        let (status, builds) =
+            kennel_container::build::collecting_builds(self.backend.create_env(&plan)).await;
+        // A build that ran is an event also when a later step of the creation failed.
+        self.images_built(&name, &builds);
+        let status = status?;
         self.state.creation_done(&name)?;
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");
