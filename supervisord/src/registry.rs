@@ -102,6 +102,8 @@ pub struct Daemon {
     events: Arc<crate::events::EventLog>,
     /// Notifications read from the sandboxes ([`crate::notify`]).
     notifications: crate::notify::NotifyHub,
+    /// The proxies' reload counters last seen ([`crate::ops::reloads`]).
+    reloads: crate::ops::reloads::ReloadWatch,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -149,6 +151,7 @@ impl Daemon {
             health: Default::default(),
             events,
             notifications: Default::default(),
+            reloads: Default::default(),
         })
     }
 
@@ -209,6 +212,11 @@ impl Daemon {
                 source: e,
             })
         })
+    }
+
+    /// The proxies' reload counters last seen.
+    pub(crate) fn reloads(&self) -> &crate::ops::reloads::ReloadWatch {
+        &self.reloads
     }
 
     /// The health monitor's last readings.
