@@ -674,5 +674,10 @@ async fn the_proxys_reloads_and_rejections_are_events() {
         .filter(|e| e.kind == kind::POLICY_RELOADED)
         .count();
     assert_eq!(reloads, 1, "{evs:#?}");
+    // A refreshed proxy counts from zero again: a new baseline, not an event.
+    f.fake.set_metrics("evr", &reload_metrics(0, 0));
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Baseline);
+    f.fake.set_metrics("evr", &reload_metrics(1, 0));
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Changed);
     watcher.abort();
 }

@@ -13,7 +13,8 @@
 //!   cause (a person editing the file in the state directory, an include changing).
 //!
 //! The first look at an environment only sets its baseline: counts from before the daemon
-//! (re)started are not replayed as events.
+//! (re)started are not replayed as events. Lower counts than last time mean a new proxy
+//! (refresh, restart) and are a new baseline too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,9 @@ use crate::registry::Daemon;
 
 /// How long after a swap the watcher waits for the proxy to report the reload.
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+/// How often the health monitor's tick looks at each environment's counters (an engine
+/// inspect and an HTTP request each time).
+pub const TICK_LOOK_EVERY: Duration = Duration::from_secs(5);
 /// How often it looks in that time.
 const CONFIRM_EVERY: Duration = Duration::from_millis(100);
 /// How far back the proxy's log is searched for the error of a rejected reload.
@@ -70,6 +74,10 @@ pub struct ReloadWatch {
     seen: Mutex<HashMap<String, ReloadCounts>>,
     pending: Mutex<HashSet<String>>,
     wake: tokio::sync::Notify,
+    /// One look at a time.
+    look: tokio::sync::Mutex<()>,
+    /// When the monitor's tick last looked, per environment.
+    ticked: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// What one look found.
@@ -96,8 +104,27 @@ impl Daemon {
         self.reloads().wake.notify_one();
     }
 
+    /// The health monitor's look: at most every [`TICK_LOOK_EVERY`] per environment.
+    pub(crate) async fn look_at_reloads_if_due(&self, name: &str) {
+        let now = std::time::Instant::now();
+        {
+            let mut ticked = lock(&self.reloads().ticked);
+            if ticked
+                .get(name)
+                .is_some_and(|t| now.duration_since(*t) < TICK_LOOK_EVERY)
+            {
+                return;
+            }
+            ticked.insert(name.to_string(), now);
+        }
+        self.look_at_reloads(name).await;
+    }
+
     /// Looks at `name`'s proxy counters once and records an event per increase.
     pub async fn look_at_reloads(&self, name: &str) -> Look {
+        // The watcher and the monitor's tick take turns, so a look's counters are never older
+        // than the stored ones.
+        let _one_look = self.reloads().look.lock().await;
         let Some(now) = self
             .backend()
             .proxy_metrics(name)
@@ -108,25 +135,14 @@ impl Daemon {
         else {
             return Look::Unreadable;
         };
-        // Two looks may run at once (the watcher and the tick): the counters only grow, so
-        // only an increase over what is stored counts, and the stored value never goes back.
-        let prev = {
-            let mut seen = lock(&self.reloads().seen);
-            let prev = seen.get(name).copied();
-            let merged = match prev {
-                Some(p) if p.ok >= now.ok && p.failed >= now.failed => return Look::Same,
-                Some(p) => ReloadCounts {
-                    ok: p.ok.max(now.ok),
-                    failed: p.failed.max(now.failed),
-                    generation: now.generation.or(p.generation),
-                },
-                None => now,
-            };
-            seen.insert(name.to_string(), merged);
-            prev
-        };
-        let Some(prev) = prev else {
-            return Look::Baseline;
+        let prev = lock(&self.reloads().seen).insert(name.to_string(), now);
+        let prev = match prev {
+            None => return Look::Baseline,
+            // Lower counters: a new proxy (refresh, restart, a new environment of that name)
+            // started from zero; its counts are the new baseline.
+            Some(p) if now.ok < p.ok || now.failed < p.failed => return Look::Baseline,
+            Some(p) if now.ok == p.ok && now.failed == p.failed => return Look::Same,
+            Some(p) => p,
         };
         if now.ok > prev.ok {
             let mut ev = Event::now(
