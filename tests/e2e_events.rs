@@ -665,7 +665,9 @@ async fn events_policy_reloads_and_proxy_rejections_are_recorded_on_docker() {
     let reloaded = of_kind(&evs, "policy-reloaded");
     assert_eq!(reloaded.len(), 1, "{evs:#?}");
     assert!(
-        reloaded[0].details["reloads"].as_u64().is_some_and(|n| n >= 1),
+        reloaded[0].details["reloads"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
         "{:?}",
         reloaded[0]
     );
@@ -680,7 +682,10 @@ async fn events_policy_reloads_and_proxy_rejections_are_recorded_on_docker() {
     let rejected = of_kind(&evs, "policy-rejected");
     assert_eq!(rejected.len(), 1, "{evs:#?}");
     let error = rejected[0].details["error"].as_str().expect("error");
-    assert!(error.contains("policy.toml"), "the proxy's error names the file: {error}");
+    assert!(
+        error.contains("policy.toml"),
+        "the proxy's error names the file: {error}"
+    );
     assert_eq!(rejected[0].details["source"], "proxy");
     assert_eq!(of_kind(&evs, "policy-reloaded").len(), 1, "{evs:#?}");
 

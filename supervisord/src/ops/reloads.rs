@@ -239,8 +239,8 @@ fn reload_error_of(line: &str) -> Option<String> {
 pub async fn confirm_loop(daemon: Arc<Daemon>) {
     loop {
         // A bounded wait, so a shutdown is noticed without a wake-up.
-        let _ = tokio::time::timeout(Duration::from_secs(1), daemon.reloads().wake.notified())
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), daemon.reloads().wake.notified()).await;
         if daemon.is_shutting_down() {
             return;
         }
