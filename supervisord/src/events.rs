@@ -54,11 +54,13 @@ pub mod kind {
     pub const HEALTH_RULE_FIRED: &str = "health-rule-fired";
     /// A live policy change (from `changes.jsonl`).
     pub const POLICY_CHANGED: &str = "policy-changed";
-    /// The proxy reloaded a changed policy (`details.generation`).
+    /// The proxy reloaded a changed policy (`details.reloads`, `details.generation`; see
+    /// [`crate::ops::reloads`]).
     pub const POLICY_RELOADED: &str = "policy-reloaded";
     /// A policy change was refused, or the proxy rejected the file (`details.error`).
     pub const POLICY_REJECTED: &str = "policy-rejected";
-    /// An image was built (`details.image`).
+    /// An image was built (`details.image`, `details.ms`; a workspace or service image also
+    /// `details.dockerfile`).
     pub const IMAGE_BUILT: &str = "image-built";
     /// The daemon started.
     pub const DAEMON_STARTED: &str = "daemon-started";
