@@ -20,7 +20,7 @@ use kennel_test_support::docker::{
 
 /// Removes every image labelled `dev.kennel.env=<name>` when dropped (after the containers that
 /// use them: declare it before the [`EnvGuard`]).
-struct BuiltImages(String);
+pub(crate) struct BuiltImages(pub(crate) String);
 
 impl Drop for BuiltImages {
     fn drop(&mut self) {

@@ -632,3 +632,129 @@ async fn events_sigkill_of_the_daemon_in_the_middle_of_up_leaves_nothing_half_ma
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_policy_reloads_and_proxy_rejections_are_recorded_on_docker() {
+    let test = "events_policy_reloads_and_proxy_rejections_are_recorded_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ev-rld");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let state = dir.path().join("state");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &state);
+    let client = Client::new(&socket);
+    let ws = workspace(&name, &image, "");
+    up(&client, ws.path(), UpArgs::default()).await;
+    // Let the monitor's tick (1 s) take its baseline of the proxy's counters.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // `kennel allow`: the proxy reloads the swapped file, and the daemon records it.
+    let _: serde_json::Value = client
+        .post(
+            &format!("/envs/{name}/policy/allow"),
+            &serde_json::json!({ "entries": ["api.example.com"] }),
+        )
+        .await
+        .expect("allow");
+    let evs = wait_event(&client, &name, "policy-reloaded", Duration::from_secs(10)).await;
+    let reloaded = of_kind(&evs, "policy-reloaded");
+    assert_eq!(reloaded.len(), 1, "{evs:#?}");
+    assert!(
+        reloaded[0].details["reloads"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{:?}",
+        reloaded[0]
+    );
+    assert!(of_kind(&evs, "policy-rejected").is_empty(), "{evs:#?}");
+
+    // A broken file written by hand into the state directory (not through the daemon): the
+    // proxy keeps the old policy, and the event carries its error.
+    let file = state.join("envs").join(&name).join("policy/policy.toml");
+    let text = std::fs::read_to_string(&file).expect("policy file");
+    std::fs::write(&file, format!("{text}\n[allow]\nhosts = [\"bad host\"]\n")).expect("write");
+    let evs = wait_event(&client, &name, "policy-rejected", Duration::from_secs(15)).await;
+    let rejected = of_kind(&evs, "policy-rejected");
+    assert_eq!(rejected.len(), 1, "{evs:#?}");
+    let error = rejected[0].details["error"].as_str().expect("error");
+    assert!(
+        error.contains("policy.toml"),
+        "the proxy's error names the file: {error}"
+    );
+    assert_eq!(rejected[0].details["source"], "proxy");
+    assert_eq!(of_kind(&evs, "policy-reloaded").len(), 1, "{evs:#?}");
+
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_workspace_image_built_once_and_not_for_a_reused_tag_on_docker() {
+    let test = "events_workspace_image_built_once_and_not_for_a_reused_tag_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ev-img");
+    let _images = crate::e2e_build::BuiltImages(name.clone());
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    std::fs::create_dir_all(ws.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(
+        ws.path().join(".devcontainer/Dockerfile"),
+        format!("FROM {image}\nRUN echo built > /built-marker\n"),
+    )
+    .expect("Dockerfile");
+    std::fs::write(
+        ws.path().join(".devcontainer/devcontainer.json"),
+        r#"{ "build": { "dockerfile": "Dockerfile" } }"#,
+    )
+    .expect("devcontainer.json");
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        format!("name = \"{name}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n"),
+    )
+    .expect("kennel.toml");
+
+    up(&client, ws.path(), UpArgs::default()).await;
+    let evs = events(&client, Some(&name), None).await;
+    let built = of_kind(&evs, "image-built");
+    assert_eq!(built.len(), 1, "{evs:#?}");
+    let tag = built[0].details["image"].as_str().expect("image");
+    assert!(tag.starts_with(&format!("kennel-build-{name}:")), "{tag}");
+    assert!(built[0].details["ms"].as_u64().is_some(), "{:?}", built[0]);
+    assert!(
+        built[0].details["dockerfile"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("Dockerfile")),
+        "{:?}",
+        built[0]
+    );
+
+    // Down and up again with the same content: the content tag is reused, nothing is built.
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
+    up(&client, ws.path(), UpArgs::default()).await;
+    // `kennel refresh` of unchanged content reuses it too.
+    let _: EnvInfo = client
+        .post(&format!("/envs/{name}/refresh"), &())
+        .await
+        .expect("refresh");
+    let evs = events(&client, Some(&name), None).await;
+    assert_eq!(of_kind(&evs, "created").len(), 2, "{evs:#?}");
+    assert_eq!(of_kind(&evs, "refreshed").len(), 1, "{evs:#?}");
+    assert_eq!(of_kind(&evs, "image-built").len(), 1, "{evs:#?}");
+
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
+    daemon.stop().await;
+}

@@ -335,6 +335,37 @@ pub fn proxy_build_args() -> Vec<(String, String)> {
     ]
 }
 
+/// One image build that actually ran (not a reuse of an existing content tag), as reported to
+/// [`collecting_builds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// The image's content tag.
+    pub tag: String,
+    /// The Dockerfile it was built from.
+    pub dockerfile: PathBuf,
+    /// How long the build took, in milliseconds.
+    pub ms: u64,
+}
+
+tokio::task_local! {
+    // The builds run inside a `collecting_builds` scope. A task-local rather than a new field of
+    // the widely built `EnvPlan` or of the progress channel: progress lines carry the build's
+    // own output, which the workspace's Dockerfile controls and could imitate.
+    static BUILDS: std::cell::RefCell<Vec<BuiltImage>>;
+}
+
+/// Runs `fut` (e.g. a backend's `create_env`) and returns its output with the image builds
+/// [`build_image`] actually ran inside it, in order; reused content tags are not listed.
+pub async fn collecting_builds<F: std::future::Future>(fut: F) -> (F::Output, Vec<BuiltImage>) {
+    BUILDS
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let out = fut.await;
+            let builds = BUILDS.with(|b| b.take());
+            (out, builds)
+        })
+        .await
+}
+
 /// Builds `b` for environment `env` on its internal network (which, with its proxy, must
 /// exist), or reuses the image when its content tag exists. Each output line goes to
 /// `progress`. Returns the tag.
@@ -362,6 +393,7 @@ pub async fn build_image(
         ));
         return Ok(tag);
     }
+    let started = std::time::Instant::now();
     progress(format!(
         "building {} (context {}, {} KiB) as {tag}, RUN steps on network {} through the proxy",
         b.dockerfile.display(),
@@ -449,6 +481,13 @@ pub async fn build_image(
         .inspect_image(&tag)
         .await
         .map_err(|e| crate::error::BackendError::engine("inspect built image", &tag, e))?;
+    let built = BuiltImage {
+        tag: tag.clone(),
+        dockerfile: b.dockerfile.clone(),
+        ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    // Outside a `collecting_builds` scope nobody asked: nothing to tell.
+    let _ = BUILDS.try_with(|list| list.borrow_mut().push(built));
     Ok(tag)
 }
 

@@ -184,6 +184,8 @@ pub async fn run_watched(
     let expiry = tokio::spawn(crate::policy_ops::expire_loop(daemon.clone()));
     // Notification files from the sandboxes, read by the daemon for `kennel notify watch`.
     let notifications = tokio::spawn(crate::notify::scan_loop(daemon.clone()));
+    // `policy-reloaded` / `policy-rejected` events: the proxies' outcome of each policy swap.
+    let reload_confirm = tokio::spawn(crate::ops::reloads::confirm_loop(daemon.clone()));
     let shutdown = async move {
         shutdown.await;
         notify(&[
@@ -198,6 +200,7 @@ pub async fn run_watched(
     health.abort();
     ephemeral.abort();
     expiry.abort();
+    reload_confirm.abort();
     notifications.abort();
 }
 

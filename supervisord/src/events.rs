@@ -54,11 +54,13 @@ pub mod kind {
     pub const HEALTH_RULE_FIRED: &str = "health-rule-fired";
     /// A live policy change (from `changes.jsonl`).
     pub const POLICY_CHANGED: &str = "policy-changed";
-    /// The proxy reloaded a changed policy (`details.generation`).
+    /// The proxy reloaded a changed policy (`details.reloads`, `details.generation`; see
+    /// [`crate::ops::reloads`]).
     pub const POLICY_RELOADED: &str = "policy-reloaded";
     /// A policy change was refused, or the proxy rejected the file (`details.error`).
     pub const POLICY_REJECTED: &str = "policy-rejected";
-    /// An image was built (`details.image`).
+    /// An image was built (`details.image`, `details.ms`; a workspace or service image also
+    /// `details.dockerfile`).
     pub const IMAGE_BUILT: &str = "image-built";
     /// The daemon started.
     pub const DAEMON_STARTED: &str = "daemon-started";
@@ -282,6 +284,28 @@ impl Daemon {
     /// Records an event (see [`EventLog::record`]).
     pub fn event(&self, ev: Event) {
         self.event_log().record(ev);
+    }
+
+    /// Records an `image-built` event for each workspace or service image build that ran for
+    /// environment `env` (from [`kennel_container::build::collecting_builds`]).
+    pub(crate) fn images_built(&self, env: &str, builds: &[kennel_container::build::BuiltImage]) {
+        for b in builds {
+            self.event(
+                Event::now(
+                    Some(env),
+                    kind::IMAGE_BUILT,
+                    format!(
+                        "image {} built from {} in {} ms",
+                        b.tag,
+                        b.dockerfile.display(),
+                        b.ms
+                    ),
+                )
+                .with("image", b.tag.clone())
+                .with("dockerfile", b.dockerfile.display().to_string())
+                .with("ms", b.ms),
+            );
+        }
     }
 
     /// `GET /v1/events`: the kept events passing `q` (the daemon's log merged with every

@@ -295,6 +295,14 @@ fn write_atomic(path: &Path, content: &str) -> Result<(), ApiError> {
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
+/// The environment whose policy file `path` is (`<state>/envs/<name>/policy/policy.toml`).
+fn env_of_policy_file(path: &Path) -> Option<String> {
+    path.parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
 fn read_expiring(path: &Path) -> Result<Vec<Expiring>, ApiError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|source| {
@@ -579,12 +587,7 @@ impl Daemon {
     /// in. An invalid policy is refused (422) with the policy crate's FILE:LINE:COL message.
     fn swap_policy(&self, path: &Path, text: &str) -> Result<Policy, ApiError> {
         let policy = Policy::from_toml_str(text, path).map_err(|e| {
-            // `<state>/envs/<name>/policy/policy.toml`
-            let env = path
-                .parent()
-                .and_then(Path::parent)
-                .and_then(Path::file_name)
-                .map(|n| n.to_string_lossy().into_owned());
+            let env = env_of_policy_file(path);
             self.event(
                 crate::events::Event::now(
                     env.as_deref(),
@@ -596,6 +599,9 @@ impl Daemon {
             ApiError::InvalidChange(format!("invalid policy: {e}"))
         })?;
         write_atomic(path, text)?;
+        if let Some(env) = env_of_policy_file(path) {
+            self.policy_swapped(&env);
+        }
         Ok(policy)
     }
 
@@ -849,6 +855,7 @@ impl Daemon {
             write_atomic(&path, &current)?;
             return Err(ApiError::Policy(e.to_string()));
         }
+        self.policy_swapped(name);
         record.request.project_whitelist = Some(req.content.clone());
         self.state().write_record(&record)?;
         let mut changes: Vec<String> = added.iter().map(|a| format!("+ {a}")).collect();

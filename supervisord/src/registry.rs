@@ -102,6 +102,8 @@ pub struct Daemon {
     events: Arc<crate::events::EventLog>,
     /// Notifications read from the sandboxes ([`crate::notify`]).
     notifications: crate::notify::NotifyHub,
+    /// The proxies' reload counters last seen ([`crate::ops::reloads`]).
+    reloads: crate::ops::reloads::ReloadWatch,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -149,6 +151,7 @@ impl Daemon {
             health: Default::default(),
             events,
             notifications: Default::default(),
+            reloads: Default::default(),
         })
     }
 
@@ -209,6 +212,11 @@ impl Daemon {
                 source: e,
             })
         })
+    }
+
+    /// The proxies' reload counters last seen.
+    pub(crate) fn reloads(&self) -> &crate::ops::reloads::ReloadWatch {
+        &self.reloads
     }
 
     /// The health monitor's last readings.
@@ -497,7 +505,11 @@ impl Daemon {
             },
             progress: Some(progress.clone()),
         };
-        let status = self.backend.create_env(&plan).await?;
+        let (status, builds) =
+            kennel_container::build::collecting_builds(self.backend.create_env(&plan)).await;
+        // A build that ran is an event also when a later step of the creation failed.
+        self.images_built(&name, &builds);
+        let status = status?;
         self.state.creation_done(&name)?;
         reservation.commit();
         tracing::info!(env = %name, ms = started.elapsed().as_millis() as u64, "environment created");

@@ -606,3 +606,78 @@ async fn policy_changes_and_refusals_are_events_kept_once() {
     let log = std::fs::read_to_string(f.state_dir.path().join("events.jsonl")).unwrap();
     assert!(!log.contains(kind::POLICY_CHANGED), "{log}");
 }
+
+fn reload_metrics(ok: u64, failed: u64) -> String {
+    format!(
+        "kennel_proxy_policy_generation {}\nkennel_proxy_reloads_total{{result=\"ok\"}} {ok}\nkennel_proxy_reloads_total{{result=\"failed\"}} {failed}\n",
+        ok + 1
+    )
+}
+
+#[tokio::test]
+async fn the_proxys_reloads_and_rejections_are_events() {
+    use kennel_container::backend::LogsTarget;
+    use kennel_supervisord::events::{EventQuery, kind};
+    use kennel_supervisord::ops::reloads::{Look, confirm_loop};
+
+    let f = fixture("evr").await;
+    let watcher = tokio::spawn(confirm_loop(f.daemon.clone()));
+    f.fake.set_metrics("evr", &reload_metrics(0, 0));
+    // The first look only sets the baseline.
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Baseline);
+    f.daemon
+        .policy_allow(&person(), "evr", allow(&["api.example.com"], None))
+        .await
+        .unwrap();
+    // The "proxy" reloads a moment after the swap; the watcher sees it within its 2 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.fake.set_metrics("evr", &reload_metrics(1, 0));
+    let q = EventQuery {
+        env: Some("evr".into()),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let reloaded = loop {
+        let evs = f.daemon.events(&q).unwrap();
+        if let Some(e) = evs.iter().find(|e| e.kind == kind::POLICY_RELOADED) {
+            break e.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{evs:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reloaded.details["reloads"], 1, "{reloaded:?}");
+    assert_eq!(reloaded.details["generation"], 2, "{reloaded:?}");
+
+    // A rejection the daemon did not cause (a hand edit): the monitor's look finds it and the
+    // error comes from the proxy's log.
+    f.fake.set_logs(
+        &LogsTarget::Proxy.container("evr"),
+        "2026-11-30T00:00:00Z  INFO kennel_proxy: policy reloaded generation=2\n2026-11-30T00:00:01Z ERROR kennel_proxy::shared: policy reload failed, keeping the previous policy: /etc/kennel/policy/policy.toml:4:1: unknown key `hostz`\n",
+    );
+    f.fake.set_metrics("evr", &reload_metrics(1, 1));
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Changed);
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Same);
+    let evs = f.daemon.events(&q).unwrap();
+    let rejected: Vec<_> = evs
+        .iter()
+        .filter(|e| e.kind == kind::POLICY_REJECTED)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{evs:#?}");
+    assert_eq!(
+        rejected[0].details["error"],
+        "/etc/kennel/policy/policy.toml:4:1: unknown key `hostz`"
+    );
+    assert_eq!(rejected[0].details["source"], "proxy");
+    // One reload, one rejection: nothing counted twice.
+    let reloads = evs
+        .iter()
+        .filter(|e| e.kind == kind::POLICY_RELOADED)
+        .count();
+    assert_eq!(reloads, 1, "{evs:#?}");
+    // A refreshed proxy counts from zero again: a new baseline, not an event.
+    f.fake.set_metrics("evr", &reload_metrics(0, 0));
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Baseline);
+    f.fake.set_metrics("evr", &reload_metrics(1, 0));
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Changed);
+    watcher.abort();
+}

@@ -142,6 +142,8 @@ impl Daemon {
             return out;
         };
         for name in names {
+            // Reloads the daemon did not cause (a hand edit, an include) become events too.
+            self.look_at_reloads_if_due(&name).await;
             let action = self.health_check_if_due(&name, false).await;
             out.push((name, action));
         }

@@ -8,5 +8,6 @@ pub mod expiry;
 pub mod health;
 pub mod logs;
 pub mod refresh;
+pub mod reloads;
 pub mod sessions;
 pub mod stats;

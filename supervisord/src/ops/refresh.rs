@@ -54,7 +54,10 @@ impl Daemon {
         // A failure after the old containers went leaves the environment `missing` or
         // incomplete; the record and policy stay, so running the refresh again recovers it
         // (removal is idempotent).
-        let status = match self.backend().refresh_env(&plan).await {
+        let (status, builds) =
+            kennel_container::build::collecting_builds(self.backend().refresh_env(&plan)).await;
+        self.images_built(name, &builds);
+        let status = match status {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(env = %name, error = %e, "refresh failed; `kennel refresh` again recreates it");
