@@ -12,7 +12,7 @@ use crate::registry::Daemon;
 use crate::server;
 
 /// Default API socket.
-pub const DEFAULT_SOCKET: &str = "/run/kennel/kennel.sock";
+pub use kennel_api::DEFAULT_SOCKET;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kennel";
 
