@@ -174,9 +174,7 @@ pub struct ServiceSpec {
     pub run: ServiceRun,
 }
 
-pub use kennel_api::spec::{
-    DependsOn, ServiceBind, ServiceHealthcheck, ServiceRun, ServiceVolume,
-};
+pub use kennel_api::spec::{DependsOn, ServiceBind, ServiceHealthcheck, ServiceRun, ServiceVolume};
 
 /// Egress of a service container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,8 +10,7 @@ use kennel_policy::LegacyEnv;
 
 use crate::env::SandboxEnv;
 use crate::spec::{
-    CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress,
-    ServiceSpec,
+    CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress, ServiceSpec,
 };
 
 impl From<EnvDoc> for SandboxEnv {
