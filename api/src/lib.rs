@@ -7,8 +7,11 @@
 //! [`types`], `kennel_supervisord::frame` is [`frame`], `kennel_supervisord::api::policy_types`
 //! is [`policy`]); the spec ↔ wire conversions live in `kennel_container::wire`.
 
+pub mod events;
 pub mod exec;
 pub mod frame;
+pub mod notify;
+pub mod ops;
 pub mod policy;
 pub mod spec;
 pub mod types;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 
+use crate::events::EventNow;
 use crate::registry::Daemon;
 use crate::server;
 
