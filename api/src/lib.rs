@@ -1,11 +1,13 @@
 //! kennel-api: what kennel-supervisord and the `kennel` CLI exchange over the daemon's socket —
-//! the JSON bodies of the `/v1` API ([`types`], [`policy`], [`exec`]), the plain-data spec parts
-//! they carry ([`spec`]), and the exec stream's framing ([`frame`]). Types and (de)serialisation
-//! only, so the CLI need not link the daemon to speak to it.
+//! the JSON bodies of the `/v1` API ([`types`], [`policy`], [`exec`], [`events`], [`notify`],
+//! [`ops`]), the plain-data spec parts they carry ([`spec`]), and the exec stream's framing
+//! ([`frame`]). Types and (de)serialisation only (plus the few pure checks both sides run), so
+//! the CLI need not link the daemon to speak to it.
 //!
-//! The daemon re-exports each module at its old path (`kennel_supervisord::api::types` is
-//! [`types`], `kennel_supervisord::frame` is [`frame`], `kennel_supervisord::api::policy_types`
-//! is [`policy`]); the spec ↔ wire conversions live in `kennel_container::wire`.
+//! The daemon re-exports each at its old path (`kennel_supervisord::api::types` is [`types`],
+//! `kennel_supervisord::frame` is [`frame`], `kennel_supervisord::api::policy_types` is
+//! [`policy`], `kennel_supervisord::events::Event` is [`events::Event`], …); the spec ↔ wire
+//! conversions live in `kennel_container::wire`.
 
 pub mod events;
 pub mod exec;

@@ -153,7 +153,8 @@ pub struct CreateEnv {
     pub project_whitelist: Option<String>,
 }
 
-/// Wire form of `kennel_container::spec::EnvSpec` (converted in `kennel_container::wire`); the daemon re-validates it.
+/// Wire form of `kennel_container::spec::EnvSpec` (converted in `kennel_container::wire`); the
+/// daemon re-validates it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpecDoc {
@@ -269,7 +270,8 @@ impl HealthDoc {
     }
 }
 
-/// Wire form of `kennel_container::env::SandboxEnv` (converted in `kennel_container::wire`): `[name, value]` pairs per source.
+/// Wire form of `kennel_container::env::SandboxEnv` (converted in `kennel_container::wire`):
+/// `[name, value]` pairs per source.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvDoc {
@@ -389,7 +391,8 @@ fn is_default_run(r: &crate::spec::ServiceRun) -> bool {
     *r == crate::spec::ServiceRun::default()
 }
 
-/// Wire form of `kennel_container::spec::CredentialMounts` (converted in `kennel_container::wire`).
+/// Wire form of `kennel_container::spec::CredentialMounts` (converted in
+/// `kennel_container::wire`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsDoc {
