@@ -1,5 +1,5 @@
 //! Host notifications as the daemon hands them to watchers (`GET /v1/notifications`), and the
-//! notification file format the sandbox writes ([`format`]). The daemon's reading of the
+//! notification file format the sandbox writes ([`format`](mod@format)). The daemon's reading of the
 //! notification directory is `kennel_supervisord::notify`, which re-exports these.
 
 use serde::{Deserialize, Serialize};

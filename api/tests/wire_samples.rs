@@ -178,3 +178,54 @@ fn unknown_spec_field_is_refused() {
     let err = serde_json::from_value::<CreateEnv>(v).expect_err("unknown field refused");
     assert!(err.to_string().contains("no_such_key"), "{err}");
 }
+
+/// The other bodies that moved with them keep their JSON too.
+#[test]
+fn events_notifications_and_ops_bodies_write_back_identically() {
+    use kennel_api::events::Event;
+    use kennel_api::notify::NotificationBatch;
+    use kennel_api::ops::{BenchReport, Check, EnvUsage};
+
+    let event = r#"{"time":"2026-11-30T20:00:00.000Z","unix_ms":1795000000000,"env":"web",
+        "kind":"health-rule-fired","message":"health rule max_age fired",
+        "details":{"rule":"max_age","value":90000}}"#;
+    let (original, written) = round_trip::<Event>(event);
+    assert_eq!(written, original);
+
+    let batch = r#"{"notifications":[{"seq":3,"env":"web","level":"complete",
+        "message":"done","unix_ms":1795000000000}],"next":3,"missed":1}"#;
+    let (original, written) = round_trip::<NotificationBatch>(batch);
+    assert_eq!(written, original);
+
+    let check = r#"{"name":"engine","outcome":"warn","detail":"20.10.24","hint":"upgrade"}"#;
+    let (original, written) = round_trip::<Check>(check);
+    assert_eq!(written, original);
+
+    let usage = r#"{"name":"web","state":"running","age_seconds":60,"containers":[{"name":
+        "kennel-web-sandbox","role":"sandbox","state":"running","cpu_percent":1.5,
+        "memory_usage_bytes":1,"memory_limit_bytes":2,"pids":3,"pids_limit":4,
+        "net_rx_bytes":5,"net_tx_bytes":6,"started_at":"2026-11-30T20:00:00Z"}],
+        "workspace_bytes":7,"home_bytes":8,"proxy":{"allowed":9,"denied":10},
+        "warnings":["w"]}"#;
+    let (original, written) = round_trip::<EnvUsage>(usage);
+    assert_eq!(written, original);
+
+    let report = r#"{"env":"web","origin":"172.30.1.2:8080","temporary_allow":"172.30.1.2:8080",
+        "proxy":{"path":"proxy","bytes":1,"download_secs":1.0,"mb_per_s":1.0,"connections":1,
+        "connect_secs":1.0,"connections_per_s":1.0,"errors":0},
+        "direct":{"path":"direct","bytes":1,"download_secs":1.0,"mb_per_s":2.0,"connections":1,
+        "connect_secs":1.0,"connections_per_s":2.0,"errors":0},
+        "throughput_ratio":0.5,"connection_rate_ratio":0.5}"#;
+    let (original, written) = round_trip::<BenchReport>(report);
+    assert_eq!(written, original);
+}
+
+/// The bench bounds both sides check name the field and its range.
+#[test]
+fn bench_request_bounds_name_the_field() {
+    use kennel_api::ops::BenchRequest;
+    let req: BenchRequest = serde_json::from_str(r#"{"clients":0}"#).expect("partial body");
+    assert_eq!(req.bytes, BenchRequest::default().bytes);
+    let err = req.check_bounds().expect_err("0 clients refused");
+    assert!(err.starts_with("clients 0 is out of range"), "{err}");
+}
