@@ -10,17 +10,15 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use kennel_supervisord::api::types::{
-    API_PREFIX, CreateEnv, EnvInfo, ErrorBody, ExecRequest, StreamError,
-};
-use kennel_supervisord::frame::{self, Frame, FrameError, FrameKind, UPGRADE_PROTOCOL};
+use kennel_api::frame::{self, Frame, FrameError, FrameKind, UPGRADE_PROTOCOL};
+use kennel_api::types::{API_PREFIX, CreateEnv, EnvInfo, ErrorBody, ExecRequest, StreamError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Default daemon socket (defined once, by the daemon).
-pub use kennel_supervisord::daemon::DEFAULT_SOCKET;
+pub use kennel_api::DEFAULT_SOCKET;
 
 /// Why a call to the daemon failed.
 #[derive(Debug, thiserror::Error)]

@@ -360,32 +360,7 @@ impl EnvStats {
     }
 }
 
-/// Resource usage of one container of an environment (`kennel stats`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStats {
-    /// Container name.
-    pub name: String,
-    /// Role label (`proxy`, `sandbox`, `service`).
-    pub role: String,
-    /// Engine state (`running`, `exited`, …).
-    pub state: String,
-    /// CPU use over the engine's sampling interval, in percent of one CPU (200 = two CPUs busy).
-    pub cpu_percent: Option<f64>,
-    /// Memory in use, page cache excluded (as `docker stats` shows it).
-    pub memory_usage_bytes: Option<u64>,
-    /// The memory limit.
-    pub memory_limit_bytes: Option<u64>,
-    /// Processes/threads now.
-    pub pids: Option<u64>,
-    /// The pids limit.
-    pub pids_limit: Option<u64>,
-    /// Bytes received over all of the container's networks.
-    pub net_rx_bytes: Option<u64>,
-    /// Bytes sent over all of the container's networks.
-    pub net_tx_bytes: Option<u64>,
-    /// When the container started (engine's RFC 3339 string).
-    pub started_at: Option<String>,
-}
+pub use kennel_api::ops::ContainerStats;
 
 /// The engine as `kennel doctor` sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::SpecError;
@@ -26,29 +25,7 @@ use crate::error::SpecError;
 /// Where the file is looked up, relative to the workspace.
 pub const DEVCONTAINER_JSON: &str = ".devcontainer/devcontainer.json";
 
-/// An image built from the workspace (`devcontainer.json` `build`, or `[build]` in kennel.toml).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildSpec {
-    /// Absolute host path of the build context (inside the workspace).
-    pub context: PathBuf,
-    /// Absolute host path of the Dockerfile (inside the workspace).
-    pub dockerfile: PathBuf,
-    /// Build arguments (`--build-arg`), sorted by name.
-    #[serde(default)]
-    pub args: Vec<(String, String)>,
-    /// Target stage (`--target`).
-    #[serde(default)]
-    pub target: Option<String>,
-}
-
-/// A lifecycle command run in the sandbox, as its user, after creation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LifecycleCommand {
-    /// Where it came from, e.g. `postCreateCommand` or `postCreateCommand.npm`.
-    pub key: String,
-    /// The argv (a string command becomes `sh -c STRING`).
-    pub argv: Vec<String>,
-}
+pub use kennel_api::spec::{BuildSpec, LifecycleCommand};
 
 /// What kennel takes from a `devcontainer.json`.
 #[derive(Debug, Clone, Default, PartialEq)]

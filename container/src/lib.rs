@@ -31,6 +31,7 @@ pub mod ide;
 pub mod image;
 pub mod policy_dir;
 pub mod spec;
+pub mod wire;
 
 pub use backend::{Backend, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest, ExecSession};
 pub use docker::DockerBackend;

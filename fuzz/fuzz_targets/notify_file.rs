@@ -5,7 +5,7 @@
 
 // std-only module, included by path so the fuzz build does not pull in the daemon's
 // dependencies (Docker client, HTTP server).
-#[path = "../../supervisord/src/notify/format.rs"]
+#[path = "../../api/src/notify/format.rs"]
 #[allow(dead_code)]
 mod format;
 

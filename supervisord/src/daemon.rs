@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 
+use crate::events::EventNow;
 use crate::registry::Daemon;
 use crate::server;
 
 /// Default API socket.
-pub const DEFAULT_SOCKET: &str = "/run/kennel/kennel.sock";
+pub use kennel_api::DEFAULT_SOCKET;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kennel";
 

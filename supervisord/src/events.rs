@@ -13,10 +13,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio::sync::broadcast;
 
 use crate::error::ApiError;
@@ -29,67 +28,17 @@ pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Events a slow follower may fall behind by before it is told it missed some.
 const FOLLOW_SLOTS: usize = 256;
 
-/// What kinds of events there are (the `kind` field).
-pub mod kind {
-    /// An environment was created (`details.ms`).
-    pub const CREATED: &str = "created";
-    /// A creation failed (`details.error`).
-    pub const CREATE_FAILED: &str = "create-failed";
-    /// A creation was interrupted (the daemon died in the middle); the reconcile removed what
-    /// it had made.
-    pub const CREATE_INTERRUPTED: &str = "create-interrupted";
-    /// An environment's containers were started.
-    pub const STARTED: &str = "started";
-    /// An environment's containers were stopped.
-    pub const STOPPED: &str = "stopped";
-    /// An environment was refreshed (`details.reason`).
-    pub const REFRESHED: &str = "refreshed";
-    /// A refresh failed (`details.reason`, `details.error`).
-    pub const REFRESH_FAILED: &str = "refresh-failed";
-    /// A refresh the health monitor wants waits for attached exec sessions.
-    pub const REFRESH_DEFERRED: &str = "refresh-deferred";
-    /// An environment was removed (`details.reason`).
-    pub const REMOVED: &str = "removed";
-    /// A health rule fired (`details.rule`, `details.value`, `details.threshold`).
-    pub const HEALTH_RULE_FIRED: &str = "health-rule-fired";
-    /// A live policy change (from `changes.jsonl`).
-    pub const POLICY_CHANGED: &str = "policy-changed";
-    /// The proxy reloaded a changed policy (`details.reloads`, `details.generation`; see
-    /// [`crate::ops::reloads`]).
-    pub const POLICY_RELOADED: &str = "policy-reloaded";
-    /// A policy change was refused, or the proxy rejected the file (`details.error`).
-    pub const POLICY_REJECTED: &str = "policy-rejected";
-    /// An image was built (`details.image`, `details.ms`; a workspace or service image also
-    /// `details.dockerfile`).
-    pub const IMAGE_BUILT: &str = "image-built";
-    /// The daemon started.
-    pub const DAEMON_STARTED: &str = "daemon-started";
-    /// The start-up reconcile ran (`details`: kept, removed orphans/incomplete, missing).
-    pub const RECONCILED: &str = "reconciled";
-}
+pub use kennel_api::events::{Event, EventQuery, kind, since_ago};
 
-/// One event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// When (RFC 3339, UTC, milliseconds).
-    pub time: String,
-    /// When, in milliseconds since the Unix epoch (for `--since`).
-    pub unix_ms: u64,
-    /// The environment, if the event is about one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-    /// What happened (see [`kind`]).
-    pub kind: String,
-    /// A sentence for people.
-    pub message: String,
-    /// The figures behind it (rule, measured value, error …).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub details: Map<String, Value>,
-}
-
-impl Event {
+/// Events the daemon makes (the type is the wire-types crate's; the clock and the time format
+/// are the daemon's).
+pub trait EventNow {
     /// An event that happens now.
-    pub fn now(env: Option<&str>, kind: &str, message: impl Into<String>) -> Event {
+    fn now(env: Option<&str>, kind: &str, message: impl Into<String>) -> Event;
+}
+
+impl EventNow for Event {
+    fn now(env: Option<&str>, kind: &str, message: impl Into<String>) -> Event {
         let now = SystemTime::now();
         Event {
             time: crate::policy_ops::rfc3339(now),
@@ -100,42 +49,11 @@ impl Event {
             details: Map::new(),
         }
     }
-
-    /// Adds a detail.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Event {
-        self.details.insert(key.to_string(), value.into());
-        self
-    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Which events to read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventQuery {
-    /// Only this environment's.
-    #[serde(default)]
-    pub env: Option<String>,
-    /// Only events at or after this time (seconds since the Unix epoch).
-    #[serde(default)]
-    pub since_unix: Option<u64>,
-    /// Keep the stream open and send new events as they happen.
-    #[serde(default)]
-    pub follow: bool,
-}
-
-impl EventQuery {
-    /// Whether `ev` passes the filter.
-    pub fn matches(&self, ev: &Event) -> bool {
-        self.env.as_ref().is_none_or(|e| ev.env.as_ref() == Some(e))
-            && self
-                .since_unix
-                .is_none_or(|s| ev.unix_ms >= s.saturating_mul(1000))
-    }
 }
 
 /// The append-only, size-capped event file and the live feed for followers.
@@ -269,15 +187,6 @@ pub fn from_change(env: &str, c: &crate::policy_ops::ChangeEvent) -> Event {
         ev = ev.with("expires", x.clone());
     }
     ev
-}
-
-/// Seconds since the Unix epoch, `d` ago.
-pub fn since_ago(d: Duration) -> u64 {
-    SystemTime::now()
-        .checked_sub(d)
-        .unwrap_or(UNIX_EPOCH)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Daemon {
@@ -439,6 +348,8 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

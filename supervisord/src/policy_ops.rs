@@ -38,6 +38,7 @@ use crate::api::policy_types::{
 };
 use crate::auth::Peer;
 use crate::error::ApiError;
+use crate::events::EventNow;
 use crate::registry::Daemon;
 use crate::state::{StateDir, StateError};
 

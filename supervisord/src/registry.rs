@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::types::{ContainerInfo, CreateEnv, EnvInfo, ExecRequest, HealthInfo, VersionInfo};
 use crate::auth::{Authorizer, Peer};
 use crate::error::ApiError;
+use crate::events::EventNow;
 use crate::frame::{self, Frame, FrameKind};
 use crate::state::{EnvRecord, StateDir, StateError};
 

@@ -1,11 +1,11 @@
 //! `kennel bench ENV [--bytes SIZE] [--secs S] [--json]`: egress throughput and connection rate
 //! from inside the environment's sandbox through its proxy, beside the same measured without
-//! the proxy hop (see `kennel_supervisord::ops::bench` for what the daemon does).
+//! the proxy hop (see `kennel_supervisord::ops::bench` in the daemon for what it does).
 
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::ops::bench::{BenchReport, BenchRequest, PathReport};
+use kennel_api::ops::{BenchReport, BenchRequest, PathReport};
 
 use crate::client::{Client, block_on};
 
@@ -100,8 +100,8 @@ pub fn run(client: &Client, args: BenchArgs) -> anyhow::Result<ExitCode> {
         clients: args.clients,
     };
     // The daemon checks the same bounds; checking here too answers before any request.
-    req.validate()
-        .map_err(|e| anyhow::anyhow!("kennel bench: {e}"))?;
+    req.check_bounds()
+        .map_err(|e| anyhow::anyhow!("kennel bench: bad request: {e}"))?;
     if !args.json {
         eprintln!(
             "kennel bench {}: starting a benchmark origin on its egress network (this takes a few seconds)...",

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use kennel_api::types::{EnvInfo, IdeContainer};
 use kennel_container::ide::{DEVCONTAINER_FILE, FILE_HEADER, Weakness};
-use kennel_supervisord::api::types::{EnvInfo, IdeContainer};
 
 use crate::client::{Client, block_on};
 use crate::commands::up::{UpArgs, build_request, create_egress_only};

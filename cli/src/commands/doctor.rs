@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::ops::doctor::{Check, Outcome, state_dir_check};
+use kennel_api::ops::{Check, Outcome, state_dir_check};
 use serde::Serialize;
 
 use crate::client::{Client, block_on};

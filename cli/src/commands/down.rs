@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::api::types::Removed;
+use kennel_api::types::Removed;
 
 use crate::client::{Client, block_on};
 

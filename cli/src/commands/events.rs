@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use kennel_supervisord::events::{Event, EventQuery, since_ago};
+use kennel_api::events::{Event, EventQuery, since_ago};
 use tokio::io::AsyncWrite;
 
 use crate::client::{Client, block_on};
@@ -142,12 +142,14 @@ mod tests {
 
     #[test]
     fn renders_time_kind_env_and_message() {
-        let mut ev = Event::now(
-            Some("web"),
-            "health-rule-fired",
-            "health rule max_age fired",
-        );
-        ev.time = "2026-11-30T20:00:00.000Z".into();
+        let ev = Event {
+            time: "2026-11-30T20:00:00.000Z".into(),
+            unix_ms: 1_795_000_000_000,
+            env: Some("web".into()),
+            kind: "health-rule-fired".into(),
+            message: "health rule max_age fired".into(),
+            details: serde_json::Map::new(),
+        };
         assert_eq!(
             render(&ev),
             "2026-11-30T20:00:00.000Z  health-rule-fired  web              health rule max_age fired"

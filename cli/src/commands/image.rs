@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kennel_supervisord::api::types::ImageBuilt;
+use kennel_api::types::ImageBuilt;
 
 use crate::client::{Client, block_on};
 

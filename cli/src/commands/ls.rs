@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kennel_supervisord::api::types::EnvInfo;
+use kennel_api::types::EnvInfo;
 
 use crate::client::{Client, block_on};
 

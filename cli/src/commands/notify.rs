@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use kennel_supervisord::notify::format::sanitize;
-use kennel_supervisord::notify::{Notification, NotificationBatch};
+use kennel_api::notify::format::sanitize;
+use kennel_api::notify::{Notification, NotificationBatch};
 
 use crate::client::{Client, ClientError, block_on};
 

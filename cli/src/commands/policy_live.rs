@@ -9,7 +9,7 @@ use clap::Args;
 use kennel_api::policy::{
     ImportPreview, ImportRequest, PolicyChanged, PolicyFileDoc, PolicyReplace, PolicyView,
 };
-use kennel_supervisord::api::types::EnvInfo;
+use kennel_api::types::EnvInfo;
 
 use crate::client::{Client, block_on};
 use crate::commands::allow::env_path;

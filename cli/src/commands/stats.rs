@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use kennel_supervisord::ops::stats::EnvUsage;
+use kennel_api::ops::EnvUsage;
 
 use crate::client::{Client, block_on};
 
@@ -203,7 +203,7 @@ mod tests {
                 memory_limit_bytes: Some(1 << 30),
                 ..Default::default()
             }],
-            proxy: Some(kennel_supervisord::ops::stats::ProxyCounts {
+            proxy: Some(kennel_api::ops::ProxyCounts {
                 allowed: 3,
                 denied: 1,
             }),

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use kennel_api::types::{CreateEnv, EnvInfo};
 use kennel_container::spec::{EnvSpec, SpecOverrides};
-use kennel_supervisord::api::types::{CreateEnv, EnvInfo};
 
 use crate::client::{Client, block_on};
 
@@ -102,7 +102,7 @@ pub fn build_request(args: &UpArgs) -> anyhow::Result<CreateEnv> {
         })?),
         None => None,
     };
-    let mut spec_doc: kennel_supervisord::api::types::SpecDoc = (&spec).into();
+    let mut spec_doc: kennel_api::types::SpecDoc = (&spec).into();
     spec_doc.ttl_secs = args.ttl.map(|d| d.as_secs());
     spec_doc.remove_on_exit = args.rm;
     Ok(CreateEnv {

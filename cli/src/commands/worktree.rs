@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use kennel_supervisord::api::types::{EnvInfo, Removed};
+use kennel_api::types::{EnvInfo, Removed};
 
 use crate::client::{Client, block_on};
 use crate::commands::up::{UpArgs, build_request};

@@ -19,7 +19,9 @@
 //! control characters and escape sequences; a [`RateLimiter`] lets [`RATE_BURST`] through and
 //! turns a flood into one summary.
 
-pub mod format;
+/// The notification file format (defined in the wire-types crate: the CLI cleans text with
+/// [`format::sanitize`] too).
+pub use kennel_api::notify::format;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -28,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::registry::Daemon;
 use crate::state::StateDir;
@@ -98,33 +100,7 @@ printf 'kennel-notify/1 %s\n%s\n' "$level" "$msg" > "$dir/.$name.tmp"
 mv -f "$dir/.$name.tmp" "$dir/$name.msg"
 "#;
 
-/// One notification as watchers get it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notification {
-    /// Increasing number; a watcher asks for those after the last one it saw.
-    pub seq: u64,
-    /// The environment it came from (the title of a desktop notification).
-    pub env: String,
-    /// `error`, `complete`, `clarification` (from the sandbox) or `info` (kennel's own).
-    pub level: String,
-    /// The cleaned text.
-    pub message: String,
-    /// When the daemon read it, milliseconds since the Unix epoch.
-    pub unix_ms: u64,
-}
-
-/// `GET /v1/notifications` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationBatch {
-    /// Notifications with `seq` greater than the request's `after`, oldest first.
-    pub notifications: Vec<Notification>,
-    /// What to pass as `after` next time.
-    pub next: u64,
-    /// Some notifications between `after` and the first returned were dropped from the
-    /// daemon's memory before this watcher asked (it polled too late).
-    #[serde(default)]
-    pub missed: u64,
-}
+pub use kennel_api::notify::{Notification, NotificationBatch};
 
 /// What became of one notification directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

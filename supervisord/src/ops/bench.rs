@@ -18,80 +18,32 @@ use std::time::{Duration, Instant};
 
 use kennel_container::bench::{ClientPath, ClientRequest, OriginRequest};
 use kennel_container::spec::validate_env_name;
-use serde::{Deserialize, Serialize};
 
 use crate::auth::Peer;
 use crate::error::ApiError;
 use crate::policy_ops::EntrySpec;
 use crate::registry::{Daemon, LABEL_CREATED_BY, LABEL_DAEMON};
 
-/// Largest download `kennel bench` asks for.
-pub const MAX_BYTES: u64 = 1 << 30;
-/// Longest connection-rate phase.
-pub const MAX_SECS: f64 = 10.0;
-/// Most connections in the rate phase.
-pub const MAX_CONNS: u64 = 200_000;
-/// Most concurrent connection loops.
-pub const MAX_CLIENTS: usize = 32;
+pub use kennel_api::ops::{
+    BenchReport, BenchRequest, MAX_BYTES, MAX_CLIENTS, MAX_CONNS, MAX_SECS, PathReport,
+};
+
 /// How long the proxy may take to pick up a policy change.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The note on the temporary allow entry (kept in `changes.jsonl`).
 const NOTE: &str = "kennel bench: the benchmark origin, for the duration of the run";
 
-/// `POST /v1/envs/{name}/bench` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BenchRequest {
-    /// Bytes of the single-stream download (1..=[`MAX_BYTES`]).
-    pub bytes: u64,
-    /// Seconds of the connection-rate phase (above 0, at most [`MAX_SECS`]).
-    pub secs: f64,
-    /// Most connections in the rate phase (1..=[`MAX_CONNS`]).
-    pub max_conns: u64,
-    /// Concurrent connection loops (1..=[`MAX_CLIENTS`]).
-    pub clients: usize,
-}
-
-impl Default for BenchRequest {
-    fn default() -> Self {
-        BenchRequest {
-            bytes: 256 << 20,
-            secs: 3.0,
-            max_conns: 50_000,
-            clients: 4,
-        }
-    }
-}
-
-impl BenchRequest {
+/// The daemon's checks of a [`BenchRequest`] (the type is the wire-types crate's).
+pub trait BenchRequestCheck {
     /// Checks every bound; the error names the field and its range.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        let bad = |m: String| Err(ApiError::BadRequest(m));
-        if !(1..=MAX_BYTES).contains(&self.bytes) {
-            return bad(format!(
-                "bytes {} is out of range; expected 1 to {MAX_BYTES}",
-                self.bytes
-            ));
-        }
-        if !(self.secs > 0.0 && self.secs <= MAX_SECS) {
-            return bad(format!(
-                "secs {} is out of range; expected more than 0 and at most {MAX_SECS}",
-                self.secs
-            ));
-        }
-        if !(1..=MAX_CONNS).contains(&self.max_conns) {
-            return bad(format!(
-                "max_conns {} is out of range; expected 1 to {MAX_CONNS}",
-                self.max_conns
-            ));
-        }
-        if !(1..=MAX_CLIENTS).contains(&self.clients) {
-            return bad(format!(
-                "clients {} is out of range; expected 1 to {MAX_CLIENTS}",
-                self.clients
-            ));
-        }
-        Ok(())
+    fn validate(&self) -> Result<(), ApiError>;
+    /// How long one client run may take.
+    fn client_timeout(&self) -> Duration;
+}
+
+impl BenchRequestCheck for BenchRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        self.check_bounds().map_err(ApiError::BadRequest)
     }
 
     /// How long one client run may take: the download at a pessimistic 10 MB/s, the rate
@@ -99,51 +51,6 @@ impl BenchRequest {
     fn client_timeout(&self) -> Duration {
         Duration::from_secs(30 + self.bytes / 10_000_000) + Duration::from_secs_f64(self.secs)
     }
-}
-
-/// What one client measured (the JSON line of `kennel-proxy bench client`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PathReport {
-    /// `proxy` or `direct`.
-    pub path: String,
-    /// Bytes downloaded on the one stream.
-    pub bytes: u64,
-    /// Seconds the download took.
-    pub download_secs: f64,
-    /// Download throughput, MB/s (10^6 bytes per second).
-    pub mb_per_s: f64,
-    /// Connections completed in the rate phase (connect, CONNECT when proxied, small GET,
-    /// close).
-    pub connections: u64,
-    /// Seconds the rate phase took.
-    pub connect_secs: f64,
-    /// Completed connections per second.
-    pub connections_per_s: f64,
-    /// Failed connections in the rate phase.
-    pub errors: u64,
-}
-
-/// `kennel bench` result.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BenchReport {
-    /// The environment.
-    pub env: String,
-    /// The origin's address on the egress network.
-    pub origin: String,
-    /// The policy entry that was allowed for the run and removed after it; `None` when the
-    /// policy allowed the origin already (nothing was changed).
-    pub temporary_allow: Option<String>,
-    /// From the sandbox, through the proxy.
-    pub proxy: PathReport,
-    /// From the egress network, without the proxy.
-    pub direct: PathReport,
-    /// `proxy.mb_per_s / direct.mb_per_s`.
-    pub throughput_ratio: f64,
-    /// `proxy.connections_per_s / direct.connections_per_s`.
-    pub connection_rate_ratio: f64,
-    /// What the run could not do cleanly.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
 }
 
 /// `kennel_proxy_reloads_total{result="ok"}` from the proxy's Prometheus text.

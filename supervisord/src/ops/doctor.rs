@@ -3,72 +3,16 @@
 //! isolation self-test, run from inside the environment's sandbox).
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
 use kennel_container::backend::{EngineFacts, ExecRequest};
 use kennel_container::spec::validate_env_name;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::registry::Daemon;
 
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Fine.
-    Pass,
-    /// Works, but worth knowing (e.g. an engine with a known CVE that kennel mitigates).
-    Warn,
-    /// Broken: `kennel doctor` exits 1.
-    Fail,
-}
-
-/// One line of `kennel doctor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// What was checked (`engine`, `cgroup limits`, …).
-    pub name: String,
-    /// The outcome.
-    pub outcome: Outcome,
-    /// What was found, or what was tried.
-    pub detail: String,
-    /// How to fix it (for warnings and failures).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl Check {
-    /// A check with no hint.
-    pub fn pass(name: &str, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            outcome: Outcome::Pass,
-            detail: detail.into(),
-            hint: None,
-        }
-    }
-    /// A warning with a hint.
-    pub fn warn(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            outcome: Outcome::Warn,
-            detail: detail.into(),
-            hint: Some(hint.into()),
-        }
-    }
-    /// A failure with a hint.
-    pub fn fail(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            outcome: Outcome::Fail,
-            detail: detail.into(),
-            hint: Some(hint.into()),
-        }
-    }
-}
+pub use kennel_api::ops::{Check, Outcome, state_dir_check};
 
 /// Docker's built-in `default-address-pools` (when daemon.json sets none): 172.17–31.0.0/16 as
 /// /16s and 192.168.0.0/16 as /20s.
@@ -221,48 +165,6 @@ pub fn engine_checks(f: &EngineFacts) -> Vec<Check> {
         _ => Check::pass("address pools", detail),
     });
     out
-}
-
-/// The state directory: a directory, owned by `uid`, mode 0700 (it holds every environment's
-/// spec and policy; nobody else may read or change them).
-pub fn state_dir_check(dir: &Path, uid: u32) -> Check {
-    let name = "state directory";
-    let md = match std::fs::metadata(dir) {
-        Ok(m) => m,
-        Err(e) => {
-            return Check::fail(
-                name,
-                format!("{}: {e}", dir.display()),
-                format!(
-                    "create it: install -d -m 0700 {} (the daemon creates it at start when it may)",
-                    dir.display()
-                ),
-            );
-        }
-    };
-    let mode = md.mode() & 0o7777;
-    if !md.is_dir() {
-        return Check::fail(
-            name,
-            format!("{} is not a directory", dir.display()),
-            "point --state-dir at a directory",
-        );
-    }
-    if md.uid() != uid || mode & 0o077 != 0 {
-        return Check::fail(
-            name,
-            format!(
-                "{} is owned by uid {} with mode {mode:04o}",
-                dir.display(),
-                md.uid()
-            ),
-            format!("chown {uid} {d} && chmod 0700 {d}", d = dir.display()),
-        );
-    }
-    Check::pass(
-        name,
-        format!("{} (owner uid {uid}, mode {mode:04o})", dir.display()),
-    )
 }
 
 /// The proxy binary the image is built from must be static (the image is `FROM scratch`).

@@ -17,7 +17,7 @@ use kennel_container::spec::EnvSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::events::{Event, kind};
+use crate::events::{Event, EventNow, kind};
 use crate::registry::Daemon;
 
 /// How often the monitor looks at an environment unless its `health.interval` says otherwise.

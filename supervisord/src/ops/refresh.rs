@@ -7,7 +7,7 @@ use kennel_container::spec::{EnvSpec, validate_env_name};
 
 use crate::api::types::EnvInfo;
 use crate::error::ApiError;
-use crate::events::{Event, kind};
+use crate::events::{Event, EventNow, kind};
 use crate::registry::{Daemon, LABEL_DAEMON};
 use crate::state::EnvRecord;
 

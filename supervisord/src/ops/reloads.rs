@@ -16,6 +16,7 @@
 //! (re)started are not replayed as events. Lower counts than last time mean a new proxy
 //! (refresh, restart) and are a new baseline too.
 
+use crate::events::EventNow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,9 +4,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kennel_container::backend::{ContainerStats, ExecRequest};
+use kennel_container::backend::ExecRequest;
 use kennel_container::spec::validate_env_name;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::registry::Daemon;
@@ -18,36 +17,7 @@ pub const MAX_WALK_ENTRIES: u64 = 2_000_000;
 /// How long measuring the home directory (a `du` in the sandbox) may take.
 const HOME_DU_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The proxy's decision counters since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxyCounts {
-    /// Requests and tunnels allowed.
-    pub allowed: u64,
-    /// Requests and tunnels denied.
-    pub denied: u64,
-}
-
-/// One environment's usage (`kennel stats`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EnvUsage {
-    /// Environment name.
-    pub name: String,
-    /// Coarse state (`running`, `stopped`, …).
-    pub state: String,
-    /// Seconds since the environment was created.
-    pub age_seconds: Option<u64>,
-    /// Per container: CPU, memory, pids, network.
-    pub containers: Vec<ContainerStats>,
-    /// Bytes the workspace occupies on the host's disk.
-    pub workspace_bytes: Option<u64>,
-    /// Bytes the home directory occupies (measured in the running sandbox).
-    pub home_bytes: Option<u64>,
-    /// The proxy's allowed/denied counts, when its admin `/metrics` answered.
-    pub proxy: Option<ProxyCounts>,
-    /// Figures that could not be taken, and why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
+pub use kennel_api::ops::{EnvUsage, ProxyCounts};
 
 /// Sums `kennel_proxy_decisions_total` by decision from Prometheus text.
 pub fn proxy_counts(metrics: &str) -> ProxyCounts {
