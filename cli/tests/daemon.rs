@@ -3,75 +3,20 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
 
+mod support;
+use support::{TestDaemon, stderr, stdout};
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use kennel_container::backend::ExecResult;
-use kennel_container::fake::FakeBackend;
 use kennel_supervisord::auth::Authorizer;
-use kennel_supervisord::registry::{Daemon, FixedProxyImage};
-use kennel_supervisord::state::StateDir;
-
-/// A daemon running on its own runtime; stopped (and drained) on drop.
-struct TestDaemon {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    fake: FakeBackend,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-}
 
 impl TestDaemon {
-    fn start(authorizer: Authorizer) -> TestDaemon {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("kennel.sock");
-        let fake = FakeBackend::new();
-        let daemon = Daemon::new(
-            Arc::new(fake.clone()),
-            Arc::new(FixedProxyImage("kennel-proxy:test".into())),
-            StateDir::open(&dir.path().join("state")).unwrap(),
-            authorizer,
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listener = rt
-            .block_on(async { kennel_supervisord::daemon::bind_socket(&socket, None) })
-            .unwrap();
-        let done = rt.spawn(kennel_supervisord::daemon::run(listener, daemon, async {
-            let _ = stopped.await;
-        }));
-        TestDaemon {
-            rt,
-            dir,
-            socket,
-            fake,
-            stop: Some(stop),
-            done: Some(done),
-        }
-    }
-
     fn kennel(&self, args: &[&str]) -> Output {
         kennel_at(&self.socket, args, None)
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self.rt.block_on(done);
-        }
     }
 }
 
@@ -103,13 +48,6 @@ fn kennel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kennel"))
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn seed_workspace() -> tempfile::TempDir {
     let ws = tempfile::tempdir().unwrap();
     std::fs::create_dir(ws.path().join(".devcontainer")).unwrap();
@@ -127,7 +65,7 @@ fn is_root() -> bool {
 
 #[test]
 fn up_ls_inspect_exec_down_through_the_cli() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     let ws_path = ws.path().to_str().unwrap();
 
@@ -215,7 +153,7 @@ fn up_ls_inspect_exec_down_through_the_cli() {
 
 #[test]
 fn up_twice_is_a_no_op_and_a_name_of_another_workspace_is_refused_with_a_next_step() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     let ws_path = ws.path().to_str().unwrap();
     assert!(
@@ -253,7 +191,7 @@ fn up_twice_is_a_no_op_and_a_name_of_another_workspace_is_refused_with_a_next_st
 
 #[test]
 fn exec_in_an_unknown_environment_says_not_found() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let out = d.kennel(&["exec", "nosuch", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -265,7 +203,7 @@ fn exec_in_an_unknown_environment_says_not_found() {
 
 #[test]
 fn an_invalid_spec_names_file_and_line() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(
         ws.path().join("kennel.toml"),
@@ -302,7 +240,7 @@ fn a_caller_that_is_not_allowed_gets_403_with_the_fix() {
         eprintln!("skipped: needs root to run the client as another uid");
         return;
     }
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     // Let everybody open the socket, so only the peer-credential check stands in the way.
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = kennel_at(&d.socket, &["ls"], Some((65534, d.dir.path())));
@@ -321,7 +259,7 @@ fn a_configured_user_is_allowed() {
         eprintln!("skipped: needs root to run the client as another uid");
         return;
     }
-    let d = TestDaemon::start(Authorizer::new(0, [65534], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [65534], []));
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = kennel_at(&d.socket, &["ls", "--json"], Some((65534, d.dir.path())));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -370,7 +308,7 @@ fn permission_denied_on_the_socket_names_the_group_to_join() {
         eprintln!("skipped: needs root to run the client as another uid");
         return;
     }
-    let d = TestDaemon::start(Authorizer::new(0, [], [100]));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], [100]));
     // What the daemon does with `--allow-group users`: mode 0660, group users.
     nix::unistd::chown(&d.socket, None, Some(nix::unistd::Gid::from_raw(100))).unwrap();
     let out = kennel_at(&d.socket, &["ls"], Some((65534, d.dir.path())));
@@ -382,7 +320,7 @@ fn permission_denied_on_the_socket_names_the_group_to_join() {
 
 #[test]
 fn image_build_reports_both_images() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let out = d.kennel(&["image", "build"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -395,7 +333,7 @@ fn image_build_reports_both_images() {
 
 #[test]
 fn version_and_health_answer() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let client = kennel_cli::client::Client::new(&d.socket);
     let (version, health) = d.rt.block_on(async {
         let v: kennel_supervisord::api::types::VersionInfo = client.get("/version").await.unwrap();
@@ -419,7 +357,7 @@ fn version_and_health_answer() {
 
 #[test]
 fn up_reads_kennel_toml_from_the_current_directory_or_spec() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(
         ws.path().join("kennel.toml"),
@@ -467,7 +405,7 @@ fn up_reads_kennel_toml_from_the_current_directory_or_spec() {
 #[test]
 fn shell_without_a_terminal_forwards_stdin_without_a_tty() {
     use std::io::Write;
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     assert!(
         d.kennel(&[
@@ -502,7 +440,7 @@ fn shell_without_a_terminal_forwards_stdin_without_a_tty() {
 
 #[test]
 fn stop_start_and_down_purge_through_the_cli() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = seed_workspace();
     let ws_path = ws.path().to_str().unwrap();
     assert!(
@@ -550,7 +488,7 @@ fn stop_start_and_down_purge_through_the_cli() {
 
 #[test]
 fn a_proxy_variable_in_env_is_refused_before_anything_is_created() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(
         ws.path().join("kennel.toml"),

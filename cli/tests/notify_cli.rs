@@ -5,80 +5,26 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
 
+mod support;
+use support::TestDaemon;
+
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use kennel_container::fake::FakeBackend;
 use kennel_supervisord::auth::Authorizer;
-use kennel_supervisord::registry::{Daemon, FixedProxyImage};
-use kennel_supervisord::state::StateDir;
-
-struct TestDaemon {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    fake: FakeBackend,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-}
 
 impl TestDaemon {
-    fn start(authorizer: Authorizer) -> TestDaemon {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("kennel.sock");
-        let fake = FakeBackend::new();
-        let daemon = Daemon::new(
-            Arc::new(fake.clone()),
-            Arc::new(FixedProxyImage("kennel-proxy:test".into())),
-            StateDir::open(&dir.path().join("state")).unwrap(),
-            authorizer,
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listener = rt
-            .block_on(async { kennel_supervisord::daemon::bind_socket(&socket, None) })
-            .unwrap();
-        let done = rt.spawn(kennel_supervisord::daemon::run(listener, daemon, async {
-            let _ = stopped.await;
-        }));
-        TestDaemon {
-            rt,
-            dir,
-            socket,
-            fake,
-            stop: Some(stop),
-            done: Some(done),
-        }
-    }
-
     fn notify_dir(&self, env: &str) -> PathBuf {
         self.dir
             .path()
             .join("state/envs")
             .join(env)
             .join("notifications")
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self.rt.block_on(done);
-        }
     }
 }
 
@@ -146,7 +92,7 @@ fn up(d: &TestDaemon, name: &str) -> tempfile::TempDir {
 
 #[test]
 fn notify_watch_prints_cleaned_notifications_within_a_second() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = up(&d, "demo");
     let dir = d.notify_dir("demo");
 
@@ -211,7 +157,7 @@ fn a_user_who_cannot_read_the_state_dir_watches_through_the_socket() {
         eprintln!("skipped: needs root to run the client as another uid");
         return;
     }
-    let d = TestDaemon::start(Authorizer::new(0, [65534], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [65534], []));
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let _ws = up(&d, "demo");
     let dir = d.notify_dir("demo");
@@ -267,7 +213,7 @@ fn a_user_who_cannot_read_the_state_dir_watches_through_the_socket() {
 
 #[test]
 fn with_on_denials_a_burst_of_denials_notifies() {
-    let d = TestDaemon::start(Authorizer::new(0, [], []));
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(
         ws.path().join("kennel.toml"),

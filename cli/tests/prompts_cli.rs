@@ -5,57 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
 
+mod support;
+use support::TestDaemon;
+
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-
-use kennel_container::fake::FakeBackend;
-use kennel_supervisord::auth::Authorizer;
-use kennel_supervisord::registry::{Daemon, FixedProxyImage};
-use kennel_supervisord::state::StateDir;
-
-struct TestDaemon {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-}
 
 impl TestDaemon {
-    fn start() -> TestDaemon {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("kennel.sock");
-        let daemon = Daemon::new(
-            Arc::new(FakeBackend::new()),
-            Arc::new(FixedProxyImage("kennel-proxy:test".into())),
-            StateDir::open(&dir.path().join("state")).unwrap(),
-            Authorizer::new(0, [], []),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listener = rt
-            .block_on(async { kennel_supervisord::daemon::bind_socket(&socket, None) })
-            .unwrap();
-        let done = rt.spawn(kennel_supervisord::daemon::run(listener, daemon, async {
-            let _ = stopped.await;
-        }));
-        TestDaemon {
-            rt,
-            dir,
-            socket,
-            stop: Some(stop),
-            done: Some(done),
-        }
-    }
-
     /// Every file of the environment's policy directory (policy.toml and the imported lists).
     fn policy(&self, env: &str) -> String {
         let dir = self.dir.path().join("state/envs").join(env).join("policy");
@@ -117,17 +74,6 @@ impl TestDaemon {
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).replace('\r', ""),
         )
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self.rt.block_on(done);
-        }
     }
 }
 

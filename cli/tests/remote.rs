@@ -5,17 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should just fail the test
 
+mod support;
+use support::{TestDaemon, stderr, stdout};
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kennel_container::backend::ExecResult;
-use kennel_container::fake::FakeBackend;
-use kennel_supervisord::auth::Authorizer;
-use kennel_supervisord::registry::{Daemon, FixedProxyImage};
-use kennel_supervisord::state::StateDir;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -35,62 +33,6 @@ fn have_openssh(test: &str) -> bool {
         eprintln!("SKIPPED {test}: openssh-server/openssh-client not installed (scripts/setup)");
     }
     ok
-}
-
-/// The daemon on its own runtime; stopped on drop.
-struct TestDaemon {
-    rt: tokio::runtime::Runtime,
-    socket: PathBuf,
-    fake: FakeBackend,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestDaemon {
-    fn start() -> TestDaemon {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("kennel.sock");
-        let fake = FakeBackend::new();
-        let daemon = Daemon::new(
-            Arc::new(fake.clone()),
-            Arc::new(FixedProxyImage("kennel-proxy:test".into())),
-            StateDir::open(&dir.path().join("state")).unwrap(),
-            Authorizer::new(0, [], []),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listener = rt
-            .block_on(async { kennel_supervisord::daemon::bind_socket(&socket, None) })
-            .unwrap();
-        let done = rt.spawn(kennel_supervisord::daemon::run(listener, daemon, async {
-            let _ = stopped.await;
-        }));
-        TestDaemon {
-            rt,
-            socket,
-            fake,
-            stop: Some(stop),
-            done: Some(done),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self.rt.block_on(done);
-        }
-    }
 }
 
 /// An sshd on 127.0.0.1:<free port> that lets the current user in with a fresh key; killed on drop.
@@ -226,13 +168,6 @@ fn kennel_via(sshd: &TestSshd, host: &str, args: &[&str]) -> Output {
         .env_remove("KENNEL_SOCKET")
         .output()
         .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
