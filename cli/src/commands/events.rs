@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use kennel_api::events::{Event, EventQuery, since_ago};
-use tokio::io::AsyncWrite;
 
 use crate::client::{Client, block_on};
+use crate::commands::line_renderer::LineRenderer;
 
 /// Arguments of `kennel events`.
 #[derive(Debug, Args)]
@@ -35,16 +35,20 @@ pub fn run(client: &Client, args: EventsArgs) -> anyhow::Result<ExitCode> {
         follow: args.follow,
     };
     let code = block_on(async {
-        let mut out = Renderer {
-            json: args.json,
-            partial: Vec::new(),
-            printed: 0,
-        };
+        // Raw JSON lines with `--json`, else each event rendered (other lines as they are).
+        let json = args.json;
+        let mut out =
+            LineRenderer::new(
+                move |line: &str| match serde_json::from_str::<Event>(line) {
+                    Ok(ev) if !json => render(&ev),
+                    _ => line.to_string(),
+                },
+            );
         let mut err = tokio::io::stderr();
         let code = client
             .output_stream("/events", &q, &mut out, &mut err)
             .await?;
-        out.emit(true)?;
+        out.finish()?;
         if out.printed == 0 && !args.json {
             eprintln!(
                 "no events{}{}",
@@ -75,65 +79,6 @@ pub fn render(ev: &Event) -> String {
         ev.env.as_deref().unwrap_or("-"),
         ev.message
     )
-}
-
-/// Prints complete JSON lines as they come: raw with `--json`, else rendered.
-struct Renderer {
-    json: bool,
-    partial: Vec<u8>,
-    printed: usize,
-}
-
-impl Renderer {
-    fn emit(&mut self, all: bool) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            self.print(&mut out, &String::from_utf8_lossy(&line[..pos]))?;
-        }
-        if all && !self.partial.is_empty() {
-            let rest = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.print(&mut out, &rest)?;
-        }
-        out.flush()
-    }
-
-    fn print(&mut self, out: &mut impl std::io::Write, line: &str) -> std::io::Result<()> {
-        self.printed += 1;
-        if self.json {
-            return writeln!(out, "{line}");
-        }
-        match serde_json::from_str::<Event>(line) {
-            Ok(ev) => writeln!(out, "{}", render(&ev)),
-            Err(_) => writeln!(out, "{line}"),
-        }
-    }
-}
-
-impl AsyncWrite for Renderer {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.partial.extend_from_slice(buf);
-        std::task::Poll::Ready(self.emit(false).map(|()| buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use kennel_container::backend::{LogsRequest, LogsTarget};
-use tokio::io::AsyncWrite;
 
 use crate::client::{Client, block_on};
+use crate::commands::line_renderer::LineRenderer;
 
 /// Arguments of `kennel logs`.
 #[derive(Debug, Args)]
@@ -62,7 +62,7 @@ pub fn run(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let code = block_on(async {
         let mut err = tokio::io::stderr();
         if render {
-            let mut out = ProxyRenderer::new();
+            let mut out = LineRenderer::new(render_access_line);
             let code = client.output_stream(&path, &req, &mut out, &mut err).await;
             out.finish()?;
             anyhow::Ok(code?)
@@ -122,67 +122,6 @@ pub fn render_access_line(line: &str) -> String {
         s("duration_ms")
     ));
     out
-}
-
-/// An [`AsyncWrite`] that renders complete lines with [`render_access_line`] onto stdout.
-/// Writes go straight to the (blocking) stdout: the CLI's runtime runs nothing else meanwhile,
-/// and a terminal that stops reading should stop the stream anyway.
-struct ProxyRenderer {
-    out: std::io::Stdout,
-    partial: Vec<u8>,
-}
-
-impl ProxyRenderer {
-    fn new() -> Self {
-        ProxyRenderer {
-            out: std::io::stdout(),
-            partial: Vec::new(),
-        }
-    }
-
-    fn emit_lines(&mut self, all: bool) -> std::io::Result<()> {
-        use std::io::Write;
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..pos]);
-            writeln!(self.out, "{}", render_access_line(&text))?;
-        }
-        if all && !self.partial.is_empty() {
-            let text = String::from_utf8_lossy(&self.partial).into_owned();
-            self.partial.clear();
-            writeln!(self.out, "{}", render_access_line(&text))?;
-        }
-        self.out.flush()
-    }
-
-    fn finish(&mut self) -> std::io::Result<()> {
-        self.emit_lines(true)
-    }
-}
-
-impl AsyncWrite for ProxyRenderer {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.partial.extend_from_slice(buf);
-        std::task::Poll::Ready(self.emit_lines(false).map(|()| buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod image;
 pub mod inspect;
 pub mod learn;
+pub mod line_renderer;
 pub mod logs;
 pub mod ls;
 pub mod notify;
