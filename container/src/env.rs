@@ -133,38 +133,16 @@ pub fn check_var_name(name: &str) -> Result<(), String> {
 /// quotes, ` #` starting an inline comment after an unquoted value), as the seed's `.env`.
 /// Errors are `(line number, message)`.
 pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let body = trimmed
-            .strip_prefix("export ")
-            .unwrap_or(trimmed)
-            .trim_start();
-        let Some((key, value)) = body.split_once('=') else {
+    kennel_policy::dotenv::entries(text)
+        .map(|entry| match entry {
+            Ok(e) => Ok((e.key.to_string(), e.value)),
             // The line itself is not echoed: it may hold a secret.
-            return Err((
-                i + 1,
+            Err(bad) => Err((
+                bad.line,
                 "is not KEY=VALUE (nor a # comment or blank)".to_string(),
-            ));
-        };
-        let value = value.trim();
-        let value = match value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-        {
-            Some(v) => v.to_string(),
-            None => match value.find(" #") {
-                Some(i) => value[..i].trim_end().to_string(),
-                None => value.to_string(),
-            },
-        };
-        out.push((key.trim().to_string(), value));
-    }
-    Ok(out)
+            )),
+        })
+        .collect()
 }
 
 /// Reads a dotenv file and checks its names; `skip` names are left out (the `.env` proxy keys).

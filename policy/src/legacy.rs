@@ -163,51 +163,20 @@ impl LegacyEnv {
     /// messages.
     pub fn parse_dotenv(src: &str, path: &Path) -> Result<LegacyEnv, PolicyError> {
         let mut env = LegacyEnv::default();
-        let mut offset = 0;
-        for line in src.split_inclusive('\n') {
-            let start = offset;
-            offset += line.len();
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let body = trimmed
-                .strip_prefix("export ")
-                .unwrap_or(trimmed)
-                .trim_start();
-            let Some((key, value)) = body.split_once('=') else {
-                let col = line.len() - line.trim_start().len();
-                return Err(PolicyError::at(
+        for entry in crate::dotenv::entries(src) {
+            let entry = entry.map_err(|bad| {
+                PolicyError::at(
                     path,
                     src,
-                    start + col,
-                    format!(
-                        "line {trimmed:?} is not KEY=VALUE; expected e.g. UPSTREAM_SOCKS5=host:port"
-                    ),
-                ));
-            };
-            let key = key.trim();
-            let raw = value.trim();
-            let (value, quoted) = match raw
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| raw.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            {
-                Some(v) => (v.to_string(), true),
-                // Unquoted: an inline comment starts at " #".
-                None => match raw.find(" #") {
-                    Some(i) => (raw[..i].trim_end().to_string(), false),
-                    None => (raw.to_string(), false),
-                },
-            };
-            let Some(name) = VARS.iter().copied().find(|n| *n == key) else {
+                    bad.offset,
+                    "line is not KEY=VALUE (not shown: it may hold a secret); expected e.g. UPSTREAM_SOCKS5=host:port".to_string(),
+                )
+            })?;
+            let Some(name) = VARS.iter().copied().find(|n| *n == entry.key) else {
                 continue;
             };
-            // Byte offset of the value's first character in `src`: `raw` is a subslice of
-            // `line`, which starts at `start`.
-            let raw_at = start + (raw.as_ptr() as usize - line.as_ptr() as usize);
-            let (line_no, col) = crate::error::line_col(src, raw_at + usize::from(quoted));
-            env.set(name, value);
+            let (line_no, col) = crate::error::line_col(src, entry.value_offset);
+            env.set(name, entry.value);
             env.origins.insert(
                 name,
                 Origin {

@@ -17,6 +17,7 @@ mod target;
 mod upstream;
 
 pub mod addr;
+pub mod dotenv;
 pub mod log_env;
 pub mod migrate;
 pub mod reload;

@@ -416,7 +416,7 @@ fn dotenv_malformed_line() {
     let p = d.write(".env", "# c\nUPSTREAM_SOCKS5=h:1\n  garbage\n");
     assert_eq!(
         d.strip(&LegacyEnv::from_dotenv(&p).unwrap_err().to_string()),
-        ".env:3:3: line \"garbage\" is not KEY=VALUE; expected e.g. UPSTREAM_SOCKS5=host:port"
+        ".env:3:3: line is not KEY=VALUE (not shown: it may hold a secret); expected e.g. UPSTREAM_SOCKS5=host:port"
     );
 }
 
