@@ -37,14 +37,9 @@ pub struct SandboxEnv {
 
 impl std::fmt::Debug for SandboxEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Names only: values may be secrets and a Debug print may end up in a log.
-        let names = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-        f.debug_struct("SandboxEnv")
-            .field("dotenv", &names(&self.dotenv))
-            .field("container_env", &names(&self.container_env))
-            .field("env_file", &names(&self.env_file))
-            .field("table", &names(&self.table))
-            .finish()
+        // Names only (values may be secrets and a Debug print may end up in a log): the wire
+        // form's Debug, which prints just that.
+        std::fmt::Debug::fmt(&kennel_api::types::EnvDoc::from(self), f)
     }
 }
 

@@ -13,6 +13,17 @@ use crate::spec::{
     CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress, ServiceSpec,
 };
 
+impl From<&SandboxEnv> for EnvDoc {
+    fn from(e: &SandboxEnv) -> Self {
+        EnvDoc {
+            dotenv: e.dotenv.clone(),
+            container_env: e.container_env.clone(),
+            env_file: e.env_file.clone(),
+            table: e.table.clone(),
+        }
+    }
+}
+
 impl From<EnvDoc> for SandboxEnv {
     fn from(d: EnvDoc) -> Self {
         SandboxEnv {
@@ -101,12 +112,7 @@ impl From<&EnvSpec> for SpecDoc {
                 agent_config_copy: s.credentials.agent_config_copy.clone(),
             },
             command: s.command.clone(),
-            env: EnvDoc {
-                dotenv: s.env.dotenv.clone(),
-                container_env: s.env.container_env.clone(),
-                env_file: s.env.env_file.clone(),
-                table: s.env.table.clone(),
-            },
+            env: EnvDoc::from(&s.env),
             mounts: s
                 .mounts
                 .iter()
