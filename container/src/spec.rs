@@ -883,6 +883,15 @@ fn workspace_image(
     };
     let user = dc.user.take().unwrap_or(user);
     let mut warnings: Vec<String> = dc.warning().into_iter().collect();
+    // The old system's Docker-in-Docker allowlist: there is no engine inside environments yet,
+    // so say so instead of leaving the file silently unused.
+    let dind = workspace.join(".devcontainer/dind-whitelist.txt");
+    if dind.exists() {
+        warnings.push(format!(
+            "{} is not used: kennel runs no Docker engine inside environments yet (docs/environments.md, \"Docker inside an environment\")",
+            dind.display()
+        ));
+    }
     let mut container_env = std::mem::take(&mut dc.container_env);
     let mut compose_services = Vec::new();
     let mut sandbox_depends_on = Vec::new();

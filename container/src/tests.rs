@@ -691,3 +691,33 @@ fn exec_request_is_also_the_wire_type() {
         .expect_err("unknown field");
     assert!(e.to_string().contains("stdn"), "{e}");
 }
+
+#[test]
+fn a_dind_whitelist_of_the_old_layout_is_named_as_unused_not_silently_ignored() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+    std::fs::write(d.path().join(".devcontainer/whitelist.txt"), "github.com\n").expect("w");
+    let without = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("seed");
+    assert!(
+        without
+            .warnings
+            .iter()
+            .all(|w| !w.contains("dind-whitelist")),
+        "{:?}",
+        without.warnings
+    );
+    std::fs::write(
+        d.path().join(".devcontainer/dind-whitelist.txt"),
+        "registry-1.docker.io\n",
+    )
+    .expect("w");
+    let with = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("seed");
+    assert!(
+        with.warnings
+            .iter()
+            .any(|w| w.contains("dind-whitelist.txt is not used")
+                && w.contains("Docker inside an environment")),
+        "{:?}",
+        with.warnings
+    );
+}
