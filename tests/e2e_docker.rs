@@ -507,8 +507,30 @@ async fn sandbox_limits_are_applied() {
     );
     assert!(stats.started_at.is_some(), "{stats:?}");
 
+    // The container's own process has exactly the configured nofile limits.
+    let r = t.sh("grep 'Max open files' /proc/1/limits").await;
+    let limits: Vec<String> = r
+        .stdout_str()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        limits.get(3..5),
+        Some(&["512".to_string(), "1024".to_string()][..]),
+        "{}",
+        out(&r)
+    );
+    // An exec'd process keeps the hard limit; its soft limit is 512, or sometimes the hard
+    // limit: seen about once in five runs with Debian's docker 20.10 / runc 1.1.5 (probably the
+    // Go runtime of the exec path raising its soft RLIMIT_NOFILE and handing it on). The hard
+    // limit is the bound that holds for every process.
     let r = t.sh("ulimit -n; ulimit -Hn").await;
-    assert_eq!(r.stdout_str(), "512\n1024\n", "{}", out(&r));
+    let exec_limits = r.stdout_str();
+    assert!(
+        exec_limits == "512\n1024\n" || exec_limits == "1024\n1024\n",
+        "{}",
+        out(&r)
+    );
     // The pids limit stops a fork loop well before 100 children.
     let r = t.run(&["probe", "spawn", "100"]).await;
     assert_ne!(r.exit_code, 0, "100 processes under pids=40: {}", out(&r));
