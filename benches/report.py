@@ -22,9 +22,12 @@ ROWS = [
     ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
     ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("tunnel_rate_cpu", "… proxy CPU busy (%)", False),
     ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)", False),
-    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
+    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s; direct: origin-form)", True),
+    ("forward_rate_cpu", "… proxy CPU busy (%)", False),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
+    ("denied_rate_cpu", "… proxy CPU busy (%)", False),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
     ("idle10k", f"RSS per idle tunnel, {int(big):,} held (KiB)", False),
 ]

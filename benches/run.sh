@@ -187,8 +187,9 @@ once() { # target scenario loadgen-args...
     shift 2
     if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
         VALS[$target|$scenario]+="$(echo "$out" | awk '{print $1}') "
-        # download runs also print the proxy's CPU seconds per GiB
-        [[ $out == *cpu-s/GiB* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
+        # with --pids, download runs also print the proxy's CPU seconds per GiB, rate runs
+        # how busy the proxy's CPU was (%)
+        [[ $out == *cpu* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
     else
         echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
     fi
@@ -216,7 +217,7 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
             # the ceiling's own origin replaces the shared one
             [ -n "$origin" ] && args=("${args[@]/#$O/$origin}")
             [ -n "$port" ] && via=(--proxy "$port")
-            [ -n "$pid" ] && [ "${args[0]}" = download ] && cpu=(--pids "$pid")
+            [ -n "$pid" ] && [[ ${args[0]} == download || ${args[0]} == *-rate ]] && cpu=(--pids "$pid")
             once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
         done
     done

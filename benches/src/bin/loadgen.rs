@@ -321,6 +321,7 @@ enum Kind {
 
 /// `clients` loops for `secs` each; completed operations per second.
 async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
+    let busy = Busy::start(&o.pids)?;
     let until = Instant::now() + Duration::from_secs_f64(o.secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -361,10 +362,8 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         errors * 100 <= done.max(1),
         "{errors} errors for {done} completions"
     );
-    Ok(format!(
-        "{:.0} /s",
-        done as f64 / start.elapsed().as_secs_f64()
-    ))
+    let secs = start.elapsed().as_secs_f64();
+    Ok(format!("{:.0} /s{}", done as f64 / secs, busy.end(secs)?))
 }
 
 /// Most samples one latency run keeps (a bound on memory, far above what 30 s can produce).
@@ -504,6 +503,33 @@ async fn forward_on(
         *kept = Some((s, buf));
     }
     Ok(())
+}
+
+/// How busy the proxy's CPU was during a rate run (`--pids`): when the proxy is well below 100 %
+/// while its rate is below direct, the limit is on the load generator's and origin's CPU, not
+/// in the proxy.
+struct Busy<'a> {
+    pids: &'a [u32],
+    ticks: Option<u64>,
+}
+
+impl<'a> Busy<'a> {
+    fn start(pids: &'a [u32]) -> anyhow::Result<Busy<'a>> {
+        let ticks = if pids.is_empty() {
+            None
+        } else {
+            Some(cpu_ticks(pids)?)
+        };
+        Ok(Busy { pids, ticks })
+    }
+    /// ` N %cpu` (the proxy's CPU seconds per second of the run, in percent), or nothing.
+    fn end(&self, secs: f64) -> anyhow::Result<String> {
+        let Some(t0) = self.ticks else {
+            return Ok(String::new());
+        };
+        let used = cpu_ticks(self.pids)?.saturating_sub(t0) as f64 / 100.0;
+        Ok(format!(" {:.0} %cpu", used / secs * 100.0))
+    }
 }
 
 /// Sum of user + system CPU time of `pids`, in clock ticks (USER_HZ = 100 on Linux).
