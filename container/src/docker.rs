@@ -1496,11 +1496,16 @@ impl Backend for DockerBackend {
                 )])),
                 ..Default::default()
             };
-            let mut events = self.docker.events(Some(options));
+            let mut events = Box::pin(self.docker.events(Some(options)));
             loop {
                 match events.next().await {
                     Some(Ok(_)) => {}
-                    Some(Err(e)) if matches!(e, bollard::errors::Error::DockerResponseServerError { .. }) => {
+                    Some(Err(e))
+                        if matches!(
+                            e,
+                            bollard::errors::Error::DockerResponseServerError { .. }
+                        ) =>
+                    {
                         tracing::warn!(error = %e, "the engine refuses its event stream; asking it every {:?} instead", crate::backend::ENGINE_POLL);
                         return crate::backend::poll_until_gone(self, crate::backend::ENGINE_POLL)
                             .await;

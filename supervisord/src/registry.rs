@@ -1143,7 +1143,7 @@ impl Daemon {
                 report.removed_incomplete.push(name.clone());
             } else if recorded {
                 report.kept.push(name.clone());
-                self.repair(&name, &status, mode, &mut report).await?;
+                self.repair(&name, mode, &mut report).await?;
             } else if self.owns(&status) {
                 tracing::warn!(env = %name, "removing orphaned environment objects (no state)");
                 self.backend.remove_env(&name).await?;
@@ -1168,6 +1168,12 @@ impl Daemon {
                 self.remove_interrupted(&name, marker, false).await?;
                 report.removed_incomplete.push(name);
             } else if self.state.read_record(&name)?.is_some() {
+                // Created since the engine was listed (at run time the busy mark was released
+                // in between): not missing.
+                if self.backend.inspect_env(&name).await?.is_some() {
+                    report.kept.push(name);
+                    continue;
+                }
                 tracing::warn!(env = %name, "environment has state but no engine objects; `kennel down` clears it");
                 report.missing.push(name);
             } else {
@@ -1228,10 +1234,14 @@ impl Daemon {
     async fn repair(
         &self,
         name: &str,
-        status: &EnvStatus,
         mode: ReconcileMode,
         report: &mut ReconcileReport,
     ) -> Result<(), ApiError> {
+        // Looked at again under the busy mark: the list may be from before a request that
+        // has just finished (a `kennel start`, a create).
+        let Some(status) = self.backend.inspect_env(name).await? else {
+            return Ok(());
+        };
         match status.state {
             EnvState::Running => return Ok(()),
             EnvState::Incomplete => {
