@@ -857,8 +857,7 @@ async fn events_engine_lost_and_back_reconciles_and_restarts_what_stayed_stopped
     let before = of_kind(&events(&client, None, None).await, "reconciled").len();
     assert_eq!(before, 1);
 
-    relay.down();
-    // Meanwhile the engine stopped the proxy and did not start it again.
+    // The restart stopped the proxy and did not start it again …
     let proxy = kennel_container::backend::names::proxy(&name);
     d.docker()
         .stop_container(
@@ -870,7 +869,9 @@ async fn events_engine_lost_and_back_reconciles_and_restarts_what_stayed_stopped
         )
         .await
         .expect("stop the proxy");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // … and was over at once: back before any poll could have seen it away. Only the broken
+    // connection tells.
+    relay.down();
     relay.up();
 
     let deadline = Instant::now() + Duration::from_secs(20);
