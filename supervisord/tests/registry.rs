@@ -930,3 +930,34 @@ async fn a_reconcile_at_run_time_leaves_an_environment_with_a_create_in_flight_a
     assert!(!marker.exists());
     assert!(f.state_dir.path().join("envs/inflight/spec.json").is_file());
 }
+
+#[tokio::test]
+async fn an_engine_away_when_the_watch_starts_is_reconciled_once_it_answers() {
+    use kennel_container::backend::EnvState;
+
+    let f = fixture();
+    let _ws = create_each(&f, &["early"]).await;
+    // The start-up reconcile could not reach the engine.
+    f.fake.engine_down();
+    assert!(f.daemon.reconcile().await.is_err());
+    let watch = kennel_supervisord::ops::engine::spawn_with(
+        f.daemon.clone(),
+        std::time::Duration::from_millis(20),
+        std::time::Duration::ZERO,
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert!(
+        reconciled(&f).is_empty(),
+        "nothing while the engine is away"
+    );
+    f.fake.engine_up();
+    let ev = nth_reconciled(&f, 1).await;
+    assert_eq!(ev.details["trigger"], "engine-back", "{ev:?}");
+    assert_eq!(
+        ev.details["started"],
+        serde_json::json!(["early"]),
+        "{ev:?}"
+    );
+    assert_eq!(engine_state(&f, "early").await, EnvState::Running);
+    watch.abort();
+}
