@@ -1483,6 +1483,26 @@ async fn docker_engine_restart_simulated_environment_comes_back_nothing_duplicat
             .expect("a running container has a pid");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
+        // The engine notices the death asynchronously: until it has, its list still says
+        // "running" for the old process, and the daemon would be reading a stale state rather
+        // than coming back from an outage (the race this test lost once the daemon's own
+        // reconnect became fast).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = real
+                .docker()
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .expect("inspect")
+                .state
+                .and_then(|s| s.pid)
+                .unwrap_or(0);
+            if now != i64::from(pid.as_raw()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the engine never saw {id} die");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let down = tokio::time::timeout(Duration::from_secs(30), client.get::<Vec<EnvInfo>>("/envs"))
         .await
@@ -1510,9 +1530,15 @@ async fn docker_engine_restart_simulated_environment_comes_back_nothing_duplicat
     loop {
         let ok = match client.get::<EnvInfo>(&format!("/envs/{name}")).await {
             Ok(info) if info.state == "running" => {
-                let (out, _, code) =
-                    crate::e2e_supervisor::exec(&client, &name, "echo after").await;
-                (out.as_str(), code) == ("after\n", 0)
+                // A container the engine is restarting (its restart policy) refuses execs for
+                // a moment: not back yet, try again.
+                let req = kennel_supervisord::api::types::ExecRequest {
+                    cmd: vec!["/bin/sh".into(), "-c".into(), "echo after".into()],
+                    ..Default::default()
+                };
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let code = client.exec(&name, &req, None, &mut out, &mut err).await;
+                matches!(code, Ok(0)) && out == b"after\n"
             }
             _ => false,
         };

@@ -1,7 +1,7 @@
 //! The daemon's core: environment registry on top of the container backend and the state
 //! directory; create / list / inspect / remove / exec, and the start-up reconcile.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,8 +118,10 @@ pub struct Daemon {
     daemon_uid: u32,
     tasks: TaskTracker,
     shutting_down: AtomicBool,
-    /// Names with a create or remove in progress.
-    busy: Mutex<HashSet<String>>,
+    /// Names with a create, change or remove in progress, and who holds each.
+    busy: Mutex<HashMap<String, BusyHolder>>,
+    /// Woken whenever a busy mark is released (requests wait out a reconcile's mark).
+    busy_released: tokio::sync::Notify,
     /// Serialises live policy changes ([`crate::policy_ops`]): each is read-modify-write of
     /// one file, so two at once must not lose either.
     pub(crate) policy_lock: tokio::sync::Mutex<()>,
@@ -144,6 +146,19 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// Who holds an environment's busy mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BusyHolder {
+    /// A request (create, refresh, start/stop, remove, bench): another request is refused.
+    Request,
+    /// The reconcile, which takes each environment for a moment: a request waits for it.
+    Reconcile,
+}
+
+/// Longest a request waits for the reconcile to be done with its environment before it is
+/// told the name is busy. The reconcile starts an environment's stopped containers at most.
+const RECONCILE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Marks a name busy for the guard's lifetime.
 pub(crate) struct BusyGuard<'a> {
     daemon: &'a Daemon,
@@ -153,6 +168,7 @@ pub(crate) struct BusyGuard<'a> {
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
         self.daemon.busy_set().remove(&self.name);
+        self.daemon.busy_released.notify_waiters();
     }
 }
 
@@ -174,7 +190,8 @@ impl Daemon {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             tasks: TaskTracker::new(),
             shutting_down: AtomicBool::new(false),
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
+            busy_released: tokio::sync::Notify::new(),
             policy_lock: tokio::sync::Mutex::new(()),
             sessions: Default::default(),
             health: Default::default(),
@@ -263,7 +280,7 @@ impl Daemon {
         &self.sessions
     }
 
-    fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn busy_set(&self) -> std::sync::MutexGuard<'_, HashMap<String, BusyHolder>> {
         // A poisoned lock only means another request panicked while holding it; the set is
         // still consistent (insert/remove are atomic), so keep going.
         self.busy
@@ -271,14 +288,44 @@ impl Daemon {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
-        if !self.busy_set().insert(name.to_string()) {
-            return Err(ApiError::Busy(name.to_string()));
+    /// Takes `name`'s busy mark for a request. Another request holding it is a 409 at once (two
+    /// changes to one environment must not race); the reconcile holding it is waited for (up to
+    /// [`RECONCILE_WAIT`]): a person's `kennel down` must not fail because the daemon happened
+    /// to be looking at that environment after an engine restart.
+    pub(crate) async fn mark_busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
+        let deadline = tokio::time::Instant::now() + RECONCILE_WAIT;
+        loop {
+            // Registered before the mark is tried, so a release in between is not missed.
+            let released = self.busy_released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_mark(name, BusyHolder::Request) {
+                Ok(guard) => return Ok(guard),
+                Err(BusyHolder::Request) => return Err(ApiError::Busy(name.to_string())),
+                Err(BusyHolder::Reconcile) => {}
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(ApiError::Busy(name.to_string()));
+            }
         }
-        Ok(BusyGuard {
-            daemon: self,
-            name: name.to_string(),
-        })
+    }
+
+    /// Takes `name`'s busy mark for the reconcile, or returns who holds it.
+    fn mark_busy_for_reconcile(&self, name: &str) -> Result<BusyGuard<'_>, BusyHolder> {
+        self.try_mark(name, BusyHolder::Reconcile)
+    }
+
+    fn try_mark(&self, name: &str, holder: BusyHolder) -> Result<BusyGuard<'_>, BusyHolder> {
+        match self.busy_set().entry(name.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => Err(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(holder);
+                Ok(BusyGuard {
+                    daemon: self,
+                    name: name.to_string(),
+                })
+            }
+        }
     }
 
     pub(crate) fn check_running(&self) -> Result<(), ApiError> {
@@ -448,7 +495,7 @@ impl Daemon {
         }
         let name = spec.name.clone();
 
-        let _busy = self.mark_busy(&name)?;
+        let _busy = self.mark_busy(&name).await?;
         if self.state.read_record(&name)?.is_some() {
             return Err(ApiError::Conflict(name));
         }
@@ -607,7 +654,7 @@ impl Daemon {
         if let Some(s) = &status
             && s.state != EnvState::Running
         {
-            let _busy = self.mark_busy(name)?;
+            let _busy = self.mark_busy(name).await?;
             self.state.clear_stopped(name)?;
             status = Some(self.backend.start_env(name).await?);
             tracing::info!(env = %name, "existing environment started");
@@ -643,7 +690,7 @@ impl Daemon {
 
     async fn start_or_stop(&self, name: &str, start: bool) -> Result<EnvInfo, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
-        let _busy = self.mark_busy(name)?;
+        let _busy = self.mark_busy(name).await?;
         let record = self.state.read_record(name)?;
         if self.managed_status(name, record.as_ref()).await?.is_none() {
             return Err(ApiError::NotFound(name.to_string()));
@@ -1006,7 +1053,7 @@ impl Daemon {
         reason: &str,
     ) -> Result<Vec<String>, ApiError> {
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
-        let _busy = self.mark_busy(name)?;
+        let _busy = self.mark_busy(name).await?;
         let record = self.state.read_record(name)?;
         let status = self.managed_status(name, record.as_ref()).await?;
         let kept_home = purge && self.backend.kept_home(name).await?.is_some();
@@ -1111,7 +1158,8 @@ impl Daemon {
     /// Each environment is looked at under its busy mark ([`Daemon::mark_busy`]), the one every
     /// create, refresh, start/stop and remove holds: one that a request of this daemon is working
     /// on is skipped (its `creating` marker is that request's, not a leftover), and a request
-    /// arriving meanwhile is told the name is busy rather than racing the reconcile. At start-up
+    /// arriving meanwhile waits until the reconcile is done with that environment rather than
+    /// racing it. At start-up
     /// nothing is busy yet, so both modes do the same; `mode` only goes into the event.
     pub async fn reconcile_with(&self, mode: ReconcileMode) -> Result<ReconcileReport, ApiError> {
         let mut report = ReconcileReport::default();
@@ -1121,7 +1169,7 @@ impl Daemon {
             engine.push(name.clone());
             let valid = validate_env_name(&name).is_ok();
             let _busy = if valid {
-                match self.mark_busy(&name) {
+                match self.mark_busy_for_reconcile(&name) {
                     Ok(guard) => Some(guard),
                     Err(_) => {
                         tracing::info!(env = %name, "reconcile: a request is working on it; left alone");
@@ -1159,7 +1207,7 @@ impl Daemon {
             if engine.contains(&name) {
                 continue;
             }
-            let Ok(_busy) = self.mark_busy(&name) else {
+            let Ok(_busy) = self.mark_busy_for_reconcile(&name) else {
                 tracing::info!(env = %name, "reconcile: a request is working on it; left alone");
                 report.skipped_busy.push(name);
                 continue;
@@ -1569,6 +1617,70 @@ where
 #[cfg(test)]
 mod tests {
     use super::rfc3339_if_epoch;
+
+    mod busy_marks {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use kennel_container::FakeBackend;
+
+        use crate::auth::Authorizer;
+        use crate::registry::{Daemon, FixedProxyImage};
+        use crate::state::StateDir;
+
+        fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
+            Daemon::new(
+                Arc::new(FakeBackend::new()),
+                Arc::new(FixedProxyImage("kennel-proxy:test".into())),
+                StateDir::open(dir).unwrap(),
+                Authorizer::new(0, [], []),
+            )
+        }
+
+        /// Regression: `kennel down` right after an engine restart failed with 409 because the
+        /// reconcile was looking at that environment at that moment.
+        #[tokio::test]
+        async fn a_request_waits_for_the_reconcile_and_then_gets_the_environment() {
+            let dir = tempfile::tempdir().unwrap();
+            let d = daemon(dir.path());
+            let reconcile = d.mark_busy_for_reconcile("e1").expect("free");
+            let waiting = {
+                let d = d.clone();
+                tokio::spawn(async move { d.mark_busy("e1").await.map(drop).is_ok() })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !waiting.is_finished(),
+                "the request waits while the reconcile holds it"
+            );
+            drop(reconcile);
+            let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("woken when the reconcile lets go")
+                .unwrap();
+            assert!(got, "the request then holds the mark");
+        }
+
+        #[tokio::test]
+        async fn a_request_holding_the_mark_still_makes_another_request_busy_at_once() {
+            let dir = tempfile::tempdir().unwrap();
+            let d = daemon(dir.path());
+            let first = d.mark_busy("e1").await.expect("free");
+            let second = tokio::time::timeout(Duration::from_secs(1), d.mark_busy("e1"))
+                .await
+                .expect("answered at once");
+            assert!(
+                matches!(second, Err(crate::error::ApiError::Busy(ref n)) if n == "e1"),
+                "409 for a second request"
+            );
+            assert!(
+                d.mark_busy_for_reconcile("e1").is_err(),
+                "the reconcile leaves it alone"
+            );
+            drop(first);
+            assert!(d.mark_busy_for_reconcile("e1").is_ok(), "free again");
+        }
+    }
 
     #[test]
     fn epoch_seconds_become_rfc3339() {

@@ -140,7 +140,7 @@ impl Daemon {
                 },
             ));
         }
-        let _busy = self.mark_busy(name)?;
+        let _busy = self.mark_busy(name).await?;
         // Containers of an interrupted earlier run.
         self.backend().bench_cleanup(name).await?;
         let mut report = BenchReport {

@@ -42,7 +42,7 @@ impl Daemon {
     pub async fn refresh_because(&self, name: &str, reason: &str) -> Result<EnvInfo, ApiError> {
         self.check_running()?;
         validate_env_name(name).map_err(|_| ApiError::NotFound(name.to_string()))?;
-        let _busy = self.mark_busy(name)?;
+        let _busy = self.mark_busy(name).await?;
         let Some(mut record) = self.state().read_record(name)? else {
             return Err(ApiError::NotFound(name.to_string()));
         };
