@@ -70,6 +70,31 @@ pub struct EnvInfo {
     /// Removed when its last exec session ends (`kennel up --rm`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_on_exit: bool,
+    /// The environment's own Docker engine (`[docker]`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerDoc>,
+}
+
+/// The Docker engine of an environment, as `kennel inspect` and `kennel up` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DockerDoc {
+    /// How it runs.
+    pub mode: crate::spec::DockerMode,
+    /// What that mode risks, in one line ([`crate::spec::DockerMode::risk`]).
+    pub risk: String,
+    /// The sandbox's `DOCKER_HOST`.
+    pub docker_host: String,
+}
+
+impl DockerDoc {
+    /// The document for an engine in `mode` reached at `docker_host`.
+    pub fn new(mode: crate::spec::DockerMode, docker_host: &str) -> Self {
+        DockerDoc {
+            mode,
+            risk: mode.risk().to_string(),
+            docker_host: docker_host.to_string(),
+        }
+    }
 }
 
 /// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
@@ -240,6 +265,9 @@ pub struct SpecDoc {
     /// Services the sandbox waits for (the compose dev service's `depends_on`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sandbox_depends_on: Vec<crate::spec::DependsOn>,
+    /// `[docker]`: the environment's own Docker engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<crate::spec::DockerSpec>,
 }
 
 /// Wire form of the `[health]` keys beyond the thresholds.

@@ -243,7 +243,7 @@ impl DockerBackend {
         }))
     }
 
-    async fn create_and_start(
+    pub(crate) async fn create_and_start(
         &self,
         name: &str,
         body: ContainerCreateBody,
@@ -479,17 +479,25 @@ impl DockerBackend {
         // After the build and the user lookup: the home volume is initialised from the image
         // that will run, owned by the user it runs as.
         self.ensure_home(plan, created).await?;
+        // `[docker]`: the environment's own engine (crate::engine), before the sandbox that
+        // uses its socket.
+        let engine_proxy = self.start_engine(plan, created).await?;
         // `kennel up --egress-only`: the IDE's dev container takes the sandbox's place.
         if !plan.egress_only() {
             // The compose dev service's depends_on: the sandbox starts after them.
             self.wait_dependencies(env, "the sandbox", &plan.spec.sandbox_depends_on, plan)
                 .await?;
-            self.create_and_start(
-                &names::sandbox(env),
+            let sandbox = names::sandbox(env);
+            self.create_container(
+                &sandbox,
                 hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
-                created,
             )
             .await?;
+            created.push(Created::Container(sandbox.clone()));
+            if let Some(proxy) = &engine_proxy {
+                self.write_docker_config(plan, &sandbox, proxy).await?;
+            }
+            self.start(&sandbox).await?;
         }
 
         self.inspect_env_inner(env)
@@ -798,7 +806,7 @@ impl DockerBackend {
 }
 
 /// An object `create_env` made (for rollback).
-enum Created {
+pub(crate) enum Created {
     Network(String),
     Container(String),
     Volume(String),
@@ -1023,12 +1031,17 @@ impl Backend for DockerBackend {
                     Err(e) => return Err(BackendError::engine("remove network", shown, e)),
                 }
             }
-            Ok(())
+            // The Docker engine's socket volume goes with the engine (its data stays).
+            self.remove_own_volume(name, &crate::engine::names::socket_volume(name))
+                .await
         })
     }
 
     fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            // The Docker engine's data (images, build cache, nested containers' layers).
+            self.remove_own_volume(name, &crate::engine::names::data_volume(name))
+                .await?;
             // The compose services' named volumes: only those labelled as this environment's.
             let label = format!("{LABEL_ENV}={name}");
             let listed = self
@@ -1142,7 +1155,7 @@ impl Backend for DockerBackend {
                     .map(String::as_str)
                 {
                     Some("proxy") => 0,
-                    Some("service") => 1,
+                    Some("service" | crate::engine::ROLE_ENGINE) => 1,
                     Some("sandbox") => 2,
                     // Test origins, leftovers: not kennel's to start.
                     _ => 3,

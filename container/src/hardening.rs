@@ -408,6 +408,11 @@ pub fn sandbox_container(
         binds.extend(g.binds());
         env_vars.extend(g.env());
     }
+    // `[docker]`: the environment's own engine, through the socket volume (crate::engine).
+    if spec.docker.is_some() {
+        binds.extend(crate::engine::sandbox_binds(env));
+        env_vars.push(format!("DOCKER_HOST={}", crate::engine::DOCKER_HOST));
+    }
     host.binds = Some(binds);
     // Home is the environment's named volume (kept across down/up), initialised owned by the
     // sandbox user (crate::home); /tmp stays a tmpfs.

@@ -9,6 +9,7 @@
 //! - [`home`]: the home volume's initial content;
 //! - [`devcontainer`]: `.devcontainer/devcontainer.json` → the workspace's image and settings;
 //! - [`build`]: builds that image through the engine, on the environment's network;
+//! - [`engine`]: a Docker engine of the environment's own (`[docker]`);
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory;
@@ -20,6 +21,7 @@ pub mod build;
 pub mod compose;
 pub mod devcontainer;
 pub mod docker;
+pub mod engine;
 mod docker_ops;
 pub mod env;
 pub mod error;

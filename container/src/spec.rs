@@ -79,9 +79,22 @@ pub struct EnvSpec {
     pub notify: NotifySpec,
     /// Services the sandbox waits for (the compose file's dev service's `depends_on`).
     pub sandbox_depends_on: Vec<DependsOn>,
+    /// `[docker]`: a Docker engine of the environment's own ([`crate::engine`]); the seed
+    /// layout with [`SEED_DIND_FILE`] gets one in [`SEED_DOCKER_MODE`].
+    pub docker: Option<DockerSpec>,
 }
 
-pub use kennel_api::spec::{DEFAULT_NOTIFY_DIR, NotifySpec};
+/// Seed layout: the old system's Docker-in-Docker allowlist; its presence (without kennel.toml)
+/// gives the environment a Docker engine whose egress goes through the `dind` profile.
+pub const SEED_DIND_FILE: &str = ".devcontainer/dind-whitelist.txt";
+/// The egress profile a `[docker]` engine's pulls and nested containers go through.
+pub const DOCKER_EGRESS_PROFILE: &str = "dind";
+/// The engine mode the seed layout gets: the least privileged mode measured to work on the
+/// kind of host kennel runs on (Docker 20.10, cgroup v1; docs/environments.md, "Docker inside
+/// an environment").
+pub const SEED_DOCKER_MODE: DockerMode = DockerMode::Rootless;
+
+pub use kennel_api::spec::{DEFAULT_NOTIFY_DIR, DockerMode, DockerSpec, NotifySpec};
 
 /// Checks a `[notify] dir`: an absolute, plain path (letters, digits, `._-` and `/`; no `..`),
 /// not `/` nor the workspace itself, at most 200 characters. The path goes into a bind-mount
@@ -332,6 +345,13 @@ struct RawSpec {
     notify: Option<RawNotify>,
     /// A compose file whose services are imported ([`crate::compose`]).
     services: Option<Spanned<String>>,
+    docker: Option<Spanned<RawDocker>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -488,6 +508,7 @@ impl EnvSpec {
             .spec_file
             .clone()
             .or_else(|| Some(dir.join(SPEC_FILE)).filter(|p| p.is_file()));
+        let seed_layout = spec_file.is_none();
         let mut spec = match spec_file {
             Some(file) => EnvSpec::load(&file)?,
             None => {
@@ -499,6 +520,22 @@ impl EnvSpec {
                 build(&src, raw, &dir)?
             }
         };
+        // The seed layout's Docker-in-Docker allowlist: the old system ran an engine beside the
+        // dev container; kennel gives the environment one of its own, in the least privileged
+        // mode that works (kennel.toml says `[docker]` itself).
+        let dind = dir.join(SEED_DIND_FILE);
+        if dind.exists() {
+            if seed_layout {
+                spec.docker.get_or_insert(DockerSpec {
+                    mode: SEED_DOCKER_MODE,
+                });
+            } else if spec.docker.is_none() {
+                spec.warnings.push(format!(
+                    "{} is the egress profile {DOCKER_EGRESS_PROFILE:?}, but kennel.toml has no [docker], so no Docker engine runs in the environment (add `[docker] mode = \"rootless\"`)",
+                    dind.display()
+                ));
+            }
+        }
         if overrides.workspace.is_some() {
             spec.workspace = dir.clone();
             spec.env.dotenv = load_dotenv_vars(&dir)?;
@@ -626,6 +663,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         })?;
     let mounts = build_mounts(src, raw.mount, base_dir, &home)?;
     let notify = build_notify(src, raw.notify.unwrap_or_default())?;
+    let docker = build_docker(src, raw.docker)?;
 
     Ok(EnvSpec {
         name,
@@ -649,7 +687,37 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         warnings,
         notify,
         sandbox_depends_on,
+        docker,
     })
+}
+
+/// `[docker]`: `mode` is required (each mode is a different risk; nothing is chosen silently).
+fn build_docker(
+    src: &Src<'_>,
+    raw: Option<Spanned<RawDocker>>,
+) -> Result<Option<DockerSpec>, SpecError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let Some(mode) = raw.mode else {
+        return Err(src.err(
+            span,
+            "docker.mode",
+            "is required: \"rootless\" (least privilege) or \"privileged\" (a path to the host); see docs/environments.md, \"Docker inside an environment\"",
+        ));
+    };
+    let m = match mode.get_ref().as_str() {
+        "rootless" => DockerMode::Rootless,
+        "privileged" => DockerMode::Privileged,
+        other => {
+            return Err(src.err(
+                mode.span(),
+                "docker.mode",
+                format!("{other:?} is not a mode: use \"rootless\" or \"privileged\""),
+            ));
+        }
+    };
+    Ok(Some(DockerSpec { mode: m }))
 }
 
 fn build_notify(src: &Src<'_>, raw: RawNotify) -> Result<NotifySpec, SpecError> {
@@ -883,15 +951,7 @@ fn workspace_image(
     };
     let user = dc.user.take().unwrap_or(user);
     let mut warnings: Vec<String> = dc.warning().into_iter().collect();
-    // The old system's Docker-in-Docker allowlist: there is no engine inside environments yet,
-    // so say so instead of leaving the file silently unused.
-    let dind = workspace.join(".devcontainer/dind-whitelist.txt");
-    if dind.exists() {
-        warnings.push(format!(
-            "{} is not used: kennel runs no Docker engine inside environments yet (docs/environments.md, \"Docker inside an environment\")",
-            dind.display()
-        ));
-    }
+    // (The seed layout's dind-whitelist.txt becomes the `dind` egress profile: build_egress.)
     let mut container_env = std::mem::take(&mut dc.container_env);
     let mut compose_services = Vec::new();
     let mut sandbox_depends_on = Vec::new();

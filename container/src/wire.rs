@@ -128,6 +128,7 @@ impl From<&EnvSpec> for SpecDoc {
             lifecycle: s.lifecycle.clone(),
             notify: s.notify.clone(),
             sandbox_depends_on: s.sandbox_depends_on.clone(),
+            docker: s.docker,
         }
     }
 }
@@ -221,6 +222,7 @@ impl From<SpecDoc> for EnvSpec {
             user_name: d.user_name,
             lifecycle: d.lifecycle,
             sandbox_depends_on: d.sandbox_depends_on,
+            docker: d.docker,
             // Warnings are the CLI's to show; the daemon has nothing to add.
             warnings: Vec::new(),
             notify: d.notify,
@@ -285,5 +287,29 @@ mod compose_wire_tests {
             .into();
         assert_eq!(back.services, spec.services);
         assert_eq!(back.sandbox_depends_on, spec.sandbox_depends_on);
+    }
+
+    /// `[docker]` reaches the daemon (the engine is created from the daemon's copy of the spec).
+    #[test]
+    fn docker_engine_round_trips_through_the_wire_form() {
+        use crate::spec::{DockerMode, DockerSpec};
+        let mut spec = EnvSpec::parse_str(
+            "name = \"wire\"\n",
+            std::path::Path::new("/kennel.toml"),
+            std::path::Path::new("/"),
+        )
+        .expect("spec");
+        assert_eq!(spec.docker, None);
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        assert!(!json.contains("docker"), "absent [docker] is not sent: {json}");
+        spec.docker = Some(DockerSpec {
+            mode: DockerMode::Rootless,
+        });
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        assert!(json.contains(r#""docker":{"mode":"rootless"}"#), "{json}");
+        let back: EnvSpec = serde_json::from_str::<SpecDoc>(&json)
+            .expect("deserialise")
+            .into();
+        assert_eq!(back.docker, spec.docker);
     }
 }

@@ -861,6 +861,7 @@ impl Daemon {
             log: Vec::new(),
             expires: record.and_then(expires_text),
             remove_on_exit: record.is_some_and(|r| r.request.spec.remove_on_exit),
+            docker: record.and_then(docker_doc),
         }
     }
 
@@ -881,6 +882,7 @@ impl Daemon {
             log: Vec::new(),
             expires: expires_text(record),
             remove_on_exit: record.request.spec.remove_on_exit,
+            docker: docker_doc(record),
         }
     }
 
@@ -1415,4 +1417,11 @@ mod tests {
             "2026-01-01T00:00:00Z"
         );
     }
+}
+
+/// The environment's Docker engine as `kennel inspect` shows it (from its spec).
+fn docker_doc(record: &EnvRecord) -> Option<kennel_api::types::DockerDoc> {
+    record.request.spec.docker.map(|d| {
+        kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST)
+    })
 }

@@ -207,6 +207,9 @@ fn print_up(info: &EnvInfo) {
     if !info.env_names.is_empty() {
         println!("  env      {}", info.env_names.join(" "));
     }
+    if let Some(d) = &info.docker {
+        println!("  docker   {} ({}): {}", d.mode, d.docker_host, d.risk);
+    }
     if let Some(t) = &info.expires {
         println!("  expires  {t} (removed then, `--ttl`)");
     }
