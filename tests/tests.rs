@@ -5,6 +5,7 @@ mod e2e_build;
 mod e2e_compose;
 mod e2e_devcontainer;
 mod e2e_docker;
+mod e2e_docker_engine;
 mod e2e_events;
 mod e2e_notify;
 mod e2e_ops;

@@ -13,7 +13,7 @@ rm -rf "$XDG_RUNTIME_DIR/rootlesskit"
 exec rootlesskit \
   --net=slirp4netns --mtu=65520 --disable-host-loopback \
   --port-driver=none \
-  --copy-up=/etc \
+  --copy-up=/etc --copy-up=/run \
   --state-dir="$XDG_RUNTIME_DIR/rootlesskit" \
   dockerd \
   --host unix:///run/kennel-docker/docker.sock \

@@ -862,6 +862,81 @@ mod tests {
     }
 
     #[test]
+    fn docker_mode_is_required_and_errors_name_file_line_and_key() {
+        let path = Path::new("/w/kennel.toml");
+        let e = crate::spec::EnvSpec::parse_str("name = \"a\"\n\n[docker]\n", path, Path::new("/"))
+            .expect_err("mode missing")
+            .to_string();
+        assert!(
+            e.starts_with("/w/kennel.toml:3:") && e.contains("docker.mode") && e.contains("is required"),
+            "{e}"
+        );
+        let e = crate::spec::EnvSpec::parse_str(
+            "name = \"a\"\n[docker]\nmode = \"root\"\n",
+            path,
+            Path::new("/"),
+        )
+        .expect_err("bad mode")
+        .to_string();
+        assert!(
+            e.starts_with("/w/kennel.toml:3:") && e.contains("\"root\" is not a mode"),
+            "{e}"
+        );
+        let e = crate::spec::EnvSpec::parse_str(
+            "name = \"a\"\n[docker]\nmode = \"rootless\"\ntls = true\n",
+            path,
+            Path::new("/"),
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("tls"), "{e}");
+        for (text, mode) in [
+            ("rootless", DockerMode::Rootless),
+            ("privileged", DockerMode::Privileged),
+        ] {
+            let s = crate::spec::EnvSpec::parse_str(
+                &format!("name = \"a\"\n[docker]\nmode = \"{text}\"\n"),
+                path,
+                Path::new("/"),
+            )
+            .expect("valid");
+            assert_eq!(s.docker, Some(crate::spec::DockerSpec { mode }));
+        }
+    }
+
+    /// The seed layout with dind-whitelist.txt gets an engine in the least privileged mode
+    /// measured to work; kennel.toml without `[docker]` gets none, and a warning saying so.
+    #[test]
+    fn the_seed_layout_with_a_dind_whitelist_gets_a_rootless_engine() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
+        let ov = crate::spec::SpecOverrides::default();
+        let without = crate::spec::EnvSpec::from_workspace(d.path(), &ov).expect("seed");
+        assert_eq!(without.docker, None);
+        std::fs::write(
+            d.path().join(crate::spec::SEED_DIND_FILE),
+            "registry-1.docker.io\n",
+        )
+        .expect("w");
+        let with = crate::spec::EnvSpec::from_workspace(d.path(), &ov).expect("seed");
+        assert_eq!(
+            with.docker,
+            Some(crate::spec::DockerSpec {
+                mode: DockerMode::Rootless
+            })
+        );
+        std::fs::write(d.path().join("kennel.toml"), "name = \"t\"\n").expect("w");
+        let toml = crate::spec::EnvSpec::from_workspace(d.path(), &ov).expect("toml");
+        assert_eq!(toml.docker, None);
+        assert!(
+            toml.warnings
+                .iter()
+                .any(|w| w.contains("dind-whitelist.txt") && w.contains("no [docker]")),
+            "{:?}",
+            toml.warnings
+        );
+    }
+
+    #[test]
     fn the_engine_network_is_internal_without_a_host_address() {
         let p = plan(DockerMode::Rootless);
         let n = network(&p);
