@@ -58,7 +58,11 @@ fn host_has_process(marker: &str) -> bool {
     };
     dir.flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
             .unwrap_or(false)
     })
 }
@@ -77,7 +81,8 @@ async fn exists_network(d: &kennel_container::DockerBackend, name: &str) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_engine_per_environment_builds_runs_nested_containers_only_through_dind_profile() {
-    let test = "docker_engine_per_environment_builds_runs_nested_containers_only_through_dind_profile";
+    let test =
+        "docker_engine_per_environment_builds_runs_nested_containers_only_through_dind_profile";
     let Some(d) = docker_engine(test).await else {
         return;
     };
@@ -127,13 +132,15 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     assert_eq!(doc.docker_host, engine::DOCKER_HOST);
     let engine_name = engine::names::engine(&name);
     assert!(
-        info.containers
-            .iter()
-            .any(|c| c.name == engine_name && c.role == engine::ROLE_ENGINE && c.state == "running"),
+        info.containers.iter().any(|c| c.name == engine_name
+            && c.role == engine::ROLE_ENGINE
+            && c.state == "running"),
         "{info:?}"
     );
     assert!(
-        info.log.iter().any(|l| l.contains("Docker engine (rootless)")),
+        info.log
+            .iter()
+            .any(|l| l.contains("Docker engine (rootless)")),
         "kennel up prints the mode and its risk: {:?}",
         info.log
     );
@@ -175,7 +182,10 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
         .expect("allow subnet (main)");
     let _: PolicyChanged = client
         .post(
-            &format!("{base}/policy/allow?profile={}", kennel_container::spec::DOCKER_EGRESS_PROFILE),
+            &format!(
+                "{base}/policy/allow?profile={}",
+                kennel_container::spec::DOCKER_EGRESS_PROFILE
+            ),
             &allow(&[&subnet]),
         )
         .await
@@ -212,7 +222,9 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     let t = Instant::now();
     let mut last = String::new();
     while t.elapsed() < Duration::from_secs(15) {
-        last = exec(&client, &name, &nested_get("dind-only.kennel-test")).await.0;
+        last = exec(&client, &name, &nested_get("dind-only.kennel-test"))
+            .await
+            .0;
         if last.contains(" 200 ") {
             break;
         }
@@ -229,8 +241,13 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
         .to_string();
     assert!(proxy_line.starts_with("http://"), "{last}");
     // 4. ... but not what only the main policy allows (the dind proxy denies it).
-    let out = exec(&client, &name, &nested_get("main-only.kennel-test")).await.0;
-    assert!(out.contains(" 403 "), "main-only through the dind proxy: {out}");
+    let out = exec(&client, &name, &nested_get("main-only.kennel-test"))
+        .await
+        .0;
+    assert!(
+        out.contains(" 403 "),
+        "main-only through the dind proxy: {out}"
+    );
 
     // 5. ... nor anything directly: the origin, the environment's own proxy, the host's
     //    listeners on every gateway it could try (the test's own listener on all addresses),
@@ -316,14 +333,20 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
         .post(&format!("{base}/refresh"), &())
         .await
         .expect("refresh");
-    assert!(!host_has_process(&sleeping), "nested containers die with the engine");
+    assert!(
+        !host_has_process(&sleeping),
+        "nested containers die with the engine"
+    );
     let (out, err, code) = exec(
         &client,
         &name,
         &format!("docker image inspect --format 'id={{{{.Id}}}}' {NESTED_IMAGE}"),
     )
     .await;
-    assert!(code == 0 && out.contains("id=sha256:"), "kept across refresh: {out}{err}");
+    assert!(
+        code == 0 && out.contains("id=sha256:"),
+        "kept across refresh: {out}{err}"
+    );
 
     // 8. `kennel down` removes the engine (and its nested containers), its network and socket
     //    volume; the data volume stays until `--purge`.
@@ -338,10 +361,16 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     while !host_has_process(&sleeping) && t.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(host_has_process(&sleeping), "the nested container runs again");
+    assert!(
+        host_has_process(&sleeping),
+        "the nested container runs again"
+    );
     let _: Removed = client.delete(&base).await.expect("down");
     assert!(!exists_container(&d, &engine_name).await, "engine removed");
-    assert!(!host_has_process(&sleeping), "nested containers removed with it");
+    assert!(
+        !host_has_process(&sleeping),
+        "nested containers removed with it"
+    );
     assert!(!exists_network(&d, &engine::names::network(&name)).await);
     assert!(!exists_volume(&d, &engine::names::socket_volume(&name)).await);
     assert!(

@@ -86,10 +86,7 @@ pub mod names {
     }
     /// The `dind` egress profile's proxy container.
     pub fn dind_proxy(env: &str) -> String {
-        format!(
-            "kennel-{env}-proxy-{}",
-            crate::spec::DOCKER_EGRESS_PROFILE
-        )
+        format!("kennel-{env}-proxy-{}", crate::spec::DOCKER_EGRESS_PROFILE)
     }
 }
 
@@ -152,6 +149,13 @@ const TOOLS: &[Tool] = &[
         rootless_only: true,
     },
     Tool {
+        // dockerd under rootlesskit refuses to start without it (published ports).
+        image_path: "/usr/bin/rootlesskit-docker-proxy",
+        host: &["/usr/bin/rootlesskit-docker-proxy"],
+        package: "rootlesskit",
+        rootless_only: true,
+    },
+    Tool {
         image_path: "/usr/bin/slirp4netns",
         host: &["/usr/bin/slirp4netns"],
         package: "slirp4netns",
@@ -198,7 +202,12 @@ fn find_tool(t: &Tool) -> Result<PathBuf, ImageError> {
         .map(Path::to_path_buf)
         .ok_or_else(|| ImageError::HostToolMissing {
             image: ENGINE_REPO.into(),
-            tool: t.image_path.rsplit('/').next().unwrap_or(t.image_path).into(),
+            tool: t
+                .image_path
+                .rsplit('/')
+                .next()
+                .unwrap_or(t.image_path)
+                .into(),
             looked: t.host.join(", "),
             package: t.package.into(),
         })
@@ -641,7 +650,10 @@ impl DockerBackend {
         }
         match self
             .docker()
-            .remove_volume(volume, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .remove_volume(
+                volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -658,14 +670,21 @@ impl DockerBackend {
             if logs.contains(READY_LINE) {
                 return Ok(());
             }
-            let running = self
+            let info = self
                 .docker()
                 .inspect_container(engine, None::<InspectContainerOptions>)
                 .await
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.running)
-                .unwrap_or(false);
+                .ok();
+            // A dockerd that exited is restarted by the restart policy: one restart is a failure.
+            let restarted = info
+                .as_ref()
+                .and_then(|i| i.restart_count)
+                .is_some_and(|n| n > 0);
+            let running = !restarted
+                && info
+                    .and_then(|i| i.state)
+                    .and_then(|s| s.running)
+                    .unwrap_or(false);
             if !running || Instant::now() >= deadline {
                 let tail: Vec<&str> = logs.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -704,8 +723,8 @@ impl DockerBackend {
             }
         })?;
         let (uid, gid) = hardening::user_ids(&spec.user);
-        let archive = config_archive(&json, uid, gid)
-            .map_err(|e| BackendError::engine("pack", &path, e))?;
+        let archive =
+            config_archive(&json, uid, gid).map_err(|e| BackendError::engine("pack", &path, e))?;
         self.docker()
             .upload_to_container(
                 container,
@@ -785,10 +804,7 @@ mod tests {
         .expect("json");
         let v: serde_json::Value = serde_json::from_slice(&out).expect("parse");
         assert_eq!(v["auths"]["r.example"]["auth"], "x");
-        assert_eq!(
-            v["proxies"]["default"]["httpProxy"],
-            "http://10.1.2.3:8888"
-        );
+        assert_eq!(v["proxies"]["default"]["httpProxy"], "http://10.1.2.3:8888");
         assert_eq!(
             v["proxies"]["default"]["httpsProxy"],
             "http://10.1.2.3:8888"
@@ -834,7 +850,10 @@ mod tests {
         assert_eq!(host.network_mode.as_deref(), Some("kennel-dk-docker-net"));
         assert_eq!(host.masked_paths, Some(vec![]));
         assert!(host.devices.is_some());
-        assert_eq!(host.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::PRIVATE));
+        assert_eq!(
+            host.cgroupns_mode,
+            Some(HostConfigCgroupnsModeEnum::PRIVATE)
+        );
         let eps = body
             .networking_config
             .as_ref()
@@ -842,7 +861,10 @@ mod tests {
             .expect("endpoints");
         assert_eq!(eps.keys().collect::<Vec<_>>(), vec!["kennel-dk-docker-net"]);
         let env = body.env.clone().unwrap_or_default();
-        assert!(env.contains(&"KENNEL_DOCKER_UID=1001".to_string()), "{env:?}");
+        assert!(
+            env.contains(&"KENNEL_DOCKER_UID=1001".to_string()),
+            "{env:?}"
+        );
         assert!(env.contains(&"KENNEL_DOCKER_PROXY=http://10.0.0.2:8888".to_string()));
 
         let p = plan(DockerMode::Privileged);
@@ -868,7 +890,9 @@ mod tests {
             .expect_err("mode missing")
             .to_string();
         assert!(
-            e.starts_with("/w/kennel.toml:3:") && e.contains("docker.mode") && e.contains("is required"),
+            e.starts_with("/w/kennel.toml:3:")
+                && e.contains("docker.mode")
+                && e.contains("is required"),
             "{e}"
         );
         let e = crate::spec::EnvSpec::parse_str(

@@ -301,7 +301,10 @@ mod compose_wire_tests {
         .expect("spec");
         assert_eq!(spec.docker, None);
         let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
-        assert!(!json.contains("docker"), "absent [docker] is not sent: {json}");
+        assert!(
+            !json.contains("docker"),
+            "absent [docker] is not sent: {json}"
+        );
         spec.docker = Some(DockerSpec {
             mode: DockerMode::Rootless,
         });

@@ -1421,7 +1421,9 @@ mod tests {
 
 /// The environment's Docker engine as `kennel inspect` shows it (from its spec).
 fn docker_doc(record: &EnvRecord) -> Option<kennel_api::types::DockerDoc> {
-    record.request.spec.docker.map(|d| {
-        kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST)
-    })
+    record
+        .request
+        .spec
+        .docker
+        .map(|d| kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST))
 }

@@ -390,7 +390,11 @@ impl Daemon {
                     format!("{tried}: {}", first_line(o.trim())),
                     "see `docker logs kennel-ENV-docker` on the host; kennel refresh ENV",
                 ),
-                Err(e) => Check::fail("docker engine answers", format!("{tried}: {e}"), "kennel refresh ENV"),
+                Err(e) => Check::fail(
+                    "docker engine answers",
+                    format!("{tried}: {e}"),
+                    "kennel refresh ENV",
+                ),
             });
         }
         Ok(out)
