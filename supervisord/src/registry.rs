@@ -1403,6 +1403,15 @@ where
     }
 }
 
+/// The environment's Docker engine as `kennel inspect` shows it (from its spec).
+fn docker_doc(record: &EnvRecord) -> Option<kennel_api::types::DockerDoc> {
+    record
+        .request
+        .spec
+        .docker
+        .map(|d| kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST))
+}
+
 #[cfg(test)]
 mod tests {
     use super::rfc3339_if_epoch;
@@ -1417,13 +1426,4 @@ mod tests {
             "2026-01-01T00:00:00Z"
         );
     }
-}
-
-/// The environment's Docker engine as `kennel inspect` shows it (from its spec).
-fn docker_doc(record: &EnvRecord) -> Option<kennel_api::types::DockerDoc> {
-    record
-        .request
-        .spec
-        .docker
-        .map(|d| kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST))
 }
