@@ -295,7 +295,11 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     let took = service_until(&d, &name, &url("later.kennel-test"), "200").await;
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert_eq!(container_id(&d, &proxy_extra).await, before, "not restarted");
+    assert_eq!(
+        container_id(&d, &proxy_extra).await,
+        before,
+        "not restarted"
+    );
     // Only the profile's policy changed: the sandbox still cannot reach it.
     assert_eq!(
         from_sandbox(&client, &name, &url("later.kennel-test")).await,

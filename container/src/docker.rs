@@ -445,7 +445,11 @@ impl DockerBackend {
 
         let askpass = if spec.credentials.git_token_file.is_some() {
             let p = plan.policy_dir.join("git-askpass");
-            write_file(&plan.policy_dir, "git-askpass", hardening::GIT_ASKPASS_SCRIPT)?;
+            write_file(
+                &plan.policy_dir,
+                "git-askpass",
+                hardening::GIT_ASKPASS_SCRIPT,
+            )?;
             set_mode(&p, 0o755)
                 .map_err(|e| BackendError::engine("chmod", p.display().to_string(), e))?;
             Some(p)
@@ -537,7 +541,9 @@ impl DockerBackend {
             hardening::PROXY_CONFIG_FILE,
             &hardening::proxy_config_for_env(
                 egress_ip,
-                &dir.join(crate::policy_dir::POLICY_FILE).display().to_string(),
+                &dir.join(crate::policy_dir::POLICY_FILE)
+                    .display()
+                    .to_string(),
                 log_dir.is_some(),
                 &allow_args,
             ),

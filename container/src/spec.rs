@@ -1116,8 +1116,8 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
 /// Reads an include file of a profile: a regular file of at most [`MAX_PROFILE_LIST_BYTES`],
 /// valid as a seed-format list (its errors name the file, line and column).
 fn read_profile_list(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
@@ -1130,12 +1130,8 @@ fn read_profile_list(path: &Path) -> Result<String, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    kennel_policy::Policy::load_list(
-        path,
-        kennel_policy::ListFormat::Seed,
-        &LegacyEnv::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    kennel_policy::Policy::load_list(path, kennel_policy::ListFormat::Seed, &LegacyEnv::default())
+        .map_err(|e| e.to_string())?;
     Ok(text)
 }
 
@@ -1150,7 +1146,9 @@ fn seed_dind_profile(
         return Ok(None);
     }
     let text = read_profile_list(&path).map_err(|message| SpecError::InvalidValue {
-        what: format!("the seed layout's {SEED_DIND_WHITELIST} (egress profile \"{SEED_DIND_PROFILE}\")"),
+        what: format!(
+            "the seed layout's {SEED_DIND_WHITELIST} (egress profile \"{SEED_DIND_PROFILE}\")"
+        ),
         message,
     })?;
     Ok(Some(EgressProfile {

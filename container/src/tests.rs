@@ -864,7 +864,10 @@ fn egress_profile_errors_name_the_file_line_and_key() {
     )
     .expect_err("unknown key")
     .to_string();
-    assert!(e.contains("kennel.toml:3:") && e.contains("whitelist"), "{e}");
+    assert!(
+        e.contains("kennel.toml:3:") && e.contains("whitelist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -888,7 +891,10 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
         state_labels: vec![("k".into(), "v".into())],
         progress: None,
     };
-    assert_eq!(crate::profile_proxy_name("t", "extra"), "kennel-t-proxy-extra");
+    assert_eq!(
+        crate::profile_proxy_name("t", "extra"),
+        "kennel-t-proxy-extra"
+    );
     assert_eq!(crate::profile_proxy_url("extra"), "http://proxy-extra:8888");
     let main = hardening::proxy_container(&p, None);
     let prof = hardening::proxy_container(&p, Some("extra"));
@@ -913,8 +919,14 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
         ]
     );
     let labels = prof.labels.clone().unwrap_or_default();
-    assert_eq!(labels.get("dev.kennel.role").map(String::as_str), Some("profile-proxy"));
-    assert_eq!(labels.get("dev.kennel.profile").map(String::as_str), Some("extra"));
+    assert_eq!(
+        labels.get("dev.kennel.role").map(String::as_str),
+        Some("profile-proxy")
+    );
+    assert_eq!(
+        labels.get("dev.kennel.profile").map(String::as_str),
+        Some("extra")
+    );
     assert_eq!(labels.get("dev.kennel.env").map(String::as_str), Some("t"));
     let aliases = prof
         .networking_config
@@ -925,8 +937,14 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
     // The service: proxy variables at the profile's proxy, internal network only.
     let svc = hardening::service_container(&p, &p.spec.services[0]);
     let vars = svc.env.clone().unwrap_or_default();
-    assert!(vars.contains(&"HTTP_PROXY=http://proxy-extra:8888".to_string()), "{vars:?}");
-    assert!(vars.contains(&"https_proxy=http://proxy-extra:8888".to_string()), "{vars:?}");
+    assert!(
+        vars.contains(&"HTTP_PROXY=http://proxy-extra:8888".to_string()),
+        "{vars:?}"
+    );
+    assert!(
+        vars.contains(&"https_proxy=http://proxy-extra:8888".to_string()),
+        "{vars:?}"
+    );
     let nets: Vec<String> = svc
         .networking_config
         .and_then(|n| n.endpoints_config)
@@ -936,7 +954,10 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
     // Egress-side addresses: the environment's proxy first, then one per profile.
     let net = std::net::Ipv4Addr::new(10, 9, 0, 0);
     let gw = std::net::Ipv4Addr::new(10, 9, 0, 1);
-    assert_eq!(hardening::proxy_egress_ip(net, gw), std::net::Ipv4Addr::new(10, 9, 0, 2));
+    assert_eq!(
+        hardening::proxy_egress_ip(net, gw),
+        std::net::Ipv4Addr::new(10, 9, 0, 2)
+    );
     assert_eq!(
         hardening::proxy_egress_ip_at(net, gw, 1),
         std::net::Ipv4Addr::new(10, 9, 0, 3)
@@ -959,8 +980,8 @@ fn a_profile_policy_holds_its_include_files_and_not_the_default_list() {
     .expect("spec");
     let dir = policy_dir::profile_policy_dir(&d.path().join("env/policy"), "extra");
     assert_eq!(dir, d.path().join("env/policy-extra"));
-    let file = policy_dir::write_profile_policy(&dir, &spec, &spec.egress.profiles[0])
-        .expect("write");
+    let file =
+        policy_dir::write_profile_policy(&dir, &spec, &spec.egress.profiles[0]).expect("write");
     let policy = kennel_policy::Policy::load(&file).expect("valid");
     let allowed = |t: &str| {
         policy
@@ -969,8 +990,14 @@ fn a_profile_policy_holds_its_include_files_and_not_the_default_list() {
     };
     // Seed format: the entry covers its subdomains.
     assert!(allowed("x.example:443") && allowed("a.x.example:443"));
-    assert!(!allowed("github.com:443"), "the default list is the environment's only");
+    assert!(
+        !allowed("github.com:443"),
+        "the default list is the environment's only"
+    );
     let text = std::fs::read_to_string(&file).expect("read");
     assert!(text.contains("http://up.example:3128"), "{text}");
-    assert!(text.contains(&d.path().join("x.txt").display().to_string()), "{text}");
+    assert!(
+        text.contains(&d.path().join("x.txt").display().to_string()),
+        "{text}"
+    );
 }

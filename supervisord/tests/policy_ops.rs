@@ -713,18 +713,29 @@ async fn a_profile_has_its_own_policy_allow_deny_show_expiry_and_inspect() {
     assert_eq!(info.profiles.len(), 1, "{info:?}");
     let p = &info.profiles[0];
     assert_eq!(
-        (p.name.as_str(), p.proxy_container.as_str(), p.state.as_str()),
+        (
+            p.name.as_str(),
+            p.proxy_container.as_str(),
+            p.state.as_str()
+        ),
         ("extra", "kennel-prof-proxy-extra", "running")
     );
-    assert_eq!((p.allow_count, p.services.clone()), (Some(1), vec!["fetcher".to_string()]));
+    assert_eq!(
+        (p.allow_count, p.services.clone()),
+        (Some(1), vec!["fetcher".to_string()])
+    );
     let pdir = state_dir.path().join("envs/prof/policy-extra");
     assert_eq!(p.policy_dir.as_deref(), Some(pdir.as_path()));
     assert!(state_dir.path().join("envs/prof/logs-extra").is_dir());
     let decide = |dir: &str, t: &str| {
-        Policy::load(&state_dir.path().join(format!("envs/prof/{dir}/policy.toml")))
-            .unwrap()
-            .decide(&Target::parse_authority(t).unwrap())
-            .is_allowed()
+        Policy::load(
+            &state_dir
+                .path()
+                .join(format!("envs/prof/{dir}/policy.toml")),
+        )
+        .unwrap()
+        .decide(&Target::parse_authority(t).unwrap())
+        .is_allowed()
     };
     assert!(decide("policy-extra", "extra.example:443"));
     assert!(!decide("policy-extra", "github.com:443"), "no default list");
@@ -737,7 +748,10 @@ async fn a_profile_has_its_own_policy_allow_deny_show_expiry_and_inspect() {
         .unwrap();
     assert_eq!(changed.file, pdir.join("policy.toml"));
     assert!(decide("policy-extra", "later.example:443"));
-    assert!(!decide("policy", "later.example:443"), "the env's own policy untouched");
+    assert!(
+        !decide("policy", "later.example:443"),
+        "the env's own policy untouched"
+    );
     let view = daemon.policy_show_in(&extra).await.unwrap();
     let later = view
         .entries
@@ -745,7 +759,12 @@ async fn a_profile_has_its_own_policy_allow_deny_show_expiry_and_inspect() {
         .find(|e| e.pattern == "later.example")
         .unwrap();
     assert!(later.expires.is_some(), "{later:?}");
-    assert!(state_dir.path().join("envs/prof/expiry-extra.json").is_file());
+    assert!(
+        state_dir
+            .path()
+            .join("envs/prof/expiry-extra.json")
+            .is_file()
+    );
     assert!(!state_dir.path().join("envs/prof/expiry.json").exists());
     // The expiry loop removes it from the profile's policy when due.
     let removed = daemon

@@ -175,10 +175,7 @@ mod tests {
         );
         assert!(env_path("a/b").is_err());
         assert_eq!(profile_query(None).expect("none"), "");
-        assert_eq!(
-            profile_query(Some("dind")).expect("valid"),
-            "?profile=dind"
-        );
+        assert_eq!(profile_query(Some("dind")).expect("valid"), "?profile=dind");
         for bad in ["a&b=c", "proxy", "Dind", ""] {
             assert!(profile_query(Some(bad)).is_err(), "{bad}");
         }
