@@ -205,6 +205,21 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
         from_service(&d, &name, &url("main-only.kennel-test")).await,
         "403"
     );
+    // The profile's proxy says how to allow it: with `--profile extra`.
+    let body = exec_in(
+        &d,
+        &names::service(&name, "fetcher"),
+        &["curl", "-s", "--max-time", "5", &url("main-only.kennel-test")],
+        None,
+    )
+    .await
+    .stdout_str();
+    assert!(
+        body.contains(&format!(
+            "Ask a person on the host to run: kennel allow --profile extra {name} main-only.kennel-test:80"
+        )),
+        "{body}"
+    );
     // 3. The sandbox keeps the environment's policy: the main-only host yes, the profile's no.
     assert_eq!(
         from_sandbox(&client, &name, &url("main-only.kennel-test")).await,
