@@ -209,7 +209,13 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     let body = exec_in(
         &d,
         &names::service(&name, "fetcher"),
-        &["curl", "-s", "--max-time", "5", &url("main-only.kennel-test")],
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &url("main-only.kennel-test"),
+        ],
         None,
     )
     .await
