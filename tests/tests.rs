@@ -9,6 +9,7 @@ mod e2e_docker_engine;
 mod e2e_events;
 mod e2e_notify;
 mod e2e_ops;
+mod e2e_profiles;
 mod e2e_proxy;
 mod e2e_supervisor;
 mod e2e_upstream;

@@ -86,7 +86,7 @@ pub mod names {
     }
     /// The `dind` egress profile's proxy container.
     pub fn dind_proxy(env: &str) -> String {
-        format!("kennel-{env}-proxy-{}", crate::spec::DOCKER_EGRESS_PROFILE)
+        crate::backend::names::profile_proxy(env, crate::spec::DOCKER_EGRESS_PROFILE)
     }
 }
 
@@ -574,7 +574,9 @@ impl DockerBackend {
                 NetworkConnectRequest {
                     container: proxy.clone(),
                     endpoint_config: Some(EndpointSettings {
-                        aliases: Some(vec![format!("proxy-{DOCKER_EGRESS_PROFILE}")]),
+                        aliases: Some(vec![hardening::profile_proxy_alias(
+                            DOCKER_EGRESS_PROFILE,
+                        )]),
                         ..Default::default()
                     }),
                 },
@@ -913,12 +915,28 @@ mod tests {
         )
         .expect_err("unknown key");
         assert!(e.to_string().contains("tls"), "{e}");
+        // Without the `dind` egress profile the engine would have no way out: refused.
+        let e = crate::spec::EnvSpec::parse_str(
+            "name = \"a\"\n[docker]\nmode = \"rootless\"\n",
+            path,
+            Path::new("/"),
+        )
+        .expect_err("no dind profile")
+        .to_string();
+        assert!(
+            e.starts_with("/w/kennel.toml:2:")
+                && e.contains("key `docker`")
+                && e.contains("[egress.profiles.dind]"),
+            "{e}"
+        );
         for (text, mode) in [
             ("rootless", DockerMode::Rootless),
             ("privileged", DockerMode::Privileged),
         ] {
             let s = crate::spec::EnvSpec::parse_str(
-                &format!("name = \"a\"\n[docker]\nmode = \"{text}\"\n"),
+                &format!(
+                    "name = \"a\"\n[docker]\nmode = \"{text}\"\n[egress.profiles.dind]\ninclude = []\n"
+                ),
                 path,
                 Path::new("/"),
             )
@@ -937,7 +955,7 @@ mod tests {
         let without = crate::spec::EnvSpec::from_workspace(d.path(), &ov).expect("seed");
         assert_eq!(without.docker, None);
         std::fs::write(
-            d.path().join(crate::spec::SEED_DIND_FILE),
+            d.path().join(crate::spec::SEED_DIND_WHITELIST),
             "registry-1.docker.io\n",
         )
         .expect("w");

@@ -82,7 +82,10 @@ pub fn weaknesses(env: &str, m: &Member, read_only_rootfs: bool) -> Vec<String> 
     let mut p = Vec::new();
     let internal = names::network(env);
     let role = m.role.as_deref().unwrap_or("");
-    let is_proxy = role == "proxy" && m.name == names::proxy(env);
+    // The environment's proxy and its egress profiles' proxies are on the egress network too.
+    let is_proxy = (role == "proxy" && m.name == names::proxy(env))
+        || (role == crate::backend::ROLE_PROFILE_PROXY
+            && m.name.starts_with(&format!("{}-", names::proxy(env))));
     let is_service = role == "service";
     if m.privileged {
         p.push("runs --privileged: every capability and every host device, no seccomp".into());

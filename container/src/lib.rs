@@ -35,10 +35,12 @@ pub mod policy_dir;
 pub mod spec;
 pub mod wire;
 
+pub use backend::names::profile_proxy as profile_proxy_name;
 pub use backend::{Backend, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest, ExecSession};
 pub use docker::DockerBackend;
 pub use error::{BackendError, ImageError, SpecError};
 pub use fake::FakeBackend;
+pub use hardening::profile_proxy_url;
 pub use spec::EnvSpec;
 
 #[cfg(test)]

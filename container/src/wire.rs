@@ -4,14 +4,38 @@
 use std::time::Duration;
 
 use kennel_api::types::{
-    CredentialsDoc, EnvDoc, HealthDoc, LegacyDoc, MountDoc, OriginDoc, ServiceDoc, SpecDoc,
+    CredentialsDoc, EnvDoc, HealthDoc, LegacyDoc, MountDoc, OriginDoc, ProfileDoc, ServiceDoc,
+    SpecDoc,
 };
 use kennel_policy::LegacyEnv;
 
 use crate::env::SandboxEnv;
 use crate::spec::{
-    CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress, ServiceSpec,
+    CredentialMounts, Egress, EgressProfile, EnvSpec, HealthSpec, HostMount, Resources,
+    ServiceEgress, ServiceSpec,
 };
+
+impl From<&EgressProfile> for ProfileDoc {
+    fn from(p: &EgressProfile) -> Self {
+        ProfileDoc {
+            name: p.name.clone(),
+            include: p.include.clone(),
+            lists: p.lists.clone(),
+            upstream: p.upstream.clone(),
+        }
+    }
+}
+
+impl From<ProfileDoc> for EgressProfile {
+    fn from(d: ProfileDoc) -> Self {
+        EgressProfile {
+            name: d.name,
+            include: d.include,
+            lists: d.lists,
+            upstream: d.upstream,
+        }
+    }
+}
 
 impl From<&SandboxEnv> for EnvDoc {
     fn from(e: &SandboxEnv) -> Self {
@@ -75,6 +99,7 @@ impl From<&EnvSpec> for SpecDoc {
                 no_upstream: l.no_upstream.clone(),
                 user_whitelist_domains: l.user_whitelist_domains.clone(),
             },
+            egress_profiles: s.egress.profiles.iter().map(ProfileDoc::from).collect(),
             services: s
                 .services
                 .iter()
@@ -172,6 +197,7 @@ impl From<SpecDoc> for EnvSpec {
                 whitelist: d.whitelist,
                 upstream: d.upstream,
                 legacy,
+                profiles: d.egress_profiles.into_iter().map(Into::into).collect(),
             },
             services: d
                 .services
