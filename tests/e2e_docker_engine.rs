@@ -22,6 +22,7 @@ use kennel_container::engine;
 use kennel_container::spec::DockerMode;
 use kennel_supervisord::api::policy_types::{AllowRequest, PolicyChanged};
 use kennel_supervisord::api::types::{EnvInfo, Removed};
+use kennel_supervisord::ops::doctor::{Check, Outcome};
 use kennel_test_support::docker::{
     EnvGuard, OriginSpec, docker_test_image, engine as docker_engine, proxy_binary, share_dir,
     start_origin, unique_env, wait_tcp,
@@ -65,6 +66,74 @@ fn host_has_process(marker: &str) -> bool {
             })
             .unwrap_or(false)
     })
+}
+
+async fn doctor(client: &Client, env: &str) -> Vec<Check> {
+    client
+        .post(&format!("/envs/{env}/doctor"), &())
+        .await
+        .expect("doctor ENV")
+}
+
+fn outcome(checks: &[Check], name: &str) -> Outcome {
+    checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {checks:?}"))
+        .outcome
+}
+
+/// Polls a nested container's GET of `host` through the dind proxy until it answers 200.
+async fn nested_until_ok(client: &Client, env: &str, host: &str) -> String {
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < Duration::from_secs(15) {
+        last = exec(client, env, &nested_get(host)).await.0;
+        if last.contains(" 200 ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    last
+}
+
+/// The origin on the egress network under `aliases`; returns its name and the egress network's
+/// subnet and gateway.
+async fn origin_on_egress(
+    d: &kennel_container::DockerBackend,
+    env: &str,
+    image: &str,
+    aliases: &[&str],
+) -> (String, String, String) {
+    let egress = names::egress_network(env);
+    let origin = start_origin(
+        d,
+        &OriginSpec {
+            env,
+            suffix: "origin",
+            network: &egress,
+            aliases,
+            image,
+            script: "httpd -f -p 80 -h /www & wait",
+            binds: Vec::new(),
+        },
+    )
+    .await;
+    wait_tcp(d, &origin, "127.0.0.1", 80).await;
+    let cfg = d
+        .docker()
+        .inspect_network(&egress, None)
+        .await
+        .expect("inspect egress")
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().next())
+        .expect("egress ipam");
+    (
+        origin,
+        cfg.subnet.expect("egress subnet"),
+        cfg.gateway.expect("egress gateway"),
+    )
 }
 
 async fn exists_container(d: &kennel_container::DockerBackend, name: &str) -> bool {
@@ -202,6 +271,19 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     assert!(
         out.contains(&format!("host={}", engine::DOCKER_HOST)) && out.contains("server=2"),
         "{out}{err}"
+    );
+
+    // `kennel doctor ENV` reports the mode and that the engine answers from the sandbox.
+    let checks = doctor(&client, &name).await;
+    assert_eq!(
+        outcome(&checks, "docker engine mode"),
+        Outcome::Pass,
+        "{checks:?}"
+    );
+    assert_eq!(
+        outcome(&checks, "docker engine answers"),
+        Outcome::Pass,
+        "{checks:?}"
     );
 
     // 2. `docker build` of a FROM scratch image (a static busybox and the probe).
@@ -387,4 +469,143 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     );
     daemon.stop().await;
     eprintln!("{test}: {:?}", t0.elapsed());
+}
+
+/// The opt-in `privileged` mode (kennel.toml `[docker]` with its own `[egress.profiles.dind]`):
+/// `kennel up` and `kennel doctor` say it is a path to the host; nested containers still get
+/// out only through the dind profile's proxy, also with `--network host`; `kennel down --purge`
+/// removes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_docker_engine_is_reported_as_such_and_still_fenced_by_the_dind_profile() {
+    let test = "privileged_docker_engine_is_reported_as_such_and_still_fenced_by_the_dind_profile";
+    let Some(d) = docker_engine(test).await else {
+        return;
+    };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = docker_test_image(&d).await;
+    let name = unique_env("dindp");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    let ws = tempfile::tempdir().expect("workspace");
+    share_dir(ws.path(), 1001, 2000, 0o770);
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        format!(
+            "name = \"{name}\"\nimage = \"{image}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"3600\"]\n\
+             [docker]\nmode = \"privileged\"\n\
+             [egress.profiles.dind]\ninclude = [\"engine-list.txt\"]\n"
+        ),
+    )
+    .expect("kennel.toml");
+    std::fs::write(ws.path().join("engine-list.txt"), "dind-only.kennel-test\n").expect("list");
+    let req = build_request(&UpArgs {
+        workspace: Some(ws.path().into()),
+        ..Default::default()
+    })
+    .expect("spec");
+    let info: EnvInfo = client.post("/envs", &req).await.expect("create");
+    assert_eq!(info.state, "running", "{info:?}");
+    let doc = info.docker.clone().expect("engine");
+    assert_eq!(doc.mode, DockerMode::Privileged);
+    assert!(doc.risk.contains("path to the host"), "{doc:?}");
+    assert!(
+        info.log
+            .iter()
+            .any(|l| l.contains("Docker engine (privileged)") && l.contains("path to the host")),
+        "{:?}",
+        info.log
+    );
+    let checks = doctor(&client, &name).await;
+    assert_eq!(
+        outcome(&checks, "docker engine mode"),
+        Outcome::Warn,
+        "{checks:?}"
+    );
+    assert_eq!(
+        outcome(&checks, "docker engine answers"),
+        Outcome::Pass,
+        "{checks:?}"
+    );
+
+    let (_origin, subnet, egress_gateway) = origin_on_egress(
+        &d,
+        &name,
+        &image,
+        &["dind-only.kennel-test", "main-only.kennel-test"],
+    )
+    .await;
+    let base = format!("/envs/{name}");
+    let _: PolicyChanged = client
+        .post(
+            &format!(
+                "{base}/policy/allow?profile={}",
+                kennel_container::spec::DOCKER_EGRESS_PROFILE
+            ),
+            &allow(&[&subnet]),
+        )
+        .await
+        .expect("allow subnet (dind)");
+    let (out, err, code) = exec(
+        &client,
+        &name,
+        &format!(
+            "set -e; mkdir -p /tmp/ctx; cp /bin/busybox /usr/local/bin/probe /tmp/ctx/; \
+             printf 'FROM scratch\\nCOPY busybox /bin/busybox\\nCOPY probe /bin/probe\\n' > /tmp/ctx/Dockerfile; \
+             docker build -q -t {NESTED_IMAGE} /tmp/ctx"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "docker build: {out}{err}");
+    let out = nested_until_ok(&client, &name, "dind-only.kennel-test").await;
+    assert!(out.contains(" 200 "), "through the dind proxy: {out}");
+    let out = exec(&client, &name, &nested_get("main-only.kennel-test"))
+        .await
+        .0;
+    assert!(out.contains(" 403 "), "{out}");
+    // A nested container in the engine's own network namespace reaches no host listener
+    // either. (A nested `--privileged` container is refused: the engine container's device
+    // cgroup does not grant `a *:* rwm` — measured, and asserted so a change is noticed.)
+    let (out, err, code) = exec(
+        &client,
+        &name,
+        &format!("docker run --rm --privileged {NESTED_IMAGE} /bin/busybox true"),
+    )
+    .await;
+    assert!(
+        code != 0 && format!("{out}{err}").contains("devices.allow"),
+        "nested --privileged: {out}{err}"
+    );
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("host listener");
+    let port = listener.local_addr().expect("addr").port();
+    let out = exec(
+        &client,
+        &name,
+        &format!(
+            "docker run --rm --network host {NESTED_IMAGE} /bin/busybox sh -c \
+             '/bin/probe tcp {egress_gateway} {port} 1500; echo \"exit=$?\"; /bin/probe tcp 172.17.0.1 {port} 1500; echo \"exit=$?\"' 2>&1"
+        ),
+    )
+    .await
+    .0;
+    assert_eq!(out.matches("exit=1").count(), 2, "{out}");
+    drop(listener);
+
+    let _: Removed = client
+        .delete(&format!("{base}?purge=true"))
+        .await
+        .expect("down --purge");
+    assert!(!exists_container(&d, &engine::names::engine(&name)).await);
+    assert!(!exists_network(&d, &engine::names::network(&name)).await);
+    for v in [
+        engine::names::socket_volume(&name),
+        engine::names::data_volume(&name),
+    ] {
+        assert!(!exists_volume(&d, &v).await, "{v}");
+    }
+    daemon.stop().await;
 }
