@@ -356,11 +356,35 @@ impl DockerBackend {
                     )
                     .await
                     .map_err(|e| BackendError::engine("remove container", name, e)),
-                Created::Network(id) => self
-                    .docker
-                    .remove_network(id)
-                    .await
-                    .map_err(|e| BackendError::engine("remove network", id, e)),
+                Created::Network(id) => {
+                    // The Docker engine's network has the `dind` profile's proxy connected to it,
+                    // which is removed only later (created earlier): disconnect what is attached.
+                    if let Ok(full) = self
+                        .docker
+                        .inspect_network(
+                            id,
+                            None::<bollard::query_parameters::InspectNetworkOptions>,
+                        )
+                        .await
+                    {
+                        for cid in full.containers.unwrap_or_default().into_keys() {
+                            let _ = self
+                                .docker
+                                .disconnect_network(
+                                    id,
+                                    bollard::models::NetworkDisconnectRequest {
+                                        container: cid,
+                                        force: Some(true),
+                                    },
+                                )
+                                .await;
+                        }
+                    }
+                    self.docker
+                        .remove_network(id)
+                        .await
+                        .map_err(|e| BackendError::engine("remove network", id, e))
+                }
                 Created::Volume(name) => self
                     .docker
                     .remove_volume(name, None::<RemoveVolumeOptions>)
