@@ -331,9 +331,13 @@ pub async fn ensure_engine_image(
 
 /// What this host lacks for `mode`, if anything (checked before anything is created).
 pub fn host_lacks(mode: DockerMode) -> Option<String> {
+    lacks(mode, Path::new("/dev/net/tun").exists())
+}
+
+fn lacks(mode: DockerMode, has_tun: bool) -> Option<String> {
     match mode {
         // slirp4netns needs a tap device in the engine's network namespace.
-        DockerMode::Rootless if !Path::new("/dev/net/tun").exists() => Some(
+        DockerMode::Rootless if !has_tun => Some(
             "the rootless engine needs /dev/net/tun on the host (kernel module `tun`) for slirp4netns; load it (`modprobe tun`) or use `[docker] mode = \"privileged\"`".into(),
         ),
         _ => None,
@@ -976,6 +980,19 @@ mod tests {
             "{:?}",
             toml.warnings
         );
+    }
+
+    /// A mode this host cannot run fails `kennel up` with what the host lacks (start_engine
+    /// puts this text after `[docker] mode = "…" cannot run on this host:`).
+    #[test]
+    fn a_host_without_tun_cannot_run_the_rootless_engine_and_is_told_why() {
+        let why = lacks(DockerMode::Rootless, false).expect("lacks tun");
+        assert!(
+            why.contains("/dev/net/tun") && why.contains("privileged"),
+            "{why}"
+        );
+        assert_eq!(lacks(DockerMode::Rootless, true), None);
+        assert_eq!(lacks(DockerMode::Privileged, false), None);
     }
 
     #[test]
