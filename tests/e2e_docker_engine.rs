@@ -395,6 +395,32 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     .await;
     assert_eq!(out, "403", "the sandbox through its own proxy");
 
+    // `kennel stop` / `kennel start`: the engine comes back with its data (a restarted engine
+    // container starts cleanly).
+    let _: EnvInfo = client
+        .post(&format!("{base}/stop"), &())
+        .await
+        .expect("stop");
+    let _: EnvInfo = client
+        .post(&format!("{base}/start"), &())
+        .await
+        .expect("start");
+    let t = Instant::now();
+    let mut last = (String::new(), String::new(), -1);
+    while t.elapsed() < Duration::from_secs(30) {
+        last = exec(
+            &client,
+            &name,
+            &format!("docker image inspect --format ok {NESTED_IMAGE}"),
+        )
+        .await;
+        if last.2 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(last.2, 0, "after stop/start: {last:?}");
+
     // 7. The engine's data (the built image) survives `kennel refresh`; a nested container
     //    running before it does not (it lived in the old engine).
     let marker = format!("{}", 60_000 + (std::process::id() % 30_000));

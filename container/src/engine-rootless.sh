@@ -9,7 +9,8 @@ export HOME=/home/kennel
 export XDG_RUNTIME_DIR=/home/kennel/run
 export TMPDIR=/home/kennel/tmp
 mkdir -p "$XDG_RUNTIME_DIR" "$TMPDIR"
-rm -rf "$XDG_RUNTIME_DIR/rootlesskit"
+# A restarted engine container keeps its file system: no stale state or pid file.
+rm -rf "$XDG_RUNTIME_DIR/rootlesskit" "$XDG_RUNTIME_DIR/docker.pid"
 exec rootlesskit \
   --net=slirp4netns --mtu=65520 --disable-host-loopback \
   --port-driver=none \
