@@ -506,7 +506,8 @@ fn a_proxy_variable_in_env_is_refused_before_anything_is_created() {
 
 /// The seed layout's `dind-whitelist.txt` becomes the egress profile `dind`: `kennel up` and
 /// `kennel inspect` show it; `kennel allow|deny|denials|policy show --profile dind` act on its
-/// policy; an unknown profile is refused by the daemon, an invalid name by the CLI.
+/// policy, `kennel logs --profile dind` shows its proxy's output and access log; an unknown
+/// profile is refused by the daemon, an invalid name by the CLI.
 #[test]
 fn the_dind_profile_of_the_seed_layout_through_the_cli() {
     let d = TestDaemon::start_with(Authorizer::new(0, [], []));
@@ -554,6 +555,27 @@ fn the_dind_profile_of_the_seed_layout_through_the_cli() {
         stderr(&denials).contains("no denials for egress profile \"dind\" of \"demo\""),
         "{}",
         stderr(&denials)
+    );
+
+    // `kennel logs --profile dind`: the profile's proxy's output and its own access log.
+    d.fake
+        .set_logs("kennel-demo-proxy-dind", "dind proxy output\n");
+    let state = d.dir.path().join("state/envs/demo");
+    std::fs::write(state.join("logs-dind/access.log"), "dind access line\n").unwrap();
+    std::fs::write(state.join("logs/access.log"), "main access line\n").unwrap();
+    let logs = d.kennel(&["logs", "--profile", "dind", "demo"]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let out = stdout(&logs);
+    assert!(
+        out.contains("dind proxy output") && out.contains("dind access line"),
+        "{out}"
+    );
+    assert!(!out.contains("main access line"), "{out}");
+    let nope = d.kennel(&["logs", "--profile", "nope", "demo"]);
+    assert!(
+        !nope.status.success() && stderr(&nope).contains("has no egress profile \"nope\""),
+        "{}",
+        stderr(&nope)
     );
 
     let unknown = d.kennel(&["allow", "--profile", "nope", "demo", "x.example"]);

@@ -411,6 +411,9 @@ pub enum LogsTarget {
     Proxy,
     /// A service container, by service name.
     Service(String),
+    /// The proxy container of an egress profile, by profile name (its access log is JSON
+    /// lines, like the proxy's).
+    ProfileProxy(String),
 }
 
 impl LogsTarget {
@@ -420,6 +423,7 @@ impl LogsTarget {
             LogsTarget::Sandbox => names::sandbox(env),
             LogsTarget::Proxy => names::proxy(env),
             LogsTarget::Service(s) => names::service(env, s),
+            LogsTarget::ProfileProxy(p) => names::profile_proxy(env, p),
         }
     }
 }
