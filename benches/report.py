@@ -22,9 +22,12 @@ ROWS = [
     ("dl8", "8 tunnels, 128 MiB each (MB/s, total)", True),
     ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
+    ("tunnel_rate_cpu", "… proxy CPU busy (%)", False),
     ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)", False),
-    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s)", True),
+    ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s; direct: origin-form)", True),
+    ("forward_rate_cpu", "… proxy CPU busy (%)", False),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
+    ("denied_rate_cpu", "… proxy CPU busy (%)", False),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
     ("idle10k", f"RSS per idle tunnel, {int(big):,} held (KiB)", False),
 ]
@@ -70,6 +73,19 @@ out.append("|---|---|---|---|---|---|")
 for key, label, _ in ROWS:
     b, a, m = g("kennel-before", key), g("kennel", key), g("kennel-1m", key)
     out.append("| " + " | ".join([label, fmt(b), fmt(a), fmt(m), ratio(a, b), ratio(m, b)]) + " |")
+out.append("")
+out.append("Ceilings of the download rows, same run: `direct, split` = the origin on the proxies' CPU "
+           "and the client on the load CPU (a stream whose two ends share neither a CPU nor its "
+           "caches, as in every proxied case); `ideal relay` = `loadgen relay` on the proxies' CPU "
+           "(a thread per direction blocked in splice(2) through a 1 MiB pipe: no event loop, "
+           "policy or accounting), the most any user-space proxy gets here.")
+out.append("")
+out.append("| scenario | direct | direct, split | ideal relay | kennel | kennel, 1 MiB pipes | ideal relay ÷ direct | kennel ÷ ideal relay | kennel 1 MiB ÷ ideal relay |")
+out.append("|---|---|---|---|---|---|---|---|---|")
+for key, label, _ in ROWS[:4]:
+    d, x, r, k, m = (g(t, key) for t in ("direct", "direct-x", "relay", "kennel", "kennel-1m"))
+    out.append("| " + " | ".join([label, fmt(d), fmt(x), fmt(r), fmt(k), fmt(m), ratio(r, d),
+                                  ratio(k, r), ratio(m, r)]) + " |")
 out.append("")
 out.append("<details><summary>every run</summary>")
 out.append("")

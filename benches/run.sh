@@ -20,6 +20,7 @@ RUNS=${RUNS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
+RL=29607 OX=29608 # the ideal splice relay, a second origin on the proxies' CPU (ceilings)
 
 echo "== build" >&2
 cargo build --release -q -p kennel-proxy --bin kennel-proxy -p kennel-benches --bin loadgen
@@ -67,6 +68,17 @@ echo "== origin" >&2
 taskset -c "$LOAD_CPU" "$LG" origin $O &
 PIDS+=($!)
 wait_port $O
+# Ceilings of the download rows (see benches/README.md): the same origin on the proxies' CPU
+# (a direct stream whose sender and receiver do not share a CPU and its caches), and the
+# ideal user-space relay (`loadgen relay`: a thread per direction blocked in splice) where the
+# proxies run.
+taskset -c "$PROXY_CPU" "$LG" origin $OX &
+PIDS+=($!)
+taskset -c "$PROXY_CPU" "$LG" relay $RL &
+PIDS+=($!)
+RELAY_PID=$!
+wait_port $OX
+wait_port $RL
 
 # --- kennel: the release binary, its default config except: loopback listen, access log off,
 # a static hosts map, the connection cap raised for the 10,000-tunnel case. The allowlist is
@@ -166,6 +178,8 @@ taskset -c "$PROXY_CPU" "$SQUID" -N -f "$D/squid.conf" >"$D/squid.out" 2>&1 &
 PIDS+=($!)
 TARGETS+=("squid:$SQ:$!")
 for p in $TP $SQ; do wait_port $p; done
+# Ceiling targets, in the download scenarios only (the relay answers nothing but CONNECT).
+TARGETS+=("direct-x:::$OX" "relay:$RL:$RELAY_PID")
 
 declare -A VALS CPUS
 once() { # target scenario loadgen-args...
@@ -173,8 +187,9 @@ once() { # target scenario loadgen-args...
     shift 2
     if out=$(RUST_BACKTRACE=0 timeout 150 taskset -c "$LOAD_CPU" "$LG" "$@" 2>"$D/lg.err"); then
         VALS[$target|$scenario]+="$(echo "$out" | awk '{print $1}') "
-        # download runs also print the proxy's CPU seconds per GiB
-        [[ $out == *cpu-s/GiB* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
+        # with --pids, download runs also print the proxy's CPU seconds per GiB, rate runs
+        # how busy the proxy's CPU was (%)
+        [[ $out == *cpu* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
     else
         echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
     fi
@@ -195,11 +210,14 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
     echo "== $name" >&2
     for _ in $(seq 1 "$RUNS"); do
         for t in "${TARGETS[@]}"; do
-            IFS=: read -r target port pid <<<"$t"
+            IFS=: read -r target port pid origin <<<"$t"
             [ -z "$port" ] && [ "$only_proxies" = 1 ] && continue
             local args=("$@") via=() cpu=()
+            case $target in direct-x | relay) [ "${args[0]}" = download ] || continue ;; esac
+            # the ceiling's own origin replaces the shared one
+            [ -n "$origin" ] && args=("${args[@]/#$O/$origin}")
             [ -n "$port" ] && via=(--proxy "$port")
-            [ -n "$pid" ] && [ "${args[0]}" = download ] && cpu=(--pids "$pid")
+            [ -n "$pid" ] && [[ ${args[0]} == download || ${args[0]} == *-rate ]] && cpu=(--pids "$pid")
             once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
         done
     done
@@ -217,13 +235,13 @@ scenario dl1 0 download --origin $O --conns 1 --bytes 1G
 scenario dl8 0 download --origin $O --conns 8 --bytes 128M
 scenario tunnel_rate 0 tunnel-rate --origin $O --clients 16 --secs 2
 scenario tunnel_p99 0 tunnel-latency --origin $O --clients 4 --secs 2
-scenario forward_rate 1 forward-rate --origin $O --clients 16 --secs 2
+scenario forward_rate 0 forward-rate --origin $O --clients 16 --secs 2
 scenario denied_rate 1 denied-rate --clients 16 --secs 2
 
 echo "== idle tunnels" >&2
 for t in "${TARGETS[@]}"; do
     IFS=: read -r target port pid <<<"$t"
-    [ -z "$port" ] && continue
+    [ -z "$port" ] || [ "$target" = relay ] && continue
     once "$target" idle1k idle --origin $O --proxy "$port" --tunnels 1000 --pids "$pid"
     # shellcheck disable=SC2086
     [ -n "${VALS[$target|idle1k]:-}" ] && record "$target" idle1k ${VALS[$target|idle1k]}

@@ -650,8 +650,8 @@ async fn events_policy_reloads_and_proxy_rejections_are_recorded_on_docker() {
     let client = Client::new(&socket);
     let ws = workspace(&name, &image, "");
     up(&client, ws.path(), UpArgs::default()).await;
-    // Let the monitor's tick (1 s) take its baseline of the proxy's counters.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // At once, no waiting for the monitor's first look at the proxy's counters: the daemon
+    // knows a proxy it created counts from zero (a reload in the first seconds was lost).
 
     // `kennel allow`: the proxy reloads the swapped file, and the daemon records it.
     let _: serde_json::Value = client
@@ -754,6 +754,142 @@ async fn events_workspace_image_built_once_and_not_for_a_reused_tag_on_docker() 
     assert_eq!(of_kind(&evs, "created").len(), 2, "{evs:#?}");
     assert_eq!(of_kind(&evs, "refreshed").len(), 1, "{evs:#?}");
     assert_eq!(of_kind(&evs, "image-built").len(), 1, "{evs:#?}");
+
+    let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
+    daemon.stop().await;
+}
+
+/// A Unix socket that relays to the real engine's, so a test can make "the engine" go away and
+/// come back for one daemon without touching the host's Docker (which other tests share).
+struct EngineRelay {
+    path: std::path::PathBuf,
+    upstream: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EngineRelay {
+    /// The real engine's socket: `DOCKER_HOST=unix://…`, else `/var/run/docker.sock`.
+    fn upstream() -> std::path::PathBuf {
+        match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => std::path::PathBuf::from(
+                h.strip_prefix("unix://")
+                    .unwrap_or_else(|| panic!("DOCKER_HOST={h}: the relay needs a unix socket")),
+            ),
+            _ => std::path::PathBuf::from("/var/run/docker.sock"),
+        }
+    }
+
+    fn new(path: &Path) -> EngineRelay {
+        let mut r = EngineRelay {
+            path: path.to_path_buf(),
+            upstream: Self::upstream(),
+            task: None,
+        };
+        r.up();
+        r
+    }
+
+    /// Listens again: the engine is back.
+    fn up(&mut self) {
+        let listener = tokio::net::UnixListener::bind(&self.path).expect("bind the relay");
+        let upstream = self.upstream.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Dropped with this task: every relayed connection closes, as at an engine's exit.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes every connection and stops listening: the engine went away.
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineRelay {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// What `systemctl restart docker` does to a running daemon, seen through a relay (the host's
+/// engine is not restarted): the daemon's connections break, the engine is away for a moment,
+/// and when it is back one container (the proxy) did not come back. The daemon notices through
+/// its event stream, reconciles, starts the proxy again and records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_engine_lost_and_back_reconciles_and_restarts_what_stayed_stopped_on_docker() {
+    let test = "events_engine_lost_and_back_reconciles_and_restarts_what_stayed_stopped_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let Some(proxy_bin) = proxy_binary(test) else {
+        return;
+    };
+    let image = test_image(&d).await;
+    let name = unique_env("ev-eng");
+    let _guard = EnvGuard::new(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut relay = EngineRelay::new(&dir.path().join("engine.sock"));
+    let relayed = bollard::Docker::connect_with_socket(
+        &relay.path.display().to_string(),
+        120,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("client over the relay")
+    .negotiate_version()
+    .await
+    .expect("version over the relay");
+    let relayed = DockerBackend::from_docker(relayed);
+    let socket = dir.path().join("kennel.sock");
+    let daemon = RunningDaemon::start(&relayed, &proxy_bin, &socket, &dir.path().join("state"));
+    let client = Client::new(&socket);
+    let ws = workspace(&name, &image, "");
+    up(&client, ws.path(), UpArgs::default()).await;
+    // The start-up reconcile ran before `up` could be served.
+    let before = of_kind(&events(&client, None, None).await, "reconciled").len();
+    assert_eq!(before, 1);
+
+    // The restart stopped the proxy and did not start it again …
+    let proxy = kennel_container::backend::names::proxy(&name);
+    d.docker()
+        .stop_container(
+            &proxy,
+            Some(bollard::query_parameters::StopContainerOptions {
+                t: Some(1),
+                signal: None,
+            }),
+        )
+        .await
+        .expect("stop the proxy");
+    // … and was over at once: back before any poll could have seen it away. Only the broken
+    // connection tells.
+    relay.down();
+    relay.up();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ev = loop {
+        let evs = events(&client, None, None).await;
+        if let Some(e) = of_kind(&evs, "reconciled").get(before) {
+            break (*e).clone();
+        }
+        assert!(Instant::now() < deadline, "no second reconcile: {evs:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(ev.details["trigger"], "engine-back", "{ev:?}");
+    assert_eq!(ev.details["started"], serde_json::json!([name]), "{ev:?}");
+    let info: EnvInfo = client.get(&format!("/envs/{name}")).await.expect("inspect");
+    assert_eq!(info.state, "running", "{info:?}");
+    let started = wait_event(&client, &name, "started", Duration::from_secs(1)).await;
+    let started = of_kind(&started, "started");
+    assert_eq!(started[0].details["containers"], serde_json::json!([proxy]));
 
     let _: serde_json::Value = client.delete(&format!("/envs/{name}")).await.expect("down");
     daemon.stop().await;

@@ -351,7 +351,39 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
         "{err}"
     );
 
-    // 7. `kennel refresh` recreates the profile's proxy and keeps its policy.
+    // 7. `kennel stop` / `kennel start`: the profile's proxy stops with the environment and
+    //    comes back (before the services) still serving with its policy.
+    let stopped: EnvInfo = client
+        .post(&format!("{base}/stop"), &())
+        .await
+        .expect("stop");
+    assert_eq!(stopped.state, "stopped", "{stopped:?}");
+    let started: EnvInfo = client
+        .post(&format!("{base}/start"), &())
+        .await
+        .expect("start");
+    // (Degraded until the test's own origin runs again: it counts as the environment's.)
+    assert_eq!(
+        started.profiles.first().map(|p| p.state.as_str()),
+        Some("running"),
+        "{started:?}"
+    );
+    // The test's origin is not kennel's to start.
+    d.docker()
+        .start_container(
+            &origin,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .expect("start origin");
+    wait_tcp(&d, &origin, "127.0.0.1", 80).await;
+    service_until(&d, &name, &url("later.kennel-test"), "200").await;
+    assert_eq!(
+        from_service(&d, &name, &url("main-only.kennel-test")).await,
+        "403"
+    );
+
+    // 8. `kennel refresh` recreates the profile's proxy and keeps its policy.
     let _: EnvInfo = client
         .post(&format!("{base}/refresh"), &())
         .await
@@ -368,7 +400,7 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     assert_eq!((p.state.as_str(), p.allow_count), ("running", Some(3)));
     // (The test's origin went with the refresh: it carries the environment's label.)
 
-    // 8. `kennel down` removes the profile's proxy with everything else.
+    // 9. `kennel down` removes the profile's proxy with everything else.
     let _: Removed = client.delete(&base).await.expect("down");
     assert_eq!(container_id(&d, &proxy_extra).await, None);
     daemon.stop().await;

@@ -243,6 +243,37 @@ pub trait Backend: Send + Sync + 'static {
         let _ = name;
         Box::pin(async { Ok(0) })
     }
+    /// `Ok` when the engine answers now. The default lists the environments.
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move { self.list_envs().await.map(|_| ()) })
+    }
+    /// Waits while the engine that answers now keeps running, and resolves `Ok` once it has
+    /// gone away (stopped or restarted; it may already be back). `Err` at once when the engine
+    /// does not answer now. The daemon's engine watch reconciles after each such loss. The
+    /// default asks [`Backend::ping`] every [`ENGINE_POLL`], which misses a restart faster
+    /// than that; an engine with a connection that breaks when it stops does better
+    /// ([`crate::docker`]'s event stream).
+    fn engine_gone(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(poll_until_gone(self, ENGINE_POLL))
+    }
+}
+
+/// How often [`Backend::engine_gone`]'s default asks the engine whether it is still there.
+pub const ENGINE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`Backend::engine_gone`] by asking [`Backend::ping`] every `every`: `Err` if the first
+/// ping fails, `Ok` when a later one does.
+pub async fn poll_until_gone<B: Backend + ?Sized>(
+    backend: &B,
+    every: std::time::Duration,
+) -> Result<(), BackendError> {
+    backend.ping().await?;
+    loop {
+        tokio::time::sleep(every).await;
+        if backend.ping().await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// What to create for one environment.
@@ -411,6 +442,9 @@ pub enum LogsTarget {
     Proxy,
     /// A service container, by service name.
     Service(String),
+    /// The proxy container of an egress profile, by profile name (its access log is JSON
+    /// lines, like the proxy's).
+    ProfileProxy(String),
 }
 
 impl LogsTarget {
@@ -420,6 +454,7 @@ impl LogsTarget {
             LogsTarget::Sandbox => names::sandbox(env),
             LogsTarget::Proxy => names::proxy(env),
             LogsTarget::Service(s) => names::service(env, s),
+            LogsTarget::ProfileProxy(p) => names::profile_proxy(env, p),
         }
     }
 }

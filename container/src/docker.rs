@@ -1575,4 +1575,66 @@ impl Backend for DockerBackend {
     fn bench_cleanup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<usize, BackendError>> {
         crate::bench::cleanup(self, name)
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.docker
+                .ping()
+                .await
+                .map(|_| ())
+                .map_err(|e| BackendError::Unavailable {
+                    detail: e.to_string(),
+                })
+        })
+    }
+
+    /// Holds `GET /events` open (filtered to the engine's own `daemon` events, which are rare,
+    /// so the stream is idle) and returns when it ends. Why this signal and not another:
+    /// - polling `/_ping` misses a restart between two polls, and with socket activation
+    ///   (`docker.socket`) systemd keeps the socket listening while dockerd restarts, so a
+    ///   ping during the restart is only slow, never refused;
+    /// - the engine's ID (`/info`) is kept on disk and survives restarts, and the API reports no
+    ///   start time of the engine;
+    /// - a connection held open to the engine is closed by its exit whatever the timing: each
+    ///   restart ends the stream exactly once.
+    ///
+    /// A stream ended for another reason (a proxy in front of the socket timing it out) looks
+    /// the same; the daemon then reconciles once more than needed, which is harmless, and spaces
+    /// its reconciles out. An engine that refuses the request (no events API) is polled instead.
+    fn engine_gone(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.ping().await?;
+            let options = bollard::query_parameters::EventsOptions {
+                filters: Some(HashMap::from([(
+                    "type".to_string(),
+                    vec!["daemon".to_string()],
+                )])),
+                ..Default::default()
+            };
+            let mut events = Box::pin(self.docker.events(Some(options)));
+            loop {
+                match events.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e))
+                        if matches!(
+                            e,
+                            bollard::errors::Error::DockerResponseServerError { .. }
+                        ) =>
+                    {
+                        tracing::warn!(error = %e, "the engine refuses its event stream; asking it every {:?} instead", crate::backend::ENGINE_POLL);
+                        return crate::backend::poll_until_gone(self, crate::backend::ENGINE_POLL)
+                            .await;
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "the engine's event stream broke: the engine went away");
+                        return Ok(());
+                    }
+                    None => {
+                        tracing::info!("the engine's event stream ended: the engine went away");
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    }
 }

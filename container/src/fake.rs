@@ -34,9 +34,24 @@ struct State {
 }
 
 /// In-memory backend. Cheap to clone (shared state).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeBackend {
     state: Arc<Mutex<State>>,
+    /// Whether the engine answers (`false` between [`FakeBackend::engine_down`] and
+    /// [`FakeBackend::engine_up`]).
+    engine: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Whether creates wait after making the proxy ([`FakeBackend::hold_creates`]).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        FakeBackend {
+            state: Arc::default(),
+            engine: Arc::new(tokio::sync::watch::channel(true).0),
+            held: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl std::fmt::Debug for FakeBackend {
@@ -110,6 +125,75 @@ impl FakeBackend {
             .insert(name.to_string(), text.to_string());
     }
 
+    /// The engine goes away (`systemctl stop docker`): calls fail with
+    /// [`BackendError::Unavailable`], pending [`Backend::engine_gone`] calls resolve, and every
+    /// container stops (the engine stops them on its way out). The fake engine does not restart
+    /// any when it is back, which is what a restart that failed to bring them back looks like;
+    /// [`FakeBackend::set_container_running`] sets up the partial cases.
+    pub fn engine_down(&self) {
+        let names: Vec<String> = self.lock().envs.keys().cloned().collect();
+        for n in names {
+            self.stop_env(&n);
+        }
+        self.engine.send_replace(false);
+    }
+
+    /// The engine answers again.
+    pub fn engine_up(&self) {
+        self.engine.send_replace(true);
+    }
+
+    fn engine_answers(&self) -> Result<(), BackendError> {
+        if *self.engine.borrow() {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable {
+                detail: "the fake engine is down".into(),
+            })
+        }
+    }
+
+    /// Sets one container of `env` (by role: `proxy`, `sandbox`, or a service's name) running
+    /// or exited; the environment's state follows (running, degraded, stopped).
+    pub fn set_container_running(&self, env: &str, role_or_service: &str, running: bool) {
+        let mut st = self.lock();
+        let Some(e) = st.envs.get_mut(env) else {
+            return;
+        };
+        let target = match role_or_service {
+            "proxy" => names::proxy(env),
+            "sandbox" => names::sandbox(env),
+            service => names::service(env, service),
+        };
+        for c in e.containers.iter_mut().filter(|c| c.name == target) {
+            (c.state, c.status) = if running {
+                ("running".into(), "Up".into())
+            } else {
+                ("exited".into(), "Exited (0)".into())
+            };
+        }
+        let up = e.containers.iter().filter(|c| c.state == "running").count();
+        e.state = if up == e.containers.len() {
+            EnvState::Running
+        } else if up == 0 {
+            EnvState::Stopped
+        } else {
+            EnvState::Degraded
+        };
+    }
+
+    /// From now on `create_env` makes the proxy (the environment shows as incomplete) and then
+    /// waits for [`FakeBackend::release_creates`]: a create in flight, for as long as a test
+    /// needs.
+    pub fn hold_creates(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets held creates finish.
+    pub fn release_creates(&self) {
+        self.held.send_replace(false);
+    }
+
     /// Marks an environment's containers stopped (for health/reconcile tests).
     pub fn stop_env(&self, name: &str) {
         if let Some(e) = self.lock().envs.get_mut(name) {
@@ -168,8 +252,26 @@ impl Backend for FakeBackend {
         plan: &'a EnvPlan,
     ) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
         Box::pin(async move {
-            let mut st = self.lock();
+            self.engine_answers()?;
             let name = plan.spec.name.clone();
+            let mut held = self.held.subscribe();
+            if *held.borrow_and_update() {
+                {
+                    let mut st = self.lock();
+                    if st.envs.contains_key(&name) {
+                        return Err(BackendError::AlreadyExists(name));
+                    }
+                    // What the engine has in the middle of a create: the proxy, no sandbox.
+                    let mut partial = fake_status(plan);
+                    partial.containers.retain(|c| c.role == "proxy");
+                    partial.state = EnvState::Incomplete;
+                    st.envs.insert(name.clone(), partial);
+                }
+                // The sender lives as long as `self`, so this only ends on release.
+                let _ = held.wait_for(|h| !*h).await;
+                self.lock().envs.remove(&name);
+            }
+            let mut st = self.lock();
             if st.envs.contains_key(&name) {
                 return Err(BackendError::AlreadyExists(name));
             }
@@ -191,14 +293,36 @@ impl Backend for FakeBackend {
     }
 
     fn list_envs(&self) -> BoxFuture<'_, Result<Vec<EnvStatus>, BackendError>> {
-        Box::pin(async move { Ok(self.lock().envs.values().cloned().collect()) })
+        Box::pin(async move {
+            self.engine_answers()?;
+            Ok(self.lock().envs.values().cloned().collect())
+        })
     }
 
     fn inspect_env<'a>(
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<EnvStatus>, BackendError>> {
-        Box::pin(async move { Ok(self.lock().envs.get(name).cloned()) })
+        Box::pin(async move {
+            self.engine_answers()?;
+            Ok(self.lock().envs.get(name).cloned())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move { self.engine_answers() })
+    }
+
+    fn engine_gone(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut up = self.engine.subscribe();
+            if !*up.borrow_and_update() {
+                return self.engine_answers();
+            }
+            // The sender lives as long as `self`, so this only ends when the engine goes.
+            let _ = up.wait_for(|u| !*u).await;
+            Ok(())
+        })
     }
 
     fn remove_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
@@ -230,6 +354,7 @@ impl Backend for FakeBackend {
 
     fn start_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<EnvStatus, BackendError>> {
         Box::pin(async move {
+            self.engine_answers()?;
             let mut st = self.lock();
             let e = st
                 .envs

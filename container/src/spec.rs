@@ -236,7 +236,8 @@ pub enum ServiceEgress {
     /// The environment's own proxy (`egress = "proxy"`): the proxy variables are set, the
     /// service is still on the internal network only, under the environment's policy.
     Proxy,
-    /// Egress through a named second proxy profile (not implemented by the Docker backend yet).
+    /// Egress through the proxy of the egress profile of that name (`[egress.profiles.NAME]`),
+    /// under its policy; still on the internal network only.
     Profile(String),
 }
 

@@ -591,6 +591,10 @@ async fn open(
     Ok((sender, dialed.hop, dialed.resolved))
 }
 
+/// Largest head plus first body frame sent in one write (a typical page of small responses;
+/// bigger bodies are not worth a copy to save one syscall).
+const COALESCE_MAX: usize = 16 * 1024;
+
 /// Write the origin's response to the client. Returns (status, body bytes, origin connection
 /// reusable, client connection reusable, why the body was cut short). Once the head is out an
 /// origin failure cannot become an error response any more (the client would read it as body):
@@ -676,11 +680,51 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
     let werr = Failure::ClientGone;
-    wr.write_all(&out).await.map_err(werr)?;
 
     let mut down = 0u64;
+    // A small response usually arrives in one read, and hyper's connection has queued its body
+    // by the time the head is handed over: such a body goes out in the same write as the head.
+    // One send instead of two per keep-alive request is a syscall fewer here and one wake-up
+    // fewer for the client (measured: the keep-alive GET path is two-thirds kernel time, most
+    // of it per send). Only a frame that is ready now is taken, so a slow or streaming body
+    // (long poll, server-sent events) still gets its head at once.
+    let mut carried = None;
+    let mut ended = false;
     if !no_body {
-        while let Some(frame) = body.frame().await {
+        match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if out.len() + data.len() <= COALESCE_MAX => {
+                    down += data.len() as u64;
+                    if chunked && !data.is_empty() {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                    } else if !chunked {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                Ok(data) => carried = Some(Ok(Frame::data(data))),
+                Err(other) => carried = Some(Ok(other)),
+            },
+            Some(Some(Err(e))) => carried = Some(Err(e)),
+            Some(None) => ended = true,
+            None => {}
+        }
+    }
+    wr.write_all(&out).await.map_err(werr)?;
+
+    if !no_body {
+        while !ended {
+            let frame = match carried.take() {
+                Some(f) => f,
+                None => match body.frame().await {
+                    Some(f) => f,
+                    None => {
+                        ended = true;
+                        continue;
+                    }
+                },
+            };
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
@@ -712,4 +756,132 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
     }
     wr.flush().await.map_err(werr)?;
     Ok((status, down, !origin_close, keep, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Records every write the response writer makes, with when it was made.
+    #[derive(Default)]
+    struct Writes(Vec<(Instant, Vec<u8>)>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push((Instant::now(), b.to_vec()));
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A response from a loopback origin that answers the first request with `parts`, written
+    /// one after the other `gap` apart; returns it with the time the first part went out.
+    async fn response_from(
+        parts: &'static [&'static [u8]],
+        gap: Duration,
+    ) -> (
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<Instant>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await.unwrap();
+            let first = Instant::now();
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                s.write_all(p).await.unwrap();
+            }
+            // Held open until the client side closes (bounded).
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut req)).await;
+            first
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, ChanBody>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/").body(ChanBody::empty()).unwrap();
+        (sender.send_request(req).await.unwrap(), origin)
+    }
+
+    #[tokio::test]
+    async fn a_small_response_goes_to_the_client_in_one_write() {
+        let (resp, _origin) = response_from(
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello"],
+            Duration::ZERO,
+        )
+        .await;
+        let mut w = Writes::default();
+        let (status, down, origin_keep, keep, cut) =
+            write_response(&mut w, resp, true, true, false, false)
+                .await
+                .unwrap();
+        assert_eq!(
+            (status, down, origin_keep, keep, cut),
+            (200, 5, true, true, None)
+        );
+        assert_eq!(w.0.len(), 1, "head and body in one write: {:?}", w.0);
+        let text = String::from_utf8(w.0[0].1.clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_does_not_hold_back_the_head() {
+        // Server-sent events, long polls: the head must reach the client before the first
+        // body bytes exist.
+        let gap = Duration::from_millis(400);
+        let (resp, origin) = response_from(
+            &[
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"6\r\ndata:1\r\n0\r\n\r\n",
+            ],
+            gap,
+        )
+        .await;
+        let mut w = Writes::default();
+        let (status, down, ..) = write_response(&mut w, resp, true, true, false, false)
+            .await
+            .unwrap();
+        assert_eq!((status, down), (200, 6));
+        let sent = origin.await.unwrap();
+        let (at, head) = &w.0[0];
+        let head = String::from_utf8_lossy(head);
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+        assert!(
+            at.duration_since(sent) < gap / 2,
+            "the head waited {:?} for the body",
+            at.duration_since(sent)
+        );
+        let all: Vec<u8> = w.0.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert!(
+            String::from_utf8_lossy(&all).ends_with("\r\n\r\n6\r\ndata:1\r\n0\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+    }
 }

@@ -153,6 +153,7 @@ pub async fn run_watched(
     match daemon.reconcile().await {
         Ok(report) => tracing::info!(
             kept = report.kept.len(),
+            started = ?report.started,
             removed_orphans = ?report.removed_orphans,
             removed_incomplete = ?report.removed_incomplete,
             missing = ?report.missing,
@@ -165,8 +166,9 @@ pub async fn run_watched(
                 crate::events::Event::now(
                     None,
                     crate::events::kind::RECONCILED,
-                    format!("reconcile with the engine failed: {e}; serving anyway"),
+                    format!("reconcile with the engine failed: {e}; serving anyway, and reconciling once the engine answers"),
                 )
+                .with("trigger", crate::registry::ReconcileMode::Startup.trigger())
                 .with("error", e.to_string()),
             );
         }
@@ -197,7 +199,10 @@ pub async fn run_watched(
     let health = crate::ops::health::spawn(daemon.clone(), crate::ops::health::TICK);
     // `kennel up --ttl` / `--rm` environments go by themselves (also those due while we were down).
     let ephemeral = crate::ops::expiry::spawn(daemon.clone());
+    // After an engine restart (or an engine that was not up above), reconcile again.
+    let engine = crate::ops::engine::spawn(daemon.clone());
     server::serve_watched(listener, daemon, shutdown, watchdog).await;
+    engine.abort();
     health.abort();
     ephemeral.abort();
     expiry.abort();

@@ -46,8 +46,11 @@ pub enum ApiError {
         /// The workspace that has it.
         workspace: std::path::PathBuf,
     },
-    /// Another create or remove of this environment is running right now.
-    #[error("environment {0:?} is being created or removed right now")]
+    /// Another create, refresh, start/stop or remove of this environment, or a reconcile, is
+    /// working on it right now.
+    #[error(
+        "environment {0:?} is being created, changed or removed right now (or the daemon is reconciling it with the engine)"
+    )]
     Busy(String),
     /// The workspace's spec is invalid.
     #[error("invalid environment spec: {0}")]

@@ -3,7 +3,8 @@
 //! An HTTP/1.1 + JSON API ([`api`]) on a Unix socket, callers authorised by their peer
 //! credentials ([`auth`]); environments created through a container [`Backend`] with their spec
 //! and effective policy kept in a state directory ([`state`]); Docker labels are the source of
-//! truth, so a restart reconciles ([`registry::Daemon::reconcile`]).
+//! truth, so a restart reconciles ([`registry::Daemon::reconcile`]), and so does the engine's
+//! return after an outage ([`ops::engine`]).
 //!
 //! [`Backend`]: kennel_container::backend::Backend
 

@@ -68,7 +68,7 @@ impl ImageSource for FixedProxyImage {
     }
 }
 
-/// What the start-up reconcile did.
+/// What a reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Environments found in the engine and in the state directory.
@@ -79,6 +79,34 @@ pub struct ReconcileReport {
     pub removed_incomplete: Vec<String>,
     /// Environments with state but no engine objects (shown as `missing`; `kennel down` clears them).
     pub missing: Vec<String>,
+    /// Kept environments whose containers were not all running and that nobody stopped
+    /// (`kennel stop`), started again (proxy first).
+    pub started: Vec<String>,
+    /// Kept environments that could not be brought back, with why (`name: reason`).
+    pub not_repaired: Vec<String>,
+    /// Environments left alone because a request of this daemon was working on them (a
+    /// `kennel up` in flight, a refresh, a `kennel down` …).
+    pub skipped_busy: Vec<String>,
+}
+
+/// When a reconcile runs: the checks are the same, the event says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileMode {
+    /// At the daemon's start, before it serves.
+    Startup,
+    /// While serving, after the engine went away and answers again (`systemctl restart docker`,
+    /// or an engine that was not up when the daemon started). Requests may be in flight.
+    EngineBack,
+}
+
+impl ReconcileMode {
+    /// The event's `trigger` detail.
+    pub fn trigger(self) -> &'static str {
+        match self {
+            ReconcileMode::Startup => "start-up",
+            ReconcileMode::EngineBack => "engine-back",
+        }
+    }
 }
 
 /// The daemon: shared by every connection.
@@ -508,6 +536,8 @@ impl Daemon {
             },
             progress: Some(progress.clone()),
         };
+        // Before the proxy exists: a look while it starts then compares with zero too.
+        self.proxy_created(&name);
         let (status, builds) =
             kennel_container::build::collecting_builds(self.backend.create_env(&plan)).await;
         // A build that ran is an event also when a later step of the creation failed.
@@ -580,6 +610,7 @@ impl Daemon {
             && s.state != EnvState::Running
         {
             let _busy = self.mark_busy(name)?;
+            self.state.clear_stopped(name)?;
             status = Some(self.backend.start_env(name).await?);
             tracing::info!(env = %name, "existing environment started");
             started = true;
@@ -619,10 +650,26 @@ impl Daemon {
         if self.managed_status(name, record.as_ref()).await?.is_none() {
             return Err(ApiError::NotFound(name.to_string()));
         }
+        // The intent first: a reconcile (after an engine restart) keeps a stopped environment
+        // stopped and starts one meant to run, also when this call fails half-way.
+        let recorded = record.is_some();
         let status = if start {
+            self.state.clear_stopped(name)?;
             self.backend.start_env(name).await?
         } else {
-            self.backend.stop_env(name).await?
+            if recorded {
+                self.state.mark_stopped(name)?;
+            }
+            match self.backend.stop_env(name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Still running (at least partly): not stopped as far as a reconcile goes.
+                    if let Err(c) = self.state.clear_stopped(name) {
+                        tracing::warn!(env = %name, error = %c, "cannot clear the stopped marker");
+                    }
+                    return Err(e.into());
+                }
+            }
         };
         tracing::info!(env = %name, start, "environment {}", if start { "started" } else { "stopped" });
         let (kind, verb) = if start {
@@ -1087,15 +1134,42 @@ impl Daemon {
             .collect())
     }
 
-    /// Start-up reconcile. Objects carrying this daemon's instance label but without state are
-    /// orphans and are removed; state directories without a record (a create that never
-    /// finished) are removed. Objects of other daemons (or made by hand) are left alone.
+    /// Start-up reconcile: [`Daemon::reconcile_with`] in [`ReconcileMode::Startup`].
     pub async fn reconcile(&self) -> Result<ReconcileReport, ApiError> {
+        self.reconcile_with(ReconcileMode::Startup).await
+    }
+
+    /// Reconciles the state directory with the engine. Objects carrying this daemon's instance
+    /// label but without state are orphans and are removed; creations that never finished
+    /// (a `creating` marker, or a state directory without a record) are removed; recorded
+    /// environments whose containers are not all running are started again (proxy first)
+    /// unless the person stopped them (`kennel stop`). Objects of other daemons (or made by
+    /// hand) are left alone.
+    ///
+    /// Each environment is looked at under its busy mark ([`Daemon::mark_busy`]), the one every
+    /// create, refresh, start/stop and remove holds: one that a request of this daemon is working
+    /// on is skipped (its `creating` marker is that request's, not a leftover), and a request
+    /// arriving meanwhile is told the name is busy rather than racing the reconcile. At start-up
+    /// nothing is busy yet, so both modes do the same; `mode` only goes into the event.
+    pub async fn reconcile_with(&self, mode: ReconcileMode) -> Result<ReconcileReport, ApiError> {
         let mut report = ReconcileReport::default();
         let mut engine = Vec::new();
         for status in self.backend.list_envs().await? {
             let name = status.name.clone();
+            engine.push(name.clone());
             let valid = validate_env_name(&name).is_ok();
+            let _busy = if valid {
+                match self.mark_busy(&name) {
+                    Ok(guard) => Some(guard),
+                    Err(_) => {
+                        tracing::info!(env = %name, "reconcile: a request is working on it; left alone");
+                        report.skipped_busy.push(name);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let recorded = valid && self.state.read_record(&name)?.is_some();
             let interrupted = if valid {
                 self.state.creating(&name)?
@@ -1107,6 +1181,7 @@ impl Daemon {
                 report.removed_incomplete.push(name.clone());
             } else if recorded {
                 report.kept.push(name.clone());
+                self.repair(&name, mode, &mut report).await?;
             } else if self.owns(&status) {
                 tracing::warn!(env = %name, "removing orphaned environment objects (no state)");
                 self.backend.remove_env(&name).await?;
@@ -1117,16 +1192,26 @@ impl Daemon {
             } else {
                 tracing::debug!(env = %name, "ignoring an environment this daemon did not create");
             }
-            engine.push(name);
         }
         for name in self.state.names()? {
             if engine.contains(&name) {
                 continue;
             }
+            let Ok(_busy) = self.mark_busy(&name) else {
+                tracing::info!(env = %name, "reconcile: a request is working on it; left alone");
+                report.skipped_busy.push(name);
+                continue;
+            };
             if let Some(marker) = self.state.creating(&name)? {
                 self.remove_interrupted(&name, marker, false).await?;
                 report.removed_incomplete.push(name);
             } else if self.state.read_record(&name)?.is_some() {
+                // Created since the engine was listed (at run time the busy mark was released
+                // in between): not missing.
+                if self.backend.inspect_env(&name).await?.is_some() {
+                    report.kept.push(name);
+                    continue;
+                }
                 tracing::warn!(env = %name, "environment has state but no engine objects; `kennel down` clears it");
                 report.missing.push(name);
             } else {
@@ -1147,23 +1232,103 @@ impl Daemon {
             None,
             crate::events::kind::RECONCILED,
             format!(
-                "reconciled with the engine: {} kept, {} orphaned removed, {} unfinished creations removed, {} missing",
+                "reconciled with the engine {}: {} kept, {} started again, {} orphaned removed, {} unfinished creations removed, {} missing, {} left alone (busy){}",
+                match mode {
+                    ReconcileMode::Startup => "at start-up",
+                    ReconcileMode::EngineBack => "after it came back",
+                },
                 report.kept.len(),
+                report.started.len(),
                 report.removed_orphans.len(),
                 report.removed_incomplete.len(),
-                report.missing.len()
+                report.missing.len(),
+                report.skipped_busy.len(),
+                if report.not_repaired.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not repaired: {}", report.not_repaired.join("; "))
+                }
             ),
-        );
+        )
+        .with("trigger", mode.trigger());
         for (k, v) in [
             ("kept", &report.kept),
+            ("started", &report.started),
             ("removed_orphans", &report.removed_orphans),
             ("removed_incomplete", &report.removed_incomplete),
             ("missing", &report.missing),
+            ("skipped_busy", &report.skipped_busy),
+            ("not_repaired", &report.not_repaired),
         ] {
             ev = ev.with(k, v.clone());
         }
         self.event(ev);
         Ok(report)
+    }
+
+    /// Brings a kept environment back to what its state says: running, unless the person
+    /// stopped it. A failure to start is reported, not returned: the other environments are
+    /// still reconciled. The caller holds the environment's busy mark.
+    async fn repair(
+        &self,
+        name: &str,
+        mode: ReconcileMode,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ApiError> {
+        // Looked at again under the busy mark: the list may be from before a request that
+        // has just finished (a `kennel start`, a create).
+        let Some(status) = self.backend.inspect_env(name).await? else {
+            return Ok(());
+        };
+        match status.state {
+            EnvState::Running => return Ok(()),
+            EnvState::Incomplete => {
+                report.not_repaired.push(format!(
+                    "{name}: its proxy or sandbox container is gone; `kennel refresh {name}` recreates them"
+                ));
+                return Ok(());
+            }
+            EnvState::Stopped | EnvState::Degraded => {}
+        }
+        if self.state.stopped(name)? {
+            return Ok(());
+        }
+        let down: Vec<String> = status
+            .containers
+            .iter()
+            .filter(|c| c.state != "running")
+            .map(|c| c.name.clone())
+            .collect();
+        match self.backend.start_env(name).await {
+            Ok(after) => {
+                tracing::info!(env = %name, started = ?down, state = state_str(after.state), "reconcile: started the containers that were not running");
+                self.event(
+                    crate::events::Event::now(
+                        Some(name),
+                        crate::events::kind::STARTED,
+                        format!(
+                            "environment {name:?} started again by the reconcile {} ({} were not running)",
+                            match mode {
+                                ReconcileMode::Startup => "at the daemon's start",
+                                ReconcileMode::EngineBack => "after the engine came back",
+                            },
+                            down.join(", ")
+                        ),
+                    )
+                    .with("reason", "reconcile")
+                    .with("trigger", mode.trigger())
+                    .with("containers", down),
+                );
+                report.started.push(name.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(env = %name, error = %e, "reconcile: cannot start the environment again");
+                report
+                    .not_repaired
+                    .push(format!("{name}: starting it failed: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Removes what an interrupted creation of `name` made: its engine objects, the home

@@ -4,7 +4,8 @@
 //! The directory is outside every sandbox's reach (mode 0700, owned by the daemon). Creating
 //! `envs/<name>` is the atomic name reservation that makes concurrent creates safe;
 //! `envs/<name>/creating` marks a creation that has not finished (a daemon killed in the middle
-//! finds it at start and removes what was made). `events.jsonl` is the event log
+//! finds it at start and removes what was made); `envs/<name>/stopped` marks an environment the
+//! person stopped (`kennel stop`), which a reconcile leaves stopped. `events.jsonl` is the event log
 //! ([`crate::events`]).
 
 use std::io::Write;
@@ -75,6 +76,9 @@ pub struct StateDir {
 pub const SPEC_JSON: &str = "spec.json";
 /// Name of the per-environment marker of a creation in progress.
 pub const CREATING: &str = "creating";
+/// Name of the per-environment marker of `kennel stop`: the containers are meant to be stopped,
+/// so a reconcile does not start them again.
+pub const STOPPED: &str = "stopped";
 
 /// What `envs/<name>/creating` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +230,34 @@ impl StateDir {
                 serde_json::from_slice(&b).unwrap_or(Creating { kept_home: true }),
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Writes `envs/<name>/stopped`: the person stopped the environment (`kennel stop`).
+    pub fn mark_stopped(&self, name: &str) -> Result<(), StateError> {
+        let path = self.env_dir(name).join(STOPPED);
+        std::fs::File::create(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io("create", &path))
+    }
+
+    /// Removes the [`StateDir::mark_stopped`] marker: the environment is meant to run.
+    pub fn clear_stopped(&self, name: &str) -> Result<(), StateError> {
+        let path = self.env_dir(name).join(STOPPED);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Whether the person stopped `name` ([`StateDir::mark_stopped`]).
+    pub fn stopped(&self, name: &str) -> Result<bool, StateError> {
+        let path = self.env_dir(name).join(STOPPED);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io("read", &path)(e)),
         }
     }

@@ -623,8 +623,8 @@ async fn the_proxys_reloads_and_rejections_are_events() {
     let f = fixture("evr").await;
     let watcher = tokio::spawn(confirm_loop(f.daemon.clone()));
     f.fake.set_metrics("evr", &reload_metrics(0, 0));
-    // The first look only sets the baseline.
-    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Baseline);
+    // The daemon created the proxy: zero counts are its baseline already.
+    assert_eq!(f.daemon.look_at_reloads("evr").await, Look::Same);
     f.daemon
         .policy_allow(&person(), "evr", allow(&["api.example.com"], None))
         .await
@@ -805,4 +805,35 @@ async fn a_profile_has_its_own_policy_allow_deny_show_expiry_and_inspect() {
     let info = daemon.inspect("prof").await.unwrap();
     // The include file's entry is still there (deny wins over it, but it is an allow entry).
     assert_eq!(info.profiles[0].allow_count, Some(1), "{info:?}");
+}
+
+/// Regression: a reload in an environment's first seconds, before the daemon had looked at its
+/// proxy once, went into the first look's baseline and never became an event (the monitor's
+/// tick looks every 5 s per environment; the e2e test slept 1.5 s after `kennel up` for it).
+#[tokio::test]
+async fn a_reload_before_the_first_look_after_creation_is_an_event() {
+    use kennel_supervisord::events::{EventQuery, kind};
+    use kennel_supervisord::ops::reloads::Look;
+
+    let f = fixture("evn").await;
+    // The proxy reloaded a hand edit before anyone looked at it.
+    f.fake.set_metrics("evn", &reload_metrics(1, 0));
+    // The monitor's tick.
+    f.daemon.health_due_round().await;
+    let q = EventQuery {
+        env: Some("evn".into()),
+        ..Default::default()
+    };
+    let evs = f.daemon.events(&q).unwrap();
+    let reloaded: Vec<_> = evs
+        .iter()
+        .filter(|e| e.kind == kind::POLICY_RELOADED)
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{evs:#?}");
+    assert_eq!(reloaded[0].details["reloads"], 1, "{reloaded:?}");
+
+    // A daemon that starts later knows nothing of the proxy's past: its first look is a
+    // baseline, and counts from before are not replayed.
+    let restarted = daemon_over(&f.fake, f.state_dir.path());
+    assert_eq!(restarted.look_at_reloads("evn").await, Look::Baseline);
 }

@@ -727,3 +727,237 @@ async fn a_git_commondir_in_the_main_repository_is_reported_on_inspect_and_down(
     let at_down = f.daemon.remove_with("gitws", false).await.unwrap();
     assert_eq!(at_down, warnings);
 }
+
+/// Creates `name` from a workspace of its own (one workspace gets one environment back).
+async fn create_in_own_workspace(f: &Fixture, name: &str) -> tempfile::TempDir {
+    let ws = tempfile::tempdir().unwrap();
+    f.daemon
+        .create(&root(), request(ws.path(), name))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The `reconciled` events so far, oldest first.
+fn reconciled(f: &Fixture) -> Vec<kennel_supervisord::events::Event> {
+    use kennel_supervisord::events::{EventQuery, kind};
+    f.daemon
+        .events(&EventQuery::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::RECONCILED)
+        .collect()
+}
+
+/// Waits (at most 5 s) for the `n`th `reconciled` event and returns it.
+async fn nth_reconciled(f: &Fixture, n: usize) -> kennel_supervisord::events::Event {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let evs = reconciled(f);
+        if let Some(e) = evs.get(n - 1) {
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconciled event #{n}: {evs:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn engine_state(f: &Fixture, name: &str) -> kennel_container::backend::EnvState {
+    f.fake.inspect_env(name).await.unwrap().unwrap().state
+}
+
+#[tokio::test]
+async fn after_the_engine_comes_back_a_reconcile_starts_what_its_restart_left_stopped() {
+    use kennel_container::backend::EnvState;
+    use kennel_supervisord::events::{EventQuery, kind};
+
+    let f = fixture();
+    let _ws: Vec<_> = create_each(&f, &["alpha", "beta", "resting"]).await;
+    f.daemon.stop("resting").await.unwrap();
+    let watch = kennel_supervisord::ops::engine::spawn_with(
+        f.daemon.clone(),
+        std::time::Duration::from_millis(20),
+        std::time::Duration::ZERO,
+    );
+    // Let the watch settle into waiting on the engine.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        reconciled(&f).is_empty(),
+        "no reconcile while the engine stays"
+    );
+
+    // `systemctl restart docker`: the engine stops every container on its way out; back up, it
+    // brought beta's sandbox back but not its proxy, and alpha not at all.
+    f.fake.engine_down();
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    f.fake.set_container_running("beta", "sandbox", true);
+    f.fake.engine_up();
+
+    let ev = nth_reconciled(&f, 1).await;
+    assert_eq!(ev.details["trigger"], "engine-back", "{ev:?}");
+    assert_eq!(
+        ev.details["started"],
+        serde_json::json!(["alpha", "beta"]),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.details["kept"],
+        serde_json::json!(["alpha", "beta", "resting"]),
+        "{ev:?}"
+    );
+    assert_eq!(ev.details["skipped_busy"], serde_json::json!([]), "{ev:?}");
+    assert_eq!(engine_state(&f, "alpha").await, EnvState::Running);
+    assert_eq!(engine_state(&f, "beta").await, EnvState::Running);
+    // `kennel stop` is what the person asked for: it stays stopped.
+    assert_eq!(engine_state(&f, "resting").await, EnvState::Stopped);
+    // Each environment started again says why in its own events.
+    let alpha = f
+        .daemon
+        .events(&EventQuery {
+            env: Some("alpha".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let started = alpha
+        .iter()
+        .rfind(|e| e.kind == kind::STARTED)
+        .expect("a started event for alpha");
+    assert_eq!(started.details["reason"], "reconcile", "{started:?}");
+    assert!(
+        started.message.contains("after the engine came back"),
+        "{started:?}"
+    );
+
+    // The watch keeps going: a second restart, a second reconcile.
+    f.fake.engine_down();
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    f.fake.engine_up();
+    let ev = nth_reconciled(&f, 2).await;
+    assert_eq!(
+        ev.details["started"],
+        serde_json::json!(["alpha", "beta"]),
+        "{ev:?}"
+    );
+    // `kennel start` lifts the stop: the next reconcile would bring it back too.
+    f.daemon.start("resting").await.unwrap();
+    assert!(!f.state_dir.path().join("envs/resting/stopped").exists());
+    watch.abort();
+}
+
+/// Creates the environments one after the other, each from its own workspace.
+async fn create_each(f: &Fixture, names: &[&str]) -> Vec<tempfile::TempDir> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(create_in_own_workspace(f, n).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_start_up_reconcile_starts_what_nobody_stopped_and_keeps_kennel_stop() {
+    use kennel_container::backend::EnvState;
+
+    let f = fixture();
+    let _ws = create_each(&f, &["up", "down"]).await;
+    f.daemon.stop("down").await.unwrap();
+    // The host rebooted and the engine did not bring `up`'s proxy back.
+    f.fake.set_container_running("up", "proxy", false);
+    let report = f.daemon.reconcile().await.unwrap();
+    assert_eq!(report.started, ["up"]);
+    assert!(report.not_repaired.is_empty(), "{report:?}");
+    assert_eq!(engine_state(&f, "up").await, EnvState::Running);
+    assert_eq!(engine_state(&f, "down").await, EnvState::Stopped);
+    let ev = nth_reconciled(&f, 1).await;
+    assert_eq!(ev.details["trigger"], "start-up", "{ev:?}");
+}
+
+#[tokio::test]
+async fn a_reconcile_at_run_time_leaves_an_environment_with_a_create_in_flight_alone() {
+    use kennel_supervisord::registry::ReconcileMode;
+
+    let f = fixture();
+    f.fake.hold_creates();
+    let daemon = f.daemon.clone();
+    let req = request(f.workspace.path(), "inflight");
+    let create = tokio::spawn(async move {
+        let peer = root();
+        daemon.create(&peer, req).await
+    });
+    // The create is in the middle: its proxy exists in the engine, its state has the record
+    // and the `creating` marker a start-up reconcile would remove.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while f.fake.inspect_env("inflight").await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never began"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let marker = f.state_dir.path().join("envs/inflight/creating");
+    assert!(marker.is_file());
+    // And a create interrupted before this daemon started (nobody works on it) is still
+    // cleaned up at run time.
+    std::fs::create_dir(f.state_dir.path().join("envs/halfway")).unwrap();
+
+    let report = f
+        .daemon
+        .reconcile_with(ReconcileMode::EngineBack)
+        .await
+        .unwrap();
+    assert_eq!(report.skipped_busy, ["inflight"], "{report:?}");
+    assert_eq!(report.removed_incomplete, ["halfway"], "{report:?}");
+    assert!(report.removed_orphans.is_empty(), "{report:?}");
+    assert!(report.started.is_empty(), "{report:?}");
+    assert!(
+        marker.is_file(),
+        "the in-flight create's marker was removed"
+    );
+    assert!(f.fake.inspect_env("inflight").await.unwrap().is_some());
+    let ev = nth_reconciled(&f, 1).await;
+    assert_eq!(ev.details["trigger"], "engine-back", "{ev:?}");
+    assert_eq!(
+        ev.details["skipped_busy"],
+        serde_json::json!(["inflight"]),
+        "{ev:?}"
+    );
+
+    f.fake.release_creates();
+    let info = create.await.unwrap().unwrap();
+    assert_eq!(info.state, "running");
+    assert!(!marker.exists());
+    assert!(f.state_dir.path().join("envs/inflight/spec.json").is_file());
+}
+
+#[tokio::test]
+async fn an_engine_away_when_the_watch_starts_is_reconciled_once_it_answers() {
+    use kennel_container::backend::EnvState;
+
+    let f = fixture();
+    let _ws = create_each(&f, &["early"]).await;
+    // The start-up reconcile could not reach the engine.
+    f.fake.engine_down();
+    assert!(f.daemon.reconcile().await.is_err());
+    let watch = kennel_supervisord::ops::engine::spawn_with(
+        f.daemon.clone(),
+        std::time::Duration::from_millis(20),
+        std::time::Duration::ZERO,
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert!(
+        reconciled(&f).is_empty(),
+        "nothing while the engine is away"
+    );
+    f.fake.engine_up();
+    let ev = nth_reconciled(&f, 1).await;
+    assert_eq!(ev.details["trigger"], "engine-back", "{ev:?}");
+    assert_eq!(
+        ev.details["started"],
+        serde_json::json!(["early"]),
+        "{ev:?}"
+    );
+    assert_eq!(engine_state(&f, "early").await, EnvState::Running);
+    watch.abort();
+}

@@ -9,10 +9,18 @@
 //! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S
 //! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S
-//! loadgen forward-rate --origin PORT --proxy PORT --clients N --secs S
+//! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen relay PORT
 //! loadgen denied-rate --proxy PORT --clients N --secs S
 //! loadgen idle --origin PORT --proxy PORT --tunnels N --pids PID[,PID..]
 //! ```
+//!
+//! `relay` is the ceiling any user-space proxy can reach on this machine, not a proxy to compare
+//! features with: it answers `CONNECT 127.0.0.1:PORT` and nothing else, gives each direction of a
+//! tunnel its own thread blocked in `splice(2)` through a 1 MiB pipe (no event loop, no policy,
+//! no accounting). `forward-rate` without `--proxy` sends origin-form GETs straight to the origin
+//! on kept-alive connections: the most requests the load generator and origin manage on their
+//! CPU, i.e. the ceiling of the proxied keep-alive rows.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -49,6 +57,10 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .context("port")?;
         return rt.block_on(origin(port));
+    }
+    if cmd == "relay" {
+        let port: u16 = args.get(1).context("relay PORT")?.parse().context("port")?;
+        return ideal::relay(port);
     }
     let opts = Opts::parse(&args[1..])?;
     let line = rt.block_on(async {
@@ -309,6 +321,7 @@ enum Kind {
 
 /// `clients` loops for `secs` each; completed operations per second.
 async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
+    let busy = Busy::start(&o.pids)?;
     let until = Instant::now() + Duration::from_secs_f64(o.secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -349,10 +362,8 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         errors * 100 <= done.max(1),
         "{errors} errors for {done} completions"
     );
-    Ok(format!(
-        "{:.0} /s",
-        done as f64 / start.elapsed().as_secs_f64()
-    ))
+    let secs = start.elapsed().as_secs_f64();
+    Ok(format!("{:.0} /s{}", done as f64 / secs, busy.end(secs)?))
 }
 
 /// Most samples one latency run keeps (a bound on memory, far above what 30 s can produce).
@@ -456,7 +467,8 @@ async fn forward_once(o: &Opts, kept: &mut Option<(TcpStream, Vec<u8>)>) -> anyh
     {
         return Ok(());
     }
-    let s = connect(o.proxy.context("--proxy")?).await?;
+    // Without a proxy: straight to the origin (origin-form), the ceiling of this scenario.
+    let s = connect(o.proxy.unwrap_or(o.origin()?)).await?;
     forward_on(o, (s, Vec::new()), kept).await
 }
 
@@ -466,13 +478,13 @@ async fn forward_on(
     kept: &mut Option<(TcpStream, Vec<u8>)>,
 ) -> anyhow::Result<()> {
     let origin = o.origin()?;
-    s.write_all(
-        format!(
-            "GET http://127.0.0.1:{origin}/{SMALL} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await?;
+    let target = if o.proxy.is_some() {
+        format!("http://127.0.0.1:{origin}/{SMALL}")
+    } else {
+        format!("/{SMALL}")
+    };
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n").as_bytes())
+        .await?;
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
     ensure!(status(&head) == 200, "{head}");
     let mut scratch = [0u8; 1024];
@@ -491,6 +503,33 @@ async fn forward_on(
         *kept = Some((s, buf));
     }
     Ok(())
+}
+
+/// How busy the proxy's CPU was during a rate run (`--pids`): when the proxy is well below 100 %
+/// while its rate is below direct, the limit is on the load generator's and origin's CPU, not
+/// in the proxy.
+struct Busy<'a> {
+    pids: &'a [u32],
+    ticks: Option<u64>,
+}
+
+impl<'a> Busy<'a> {
+    fn start(pids: &'a [u32]) -> anyhow::Result<Busy<'a>> {
+        let ticks = if pids.is_empty() {
+            None
+        } else {
+            Some(cpu_ticks(pids)?)
+        };
+        Ok(Busy { pids, ticks })
+    }
+    /// ` N %cpu` (the proxy's CPU seconds per second of the run, in percent), or nothing.
+    fn end(&self, secs: f64) -> anyhow::Result<String> {
+        let Some(t0) = self.ticks else {
+            return Ok(String::new());
+        };
+        let used = cpu_ticks(self.pids)?.saturating_sub(t0) as f64 / 100.0;
+        Ok(format!(" {:.0} %cpu", used / secs * 100.0))
+    }
 }
 
 /// Sum of user + system CPU time of `pids`, in clock ticks (USER_HZ = 100 on Linux).
@@ -571,4 +610,83 @@ async fn idle(o: &Opts) -> anyhow::Result<String> {
     let per = (after.saturating_sub(before)) as f64 / o.tunnels as f64;
     drop(held);
     Ok(format!("{per:.1} KiB ({before} -> {after} KiB)"))
+}
+
+/// The ideal relay (see the module comment): blocking threads and splice(2), nothing else.
+mod ideal {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::fd::OwnedFd;
+
+    use anyhow::{Context, ensure};
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+
+    use super::LOOPBACK;
+
+    /// Pipe capacity per direction (the largest kennel can be configured to use).
+    const PIPE: usize = 1 << 20;
+
+    pub fn relay(port: u16) -> anyhow::Result<()> {
+        let l = TcpListener::bind((LOOPBACK, port))
+            .with_context(|| format!("failed to bind 127.0.0.1:{port}"))?;
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            std::thread::spawn(move || {
+                if let Err(e) = serve(c) {
+                    eprintln!("relay: {e:#}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn serve(mut c: TcpStream) -> anyhow::Result<()> {
+        c.set_nodelay(true)?;
+        // The client sends nothing after its CONNECT head before the 200, so a byte-wise read
+        // cannot swallow tunnel data.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            ensure!(head.len() < 4096, "head too large");
+            if c.read(&mut b)? == 0 {
+                // A port probe (run.sh's wait_port) or a client that gave up: nothing to relay.
+                return Ok(());
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let port: u16 = head
+            .strip_prefix("CONNECT 127.0.0.1:")
+            .and_then(|r| r.split(' ').next())
+            .context("only CONNECT 127.0.0.1:PORT is relayed")?
+            .parse()?;
+        let o = TcpStream::connect((LOOPBACK, port))?;
+        o.set_nodelay(true)?;
+        c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        let (c2, o2) = (c.try_clone()?, o.try_clone()?);
+        let up = std::thread::spawn(move || pump(&c2, &o2));
+        pump(&o, &c)?;
+        up.join()
+            .map_err(|_| anyhow::anyhow!("up thread panicked"))??;
+        Ok(())
+    }
+
+    fn pump(src: &TcpStream, dst: &TcpStream) -> anyhow::Result<()> {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Refused above fs.pipe-max-size: the default pipe is still a relay, only slower.
+        let _ = fcntl(&r, FcntlArg::F_SETPIPE_SZ(PIPE as i32));
+        let f = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+        loop {
+            let mut n = splice(src, None, &w, None, PIPE, f)?;
+            if n == 0 {
+                let _ = dst.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            while n > 0 {
+                let m = splice(&r, None, dst, None, n, f)?;
+                ensure!(m > 0, "splice wrote 0");
+                n -= m;
+            }
+        }
+    }
 }

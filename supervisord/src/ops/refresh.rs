@@ -73,6 +73,10 @@ impl Daemon {
                 return Err(e.into());
             }
         };
+        // After, not before: until now the old proxy (with its own counts) was there.
+        self.proxy_created(name);
+        // Recreated and started: a `kennel stop` before no longer holds.
+        self.state().clear_stopped(name)?;
         if record.proxy_image != plan.proxy_image {
             record.proxy_image = plan.proxy_image.clone();
             self.state().write_record(&record)?;

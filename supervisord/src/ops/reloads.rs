@@ -12,9 +12,10 @@
 //!   environment, which keeps the baselines current and catches reloads the daemon did not
 //!   cause (a person editing the file in the state directory, an include changing).
 //!
-//! The first look at an environment only sets its baseline: counts from before the daemon
-//! (re)started are not replayed as events. Lower counts than last time mean a new proxy
-//! (refresh, restart) and are a new baseline too.
+//! A proxy the daemon creates (`kennel up`, a refresh) starts from zero counts, which is its
+//! baseline ([`Daemon::proxy_created`]). Otherwise the first look at an environment only sets
+//! its baseline: counts from before the daemon (re)started are not replayed as events. Lower
+//! counts than last time mean a new proxy (a restart) and are a new baseline too.
 
 use crate::events::EventNow;
 use std::collections::{HashMap, HashSet};
@@ -103,6 +104,14 @@ impl Daemon {
     pub(crate) fn policy_swapped(&self, name: &str) {
         lock(&self.reloads().pending).insert(name.to_string());
         self.reloads().wake.notify_one();
+    }
+
+    /// `name`'s proxy is new (a create, a refresh): it counts from zero, so that is its
+    /// baseline. Without this the first look set the baseline, and a reload before it — the
+    /// monitor looks every [`TICK_LOOK_EVERY`], and a look while the proxy is not up yet
+    /// counts — was taken into the baseline and never became an event.
+    pub(crate) fn proxy_created(&self, name: &str) {
+        lock(&self.reloads().seen).insert(name.to_string(), ReloadCounts::default());
     }
 
     /// The health monitor's look: at most every [`TICK_LOOK_EVERY`] per environment.
