@@ -383,6 +383,7 @@ async fn approve_loop_denials_allow_deny_expiry_edit_import_on_docker() {
             &c3,
             EditArgs {
                 env: n3,
+                profile: None,
                 note: None,
             },
             &e3,

@@ -146,3 +146,54 @@ pub struct DependsOn {
     #[serde(default)]
     pub healthy: bool,
 }
+
+/// How an environment's own Docker engine (`[docker]` in kennel.toml) runs. There is no default:
+/// each mode is a different risk, chosen on purpose (docs/threat-model.md, "Docker inside an
+/// environment").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerMode {
+    /// A rootless engine: `dockerd` in a user namespace (rootlesskit, slirp4netns), run by the
+    /// sandbox's own uid on the host; its root is no host root.
+    Rootless,
+    /// A rootful engine with host-level privileges (`SYS_ADMIN`, `NET_ADMIN`, no seccomp
+    /// filter): whoever drives it can reach the host.
+    Privileged,
+}
+
+impl DockerMode {
+    /// The name used in kennel.toml and in output (`rootless`, `privileged`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerMode::Rootless => "rootless",
+            DockerMode::Privileged => "privileged",
+        }
+    }
+
+    /// One line on what the mode risks, for `kennel up`, `kennel doctor` and `kennel inspect`.
+    pub fn risk(self) -> &'static str {
+        match self {
+            DockerMode::Rootless => {
+                "rootless engine: its root is the sandbox's uid on the host, but the engine container keeps SYS_ADMIN for newuidmap and runs without seccomp filter; the agent controls it fully"
+            }
+            DockerMode::Privileged => {
+                "PRIVILEGED engine: the agent drives a root engine with SYS_ADMIN and no seccomp filter, which is a path to the host (treat the environment as host root)"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DockerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[docker]`: a Docker engine of the environment's own, reached from the sandbox through a Unix
+/// socket (`DOCKER_HOST`), whose egress goes through the `dind` egress profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// How the engine runs.
+    pub mode: DockerMode,
+}

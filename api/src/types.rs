@@ -70,6 +70,34 @@ pub struct EnvInfo {
     /// Removed when its last exec session ends (`kennel up --rm`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_on_exit: bool,
+    /// Egress profiles: each one's proxy container and policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileInfo>,
+    /// The environment's own Docker engine (`[docker]`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerDoc>,
+}
+
+/// The Docker engine of an environment, as `kennel inspect` and `kennel up` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DockerDoc {
+    /// How it runs.
+    pub mode: crate::spec::DockerMode,
+    /// What that mode risks, in one line ([`crate::spec::DockerMode::risk`]).
+    pub risk: String,
+    /// The sandbox's `DOCKER_HOST`.
+    pub docker_host: String,
+}
+
+impl DockerDoc {
+    /// The document for an engine in `mode` reached at `docker_host`.
+    pub fn new(mode: crate::spec::DockerMode, docker_host: &str) -> Self {
+        DockerDoc {
+            mode,
+            risk: mode.risk().to_string(),
+            docker_host: docker_host.to_string(),
+        }
+    }
 }
 
 /// `POST /v1/envs/{name}/stop` and `/start` bodies are empty; `DELETE /v1/envs/{name}?purge=true`
@@ -187,6 +215,9 @@ pub struct SpecDoc {
     /// Legacy `.env` variables.
     #[serde(default)]
     pub legacy: LegacyDoc,
+    /// Egress profiles (`[egress.profiles.NAME]`), each served by its own proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_profiles: Vec<ProfileDoc>,
     /// Service containers.
     #[serde(default)]
     pub services: Vec<ServiceDoc>,
@@ -240,6 +271,9 @@ pub struct SpecDoc {
     /// Services the sandbox waits for (the compose dev service's `depends_on`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sandbox_depends_on: Vec<crate::spec::DependsOn>,
+    /// `[docker]`: the environment's own Docker engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<crate::spec::DockerSpec>,
 }
 
 /// Wire form of the `[health]` keys beyond the thresholds.
@@ -360,6 +394,46 @@ pub struct OriginDoc {
     pub line: u32,
     /// 1-based column of the value.
     pub col: u32,
+}
+
+/// Wire form of `kennel_container::spec::EgressProfile` (converted in `kennel_container::wire`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDoc {
+    /// Profile name.
+    pub name: String,
+    /// Include files (host paths, informational; their text travels in `lists`).
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    /// The include files' text, in the same order, read by the CLI as the caller.
+    #[serde(default)]
+    pub lists: Vec<String>,
+    /// Default upstream of the profile's proxy; `None`: the environment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+/// An egress profile of a running environment, as `kennel inspect` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    /// Profile name.
+    pub name: String,
+    /// Its proxy container (`kennel-<env>-proxy-<name>`).
+    pub proxy_container: String,
+    /// The proxy's URL on the internal network (`http://proxy-<name>:8888`).
+    pub proxy_address: String,
+    /// The proxy container's engine state (`running`, …; `missing` when absent).
+    pub state: String,
+    /// The profile's effective policy directory on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_dir: Option<PathBuf>,
+    /// Allow entries of its policy now (hosts and CIDRs, include files and `kennel allow`);
+    /// `None` when the policy cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_count: Option<usize>,
+    /// Services that use it (`egress = "<name>"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// Wire form of `kennel_container::spec::ServiceSpec` (converted in `kennel_container::wire`).

@@ -503,3 +503,94 @@ fn a_proxy_variable_in_env_is_refused_before_anything_is_created() {
     assert!(err.contains("proxy variables are kennel's"), "{err}");
     assert!(d.fake.plan("pv").is_none());
 }
+
+/// The seed layout's `dind-whitelist.txt` becomes the egress profile `dind`: `kennel up` and
+/// `kennel inspect` show it; `kennel allow|deny|denials|policy show --profile dind` act on its
+/// policy, `kennel logs --profile dind` shows its proxy's output and access log; an unknown
+/// profile is refused by the daemon, an invalid name by the CLI.
+#[test]
+fn the_dind_profile_of_the_seed_layout_through_the_cli() {
+    let d = TestDaemon::start_with(Authorizer::new(0, [], []));
+    let ws = seed_workspace();
+    std::fs::write(
+        ws.path().join(".devcontainer/dind-whitelist.txt"),
+        "registry-1.docker.io\n\\.cloudfront\\.net$\n",
+    )
+    .unwrap();
+    let ws_path = ws.path().to_str().unwrap();
+    let up = d.kennel(&["up", "--workspace", ws_path, "--name", "demo"]);
+    assert!(up.status.success(), "up failed: {}", stderr(&up));
+    assert!(
+        stdout(&up).contains("profile  dind at http://proxy-dind:8888 (kennel-demo-proxy-dind, 2 allow entries; `kennel allow --profile dind demo HOST:PORT`)"),
+        "{}",
+        stdout(&up)
+    );
+    assert!(!stderr(&up).contains("dind-whitelist"), "{}", stderr(&up));
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&d.kennel(&["inspect", "demo"]).stdout).unwrap();
+    assert_eq!(inspect["profiles"][0]["name"], "dind");
+    assert_eq!(
+        inspect["profiles"][0]["proxy_container"],
+        "kennel-demo-proxy-dind"
+    );
+    assert_eq!(inspect["profiles"][0]["allow_count"], 2);
+
+    let allow = d.kennel(&["allow", "--profile", "dind", "demo", "ghcr.io"]);
+    assert!(allow.status.success(), "{}", stderr(&allow));
+    assert!(
+        stdout(&allow).contains("policy-dind/policy.toml")
+            && stdout(&allow).contains("egress profile \"dind\" of \"demo\""),
+        "{}",
+        stdout(&allow)
+    );
+    let show = d.kennel(&["policy", "show", "--profile", "dind", "demo"]);
+    assert!(stdout(&show).contains("ghcr.io"), "{}", stdout(&show));
+    let main = d.kennel(&["policy", "show", "demo"]);
+    assert!(!stdout(&main).contains("ghcr.io"), "{}", stdout(&main));
+    let deny = d.kennel(&["deny", "--profile", "dind", "demo", "ghcr.io"]);
+    assert!(deny.status.success(), "{}", stderr(&deny));
+    let denials = d.kennel(&["denials", "--profile", "dind", "demo"]);
+    assert!(denials.status.success(), "{}", stderr(&denials));
+    assert!(
+        stderr(&denials).contains("no denials for egress profile \"dind\" of \"demo\""),
+        "{}",
+        stderr(&denials)
+    );
+
+    // `kennel logs --profile dind`: the profile's proxy's output and its own access log.
+    d.fake
+        .set_logs("kennel-demo-proxy-dind", "dind proxy output\n");
+    let state = d.dir.path().join("state/envs/demo");
+    std::fs::write(state.join("logs-dind/access.log"), "dind access line\n").unwrap();
+    std::fs::write(state.join("logs/access.log"), "main access line\n").unwrap();
+    let logs = d.kennel(&["logs", "--profile", "dind", "demo"]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let out = stdout(&logs);
+    assert!(
+        out.contains("dind proxy output") && out.contains("dind access line"),
+        "{out}"
+    );
+    assert!(!out.contains("main access line"), "{out}");
+    let nope = d.kennel(&["logs", "--profile", "nope", "demo"]);
+    assert!(
+        !nope.status.success() && stderr(&nope).contains("has no egress profile \"nope\""),
+        "{}",
+        stderr(&nope)
+    );
+
+    let unknown = d.kennel(&["allow", "--profile", "nope", "demo", "x.example"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown)
+            .contains("environment \"demo\" has no egress profile \"nope\" (its profiles: dind)"),
+        "{}",
+        stderr(&unknown)
+    );
+    let invalid = d.kennel(&["denials", "--profile", "a&b", "demo"]);
+    assert!(!invalid.status.success());
+    assert!(
+        stderr(&invalid).contains("invalid egress profile name \"a&b\""),
+        "{}",
+        stderr(&invalid)
+    );
+}

@@ -37,6 +37,10 @@ pub const LABEL_WORKSPACE: &str = "dev.kennel.workspace";
 pub const LABEL_EGRESS_ONLY: &str = "dev.kennel.egress-only";
 /// Role label of the IDE's dev container (`.devcontainer/kennel/devcontainer.json`).
 pub const ROLE_IDE: &str = "ide";
+/// Role label of an egress profile's proxy container (`kennel-<env>-proxy-<profile>`).
+pub const ROLE_PROFILE_PROXY: &str = "profile-proxy";
+/// Label: the egress profile a [`ROLE_PROFILE_PROXY`] container serves.
+pub const LABEL_PROFILE: &str = "dev.kennel.profile";
 
 /// A boxed, sendable future (keeps [`Backend`] usable as `Arc<dyn Backend>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -293,6 +297,20 @@ pub struct EnvPlan {
 }
 
 impl EnvPlan {
+    /// The policy directory of egress profile `profile` (mounted read-only into its proxy):
+    /// beside [`EnvPlan::policy_dir`], see [`crate::policy_dir::profile_policy_dir`].
+    pub fn profile_policy_dir(&self, profile: &str) -> PathBuf {
+        crate::policy_dir::profile_policy_dir(&self.policy_dir, profile)
+    }
+
+    /// The access-log directory of egress profile `profile`'s proxy (beside
+    /// [`EnvPlan::access_log_dir`]), when the plan has one.
+    pub fn profile_access_log_dir(&self, profile: &str) -> Option<PathBuf> {
+        self.access_log_dir
+            .as_deref()
+            .map(|d| crate::policy_dir::profile_log_dir(d, profile))
+    }
+
     /// Whether the plan is `kennel up --egress-only`'s: no sandbox container
     /// ([`LABEL_EGRESS_ONLY`] among the state labels).
     pub fn egress_only(&self) -> bool {
@@ -424,6 +442,9 @@ pub enum LogsTarget {
     Proxy,
     /// A service container, by service name.
     Service(String),
+    /// The proxy container of an egress profile, by profile name (its access log is JSON
+    /// lines, like the proxy's).
+    ProfileProxy(String),
 }
 
 impl LogsTarget {
@@ -433,6 +454,7 @@ impl LogsTarget {
             LogsTarget::Sandbox => names::sandbox(env),
             LogsTarget::Proxy => names::proxy(env),
             LogsTarget::Service(s) => names::service(env, s),
+            LogsTarget::ProfileProxy(p) => names::profile_proxy(env, p),
         }
     }
 }
@@ -568,6 +590,10 @@ pub mod names {
     /// The proxy container.
     pub fn proxy(env: &str) -> String {
         format!("kennel-{env}-proxy")
+    }
+    /// The proxy container of egress profile `profile` (`[egress.profiles.NAME]`).
+    pub fn profile_proxy(env: &str, profile: &str) -> String {
+        format!("kennel-{env}-proxy-{profile}")
     }
     /// The sandbox container.
     pub fn sandbox(env: &str) -> String {

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use crate::backend::{
     Backend, BoxFuture, ContainerStatus, EnvPlan, EnvState, EnvStats, EnvStatus, ExecOutput,
     ExecRequest, ExecSession, ExitHandle, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_WORKSPACE,
-    names,
+    ROLE_PROFILE_PROXY, names,
 };
 use crate::error::BackendError;
 use crate::hardening;
@@ -192,6 +192,8 @@ impl DockerBackend {
         plan: &EnvPlan,
         created: &mut Vec<Created>,
     ) -> Result<(Ipv4Addr, Ipv4Addr), BackendError> {
+        // Returns the network address and the gateway (the proxies' addresses follow from
+        // them: hardening::proxy_egress_ip_at).
         let env = &plan.spec.name;
         let name = names::egress_network(env);
         let mut last_err = None;
@@ -223,13 +225,12 @@ impl DockerBackend {
                 .gateway
                 .and_then(|g| g.parse::<Ipv4Addr>().ok())
                 .unwrap_or(Ipv4Addr::from(u32::from(net) + 1));
-            let proxy_ip = hardening::proxy_egress_ip(net, gateway);
             let req =
                 hardening::egress_network(plan, &format!("{net}/{prefix}"), &gateway.to_string());
             match self.docker.create_network(req).await {
                 Ok(res) => {
                     created.push(Created::Network(res.id));
-                    return Ok((proxy_ip, gateway));
+                    return Ok((net, gateway));
                 }
                 Err(e) => {
                     // A concurrent creation took the pool between probe and create; try again.
@@ -243,7 +244,7 @@ impl DockerBackend {
         }))
     }
 
-    async fn create_and_start(
+    pub(crate) async fn create_and_start(
         &self,
         name: &str,
         body: ContainerCreateBody,
@@ -295,8 +296,13 @@ impl DockerBackend {
 
     /// Waits until the proxy accepts connections on its admin port (from the host, over the
     /// egress bridge), or fails with its logs when it exits or the deadline passes.
-    async fn wait_proxy_ready(&self, env: &str, admin: Ipv4Addr) -> Result<(), BackendError> {
-        let name = names::proxy(env);
+    async fn wait_proxy_ready(
+        &self,
+        env: &str,
+        name: &str,
+        admin: Ipv4Addr,
+    ) -> Result<(), BackendError> {
+        let name = name.to_string();
         let deadline = Instant::now() + PROXY_READY_TIMEOUT;
         loop {
             let attempt = tokio::time::timeout(
@@ -350,11 +356,35 @@ impl DockerBackend {
                     )
                     .await
                     .map_err(|e| BackendError::engine("remove container", name, e)),
-                Created::Network(id) => self
-                    .docker
-                    .remove_network(id)
-                    .await
-                    .map_err(|e| BackendError::engine("remove network", id, e)),
+                Created::Network(id) => {
+                    // The Docker engine's network has the `dind` profile's proxy connected to it,
+                    // which is removed only later (created earlier): disconnect what is attached.
+                    if let Ok(full) = self
+                        .docker
+                        .inspect_network(
+                            id,
+                            None::<bollard::query_parameters::InspectNetworkOptions>,
+                        )
+                        .await
+                    {
+                        for cid in full.containers.unwrap_or_default().into_keys() {
+                            let _ = self
+                                .docker
+                                .disconnect_network(
+                                    id,
+                                    bollard::models::NetworkDisconnectRequest {
+                                        container: cid,
+                                        force: Some(true),
+                                    },
+                                )
+                                .await;
+                        }
+                    }
+                    self.docker
+                        .remove_network(id)
+                        .await
+                        .map_err(|e| BackendError::engine("remove network", id, e))
+                }
                 Created::Volume(name) => self
                     .docker
                     .remove_volume(name, None::<RemoveVolumeOptions>)
@@ -396,56 +426,54 @@ impl DockerBackend {
                 ),
             });
         }
-        if let Some(svc) = spec
-            .services
-            .iter()
-            .find(|s| matches!(s.egress, crate::spec::ServiceEgress::Profile(_)))
-        {
-            return Err(BackendError::InvalidPlan {
+        // The spec arrives over the API: a service's profile must be one of the spec's, and
+        // each profile's policy directory must have been written (by the daemon).
+        for svc in &spec.services {
+            if let crate::spec::ServiceEgress::Profile(p) = &svc.egress
+                && spec.egress.profile(p).is_none()
+            {
+                return Err(BackendError::InvalidPlan {
+                    env: env.clone(),
+                    message: format!(
+                        "service {:?}: egress = {p:?} names no egress profile of the environment",
+                        svc.name
+                    ),
+                });
+            }
+        }
+        for p in &spec.egress.profiles {
+            crate::spec::check_profile_name(&p.name).map_err(|m| BackendError::InvalidPlan {
                 env: env.clone(),
-                message: format!(
-                    "service {:?}: egress profiles are not supported by the Docker backend yet; use egress = \"none\"",
-                    svc.name
-                ),
-            });
+                message: format!("egress profile {:?}: {m}", p.name),
+            })?;
+            let dir = plan.profile_policy_dir(&p.name);
+            if !dir.join(crate::policy_dir::POLICY_FILE).is_file() {
+                return Err(BackendError::InvalidPlan {
+                    env: env.clone(),
+                    message: format!(
+                        "egress profile {:?}: policy directory {} has no {}",
+                        p.name,
+                        dir.display(),
+                        crate::policy_dir::POLICY_FILE
+                    ),
+                });
+            }
         }
 
-        // The proxy (uid 65532) must read the policy directory through its bind mount; the
-        // directory's parents do not matter (the mount bypasses them), its own mode does.
-        set_mode(&plan.policy_dir, 0o755)
-            .map_err(|e| BackendError::engine("chmod", plan.policy_dir.display().to_string(), e))?;
-
         // Networks.
-        let (proxy_ip, _gateway) = self.create_egress_network(plan, created).await?;
+        let (egress_net, gateway) = self.create_egress_network(plan, created).await?;
         let id = self
             .create_network(hardening::internal_network(plan))
             .await?;
         created.push(Created::Network(id));
 
-        // Files the containers mount from the policy directory.
-        let write = |file: &str, content: &str| {
-            let path = plan.policy_dir.join(file);
-            let tmp = plan.policy_dir.join(format!(".{file}.tmp"));
-            std::fs::write(&tmp, content)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map(|()| path)
-                .map_err(|e| BackendError::engine("write", path_str(&plan.policy_dir, file), e))
-        };
-        write(
-            hardening::PROXY_CONFIG_FILE,
-            &hardening::proxy_config_for_env(
-                proxy_ip,
-                &plan
-                    .policy_dir
-                    .join(crate::policy_dir::POLICY_FILE)
-                    .display()
-                    .to_string(),
-                plan.access_log_dir.is_some(),
-                env,
-            ),
-        )?;
         let askpass = if spec.credentials.git_token_file.is_some() {
-            let p = write("git-askpass", hardening::GIT_ASKPASS_SCRIPT)?;
+            let p = plan.policy_dir.join("git-askpass");
+            write_file(
+                &plan.policy_dir,
+                "git-askpass",
+                hardening::GIT_ASKPASS_SCRIPT,
+            )?;
             set_mode(&p, 0o755)
                 .map_err(|e| BackendError::engine("chmod", p.display().to_string(), e))?;
             Some(p)
@@ -453,24 +481,25 @@ impl DockerBackend {
             None
         };
 
-        // Proxy: created on the internal network, connected to egress at its fixed address.
-        let proxy = names::proxy(env);
-        self.create_container(&proxy, hardening::proxy_container(plan))
-            .await?;
-        created.push(Created::Container(proxy.clone()));
-        let egress = names::egress_network(env);
-        self.docker
-            .connect_network(
-                &egress,
-                NetworkConnectRequest {
-                    container: proxy.clone(),
-                    endpoint_config: Some(hardening::proxy_egress_endpoint(proxy_ip)),
-                },
+        // The environment's proxy, then one per egress profile (in name order), before
+        // anything that may send through them.
+        self.start_proxy(
+            plan,
+            None,
+            hardening::proxy_egress_ip(egress_net, gateway),
+            created,
+        )
+        .await?;
+        for (i, p) in spec.egress.profiles.iter().enumerate() {
+            let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            self.start_proxy(
+                plan,
+                Some(&p.name),
+                hardening::proxy_egress_ip_at(egress_net, gateway, slot),
+                created,
             )
-            .await
-            .map_err(|e| BackendError::engine("connect proxy to network", &egress, e))?;
-        self.start(&proxy).await?;
-        self.wait_proxy_ready(env, proxy_ip).await?;
+            .await?;
+        }
 
         self.start_services(plan, created).await?;
 
@@ -479,22 +508,94 @@ impl DockerBackend {
         // After the build and the user lookup: the home volume is initialised from the image
         // that will run, owned by the user it runs as.
         self.ensure_home(plan, created).await?;
+        // `[docker]`: the environment's own engine (crate::engine), before the sandbox that
+        // uses its socket.
+        let engine_proxy = self.start_engine(plan, created).await?;
         // `kennel up --egress-only`: the IDE's dev container takes the sandbox's place.
         if !plan.egress_only() {
             // The compose dev service's depends_on: the sandbox starts after them.
             self.wait_dependencies(env, "the sandbox", &plan.spec.sandbox_depends_on, plan)
                 .await?;
-            self.create_and_start(
-                &names::sandbox(env),
+            let sandbox = names::sandbox(env);
+            self.create_container(
+                &sandbox,
                 hardening::sandbox_container(plan, askpass.as_deref(), git.as_ref()),
-                created,
             )
             .await?;
+            created.push(Created::Container(sandbox.clone()));
+            if let Some(proxy) = &engine_proxy {
+                self.write_docker_config(plan, &sandbox, proxy).await?;
+            }
+            self.start(&sandbox).await?;
         }
 
         self.inspect_env_inner(env)
             .await?
             .ok_or_else(|| BackendError::NotFound(env.clone()))
+    }
+
+    /// Starts one proxy of the environment: its own (`profile: None`) or an egress profile's.
+    /// Writes its config into its policy directory, creates it on the internal network,
+    /// connects it to the egress network at `egress_ip` (its admin listener's address), starts
+    /// it and waits until it accepts connections.
+    async fn start_proxy(
+        &self,
+        plan: &EnvPlan,
+        profile: Option<&str>,
+        egress_ip: Ipv4Addr,
+        created: &mut Vec<Created>,
+    ) -> Result<(), BackendError> {
+        let env = &plan.spec.name;
+        let (dir, name, log_dir) = match profile {
+            None => (
+                plan.policy_dir.clone(),
+                names::proxy(env),
+                plan.access_log_dir.clone(),
+            ),
+            Some(p) => (
+                plan.profile_policy_dir(p),
+                names::profile_proxy(env, p),
+                plan.profile_access_log_dir(p),
+            ),
+        };
+        // The proxy (uid 65532) must read the policy directory through its bind mount; the
+        // directory's parents do not matter (the mount bypasses them), its own mode does.
+        set_mode(&dir, 0o755)
+            .map_err(|e| BackendError::engine("chmod", dir.display().to_string(), e))?;
+        // Deny messages name the `kennel allow` a person runs: with `--profile NAME` for a
+        // profile's proxy (the proxy prints this text after `kennel allow`).
+        let allow_args = match profile {
+            None => env.clone(),
+            Some(p) => format!("--profile {p} {env}"),
+        };
+        write_file(
+            &dir,
+            hardening::PROXY_CONFIG_FILE,
+            &hardening::proxy_config_for_env(
+                egress_ip,
+                &dir.join(crate::policy_dir::POLICY_FILE)
+                    .display()
+                    .to_string(),
+                log_dir.is_some(),
+                &allow_args,
+            ),
+        )?;
+        self.create_container(&name, hardening::proxy_container(plan, profile))
+            .await?;
+        created.push(Created::Container(name.clone()));
+        let egress = names::egress_network(env);
+        self.docker
+            .connect_network(
+                &egress,
+                NetworkConnectRequest {
+                    container: name.clone(),
+                    endpoint_config: Some(hardening::proxy_egress_endpoint(egress_ip)),
+                },
+            )
+            .await
+            .map_err(|e| BackendError::engine("connect proxy to network", &egress, e))?;
+        self.start(&name).await?;
+        self.wait_proxy_ready(env, &name, egress_ip).await
     }
 
     /// `plan` with the workspace's image built (or its content tag reused) and a user given by
@@ -798,7 +899,7 @@ impl DockerBackend {
 }
 
 /// An object `create_env` made (for rollback).
-enum Created {
+pub(crate) enum Created {
     Network(String),
     Container(String),
     Volume(String),
@@ -806,6 +907,15 @@ enum Created {
 
 fn path_str(dir: &std::path::Path, file: &str) -> String {
     dir.join(file).display().to_string()
+}
+
+/// Replaces `dir/file` (temp file + rename) with `content`.
+fn write_file(dir: &std::path::Path, file: &str, content: &str) -> Result<(), BackendError> {
+    let path = dir.join(file);
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, content)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| BackendError::engine("write", path_str(dir, file), e))
 }
 
 #[cfg(unix)]
@@ -1023,12 +1133,17 @@ impl Backend for DockerBackend {
                     Err(e) => return Err(BackendError::engine("remove network", shown, e)),
                 }
             }
-            Ok(())
+            // The Docker engine's socket volume goes with the engine (its data stays).
+            self.remove_own_volume(name, &crate::engine::names::socket_volume(name))
+                .await
         })
     }
 
     fn purge_env<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            // The Docker engine's data (images, build cache, nested containers' layers).
+            self.remove_own_volume(name, &crate::engine::names::data_volume(name))
+                .await?;
             // The compose services' named volumes: only those labelled as this environment's.
             let label = format!("{LABEL_ENV}={name}");
             let listed = self
@@ -1099,7 +1214,7 @@ impl Backend for DockerBackend {
             // The sandbox and services first, the proxy last: nothing runs without its proxy.
             containers.sort_by_key(|c| {
                 let role = c.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).cloned();
-                role.as_deref() == Some("proxy")
+                matches!(role.as_deref(), Some("proxy" | ROLE_PROFILE_PROXY))
             });
             for c in containers {
                 let Some(id) = c.id else { continue };
@@ -1141,8 +1256,8 @@ impl Backend for DockerBackend {
                     .and_then(|l| l.get(LABEL_ROLE))
                     .map(String::as_str)
                 {
-                    Some("proxy") => 0,
-                    Some("service") => 1,
+                    Some("proxy" | ROLE_PROFILE_PROXY) => 0,
+                    Some("service" | crate::engine::ROLE_ENGINE) => 1,
                     Some("sandbox") => 2,
                     // Test origins, leftovers: not kennel's to start.
                     _ => 3,

@@ -303,6 +303,12 @@ impl DockerBackend {
                         env: env.to_string(),
                         message: format!("it has no service {s:?} (no container {container})"),
                     },
+                    LogsTarget::ProfileProxy(p) => BackendError::InvalidPlan {
+                        env: env.to_string(),
+                        message: format!(
+                            "it has no egress profile {p:?} (no container {container})"
+                        ),
+                    },
                     _ => BackendError::NotFound(env.to_string()),
                 });
             }

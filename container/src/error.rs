@@ -172,4 +172,18 @@ pub enum ImageError {
         /// Its ELF interpreter.
         interp: String,
     },
+    /// A host program an image is built from is missing.
+    #[error(
+        "{tool} is needed on the host for image {image} (looked in: {looked}); install it (Debian: `apt-get install {package}`)"
+    )]
+    HostToolMissing {
+        /// The image being built.
+        image: String,
+        /// The program.
+        tool: String,
+        /// The places searched.
+        looked: String,
+        /// The Debian package that provides it.
+        package: String,
+    },
 }

@@ -227,6 +227,13 @@ fn fake_status(plan: &EnvPlan) -> EnvStatus {
     for s in &plan.spec.services {
         containers.push(mk(names::service(env, &s.name), "service", &s.image));
     }
+    for p in &plan.spec.egress.profiles {
+        containers.push(mk(
+            names::profile_proxy(env, &p.name),
+            crate::backend::ROLE_PROFILE_PROXY,
+            &plan.proxy_image,
+        ));
+    }
     containers.sort_by(|a, b| a.name.cmp(&b.name));
     EnvStatus {
         name: env.clone(),

@@ -14,7 +14,8 @@ use bollard::models::{
 };
 
 use crate::backend::{
-    EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, LABEL_WORKSPACE, names,
+    EnvPlan, LABEL_ENV, LABEL_MANAGED, LABEL_PROFILE, LABEL_ROLE, LABEL_SERVICE, LABEL_WORKSPACE,
+    ROLE_PROFILE_PROXY, names,
 };
 use crate::git::GitMounts;
 use crate::spec::{EnvSpec, ServiceEgress, ServiceHealthcheck, ServiceSpec};
@@ -120,12 +121,21 @@ pub fn egress_network(plan: &EnvPlan, subnet: &str, gateway: &str) -> NetworkCre
 
 /// The proxy's address on the egress network: the subnet's second host (gateway is the first).
 pub fn proxy_egress_ip(network: Ipv4Addr, gateway: Ipv4Addr) -> Ipv4Addr {
+    proxy_egress_ip_at(network, gateway, 0)
+}
+
+/// The egress-side address of proxy number `slot`: 0 is the environment's own proxy
+/// ([`proxy_egress_ip`]), 1.. its egress profiles' proxies in name order. Consecutive hosts
+/// from the subnet's second on, the gateway skipped; they are taken before anything else joins
+/// the network.
+pub fn proxy_egress_ip_at(network: Ipv4Addr, gateway: Ipv4Addr, slot: u32) -> Ipv4Addr {
     let n = u32::from(network);
-    let candidate = Ipv4Addr::from(n + 2);
-    if candidate == gateway {
-        Ipv4Addr::from(n + 3)
+    let g = u32::from(gateway);
+    let candidate = n.saturating_add(2).saturating_add(slot);
+    if g > n.saturating_add(1) && candidate >= g {
+        Ipv4Addr::from(candidate.saturating_add(1))
     } else {
-        candidate
+        Ipv4Addr::from(candidate)
     }
 }
 
@@ -226,16 +236,38 @@ fn hardened_host_config() -> HostConfig {
     }
 }
 
-/// The proxy container, created on the internal network (alias `proxy`); the backend connects
-/// it to the egress network at a fixed address ([`proxy_egress_endpoint`]) before starting it.
-pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
+/// A proxy container, created on the internal network; the backend connects it to the egress
+/// network at a fixed address ([`proxy_egress_endpoint`]) before starting it. `profile: None`
+/// is the environment's own proxy (alias `proxy`, [`EnvPlan::policy_dir`]); `Some(name)` the
+/// proxy of egress profile `name` (alias `proxy-<name>`, [`EnvPlan::profile_policy_dir`], role
+/// [`ROLE_PROFILE_PROXY`]), hardened the same way.
+pub fn proxy_container(plan: &EnvPlan, profile: Option<&str>) -> ContainerCreateBody {
     let env = &plan.spec.name;
+    let (policy_dir, log_dir, alias, mut l) = match profile {
+        None => (
+            plan.policy_dir.clone(),
+            plan.access_log_dir.clone(),
+            PROXY_ALIAS.to_string(),
+            labels(env, "proxy", &plan.state_labels),
+        ),
+        Some(p) => {
+            let mut l = labels(env, ROLE_PROFILE_PROXY, &plan.state_labels);
+            l.insert(LABEL_PROFILE.into(), p.to_string());
+            (
+                plan.profile_policy_dir(p),
+                plan.profile_access_log_dir(p),
+                profile_proxy_alias(p),
+                l,
+            )
+        }
+    };
+    // The egress-only marker belongs to the environment's own proxy (status_from reads it).
+    if profile.is_some() {
+        l.remove(crate::backend::LABEL_EGRESS_ONLY);
+    }
     let mut host = hardened_host_config();
-    let mut binds = vec![format!(
-        "{}:{PROXY_POLICY_DIR}:ro",
-        plan.policy_dir.display()
-    )];
-    if let Some(dir) = &plan.access_log_dir {
+    let mut binds = vec![format!("{}:{PROXY_POLICY_DIR}:ro", policy_dir.display())];
+    if let Some(dir) = &log_dir {
         binds.push(format!("{}:{PROXY_LOG_DIR}:rw", dir.display()));
     }
     host.binds = Some(binds);
@@ -260,13 +292,13 @@ pub fn proxy_container(plan: &EnvPlan) -> ContainerCreateBody {
         ]),
         // The variable the proxy reads (RUST_LOG is only its alias).
         env: Some(vec![format!("{}=info", kennel_policy::log_env::LOG_VAR)]),
-        labels: Some(labels(env, "proxy", &plan.state_labels)),
+        labels: Some(l),
         host_config: Some(host),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 names::network(env),
                 EndpointSettings {
-                    aliases: Some(vec![PROXY_ALIAS.into()]),
+                    aliases: Some(vec![alias]),
                     ..Default::default()
                 },
             )])),
@@ -289,6 +321,17 @@ pub fn proxy_egress_endpoint(egress_ip: Ipv4Addr) -> EndpointSettings {
 /// The proxy URL the sandbox uses.
 pub fn proxy_url() -> String {
     format!("http://{PROXY_ALIAS}:{PROXY_PORT}")
+}
+
+/// The DNS alias of egress profile `profile`'s proxy on the internal network: `proxy-<profile>`.
+pub fn profile_proxy_alias(profile: &str) -> String {
+    format!("{PROXY_ALIAS}-{profile}")
+}
+
+/// The URL of egress profile `profile`'s proxy, as a service (or a Docker engine) on the
+/// environment's internal network uses it: `http://proxy-<profile>:8888`.
+pub fn profile_proxy_url(profile: &str) -> String {
+    format!("http://{}:{PROXY_PORT}", profile_proxy_alias(profile))
 }
 
 /// Environment variables of the sandbox: the workspace's (`.env`, `containerEnv`, `env_file`,
@@ -408,6 +451,11 @@ pub fn sandbox_container(
         binds.extend(g.binds());
         env_vars.extend(g.env());
     }
+    // `[docker]`: the environment's own engine, through the socket volume (crate::engine).
+    if spec.docker.is_some() {
+        binds.extend(crate::engine::sandbox_binds(env));
+        env_vars.push(format!("DOCKER_HOST={}", crate::engine::DOCKER_HOST));
+    }
     host.binds = Some(binds);
     // Home is the environment's named volume (kept across down/up), initialised owned by the
     // sandbox user (crate::home); /tmp stays a tmpfs.
@@ -496,10 +544,14 @@ pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBo
     let mut l = labels(env, "service", &plan.state_labels);
     l.insert(LABEL_SERVICE.into(), svc.name.clone());
     let mut vars: Vec<String> = svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if svc.egress == ServiceEgress::Proxy {
-        // Still on the internal network only: the proxy, under the environment's policy, is
-        // its one way out.
-        let url = proxy_url();
+    let url = match &svc.egress {
+        ServiceEgress::None => None,
+        ServiceEgress::Proxy => Some(proxy_url()),
+        ServiceEgress::Profile(p) => Some(profile_proxy_url(p)),
+    };
+    if let Some(url) = url {
+        // Still on the internal network only: the proxy (the environment's, or its egress
+        // profile's), under its policy, is its one way out.
         let no_proxy = service_no_proxy(&plan.spec);
         vars.extend([
             format!("HTTP_PROXY={url}"),

@@ -82,7 +82,10 @@ pub fn weaknesses(env: &str, m: &Member, read_only_rootfs: bool) -> Vec<String> 
     let mut p = Vec::new();
     let internal = names::network(env);
     let role = m.role.as_deref().unwrap_or("");
-    let is_proxy = role == "proxy" && m.name == names::proxy(env);
+    // The environment's proxy and its egress profiles' proxies are on the egress network too.
+    let is_proxy = (role == "proxy" && m.name == names::proxy(env))
+        || (role == crate::backend::ROLE_PROFILE_PROXY
+            && m.name.starts_with(&format!("{}-", names::proxy(env))));
     let is_service = role == "service";
     if m.privileged {
         p.push("runs --privileged: every capability and every host device, no seccomp".into());
@@ -644,6 +647,12 @@ mod tests {
             weaknesses("e", &proxy, true).is_empty(),
             "the proxy is dual-homed by design"
         );
+        // So are the egress profiles' proxies, and only they.
+        let mut profile_proxy = strict(crate::backend::ROLE_PROFILE_PROXY, "kennel-e-proxy-dind");
+        profile_proxy.networks.push("kennel-e-egress".into());
+        assert!(weaknesses("e", &profile_proxy, true).is_empty());
+        profile_proxy.name = "kennel-other-proxy-dind".into();
+        assert_eq!(weaknesses("e", &profile_proxy, true).len(), 1);
         let mut svc = strict("service", "kennel-e-svc-db");
         svc.cap_drop = SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect();
         svc.readonly_rootfs = false;

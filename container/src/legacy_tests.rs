@@ -28,7 +28,7 @@ fn plan(dir: &Path) -> EnvPlan {
 #[test]
 fn proxy_container_sets_the_log_variable_the_proxy_reads() {
     let d = tempfile::tempdir().expect("tempdir");
-    let c = hardening::proxy_container(&plan(d.path()));
+    let c = hardening::proxy_container(&plan(d.path()), None);
     let env = c.env.expect("proxy env");
     assert!(env.iter().any(|e| e == "KENNEL_LOG=info"), "{env:?}");
     assert!(!env.iter().any(|e| e.starts_with("RUST_LOG=")), "{env:?}");

@@ -9,6 +9,7 @@
 //! - [`home`]: the home volume's initial content;
 //! - [`devcontainer`]: `.devcontainer/devcontainer.json` → the workspace's image and settings;
 //! - [`build`]: builds that image through the engine, on the environment's network;
+//! - [`engine`]: a Docker engine of the environment's own (`[docker]`);
 //! - [`hardening`]: every isolation setting, in one place;
 //! - [`image`]: images from host files (the proxy image without a registry);
 //! - [`policy_dir`]: an environment's effective policy directory;
@@ -21,6 +22,7 @@ pub mod compose;
 pub mod devcontainer;
 pub mod docker;
 mod docker_ops;
+pub mod engine;
 pub mod env;
 pub mod error;
 pub mod fake;
@@ -33,10 +35,12 @@ pub mod policy_dir;
 pub mod spec;
 pub mod wire;
 
+pub use backend::names::profile_proxy as profile_proxy_name;
 pub use backend::{Backend, EnvPlan, EnvState, EnvStatus, ExecOutput, ExecRequest, ExecSession};
 pub use docker::DockerBackend;
 pub use error::{BackendError, ImageError, SpecError};
 pub use fake::FakeBackend;
+pub use hardening::profile_proxy_url;
 pub use spec::EnvSpec;
 
 #[cfg(test)]

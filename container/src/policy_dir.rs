@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::spec::EnvSpec;
+use crate::spec::{EgressProfile, EnvSpec};
 
 /// The policy file the proxy loads.
 pub const POLICY_FILE: &str = "policy.toml";
@@ -174,5 +174,118 @@ pub fn write_effective_policy(
         legacy_text.push('\n');
     }
     write_atomic(dir, LEGACY_LIST_FILE, &legacy_text)?;
+    write_atomic(dir, POLICY_FILE, &policy)
+}
+
+/// The policy directory of egress profile `profile`: `policy-<profile>` beside the
+/// environment's own `main` policy directory (never inside it: each proxy mounts only its own).
+pub fn profile_policy_dir(main: &Path, profile: &str) -> PathBuf {
+    sibling(main, &format!("policy-{profile}"))
+}
+
+/// The access-log directory of egress profile `profile`'s proxy: `logs-<profile>` beside the
+/// main proxy's `main_log_dir`.
+pub fn profile_log_dir(main_log_dir: &Path, profile: &str) -> PathBuf {
+    sibling(main_log_dir, &format!("logs-{profile}"))
+}
+
+fn sibling(dir: &Path, name: &str) -> PathBuf {
+    match dir.parent() {
+        Some(parent) => parent.join(name),
+        // A root directory has no sibling: the profile's directory goes inside it.
+        None => dir.join(name),
+    }
+}
+
+/// The file name of a profile's `i`-th include file (0-based) in its policy directory.
+pub fn profile_list_file(i: usize) -> String {
+    format!("include-{}.txt", i + 1)
+}
+
+/// Renders `policy.toml` of egress profile `profile`: its include files (seed format) and its
+/// upstream (the environment's effective one, legacy `NO_UPSTREAM` routes included, when the
+/// profile names none). Unlike the environment's own policy, the embedded default list is not
+/// included: a profile allows what its include files and `kennel allow --profile` say.
+pub fn render_profile_policy(
+    spec: &EnvSpec,
+    profile: &EgressProfile,
+) -> Result<String, kennel_policy::PolicyError> {
+    let legacy = spec.egress.legacy.resolve()?;
+    let mut t = format!(
+        "# Effective egress policy of profile {:?} of kennel environment {:?}, written by kennel\n\
+         # when the environment is created; served by its own proxy (alias proxy-{}). Edits here\n\
+         # apply at once and last until the environment is recreated; `kennel allow --profile {}`\n\
+         # edits this file.\n",
+        profile.name, spec.name, profile.name, profile.name
+    );
+    for (i, src) in profile.include.iter().enumerate() {
+        let line: String = format!("# {}: {}", profile_list_file(i), src.display())
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        t.push_str(&line);
+        t.push('\n');
+    }
+    let (default, route) = match &profile.upstream {
+        Some(u) => (u.clone(), Vec::new()),
+        None => (
+            effective_upstream(spec)?,
+            if legacy.no_upstream.is_empty() {
+                Vec::new()
+            } else {
+                vec![UpstreamRoute {
+                    hosts: legacy
+                        .no_upstream
+                        .iter()
+                        .map(|e| e.pattern.to_string())
+                        .collect(),
+                    via: "direct",
+                }]
+            },
+        ),
+    };
+    #[derive(serde::Serialize)]
+    struct ProfilePolicyFile {
+        mode: &'static str,
+        include: Vec<OwnedInclude>,
+        upstream: UpstreamSection,
+    }
+    #[derive(serde::Serialize)]
+    struct OwnedInclude {
+        path: String,
+        format: &'static str,
+    }
+    let file = ProfilePolicyFile {
+        mode: "enforce",
+        include: (0..profile.lists.len())
+            .map(|i| OwnedInclude {
+                path: profile_list_file(i),
+                format: "seed",
+            })
+            .collect(),
+        upstream: UpstreamSection { default, route },
+    };
+    t.push('\n');
+    t.push_str(&to_toml(&file));
+    Ok(t)
+}
+
+/// Writes egress profile `profile`'s policy directory `dir`: its include files' text as
+/// `include-N.txt` and `policy.toml` ([`render_profile_policy`]), each replaced atomically.
+/// Creates `dir` if missing. Returns the path of `policy.toml`.
+pub fn write_profile_policy(
+    dir: &Path,
+    spec: &EnvSpec,
+    profile: &EgressProfile,
+) -> Result<PathBuf, std::io::Error> {
+    let invalid = |e: kennel_policy::PolicyError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let policy = render_profile_policy(spec, profile).map_err(invalid)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for (i, text) in profile.lists.iter().enumerate() {
+        write_atomic(dir, &profile_list_file(i), text)?;
+    }
     write_atomic(dir, POLICY_FILE, &policy)
 }

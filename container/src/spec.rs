@@ -29,6 +29,16 @@ pub const SPEC_FILE: &str = "kennel.toml";
 pub const SEED_WHITELIST: &str = ".devcontainer/whitelist.txt";
 /// Seed layout: the project's dotenv file with `UPSTREAM_SOCKS5` / `UPSTREAM_HTTP` …
 pub const SEED_DOTENV: &str = ".devcontainer/.env";
+/// Seed layout: the Docker-in-Docker allowlist of the system kennel replaces; it becomes the
+/// include file of the egress profile [`SEED_DIND_PROFILE`] unless kennel.toml defines that one.
+pub const SEED_DIND_WHITELIST: &str = ".devcontainer/dind-whitelist.txt";
+/// The egress profile the seed layout's [`SEED_DIND_WHITELIST`] becomes.
+pub const SEED_DIND_PROFILE: &str = "dind";
+/// Names an egress profile may not have: the values `service.egress` gives other meanings, and
+/// the names of the environment's own containers.
+pub const RESERVED_PROFILE_NAMES: [&str; 5] = ["none", "proxy", "sandbox", "main", "default"];
+/// Largest include file of an egress profile (read into the spec).
+pub const MAX_PROFILE_LIST_BYTES: u64 = 1 << 20;
 
 /// Validated environment spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,9 +89,21 @@ pub struct EnvSpec {
     pub notify: NotifySpec,
     /// Services the sandbox waits for (the compose file's dev service's `depends_on`).
     pub sandbox_depends_on: Vec<DependsOn>,
+    /// `[docker]`: a Docker engine of the environment's own ([`crate::engine`]); the seed
+    /// layout with [`SEED_DIND_WHITELIST`] gets one in [`SEED_DOCKER_MODE`].
+    pub docker: Option<DockerSpec>,
 }
 
-pub use kennel_api::spec::{DEFAULT_NOTIFY_DIR, NotifySpec};
+/// The egress profile a `[docker]` engine's pulls and nested containers go through (the seed
+/// layout's [`SEED_DIND_WHITELIST`] becomes it; without kennel.toml the file also gives the
+/// environment an engine).
+pub const DOCKER_EGRESS_PROFILE: &str = SEED_DIND_PROFILE;
+/// The engine mode the seed layout gets: the least privileged mode measured to work on the
+/// kind of host kennel runs on (Docker 20.10, cgroup v1; docs/environments.md, "Docker inside
+/// an environment").
+pub const SEED_DOCKER_MODE: DockerMode = DockerMode::Rootless;
+
+pub use kennel_api::spec::{DEFAULT_NOTIFY_DIR, DockerMode, DockerSpec, NotifySpec};
 
 /// Checks a `[notify] dir`: an absolute, plain path (letters, digits, `._-` and `/`; no `..`),
 /// not `/` nor the workspace itself, at most 200 characters. The path goes into a bind-mount
@@ -153,6 +175,35 @@ pub struct Egress {
     pub upstream: Option<String>,
     /// Legacy variables from `.devcontainer/.env` (empty when there is none).
     pub legacy: LegacyEnv,
+    /// Egress profiles (`[egress.profiles.NAME]`), sorted by name: each is served by its own
+    /// proxy container with its own policy, for services with `egress = "NAME"`.
+    pub profiles: Vec<EgressProfile>,
+}
+
+impl Egress {
+    /// The profile called `name`.
+    pub fn profile(&self, name: &str) -> Option<&EgressProfile> {
+        self.profiles.iter().find(|p| p.name == name)
+    }
+}
+
+/// An egress profile: `[egress.profiles.NAME]` of kennel.toml (or the seed layout's
+/// `dind-whitelist.txt`). Its proxy container `kennel-<env>-proxy-<NAME>`
+/// ([`crate::backend::names::profile_proxy`]) enforces a policy of its own: the include files
+/// (seed format, like `egress.whitelist`) and what `kennel allow --profile NAME` adds. The
+/// environment's embedded default list is **not** part of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EgressProfile {
+    /// Profile name (`[a-z0-9][a-z0-9-]{0,39}`, not one of [`RESERVED_PROFILE_NAMES`]).
+    pub name: String,
+    /// The include files (seed format), absolute host paths, in the order given.
+    pub include: Vec<PathBuf>,
+    /// Their text, read when the spec was parsed (by the CLI, as the caller), in the same
+    /// order; the daemon writes it into the profile's policy directory.
+    pub lists: Vec<String>,
+    /// Default upstream of the profile's proxy (same forms as `egress.upstream`); `None`: the
+    /// environment's effective upstream.
+    pub upstream: Option<String>,
 }
 
 /// A service container: a `[[service]]` table of kennel.toml or a service imported from a
@@ -185,7 +236,8 @@ pub enum ServiceEgress {
     /// The environment's own proxy (`egress = "proxy"`): the proxy variables are set, the
     /// service is still on the internal network only, under the environment's policy.
     Proxy,
-    /// Egress through a named second proxy profile (not implemented by the Docker backend yet).
+    /// Egress through the proxy of the egress profile of that name (`[egress.profiles.NAME]`),
+    /// under its policy; still on the internal network only.
     Profile(String),
 }
 
@@ -332,6 +384,13 @@ struct RawSpec {
     notify: Option<RawNotify>,
     /// A compose file whose services are imported ([`crate::compose`]).
     services: Option<Spanned<String>>,
+    docker: Option<Spanned<RawDocker>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -380,6 +439,16 @@ enum MemoryValue {
 #[serde(deny_unknown_fields)]
 struct RawEgress {
     whitelist: Option<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<Spanned<String>, Spanned<RawProfile>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
     upstream: Option<Spanned<String>>,
 }
 
@@ -488,6 +557,7 @@ impl EnvSpec {
             .spec_file
             .clone()
             .or_else(|| Some(dir.join(SPEC_FILE)).filter(|p| p.is_file()));
+        let seed_layout = spec_file.is_none();
         let mut spec = match spec_file {
             Some(file) => EnvSpec::load(&file)?,
             None => {
@@ -499,6 +569,22 @@ impl EnvSpec {
                 build(&src, raw, &dir)?
             }
         };
+        // The seed layout's Docker-in-Docker allowlist: the old system ran an engine beside the
+        // dev container; kennel gives the environment one of its own, in the least privileged
+        // mode that works (kennel.toml says `[docker]` itself).
+        let dind = dir.join(SEED_DIND_WHITELIST);
+        if dind.exists() {
+            if seed_layout {
+                spec.docker.get_or_insert(DockerSpec {
+                    mode: SEED_DOCKER_MODE,
+                });
+            } else if spec.docker.is_none() {
+                spec.warnings.push(format!(
+                    "{} is the egress profile {DOCKER_EGRESS_PROFILE:?}, but kennel.toml has no [docker], so no Docker engine runs in the environment (add `[docker] mode = \"rootless\"`)",
+                    dind.display()
+                ));
+            }
+        }
         if overrides.workspace.is_some() {
             spec.workspace = dir.clone();
             spec.env.dotenv = load_dotenv_vars(&dir)?;
@@ -506,6 +592,10 @@ impl EnvSpec {
             if spec.egress.whitelist.is_none() {
                 let seed = dir.join(SEED_WHITELIST);
                 spec.egress.whitelist = seed.is_file().then_some(seed);
+            }
+            if let Some(dind) = seed_dind_profile(&dir, &spec.egress.profiles)? {
+                spec.egress.profiles.push(dind);
+                spec.egress.profiles.sort_by(|a, b| a.name.cmp(&b.name));
             }
         }
         if let Some(name) = &overrides.name {
@@ -606,12 +696,20 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
 
     let resources = build_resources(src, raw.resources.unwrap_or_default())?;
     let egress = build_egress(src, raw.egress.unwrap_or_default(), &workspace)?;
-    let mut services = build_services(src, raw.service)?;
+    let mut services = build_services(src, raw.service, &egress)?;
     for svc in compose_services {
         if let Some(dup) = services.iter().find(|s| s.name == svc.name) {
             return Err(SpecError::InvalidValue {
                 what: format!("service {:?}", dup.name),
                 message: "is both a [[service]] in kennel.toml and a service of the compose file; keep one".into(),
+            });
+        }
+        if let Some(p) = profile_alias_clash(&svc.name, &egress) {
+            return Err(SpecError::InvalidValue {
+                what: format!("compose service {:?}", svc.name),
+                message: format!(
+                    "is the network name of egress profile {p:?}'s proxy; rename the service"
+                ),
             });
         }
         services.push(svc);
@@ -626,6 +724,7 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         })?;
     let mounts = build_mounts(src, raw.mount, base_dir, &home)?;
     let notify = build_notify(src, raw.notify.unwrap_or_default())?;
+    let docker = build_docker(src, raw.docker, &egress)?;
 
     Ok(EnvSpec {
         name,
@@ -649,7 +748,49 @@ fn build(src: &Src<'_>, raw: RawSpec, base_dir: &Path) -> Result<EnvSpec, SpecEr
         warnings,
         notify,
         sandbox_depends_on,
+        docker,
     })
+}
+
+/// `[docker]`: `mode` is required (each mode is a different risk; nothing is chosen silently).
+fn build_docker(
+    src: &Src<'_>,
+    raw: Option<Spanned<RawDocker>>,
+    egress: &Egress,
+) -> Result<Option<DockerSpec>, SpecError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let Some(mode) = raw.mode else {
+        return Err(src.err(
+            span,
+            "docker.mode",
+            "is required: \"rootless\" (least privilege) or \"privileged\" (a path to the host); see docs/environments.md, \"Docker inside an environment\"",
+        ));
+    };
+    let m = match mode.get_ref().as_str() {
+        "rootless" => DockerMode::Rootless,
+        "privileged" => DockerMode::Privileged,
+        other => {
+            return Err(src.err(
+                mode.span(),
+                "docker.mode",
+                format!("{other:?} is not a mode: use \"rootless\" or \"privileged\""),
+            ));
+        }
+    };
+    // The engine's only way out: without the profile it would have none (or, worse, someone
+    // would be tempted to give it the sandbox's).
+    if egress.profile(DOCKER_EGRESS_PROFILE).is_none() {
+        return Err(src.err(
+            span,
+            "docker",
+            format!(
+                "needs the egress profile {DOCKER_EGRESS_PROFILE:?} (the engine's pulls and nested containers go out only through it): add [egress.profiles.{DOCKER_EGRESS_PROFILE}] with include = [\"{SEED_DIND_WHITELIST}\"] (or a list of your own)"
+            ),
+        ));
+    }
+    Ok(Some(DockerSpec { mode: m }))
 }
 
 fn build_notify(src: &Src<'_>, raw: RawNotify) -> Result<NotifySpec, SpecError> {
@@ -883,15 +1024,7 @@ fn workspace_image(
     };
     let user = dc.user.take().unwrap_or(user);
     let mut warnings: Vec<String> = dc.warning().into_iter().collect();
-    // The old system's Docker-in-Docker allowlist: there is no engine inside environments yet,
-    // so say so instead of leaving the file silently unused.
-    let dind = workspace.join(".devcontainer/dind-whitelist.txt");
-    if dind.exists() {
-        warnings.push(format!(
-            "{} is not used: kennel runs no Docker engine inside environments yet (docs/environments.md, \"Docker inside an environment\")",
-            dind.display()
-        ));
-    }
+    // (The seed layout's dind-whitelist.txt becomes the `dind` egress profile: build_egress.)
     let mut container_env = std::mem::take(&mut dc.container_env);
     let mut compose_services = Vec::new();
     let mut sandbox_depends_on = Vec::new();
@@ -1008,11 +1141,102 @@ fn build_egress(src: &Src<'_>, raw: RawEgress, workspace: &Path) -> Result<Egres
         }
         None => None,
     };
+    let mut profiles = Vec::new();
+    for (name, p) in raw.profiles {
+        let key = format!("egress.profiles.{}", name.get_ref());
+        check_profile_name(name.get_ref()).map_err(|m| src.err(name.span(), &key, m))?;
+        let p = p.into_inner();
+        let mut include = Vec::new();
+        let mut lists = Vec::new();
+        for f in &p.include {
+            let path = expand_path(f.get_ref(), workspace);
+            let text = read_profile_list(&path)
+                .map_err(|m| src.err(f.span(), &format!("{key}.include"), m))?;
+            include.push(path);
+            lists.push(text);
+        }
+        let upstream = match &p.upstream {
+            Some(u) => {
+                check_upstream(u.get_ref())
+                    .map_err(|m| src.err(u.span(), &format!("{key}.upstream"), m))?;
+                Some(u.get_ref().clone())
+            }
+            None => None,
+        };
+        profiles.push(EgressProfile {
+            name: name.into_inner(),
+            include,
+            lists,
+            upstream,
+        });
+    }
+    if let Some(dind) = seed_dind_profile(workspace, &profiles)? {
+        profiles.push(dind);
+    }
+    profiles.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Egress {
         whitelist,
         upstream,
         legacy: load_legacy(workspace)?,
+        profiles,
     })
+}
+
+/// Checks an egress profile's name: an environment-name-like word that is not reserved.
+pub fn check_profile_name(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if RESERVED_PROFILE_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved (service egress \"none\" and \"proxy\", the environment's own containers); pick another profile name"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an include file of a profile: a regular file of at most [`MAX_PROFILE_LIST_BYTES`],
+/// valid as a seed-format list (its errors name the file, line and column).
+fn read_profile_list(path: &Path) -> Result<String, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    if meta.len() > MAX_PROFILE_LIST_BYTES {
+        return Err(format!(
+            "{} is {} bytes; an include file may have at most {MAX_PROFILE_LIST_BYTES}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    kennel_policy::Policy::load_list(path, kennel_policy::ListFormat::Seed, &LegacyEnv::default())
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// The seed layout's Docker-in-Docker allowlist as the profile [`SEED_DIND_PROFILE`], unless
+/// `profiles` already has one of that name (kennel.toml wins).
+fn seed_dind_profile(
+    workspace: &Path,
+    profiles: &[EgressProfile],
+) -> Result<Option<EgressProfile>, SpecError> {
+    let path = workspace.join(SEED_DIND_WHITELIST);
+    if !path.exists() || profiles.iter().any(|p| p.name == SEED_DIND_PROFILE) {
+        return Ok(None);
+    }
+    let text = read_profile_list(&path).map_err(|message| SpecError::InvalidValue {
+        what: format!(
+            "the seed layout's {SEED_DIND_WHITELIST} (egress profile \"{SEED_DIND_PROFILE}\")"
+        ),
+        message,
+    })?;
+    Ok(Some(EgressProfile {
+        name: SEED_DIND_PROFILE.to_string(),
+        include: vec![path],
+        lists: vec![text],
+        upstream: None,
+    }))
 }
 
 fn load_legacy(workspace: &Path) -> Result<LegacyEnv, SpecError> {
@@ -1033,7 +1257,11 @@ fn load_legacy(workspace: &Path) -> Result<LegacyEnv, SpecError> {
     Ok(legacy)
 }
 
-fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec>, SpecError> {
+fn build_services(
+    src: &Src<'_>,
+    raw: Vec<RawService>,
+    egress: &Egress,
+) -> Result<Vec<ServiceSpec>, SpecError> {
     let mut out: Vec<ServiceSpec> = Vec::new();
     for s in raw {
         check_name(s.name.get_ref()).map_err(|m| src.err(s.name.span(), "service.name", m))?;
@@ -1043,6 +1271,13 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
                 s.name.span(),
                 "service.name",
                 format!("{name:?} is reserved; pick another name"),
+            ));
+        }
+        if let Some(p) = profile_alias_clash(&name, egress) {
+            return Err(src.err(
+                s.name.span(),
+                "service.name",
+                format!("{name:?} is the network name of egress profile {p:?}'s proxy; pick another name"),
             ));
         }
         if out.iter().any(|o| o.name == name) {
@@ -1059,6 +1294,24 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
             Some(e) if e.get_ref() == "proxy" => ServiceEgress::Proxy,
             Some(e) => {
                 check_name(e.get_ref()).map_err(|m| src.err(e.span(), "service.egress", m))?;
+                if egress.profile(e.get_ref()).is_none() {
+                    let known: Vec<&str> =
+                        egress.profiles.iter().map(|p| p.name.as_str()).collect();
+                    return Err(src.err(
+                        e.span(),
+                        "service.egress",
+                        format!(
+                            "service {name:?}: there is no egress profile {:?} ({}); use \"none\", \"proxy\" or define [egress.profiles.{}]",
+                            e.get_ref(),
+                            if known.is_empty() {
+                                "none is defined".to_string()
+                            } else {
+                                format!("defined: {}", known.join(", "))
+                            },
+                            e.get_ref()
+                        ),
+                    ));
+                }
                 ServiceEgress::Profile(e.get_ref().clone())
             }
         };
@@ -1089,6 +1342,15 @@ fn build_services(src: &Src<'_>, raw: Vec<RawService>) -> Result<Vec<ServiceSpec
         });
     }
     Ok(out)
+}
+
+/// The profile whose proxy's network alias (`proxy-NAME`) is `service`, if any.
+fn profile_alias_clash<'a>(service: &str, egress: &'a Egress) -> Option<&'a str> {
+    egress
+        .profiles
+        .iter()
+        .find(|p| crate::hardening::profile_proxy_alias(&p.name) == service)
+        .map(|p| p.name.as_str())
 }
 
 fn build_health(src: &Src<'_>, raw: RawHealth) -> Result<HealthSpec, SpecError> {

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::backend::{Backend, EnvPlan, ExecRequest};
 use crate::fake::FakeBackend;
-use crate::spec::{EnvSpec, SpecOverrides, parse_duration, parse_memory, sanitize_env_name};
+use crate::spec::{
+    EnvSpec, ServiceEgress, SpecOverrides, parse_duration, parse_memory, sanitize_env_name,
+};
 use crate::{SpecError, hardening, image, policy_dir};
 
 fn ws() -> tempfile::TempDir {
@@ -231,7 +233,7 @@ fn sandbox_settings_are_hardened() {
             .map(String::as_str),
         Some("true")
     );
-    let proxy = hardening::proxy_container(&p);
+    let proxy = hardening::proxy_container(&p, None);
     let ph = proxy.host_config.expect("host");
     assert_eq!(
         ph.binds,
@@ -265,7 +267,7 @@ fn access_log_dir_goes_to_the_proxy_only() {
     let logs = tempfile::tempdir().expect("logs");
     let mut p = plan(d.path(), "");
     p.access_log_dir = Some(logs.path().to_path_buf());
-    let binds = hardening::proxy_container(&p)
+    let binds = hardening::proxy_container(&p, None)
         .host_config
         .and_then(|h| h.binds)
         .expect("binds");
@@ -693,31 +695,309 @@ fn exec_request_is_also_the_wire_type() {
 }
 
 #[test]
-fn a_dind_whitelist_of_the_old_layout_is_named_as_unused_not_silently_ignored() {
+fn a_dind_whitelist_of_the_old_layout_becomes_the_dind_egress_profile() {
     let d = ws();
     std::fs::create_dir_all(d.path().join(".devcontainer")).expect("mkdir");
     std::fs::write(d.path().join(".devcontainer/whitelist.txt"), "github.com\n").expect("w");
     let without = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("seed");
+    assert!(without.egress.profiles.is_empty());
+    let dind = d.path().join(".devcontainer/dind-whitelist.txt");
+    std::fs::write(&dind, "registry-1.docker.io\n").expect("w");
+    let with = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("seed");
+    // Used now, and not named as unused.
     assert!(
-        without
-            .warnings
-            .iter()
-            .all(|w| !w.contains("dind-whitelist")),
+        with.warnings.iter().all(|w| !w.contains("dind-whitelist")),
         "{:?}",
-        without.warnings
+        with.warnings
     );
+    let p = with.egress.profile("dind").expect("the dind profile");
+    assert_eq!(p.include, vec![dind.clone()]);
+    assert_eq!(p.lists, vec!["registry-1.docker.io\n".to_string()]);
+    assert_eq!(p.upstream, None);
+    // kennel.toml's own `dind` profile wins over the seed file.
+    std::fs::write(d.path().join("own.txt"), "own.example\n").expect("w");
     std::fs::write(
-        d.path().join(".devcontainer/dind-whitelist.txt"),
-        "registry-1.docker.io\n",
+        d.path().join("kennel.toml"),
+        "name = \"t\"\n[egress.profiles.dind]\ninclude = [\"own.txt\"]\n",
     )
     .expect("w");
-    let with = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("seed");
+    let own = EnvSpec::from_workspace(d.path(), &SpecOverrides::default()).expect("toml");
+    assert_eq!(own.egress.profiles.len(), 1);
+    assert_eq!(
+        own.egress.profile("dind").expect("dind").lists,
+        vec!["own.example\n".to_string()]
+    );
+    // An invalid seed file is an error naming it, not a silent skip.
+    std::fs::remove_file(d.path().join("kennel.toml")).expect("rm");
+    std::fs::write(&dind, "docker\\.io.*\n").expect("w");
+    let e = EnvSpec::from_workspace(d.path(), &SpecOverrides::default())
+        .expect_err("invalid list")
+        .to_string();
+    assert!(e.contains("dind-whitelist.txt"), "{e}");
+}
+
+#[test]
+fn egress_profiles_parse_with_their_include_text_upstream_and_services() {
+    let d = ws();
+    std::fs::create_dir_all(d.path().join("lists")).expect("mkdir");
+    std::fs::write(d.path().join("lists/extra.txt"), "extra.example\n").expect("w");
+    std::fs::write(d.path().join("lists/more.txt"), "# c\nmore.example\n").expect("w");
+    std::fs::write(d.path().join("b.txt"), "b.example\n").expect("w");
+    let spec = parse(
+        d.path(),
+        "name = \"t\"\n\
+         [egress.profiles.extra]\n\
+         include = [\"lists/extra.txt\", \"lists/more.txt\"]\n\
+         upstream = \"socks5h://host.docker.internal:1080\"\n\
+         [egress.profiles.b]\n\
+         include = [\"b.txt\"]\n\
+         [[service]]\nname = \"fetcher\"\nimage = \"busybox\"\negress = \"extra\"\n",
+    )
+    .expect("spec");
+    let names: Vec<&str> = spec
+        .egress
+        .profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["b", "extra"], "sorted by name");
+    let extra = spec.egress.profile("extra").expect("extra");
+    assert_eq!(
+        extra.include,
+        vec![
+            d.path().join("lists/extra.txt"),
+            d.path().join("lists/more.txt")
+        ]
+    );
+    assert_eq!(extra.lists[1], "# c\nmore.example\n");
+    assert_eq!(
+        extra.upstream.as_deref(),
+        Some("socks5h://host.docker.internal:1080")
+    );
+    assert_eq!(
+        spec.services[0].egress,
+        ServiceEgress::Profile("extra".into())
+    );
+    // Through the wire form and back unchanged.
+    let back: EnvSpec = kennel_api::types::SpecDoc::from(&spec).into();
+    assert_eq!(back.egress.profiles, spec.egress.profiles);
+    assert_eq!(back.services[0].egress, spec.services[0].egress);
+}
+
+#[test]
+fn egress_profile_errors_name_the_file_line_and_key() {
+    let d = ws();
+    std::fs::write(d.path().join("ok.txt"), "ok.example\n").expect("w");
+    std::fs::write(d.path().join("regex.txt"), "github\\.com.*\n").expect("w");
+    for (text, line, key, says) in [
+        (
+            "name = \"t\"\n[egress.profiles.proxy]\ninclude = []\n",
+            2,
+            "egress.profiles.proxy",
+            "reserved",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.none]\n",
+            2,
+            "egress.profiles.none",
+            "reserved",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.Big]\n",
+            2,
+            "egress.profiles.Big",
+            "lowercase",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.x]\ninclude = [\"ok.txt\", \"missing.txt\"]\n",
+            3,
+            "egress.profiles.x.include",
+            "missing.txt",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.x]\ninclude = [\"regex.txt\"]\n",
+            3,
+            "egress.profiles.x.include",
+            "regex.txt",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.x]\nupstream = \"ftp://h:1\"\n",
+            3,
+            "egress.profiles.x.upstream",
+            "socks5://",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.x]\n[[service]]\nname = \"db\"\nimage = \"i\"\negress = \"y\"\n",
+            6,
+            "service.egress",
+            "service \"db\": there is no egress profile \"y\" (defined: x)",
+        ),
+        (
+            "name = \"t\"\n[[service]]\nname = \"db\"\nimage = \"i\"\negress = \"dind\"\n",
+            5,
+            "service.egress",
+            "none is defined",
+        ),
+        (
+            "name = \"t\"\n[egress.profiles.x]\n[[service]]\nname = \"proxy-x\"\nimage = \"i\"\n",
+            4,
+            "service.name",
+            "egress profile \"x\"",
+        ),
+    ] {
+        let e = parse(d.path(), text).expect_err(text);
+        let SpecError::Invalid {
+            line: l, key: k, ..
+        } = &e
+        else {
+            panic!("{text}: not a positioned error: {e}");
+        };
+        let msg = e.to_string();
+        assert_eq!((*l, k.as_deref()), (line, Some(key)), "{text}: {msg}");
+        assert!(msg.contains("kennel.toml:"), "{msg}");
+        assert!(msg.contains(says), "{text}: {msg}");
+    }
+    // An unknown key in a profile is refused with its position.
+    let e = parse(
+        d.path(),
+        "name = \"t\"\n[egress.profiles.x]\nwhitelist = \"ok.txt\"\n",
+    )
+    .expect_err("unknown key")
+    .to_string();
     assert!(
-        with.warnings
-            .iter()
-            .any(|w| w.contains("dind-whitelist.txt is not used")
-                && w.contains("Docker inside an environment")),
-        "{:?}",
-        with.warnings
+        e.contains("kennel.toml:3:") && e.contains("whitelist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
+    let d = ws();
+    let state = d.path().join("env");
+    let main_policy = state.join("policy");
+    std::fs::create_dir_all(&main_policy).expect("mkdir");
+    std::fs::write(d.path().join("x.txt"), "x.example\n").expect("w");
+    let spec = parse(
+        d.path(),
+        "name = \"t\"\nimage = \"img\"\n[egress.profiles.extra]\ninclude = [\"x.txt\"]\n\
+         [[service]]\nname = \"fetcher\"\nimage = \"busybox\"\negress = \"extra\"\n",
+    )
+    .expect("spec");
+    let p = EnvPlan {
+        spec,
+        policy_dir: main_policy.clone(),
+        proxy_image: "kennel-proxy:abc".into(),
+        access_log_dir: Some(state.join("logs")),
+        state_labels: vec![("k".into(), "v".into())],
+        progress: None,
+    };
+    assert_eq!(
+        crate::profile_proxy_name("t", "extra"),
+        "kennel-t-proxy-extra"
+    );
+    assert_eq!(crate::profile_proxy_url("extra"), "http://proxy-extra:8888");
+    let main = hardening::proxy_container(&p, None);
+    let prof = hardening::proxy_container(&p, Some("extra"));
+    let (mh, ph) = (
+        main.host_config.clone().expect("host"),
+        prof.host_config.clone().expect("host"),
+    );
+    // Same hardening and limits.
+    assert_eq!(ph.cap_drop, mh.cap_drop);
+    assert_eq!(ph.security_opt, mh.security_opt);
+    assert_eq!(ph.readonly_rootfs, Some(true));
+    assert_eq!(ph.privileged, Some(false));
+    assert_eq!((ph.memory, ph.pids_limit), (mh.memory, mh.pids_limit));
+    assert_eq!(prof.user, main.user);
+    assert_eq!(ph.network_mode.as_deref(), Some("kennel-t"));
+    // Its own policy directory and log directory, never the environment's.
+    assert_eq!(
+        ph.binds.clone().unwrap_or_default(),
+        vec![
+            format!("{}:/etc/kennel:ro", state.join("policy-extra").display()),
+            format!("{}:/var/log/kennel:rw", state.join("logs-extra").display()),
+        ]
+    );
+    let labels = prof.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("dev.kennel.role").map(String::as_str),
+        Some("profile-proxy")
+    );
+    assert_eq!(
+        labels.get("dev.kennel.profile").map(String::as_str),
+        Some("extra")
+    );
+    assert_eq!(labels.get("dev.kennel.env").map(String::as_str), Some("t"));
+    let aliases = prof
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .and_then(|mut e| e.remove("kennel-t"))
+        .and_then(|e| e.aliases);
+    assert_eq!(aliases, Some(vec!["proxy-extra".to_string()]));
+    // The service: proxy variables at the profile's proxy, internal network only.
+    let svc = hardening::service_container(&p, &p.spec.services[0]);
+    let vars = svc.env.clone().unwrap_or_default();
+    assert!(
+        vars.contains(&"HTTP_PROXY=http://proxy-extra:8888".to_string()),
+        "{vars:?}"
+    );
+    assert!(
+        vars.contains(&"https_proxy=http://proxy-extra:8888".to_string()),
+        "{vars:?}"
+    );
+    let nets: Vec<String> = svc
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .map(|e| e.into_keys().collect())
+        .unwrap_or_default();
+    assert_eq!(nets, ["kennel-t"]);
+    // Egress-side addresses: the environment's proxy first, then one per profile.
+    let net = std::net::Ipv4Addr::new(10, 9, 0, 0);
+    let gw = std::net::Ipv4Addr::new(10, 9, 0, 1);
+    assert_eq!(
+        hardening::proxy_egress_ip(net, gw),
+        std::net::Ipv4Addr::new(10, 9, 0, 2)
+    );
+    assert_eq!(
+        hardening::proxy_egress_ip_at(net, gw, 1),
+        std::net::Ipv4Addr::new(10, 9, 0, 3)
+    );
+    let gw3 = std::net::Ipv4Addr::new(10, 9, 0, 3);
+    assert_eq!(
+        hardening::proxy_egress_ip_at(net, gw3, 1),
+        std::net::Ipv4Addr::new(10, 9, 0, 4)
+    );
+}
+
+#[test]
+fn a_profile_policy_holds_its_include_files_and_not_the_default_list() {
+    let d = ws();
+    std::fs::write(d.path().join("x.txt"), "x.example\n").expect("w");
+    let spec = parse(
+        d.path(),
+        "name = \"t\"\n[egress.profiles.extra]\ninclude = [\"x.txt\"]\nupstream = \"http://up.example:3128\"\n",
+    )
+    .expect("spec");
+    let dir = policy_dir::profile_policy_dir(&d.path().join("env/policy"), "extra");
+    assert_eq!(dir, d.path().join("env/policy-extra"));
+    let file =
+        policy_dir::write_profile_policy(&dir, &spec, &spec.egress.profiles[0]).expect("write");
+    let policy = kennel_policy::Policy::load(&file).expect("valid");
+    let allowed = |t: &str| {
+        policy
+            .decide(&kennel_policy::Target::parse_authority(t).expect("target"))
+            .is_allowed()
+    };
+    // Seed format: the entry covers its subdomains.
+    assert!(allowed("x.example:443") && allowed("a.x.example:443"));
+    assert!(
+        !allowed("github.com:443"),
+        "the default list is the environment's only"
+    );
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.contains("http://up.example:3128"), "{text}");
+    assert!(
+        text.contains(&d.path().join("x.txt").display().to_string()),
+        "{text}"
     );
 }

@@ -4,14 +4,38 @@
 use std::time::Duration;
 
 use kennel_api::types::{
-    CredentialsDoc, EnvDoc, HealthDoc, LegacyDoc, MountDoc, OriginDoc, ServiceDoc, SpecDoc,
+    CredentialsDoc, EnvDoc, HealthDoc, LegacyDoc, MountDoc, OriginDoc, ProfileDoc, ServiceDoc,
+    SpecDoc,
 };
 use kennel_policy::LegacyEnv;
 
 use crate::env::SandboxEnv;
 use crate::spec::{
-    CredentialMounts, Egress, EnvSpec, HealthSpec, HostMount, Resources, ServiceEgress, ServiceSpec,
+    CredentialMounts, Egress, EgressProfile, EnvSpec, HealthSpec, HostMount, Resources,
+    ServiceEgress, ServiceSpec,
 };
+
+impl From<&EgressProfile> for ProfileDoc {
+    fn from(p: &EgressProfile) -> Self {
+        ProfileDoc {
+            name: p.name.clone(),
+            include: p.include.clone(),
+            lists: p.lists.clone(),
+            upstream: p.upstream.clone(),
+        }
+    }
+}
+
+impl From<ProfileDoc> for EgressProfile {
+    fn from(d: ProfileDoc) -> Self {
+        EgressProfile {
+            name: d.name,
+            include: d.include,
+            lists: d.lists,
+            upstream: d.upstream,
+        }
+    }
+}
 
 impl From<&SandboxEnv> for EnvDoc {
     fn from(e: &SandboxEnv) -> Self {
@@ -75,6 +99,7 @@ impl From<&EnvSpec> for SpecDoc {
                 no_upstream: l.no_upstream.clone(),
                 user_whitelist_domains: l.user_whitelist_domains.clone(),
             },
+            egress_profiles: s.egress.profiles.iter().map(ProfileDoc::from).collect(),
             services: s
                 .services
                 .iter()
@@ -128,6 +153,7 @@ impl From<&EnvSpec> for SpecDoc {
             lifecycle: s.lifecycle.clone(),
             notify: s.notify.clone(),
             sandbox_depends_on: s.sandbox_depends_on.clone(),
+            docker: s.docker,
         }
     }
 }
@@ -171,6 +197,7 @@ impl From<SpecDoc> for EnvSpec {
                 whitelist: d.whitelist,
                 upstream: d.upstream,
                 legacy,
+                profiles: d.egress_profiles.into_iter().map(Into::into).collect(),
             },
             services: d
                 .services
@@ -221,6 +248,7 @@ impl From<SpecDoc> for EnvSpec {
             user_name: d.user_name,
             lifecycle: d.lifecycle,
             sandbox_depends_on: d.sandbox_depends_on,
+            docker: d.docker,
             // Warnings are the CLI's to show; the daemon has nothing to add.
             warnings: Vec::new(),
             notify: d.notify,
@@ -285,5 +313,32 @@ mod compose_wire_tests {
             .into();
         assert_eq!(back.services, spec.services);
         assert_eq!(back.sandbox_depends_on, spec.sandbox_depends_on);
+    }
+
+    /// `[docker]` reaches the daemon (the engine is created from the daemon's copy of the spec).
+    #[test]
+    fn docker_engine_round_trips_through_the_wire_form() {
+        use crate::spec::{DockerMode, DockerSpec};
+        let mut spec = EnvSpec::parse_str(
+            "name = \"wire\"\n",
+            std::path::Path::new("/kennel.toml"),
+            std::path::Path::new("/"),
+        )
+        .expect("spec");
+        assert_eq!(spec.docker, None);
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        assert!(
+            !json.contains("docker"),
+            "absent [docker] is not sent: {json}"
+        );
+        spec.docker = Some(DockerSpec {
+            mode: DockerMode::Rootless,
+        });
+        let json = serde_json::to_string(&SpecDoc::from(&spec)).expect("serialise");
+        assert!(json.contains(r#""docker":{"mode":"rootless"}"#), "{json}");
+        let back: EnvSpec = serde_json::from_str::<SpecDoc>(&json)
+            .expect("deserialise")
+            .into();
+        assert_eq!(back.docker, spec.docker);
     }
 }

@@ -1,7 +1,7 @@
 //! Images the daemon builds from host files (no registry needed): the proxy image (from the
 //! static `kennel-proxy`, see [`kennel_container::image::ensure_proxy_image`]) and a small demo
 //! sandbox image, `kennel-sandbox:latest` — the default image of a spec — with busybox-static,
-//! curl, the host's CA bundle and the seeds' user `claude` (1001) in group `dev` (2000).
+//! curl, the host's docker CLI (when there is one), the host's CA bundle and the seeds' user `claude` (1001) in group `dev` (2000).
 
 use std::path::Path;
 
@@ -97,7 +97,14 @@ pub fn demo_sandbox_rootfs() -> Result<RootfsImage, ImageError> {
         .map(Path::new)
         .find(|p| p.is_file())
         .ok_or_else(|| missing(DEMO_SANDBOX_REPO, Path::new("/usr/bin/curl"), "curl"))?;
-    Ok(busybox_rootfs(DEMO_SANDBOX_REPO, APPLETS, &[curl])?
+    // The docker CLI for environments with an engine of their own (`[docker]`, the seed layout
+    // with dind-whitelist.txt), when the host has one.
+    let docker = ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file());
+    let tools: Vec<&Path> = std::iter::once(curl).chain(docker).collect();
+    Ok(busybox_rootfs(DEMO_SANDBOX_REPO, APPLETS, &tools)?
         .dir("/home/claude")
         .env("HOME=/home/claude")
         .workdir("/workspace")

@@ -16,6 +16,11 @@
 //!   also logged by the daemon (`target = "kennel::policy"`);
 //! - `logs/`: the proxy's access log (mounted read-write into the proxy container only),
 //!   read by [`Daemon::denials`].
+//!
+//! An environment's egress profiles (`[egress.profiles.NAME]`) have a proxy and a policy each:
+//! `policy-NAME/` beside `policy/`, `logs-NAME/` beside `logs/`, `expiry-NAME.json` beside
+//! `expiry.json`. Every call takes a [`PolicyScope`] (`?profile=NAME`, `kennel … --profile
+//! NAME`); the change log is shared, each line naming the profile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -79,6 +84,156 @@ mod ipnet_like {
 /// `envs/<name>/logs`: where the proxy writes its access log.
 pub fn log_dir(state: &StateDir, name: &str) -> PathBuf {
     state.env_dir(name).join(LOG_DIR)
+}
+
+/// Which proxy's policy a live-policy call acts on: the environment's own (`profile: None`) or
+/// one of its egress profiles' (`kennel allow --profile NAME`, `?profile=NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyScope {
+    /// The environment.
+    pub env: String,
+    /// The egress profile; `None` for the environment's own proxy.
+    pub profile: Option<String>,
+}
+
+impl PolicyScope {
+    /// The environment's own proxy.
+    pub fn env(name: &str) -> PolicyScope {
+        PolicyScope {
+            env: name.to_string(),
+            profile: None,
+        }
+    }
+
+    /// Egress profile `profile` of `name` (`None`: the environment's own proxy).
+    pub fn new(name: &str, profile: Option<&str>) -> PolicyScope {
+        PolicyScope {
+            env: name.to_string(),
+            profile: profile.map(str::to_string),
+        }
+    }
+
+    /// The policy directory its proxy mounts.
+    pub fn policy_dir(&self, state: &StateDir) -> PathBuf {
+        let main = state.policy_dir(&self.env);
+        match &self.profile {
+            Some(p) => kennel_container::policy_dir::profile_policy_dir(&main, p),
+            None => main,
+        }
+    }
+
+    /// Its `policy.toml`.
+    pub fn policy_file(&self, state: &StateDir) -> PathBuf {
+        self.policy_dir(state).join(POLICY_FILE)
+    }
+
+    /// Its `allow --for` entries.
+    pub fn expiry_file(&self, state: &StateDir) -> PathBuf {
+        let dir = state.env_dir(&self.env);
+        match &self.profile {
+            Some(p) => dir.join(format!("expiry-{p}.json")),
+            None => dir.join(EXPIRY_FILE),
+        }
+    }
+
+    /// Its proxy's access-log directory.
+    pub fn log_dir(&self, state: &StateDir) -> PathBuf {
+        let main = log_dir(state, &self.env);
+        match &self.profile {
+            Some(p) => kennel_container::policy_dir::profile_log_dir(&main, p),
+            None => main,
+        }
+    }
+
+    /// `--profile NAME ` for commands the person may run next (empty for the env's own).
+    fn flag(&self) -> String {
+        self.profile
+            .as_ref()
+            .map_or_else(String::new, |p| format!("--profile {p} "))
+    }
+
+    /// The change lines as the shared change log keeps them: a profile's name first.
+    fn mark(&self, changes: Vec<String>) -> Vec<String> {
+        match &self.profile {
+            None => changes,
+            Some(p) => changes
+                .into_iter()
+                .map(|c| format!("egress profile {p}: {c}"))
+                .collect(),
+        }
+    }
+}
+
+/// Writes the policy directory of every egress profile of `spec` (environment `name`) and
+/// validates each as its proxy will load it; creates their access-log directories.
+pub fn write_profile_dirs(
+    state: &StateDir,
+    name: &str,
+    spec: &kennel_container::EnvSpec,
+) -> Result<(), ApiError> {
+    for p in &spec.egress.profiles {
+        let dir = PolicyScope::new(name, Some(&p.name)).policy_dir(state);
+        let file = kennel_container::policy_dir::write_profile_policy(&dir, spec, p)
+            .map_err(io_err("write", &dir))?;
+        Policy::load(&file)
+            .map_err(|e| ApiError::Policy(format!("egress profile {:?}: {e}", p.name)))?;
+    }
+    prepare_profile_log_dirs(state, name, spec)
+}
+
+/// Creates the access-log directory of every egress profile's proxy ([`prepare_log_dir`]).
+pub fn prepare_profile_log_dirs(
+    state: &StateDir,
+    name: &str,
+    spec: &kennel_container::EnvSpec,
+) -> Result<(), ApiError> {
+    for p in &spec.egress.profiles {
+        let dir = PolicyScope::new(name, Some(&p.name)).log_dir(state);
+        prepare_log_dir(&dir).map_err(io_err("create", &dir))?;
+    }
+    Ok(())
+}
+
+/// The egress profiles of a recorded environment as `kennel inspect` shows them: proxy
+/// container and its state among `containers`, policy directory, allow entries now.
+pub fn profile_infos(
+    state: &StateDir,
+    record: &crate::state::EnvRecord,
+    containers: &[crate::api::types::ContainerInfo],
+) -> Vec<kennel_api::types::ProfileInfo> {
+    let name = &record.name;
+    record
+        .request
+        .spec
+        .egress_profiles
+        .iter()
+        .map(|p| {
+            let scope = PolicyScope::new(name, Some(&p.name));
+            let container = kennel_container::profile_proxy_name(name, &p.name);
+            let allow_count = Policy::load(&scope.policy_file(state))
+                .ok()
+                .map(|pol| pol.entries().iter().filter(|e| e.allow).count());
+            kennel_api::types::ProfileInfo {
+                name: p.name.clone(),
+                state: containers
+                    .iter()
+                    .find(|c| c.name == container)
+                    .map_or_else(|| "missing".to_string(), |c| c.state.clone()),
+                proxy_container: container,
+                proxy_address: kennel_container::profile_proxy_url(&p.name),
+                policy_dir: Some(scope.policy_dir(state)),
+                allow_count,
+                services: record
+                    .request
+                    .spec
+                    .services
+                    .iter()
+                    .filter(|s| s.egress_profile.as_deref() == Some(p.name.as_str()))
+                    .map(|s| s.name.clone())
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// Creates the access-log directory so that the proxy (uid 65532 in its container) can write
@@ -551,8 +706,27 @@ impl Daemon {
             .ok_or_else(|| ApiError::NotFound(name.to_string()))
     }
 
-    fn policy_file_path(&self, name: &str) -> PathBuf {
-        self.state().policy_dir(name).join(POLICY_FILE)
+    /// The environment must be one this daemon recorded, and the profile one of its egress
+    /// profiles.
+    fn policy_scope(&self, scope: &PolicyScope) -> Result<crate::state::EnvRecord, ApiError> {
+        let record = self.policy_env(&scope.env)?;
+        if let Some(p) = &scope.profile {
+            let profiles = &record.request.spec.egress_profiles;
+            if !profiles.iter().any(|x| x.name == *p) {
+                let known: Vec<&str> = profiles.iter().map(|x| x.name.as_str()).collect();
+                return Err(ApiError::BadRequest(format!(
+                    "environment {:?} has no egress profile {p:?} ({})",
+                    scope.env,
+                    if known.is_empty() {
+                        "it has none; they are defined as [egress.profiles.NAME] in kennel.toml"
+                            .to_string()
+                    } else {
+                        format!("its profiles: {}", known.join(", "))
+                    }
+                )));
+            }
+        }
+        Ok(record)
     }
 
     /// Records a change: the daemon's log and `changes.jsonl`.
@@ -570,12 +744,17 @@ impl Daemon {
     }
 
     /// Loads the current policy file as text + editable document + validated policy.
-    fn load_policy(&self, name: &str) -> Result<(PathBuf, String, DocumentMut, Policy), ApiError> {
-        let path = self.policy_file_path(name);
+    fn load_policy(
+        &self,
+        scope: &PolicyScope,
+    ) -> Result<(PathBuf, String, DocumentMut, Policy), ApiError> {
+        let path = scope.policy_file(self.state());
         let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
         let policy = Policy::from_toml_str(&text, &path).map_err(|e| {
             ApiError::Policy(format!(
-                "{e} (the current policy file is invalid; fix it with `kennel policy edit {name}`)"
+                "{e} (the current policy file is invalid; fix it with `kennel policy edit {}{}`)",
+                scope.flag(),
+                scope.env
             ))
         })?;
         let doc: DocumentMut = text
@@ -613,11 +792,23 @@ impl Daemon {
         name: &str,
         req: AllowRequest,
     ) -> Result<PolicyChanged, ApiError> {
-        self.policy_env(name)?;
+        self.policy_allow_in(peer, &PolicyScope::env(name), req)
+            .await
+    }
+
+    /// `POST /v1/envs/{name}/policy/allow[?profile=NAME]`.
+    pub async fn policy_allow_in(
+        &self,
+        peer: &Peer,
+        scope: &PolicyScope,
+        req: AllowRequest,
+    ) -> Result<PolicyChanged, ApiError> {
+        let name = scope.env.as_str();
+        self.policy_scope(scope)?;
         let note = check_note(req.note)?;
         let entries = parse_entries(&req.entries)?;
         let _lock = self.policy_lock.lock().await;
-        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, policy) = self.load_policy(scope)?;
         let defaults = policy.default_ports().to_vec();
         let mut changes = Vec::new();
         let mut fresh = Vec::new();
@@ -632,7 +823,7 @@ impl Daemon {
         let expires_at = req.for_secs.map(|s| now + Duration::from_secs(s));
         self.swap_policy(&path, &doc.to_string())?;
         if let Some(at) = expires_at {
-            let xpath = self.state().env_dir(name).join(EXPIRY_FILE);
+            let xpath = scope.expiry_file(self.state());
             let mut list = read_expiring(&xpath)?;
             for e in fresh {
                 list.retain(|x| x.entry != e);
@@ -651,7 +842,7 @@ impl Daemon {
                 time: rfc3339(now),
                 uid: Some(peer.uid),
                 action: "allow".into(),
-                changes: changes.clone(),
+                changes: scope.mark(changes.clone()),
                 note,
                 expires: expires.clone(),
             },
@@ -671,7 +862,19 @@ impl Daemon {
         name: &str,
         req: DenyRequest,
     ) -> Result<PolicyChanged, ApiError> {
-        self.policy_env(name)?;
+        self.policy_deny_in(peer, &PolicyScope::env(name), req)
+            .await
+    }
+
+    /// `POST /v1/envs/{name}/policy/deny[?profile=NAME]`.
+    pub async fn policy_deny_in(
+        &self,
+        peer: &Peer,
+        scope: &PolicyScope,
+        req: DenyRequest,
+    ) -> Result<PolicyChanged, ApiError> {
+        let name = scope.env.as_str();
+        self.policy_scope(scope)?;
         let note = check_note(req.note)?;
         let entries = parse_entries(&req.entries)?;
         if let Some((input, _)) = req
@@ -685,14 +888,14 @@ impl Daemon {
             )));
         }
         let _lock = self.policy_lock.lock().await;
-        let (path, _text, mut doc, _policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, _policy) = self.load_policy(scope)?;
         let mut changes = Vec::new();
         for e in &entries {
             changes.push(add_deny(&mut doc, e)?);
         }
         self.swap_policy(&path, &doc.to_string())?;
         // A denied pattern's pending expiries are moot (its allow entries are gone).
-        let xpath = self.state().env_dir(name).join(EXPIRY_FILE);
+        let xpath = scope.expiry_file(self.state());
         let mut list = read_expiring(&xpath)?;
         let before = list.len();
         list.retain(|x| !entries.iter().any(|e| e.pattern == x.entry.pattern));
@@ -701,7 +904,13 @@ impl Daemon {
         }
         self.record_change(
             name,
-            &ChangeEvent::now(Some(peer.uid), "deny", changes.clone(), note, None),
+            &ChangeEvent::now(
+                Some(peer.uid),
+                "deny",
+                scope.mark(changes.clone()),
+                note,
+                None,
+            ),
         )?;
         Ok(PolicyChanged {
             env: name.to_string(),
@@ -713,10 +922,16 @@ impl Daemon {
 
     /// `GET /v1/envs/{name}/policy`: every entry of the effective policy with its `file:line`.
     pub async fn policy_show(&self, name: &str) -> Result<PolicyView, ApiError> {
-        self.policy_env(name)?;
-        let path = self.policy_file_path(name);
+        self.policy_show_in(&PolicyScope::env(name)).await
+    }
+
+    /// `GET /v1/envs/{name}/policy[?profile=NAME]`.
+    pub async fn policy_show_in(&self, scope: &PolicyScope) -> Result<PolicyView, ApiError> {
+        let name = scope.env.as_str();
+        self.policy_scope(scope)?;
+        let path = scope.policy_file(self.state());
         let policy = Policy::load(&path).map_err(|e| ApiError::Policy(e.to_string()))?;
-        let expiring = read_expiring(&self.state().env_dir(name).join(EXPIRY_FILE))?;
+        let expiring = read_expiring(&scope.expiry_file(self.state()))?;
         let entries = policy
             .entries()
             .into_iter()
@@ -749,8 +964,13 @@ impl Daemon {
 
     /// `GET /v1/envs/{name}/policy/file`.
     pub async fn policy_file(&self, name: &str) -> Result<PolicyFileDoc, ApiError> {
-        self.policy_env(name)?;
-        let path = self.policy_file_path(name);
+        self.policy_file_in(&PolicyScope::env(name)).await
+    }
+
+    /// `GET /v1/envs/{name}/policy/file[?profile=NAME]`.
+    pub async fn policy_file_in(&self, scope: &PolicyScope) -> Result<PolicyFileDoc, ApiError> {
+        self.policy_scope(scope)?;
+        let path = scope.policy_file(self.state());
         let content = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
         Ok(PolicyFileDoc {
             sha256: sha256_hex(&content),
@@ -767,10 +987,22 @@ impl Daemon {
         name: &str,
         req: PolicyReplace,
     ) -> Result<PolicyChanged, ApiError> {
-        self.policy_env(name)?;
+        self.policy_replace_in(peer, &PolicyScope::env(name), req)
+            .await
+    }
+
+    /// `POST /v1/envs/{name}/policy/file[?profile=NAME]`.
+    pub async fn policy_replace_in(
+        &self,
+        peer: &Peer,
+        scope: &PolicyScope,
+        req: PolicyReplace,
+    ) -> Result<PolicyChanged, ApiError> {
+        let name = scope.env.as_str();
+        self.policy_scope(scope)?;
         let note = check_note(req.note)?;
         let _lock = self.policy_lock.lock().await;
-        let path = self.policy_file_path(name);
+        let path = scope.policy_file(self.state());
         let current = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
         if sha256_hex(&current) != req.base_sha256 {
             return Err(ApiError::PolicyChangedMeanwhile(path.display().to_string()));
@@ -889,7 +1121,7 @@ impl Daemon {
             ));
         }
         let _lock = self.policy_lock.lock().await;
-        let (path, _text, mut doc, _policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, _policy) = self.load_policy(&PolicyScope::env(name))?;
         doc["mode"] = toml_edit::value("report");
         let now = SystemTime::now();
         let until = now + Duration::from_secs(req.for_secs);
@@ -936,7 +1168,7 @@ impl Daemon {
         if l.until_unix > now_unix(now) {
             return Ok(false);
         }
-        let (path, _text, mut doc, _policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, _policy) = self.load_policy(&PolicyScope::env(name))?;
         doc["mode"] = toml_edit::value("enforce");
         self.swap_policy(&path, &doc.to_string())?;
         std::fs::remove_file(lpath).map_err(io_err("remove", lpath))?;
@@ -977,14 +1209,28 @@ impl Daemon {
                     }
                 }
             }
-            let xpath = self.state().env_dir(&name).join(EXPIRY_FILE);
-            if !xpath.exists() {
-                continue;
+            // The environment's own policy, then each egress profile's.
+            let mut scopes = vec![PolicyScope::env(&name)];
+            if let Ok(Some(record)) = self.state().read_record(&name) {
+                scopes.extend(
+                    record
+                        .request
+                        .spec
+                        .egress_profiles
+                        .iter()
+                        .map(|p| PolicyScope::new(&name, Some(&p.name))),
+                );
             }
-            let _lock = self.policy_lock.lock().await;
-            match self.expire_env(&name, &xpath, now) {
-                Ok(removed) => done.extend(removed.into_iter().map(|e| (name.clone(), e))),
-                Err(e) => tracing::warn!(env = %name, error = %e, "expiry failed; retrying"),
+            for scope in scopes {
+                let xpath = scope.expiry_file(self.state());
+                if !xpath.exists() {
+                    continue;
+                }
+                let _lock = self.policy_lock.lock().await;
+                match self.expire_env(&scope, &xpath, now) {
+                    Ok(removed) => done.extend(removed.into_iter().map(|e| (name.clone(), e))),
+                    Err(e) => tracing::warn!(env = %name, error = %e, "expiry failed; retrying"),
+                }
             }
         }
         done
@@ -992,10 +1238,11 @@ impl Daemon {
 
     fn expire_env(
         &self,
-        name: &str,
+        scope: &PolicyScope,
         xpath: &Path,
         now: SystemTime,
     ) -> Result<Vec<String>, ApiError> {
+        let name = scope.env.as_str();
         let list = read_expiring(xpath)?;
         let t = now_unix(now);
         let (due, keep): (Vec<Expiring>, Vec<Expiring>) =
@@ -1003,7 +1250,7 @@ impl Daemon {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, policy) = self.load_policy(scope)?;
         let defaults = policy.default_ports().to_vec();
         let mut changes = Vec::new();
         for x in &due {
@@ -1021,7 +1268,7 @@ impl Daemon {
                 time: rfc3339(now),
                 uid: None,
                 action: "expire".into(),
-                changes: changes.clone(),
+                changes: scope.mark(changes.clone()),
                 note: None,
                 expires: None,
             },
@@ -1044,14 +1291,27 @@ impl Daemon {
         since: Option<Duration>,
         learned: bool,
     ) -> Result<Denials, ApiError> {
-        self.policy_env(name)?;
-        let dir = log_dir(self.state(), name);
+        self.denials_in(&PolicyScope::env(name), since, learned)
+            .await
+    }
+
+    /// [`Daemon::denials_of`] for the proxy of `scope` (an egress profile's with
+    /// `?profile=NAME`): its own access log, judged against its own policy.
+    pub async fn denials_in(
+        &self,
+        scope: &PolicyScope,
+        since: Option<Duration>,
+        learned: bool,
+    ) -> Result<Denials, ApiError> {
+        let name = scope.env.as_str();
+        self.policy_scope(scope)?;
+        let dir = scope.log_dir(self.state());
         let file = kennel_container::hardening::ACCESS_LOG_FILE;
         let mut text = read_tail(&dir.join(format!("{file}.1")), MAX_LOG_READ)?;
         text.push_str(&read_tail(&dir.join(file), MAX_LOG_READ)?);
         // RFC 3339 UTC with milliseconds sorts as text, the way the proxy writes it.
         let cutoff = since.map(|d| rfc3339(SystemTime::now() - d));
-        let policy_path = self.policy_file_path(name);
+        let policy_path = scope.policy_file(self.state());
         let policy = Policy::load(&policy_path).ok();
         let shown = policy_path.display().to_string();
         let mut groups: BTreeMap<(String, u16), Denial> = BTreeMap::new();
@@ -1205,7 +1465,7 @@ impl Daemon {
         self.policy_env(name)?;
         let e = parse_entry(entry)?;
         let _lock = self.policy_lock.lock().await;
-        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, policy) = self.load_policy(&PolicyScope::env(name))?;
         let defaults = policy.default_ports().to_vec();
         let (said, new) = add_allow(&mut doc, &e, &defaults)?;
         if !new {
@@ -1256,7 +1516,7 @@ impl Daemon {
         note: &str,
     ) -> Result<bool, ApiError> {
         let _lock = self.policy_lock.lock().await;
-        let (path, _text, mut doc, policy) = self.load_policy(name)?;
+        let (path, _text, mut doc, policy) = self.load_policy(&PolicyScope::env(name))?;
         let defaults = policy.default_ports().to_vec();
         let changed = remove_allow(&mut doc, entry, &defaults);
         if changed {

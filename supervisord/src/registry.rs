@@ -534,6 +534,8 @@ impl Daemon {
         // Validated exactly as the proxy container will load it: the legacy variables are
         // already rendered into the file, and the container gets none of them.
         kennel_policy::Policy::load(&policy_file).map_err(|e| ApiError::Policy(e.to_string()))?;
+        // Each egress profile's policy directory beside it, validated the same way.
+        crate::policy_ops::write_profile_dirs(&self.state, &name, &spec)?;
 
         let proxy_image = self.images.proxy_image().await?;
         let created_unix = std::time::SystemTime::now()
@@ -897,6 +899,35 @@ impl Daemon {
         spec.env
             .validate()
             .map_err(|m| bad("sandbox variables".into(), m))?;
+        // Egress profiles: names checked again (they become container names and paths), one
+        // text per include file, services naming only the spec's profiles.
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &spec.egress.profiles {
+            kennel_container::spec::check_profile_name(&p.name)
+                .map_err(|m| bad(format!("egress profile {:?}", p.name), m))?;
+            if !seen.insert(p.name.clone()) {
+                return Err(bad(
+                    format!("egress profile {:?}", p.name),
+                    "is defined twice".into(),
+                ));
+            }
+            if p.include.len() != p.lists.len() {
+                return Err(bad(
+                    format!("egress profile {:?}", p.name),
+                    "needs the text of each include file (the CLI reads them)".into(),
+                ));
+            }
+        }
+        for svc in &spec.services {
+            if let kennel_container::spec::ServiceEgress::Profile(p) = &svc.egress
+                && spec.egress.profile(p).is_none()
+            {
+                return Err(bad(
+                    format!("service {:?}", svc.name),
+                    format!("service.egress = {p:?} names no egress profile of the environment"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -939,6 +970,9 @@ impl Daemon {
                 .cmp(&rank(&b.role))
                 .then_with(|| a.name.cmp(&b.name))
         });
+        let profiles = record
+            .map(|r| crate::policy_ops::profile_infos(&self.state, r, &containers))
+            .unwrap_or_default();
         EnvInfo {
             state: state_str(status.state).to_string(),
             name: status.name,
@@ -955,6 +989,8 @@ impl Daemon {
             log: Vec::new(),
             expires: record.and_then(expires_text),
             remove_on_exit: record.is_some_and(|r| r.request.spec.remove_on_exit),
+            profiles,
+            docker: record.and_then(docker_doc),
         }
     }
 
@@ -975,6 +1011,8 @@ impl Daemon {
             log: Vec::new(),
             expires: expires_text(record),
             remove_on_exit: record.request.spec.remove_on_exit,
+            profiles: crate::policy_ops::profile_infos(&self.state, record, &[]),
+            docker: docker_doc(record),
         }
     }
 
@@ -1612,6 +1650,15 @@ where
             () = &mut input_fut, if !input_done => input_done = true,
         }
     }
+}
+
+/// The environment's Docker engine as `kennel inspect` shows it (from its spec).
+fn docker_doc(record: &EnvRecord) -> Option<kennel_api::types::DockerDoc> {
+    record
+        .request
+        .spec
+        .docker
+        .map(|d| kennel_api::types::DockerDoc::new(d.mode, kennel_container::engine::DOCKER_HOST))
 }
 
 #[cfg(test)]

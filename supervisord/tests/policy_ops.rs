@@ -682,6 +682,131 @@ async fn the_proxys_reloads_and_rejections_are_events() {
     watcher.abort();
 }
 
+/// `--profile NAME`: the profile's own policy directory (written at creation from its include
+/// files, without the default list), its own expiry, `kennel inspect`'s profile list; the
+/// environment's policy untouched; an unknown profile is a clear error.
+#[tokio::test]
+async fn a_profile_has_its_own_policy_allow_deny_show_expiry_and_inspect() {
+    use kennel_supervisord::policy_ops::PolicyScope;
+    let fake = FakeBackend::new();
+    let state_dir = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let daemon = daemon_over(&fake, state_dir.path());
+    std::fs::write(ws.path().join("extra.txt"), "extra.example\n").unwrap();
+    std::fs::write(
+        ws.path().join("kennel.toml"),
+        "name = \"prof\"\n[egress.profiles.extra]\ninclude = [\"extra.txt\"]\n\
+         [[service]]\nname = \"fetcher\"\nimage = \"busybox\"\negress = \"extra\"\n",
+    )
+    .unwrap();
+    let spec = EnvSpec::from_workspace(ws.path(), &SpecOverrides::default()).unwrap();
+    let info = daemon
+        .create(
+            &person(),
+            CreateEnv {
+                spec: (&spec).into(),
+                project_whitelist: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.profiles.len(), 1, "{info:?}");
+    let p = &info.profiles[0];
+    assert_eq!(
+        (
+            p.name.as_str(),
+            p.proxy_container.as_str(),
+            p.state.as_str()
+        ),
+        ("extra", "kennel-prof-proxy-extra", "running")
+    );
+    assert_eq!(
+        (p.allow_count, p.services.clone()),
+        (Some(1), vec!["fetcher".to_string()])
+    );
+    let pdir = state_dir.path().join("envs/prof/policy-extra");
+    assert_eq!(p.policy_dir.as_deref(), Some(pdir.as_path()));
+    assert!(state_dir.path().join("envs/prof/logs-extra").is_dir());
+    let decide = |dir: &str, t: &str| {
+        Policy::load(
+            &state_dir
+                .path()
+                .join(format!("envs/prof/{dir}/policy.toml")),
+        )
+        .unwrap()
+        .decide(&Target::parse_authority(t).unwrap())
+        .is_allowed()
+    };
+    assert!(decide("policy-extra", "extra.example:443"));
+    assert!(!decide("policy-extra", "github.com:443"), "no default list");
+    assert!(!decide("policy", "extra.example:443"));
+
+    let extra = PolicyScope::new("prof", Some("extra"));
+    let changed = daemon
+        .policy_allow_in(&person(), &extra, allow(&["later.example"], Some(3600)))
+        .await
+        .unwrap();
+    assert_eq!(changed.file, pdir.join("policy.toml"));
+    assert!(decide("policy-extra", "later.example:443"));
+    assert!(
+        !decide("policy", "later.example:443"),
+        "the env's own policy untouched"
+    );
+    let view = daemon.policy_show_in(&extra).await.unwrap();
+    let later = view
+        .entries
+        .iter()
+        .find(|e| e.pattern == "later.example")
+        .unwrap();
+    assert!(later.expires.is_some(), "{later:?}");
+    assert!(
+        state_dir
+            .path()
+            .join("envs/prof/expiry-extra.json")
+            .is_file()
+    );
+    assert!(!state_dir.path().join("envs/prof/expiry.json").exists());
+    // The expiry loop removes it from the profile's policy when due.
+    let removed = daemon
+        .expire_due(SystemTime::now() + Duration::from_secs(7200))
+        .await;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(!decide("policy-extra", "later.example:443"));
+    daemon
+        .policy_deny_in(
+            &person(),
+            &extra,
+            DenyRequest {
+                entries: vec!["extra.example".into()],
+                note: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!decide("policy-extra", "extra.example:443"));
+    // The shared change log names the profile.
+    let log = std::fs::read_to_string(state_dir.path().join("envs/prof/changes.jsonl")).unwrap();
+    assert!(log.contains("egress profile extra: added"), "{log}");
+
+    let err = daemon
+        .policy_allow_in(
+            &person(),
+            &PolicyScope::new("prof", Some("nope")),
+            allow(&["x.example"], None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        err.to_string()
+            .contains("environment \"prof\" has no egress profile \"nope\" (its profiles: extra)"),
+        "{err}"
+    );
+    let info = daemon.inspect("prof").await.unwrap();
+    // The include file's entry is still there (deny wins over it, but it is an allow entry).
+    assert_eq!(info.profiles[0].allow_count, Some(1), "{info:?}");
+}
+
 /// Regression: a reload in an environment's first seconds, before the daemon had looked at its
 /// proxy once, went into the first look's baseline and never became an event (the monitor's
 /// tick looks every 5 s per environment; the e2e test slept 1.5 s after `kennel up` for it).

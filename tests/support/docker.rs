@@ -215,6 +215,25 @@ pub async fn test_image(d: &DockerBackend) -> String {
         .expect("load test image")
 }
 
+/// [`test_image`] plus the host's docker CLI (`/usr/bin/docker`, with its libraries): the
+/// sandbox image of the Docker-engine tests. Returns its tag.
+pub async fn docker_test_image(d: &DockerBackend) -> String {
+    let tools = [which("curl"), which("docker")];
+    let tools: Vec<&Path> = tools.iter().map(PathBuf::as_path).collect();
+    let img =
+        kennel_container::image::busybox_rootfs("kennel-test-docker", &BUSYBOX_APPLETS, &tools)
+            .expect(
+                "busybox-static, curl and the docker CLI on the host (scripts/setup installs them)",
+            )
+            .host_file("/usr/local/bin/probe", &probe_binary(), 0o755)
+            .expect("probe binary")
+            .file("/www/index.html", "hello from kennel origin\n", 0o644)
+            .cmd(&["/bin/busybox", "sleep", "3600"]);
+    kennel_container::image::ensure_image(d, "kennel-test-docker", &img)
+        .await
+        .expect("load docker test image")
+}
+
 /// [`test_image`]'s busybox and probe plus the host's `git` (with its `ldd` libraries), for the
 /// git tests: real `git status` / `git commit` inside the sandbox. Returns its tag.
 pub async fn git_test_image(d: &DockerBackend) -> String {

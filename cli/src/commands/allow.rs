@@ -13,6 +13,10 @@ use crate::client::{Client, block_on};
 pub struct AllowArgs {
     /// The environment.
     pub env: String,
+    /// Change the policy of the environment's egress profile NAME (`[egress.profiles.NAME]`,
+    /// served by its own proxy) instead of the environment's own.
+    #[arg(long, value_name = "NAME", conflicts_with = "from_denials")]
+    pub profile: Option<String>,
     /// What to allow: `host`, `host:port`, `*.example.com` (subdomains), `.example.com` (apex and
     /// subdomains), an IP address or CIDR, `[v6]:port`. Without a port (or with one of the
     /// policy's default ports) the entry goes into `[allow]`; another port gets a `[[rule]]`.
@@ -39,6 +43,9 @@ pub struct AllowArgs {
 pub struct DenyArgs {
     /// The environment.
     pub env: String,
+    /// Change the policy of the environment's egress profile NAME instead of its own.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Host patterns, IP addresses or CIDRs to deny on every port (deny wins over every allow
     /// entry). Live tunnels to them are closed.
     #[arg(required = true, value_name = "HOST")]
@@ -66,24 +73,50 @@ pub fn env_path(env: &str) -> anyhow::Result<String> {
     Ok(format!("/envs/{env}"))
 }
 
-fn print_changed(c: &PolicyChanged) {
+/// `?profile=NAME` for an API path (the name checked here, so it cannot change the query),
+/// or nothing without a profile.
+pub fn profile_query(profile: Option<&str>) -> anyhow::Result<String> {
+    match profile {
+        None => Ok(String::new()),
+        Some(p) => {
+            kennel_container::spec::check_profile_name(p)
+                .map_err(|e| anyhow::anyhow!("invalid egress profile name {p:?}: {e}"))?;
+            Ok(format!("?profile={p}"))
+        }
+    }
+}
+
+/// `--profile NAME ` (with its space) for commands printed to the person, or nothing.
+pub fn profile_flag(profile: Option<&str>) -> String {
+    profile.map_or_else(String::new, |p| format!("--profile {p} "))
+}
+
+fn print_changed(c: &PolicyChanged, profile: Option<&str>) {
     for line in &c.changes {
         println!("{line}");
     }
     if let Some(at) = &c.expires {
         println!("new entries expire at {at}");
     }
+    let whose = match profile {
+        Some(p) => format!("egress profile {p:?} of {:?}", c.env),
+        None => format!("{:?}", c.env),
+    };
     println!(
-        "{}: the proxy of {:?} applies this within a second (`kennel policy show {}`)",
+        "{}: the proxy of {whose} applies this within a second (`kennel policy show {}{}`)",
         c.file.display(),
-        c.env,
+        profile_flag(profile),
         c.env
     );
 }
 
 /// Runs `kennel allow`.
 pub fn run_allow(client: &Client, args: AllowArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("{}/policy/allow", env_path(&args.env)?);
+    let path = format!(
+        "{}/policy/allow{}",
+        env_path(&args.env)?,
+        profile_query(args.profile.as_deref())?
+    );
     let mut entries = args.entries;
     if args.from_denials {
         entries.extend(crate::commands::learn::from_denials(
@@ -102,19 +135,23 @@ pub fn run_allow(client: &Client, args: AllowArgs) -> anyhow::Result<ExitCode> {
         note: args.note,
     };
     let changed: PolicyChanged = block_on(client.post(&path, &req))??;
-    print_changed(&changed);
+    print_changed(&changed, args.profile.as_deref());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `kennel deny`.
 pub fn run_deny(client: &Client, args: DenyArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("{}/policy/deny", env_path(&args.env)?);
+    let path = format!(
+        "{}/policy/deny{}",
+        env_path(&args.env)?,
+        profile_query(args.profile.as_deref())?
+    );
     let req = DenyRequest {
         entries: args.entries,
         note: args.note,
     };
     let changed: PolicyChanged = block_on(client.post(&path, &req))??;
-    print_changed(&changed);
+    print_changed(&changed, args.profile.as_deref());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -137,5 +174,10 @@ mod tests {
                 .contains("shorter")
         );
         assert!(env_path("a/b").is_err());
+        assert_eq!(profile_query(None).expect("none"), "");
+        assert_eq!(profile_query(Some("dind")).expect("valid"), "?profile=dind");
+        for bad in ["a&b=c", "proxy", "Dind", ""] {
+            assert!(profile_query(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -7,13 +7,16 @@ use clap::Args;
 use kennel_api::policy::Denials;
 
 use crate::client::{Client, block_on};
-use crate::commands::allow::{env_path, parse_duration};
+use crate::commands::allow::{env_path, parse_duration, profile_flag};
 
 /// Arguments of `kennel denials`.
 #[derive(Debug, Args)]
 pub struct DenialsArgs {
     /// The environment.
     pub env: String,
+    /// What the proxy of the environment's egress profile NAME denied, instead of its own.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Only denials newer than this (`10m`, `2h`, `1d`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<std::time::Duration>,
@@ -36,6 +39,11 @@ pub fn run(client: &Client, args: DenialsArgs) -> anyhow::Result<ExitCode> {
     if args.learned {
         query.push("learned=true".to_string());
     }
+    if let Some(p) = &args.profile {
+        kennel_container::spec::check_profile_name(p)
+            .map_err(|e| anyhow::anyhow!("invalid egress profile name {p:?}: {e}"))?;
+        query.push(format!("profile={p}"));
+    }
     if !query.is_empty() {
         path.push('?');
         path.push_str(&query.join("&"));
@@ -45,9 +53,12 @@ pub fn run(client: &Client, args: DenialsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", table(&d));
+    print!("{}", table_for(&d, args.profile.as_deref()));
     if d.denials.is_empty() {
-        eprintln!("no denials for {:?}", d.env);
+        match &args.profile {
+            Some(p) => eprintln!("no denials for egress profile {p:?} of {:?}", d.env),
+            None => eprintln!("no denials for {:?}", d.env),
+        }
     }
     if d.skipped_lines > 0 {
         eprintln!(
@@ -60,6 +71,11 @@ pub fn run(client: &Client, args: DenialsArgs) -> anyhow::Result<ExitCode> {
 
 /// The denials as a table, each followed by the command that allows it.
 pub fn table(d: &Denials) -> String {
+    table_for(d, None)
+}
+
+/// [`table`] for the proxy of egress profile `profile` (the commands say `--profile NAME`).
+pub fn table_for(d: &Denials, profile: Option<&str>) -> String {
     let mut out = String::new();
     if d.denials.is_empty() {
         return out;
@@ -88,7 +104,8 @@ pub fn table(d: &Denials) -> String {
             out.push_str("    allowed now\n");
         } else if let Some(h) = &x.hint {
             out.push_str(&format!(
-                "    to allow: kennel allow {} {dest}   ({h})\n",
+                "    to allow: kennel allow {}{} {dest}   ({h})\n",
+                profile_flag(profile),
                 d.env
             ));
         }

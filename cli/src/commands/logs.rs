@@ -21,6 +21,9 @@ pub struct LogsArgs {
     /// A service's output.
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
+    /// The output of the proxy of egress profile NAME (its access log rendered like --proxy's).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["service", "proxy"])]
+    pub profile: Option<String>,
     /// Keep printing new output until Ctrl-C (or the container stops).
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -38,10 +41,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs `kennel logs`.
 pub fn run(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let target = match (&args.service, args.proxy) {
-        (Some(s), _) => LogsTarget::Service(s.clone()),
-        (None, true) => LogsTarget::Proxy,
-        (None, false) => LogsTarget::Sandbox,
+    let target = match (&args.service, args.proxy, &args.profile) {
+        (_, _, Some(p)) => {
+            kennel_container::spec::check_profile_name(p)
+                .map_err(|e| anyhow::anyhow!("invalid egress profile name {p:?}: {e}"))?;
+            LogsTarget::ProfileProxy(p.clone())
+        }
+        (Some(s), _, None) => LogsTarget::Service(s.clone()),
+        (None, true, None) => LogsTarget::Proxy,
+        (None, false, None) => LogsTarget::Sandbox,
     };
     let since_unix = match args.since {
         None => None,
@@ -52,7 +60,7 @@ pub fn run(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
             Some(i64::try_from(now.saturating_sub(d).as_secs()).unwrap_or(i64::MAX))
         }
     };
-    let render = matches!(target, LogsTarget::Proxy) && !args.json;
+    let render = matches!(target, LogsTarget::Proxy | LogsTarget::ProfileProxy(_)) && !args.json;
     let req = LogsRequest {
         target,
         follow: args.follow,

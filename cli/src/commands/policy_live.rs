@@ -12,7 +12,7 @@ use kennel_api::policy::{
 use kennel_api::types::EnvInfo;
 
 use crate::client::{Client, block_on};
-use crate::commands::allow::env_path;
+use crate::commands::allow::{env_path, profile_flag, profile_query};
 
 /// Largest whitelist `policy import` reads.
 const MAX_WHITELIST: u64 = 1 << 20;
@@ -22,6 +22,9 @@ const MAX_WHITELIST: u64 = 1 << 20;
 pub struct ShowArgs {
     /// The environment.
     pub env: String,
+    /// The policy of the environment's egress profile NAME instead of its own.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -32,6 +35,9 @@ pub struct ShowArgs {
 pub struct EditArgs {
     /// The environment.
     pub env: String,
+    /// Edit the policy of the environment's egress profile NAME instead of its own.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Why (kept in the environment's change log).
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
@@ -53,7 +59,11 @@ pub struct ImportArgs {
 
 /// Runs `kennel policy show`.
 pub fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let view: PolicyView = block_on(client.get(&format!("{}/policy", env_path(&args.env)?)))??;
+    let view: PolicyView = block_on(client.get(&format!(
+        "{}/policy{}",
+        env_path(&args.env)?,
+        profile_query(args.profile.as_deref())?
+    )))??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
@@ -114,7 +124,8 @@ pub fn edit(client: &Client, args: EditArgs) -> anyhow::Result<ExitCode> {
 /// [`edit`] with the editor command given (a shell word list, run as `EDITOR "$file"`).
 pub fn edit_with(client: &Client, args: EditArgs, editor: &str) -> anyhow::Result<ExitCode> {
     let base = env_path(&args.env)?;
-    let doc: PolicyFileDoc = block_on(client.get(&format!("{base}/policy/file")))??;
+    let query = profile_query(args.profile.as_deref())?;
+    let doc: PolicyFileDoc = block_on(client.get(&format!("{base}/policy/file{query}")))??;
     let copy = private_copy(&args.env, &doc.content)?;
     // Through the shell, so EDITOR may carry arguments (`code --wait`), as git does.
     let status = std::process::Command::new("/bin/sh")
@@ -142,15 +153,20 @@ pub fn edit_with(client: &Client, args: EditArgs, editor: &str) -> anyhow::Resul
         base_sha256: doc.sha256,
         note: args.note,
     };
-    match block_on(client.post::<_, PolicyChanged>(&format!("{base}/policy/file"), &req))? {
+    match block_on(client.post::<_, PolicyChanged>(&format!("{base}/policy/file{query}"), &req))? {
         Ok(c) => {
             let _ = std::fs::remove_file(&copy);
             for line in &c.changes {
                 println!("{line}");
             }
             println!(
-                "the proxy of {:?} applies it within a second (`kennel policy show {}`)",
-                c.env, c.env
+                "the proxy of {:?}{} applies it within a second (`kennel policy show {}{}`)",
+                c.env,
+                args.profile
+                    .as_deref()
+                    .map_or_else(String::new, |p| format!(" (egress profile {p:?})")),
+                profile_flag(args.profile.as_deref()),
+                c.env
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -204,8 +204,23 @@ fn print_up(info: &EnvInfo) {
     if let Some(d) = &info.policy_dir {
         println!("  policy   {}", d.display());
     }
+    for p in &info.profiles {
+        println!(
+            "  profile  {} at {} ({}, {} allow entries; `kennel allow --profile {} {} HOST:PORT`)",
+            p.name,
+            p.proxy_address,
+            p.proxy_container,
+            p.allow_count
+                .map_or_else(|| "?".to_string(), |n| n.to_string()),
+            p.name,
+            info.name
+        );
+    }
     if !info.env_names.is_empty() {
         println!("  env      {}", info.env_names.join(" "));
+    }
+    if let Some(d) = &info.docker {
+        println!("  docker   {} ({}): {}", d.mode, d.docker_host, d.risk);
     }
     if let Some(t) = &info.expires {
         println!("  expires  {t} (removed then, `--ttl`)");

@@ -442,6 +442,10 @@ async fn route(
 /// | `POST` | `/v1/envs/{name}/policy/import` | [`policy_types::ImportRequest`] | [`policy_types::ImportPreview`] |
 /// | `POST` | `/v1/envs/{name}/policy/learn` | [`policy_types::LearnRequest`] | [`policy_types::PolicyChanged`] |
 /// | `GET` | `/v1/envs/{name}/denials[?since=SECS][&learned=true]` | | [`policy_types::Denials`] |
+///
+/// `policy`, `policy/allow`, `policy/deny`, `policy/file` and `denials` take `profile=NAME`
+/// in the query: the policy and proxy of the environment's egress profile `NAME` instead of its
+/// own ([`crate::policy_ops::PolicyScope`]).
 async fn policy_route(
     daemon: &Arc<Daemon>,
     peer: &Peer,
@@ -454,20 +458,45 @@ async fn policy_route(
     fn ok<T: Serialize>(v: &T) -> Response<Body> {
         json(StatusCode::OK, v)
     }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let scoped = matches!(
+        rest.as_slice(),
+        ["policy" | "denials"] | ["policy", "allow" | "deny" | "file"]
+    );
+    let mut profile = None;
+    let mut other = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("profile", _)) if !scoped => {
+                return Err(ApiError::BadRequest(format!(
+                    "{} does not take an egress profile (`profile=` is for policy, policy/allow, policy/deny, policy/file and denials)",
+                    req.uri().path()
+                )));
+            }
+            Some(("profile", v)) => {
+                kennel_container::spec::check_profile_name(v).map_err(|m| {
+                    ApiError::BadRequest(format!("invalid egress profile name {v:?}: {m}"))
+                })?;
+                profile = Some(v.to_string());
+            }
+            _ => other.push(pair),
+        }
+    }
+    let scope = crate::policy_ops::PolicyScope::new(name, profile.as_deref());
     match (method, rest.as_slice()) {
-        (&Method::GET, ["policy"]) => Ok(ok(&daemon.policy_show(name).await?)),
-        (&Method::GET, ["policy", "file"]) => Ok(ok(&daemon.policy_file(name).await?)),
+        (&Method::GET, ["policy"]) => Ok(ok(&daemon.policy_show_in(&scope).await?)),
+        (&Method::GET, ["policy", "file"]) => Ok(ok(&daemon.policy_file_in(&scope).await?)),
         (&Method::POST, ["policy", "allow"]) => {
             let body = read_json(req.into_body()).await?;
-            Ok(ok(&daemon.policy_allow(peer, name, body).await?))
+            Ok(ok(&daemon.policy_allow_in(peer, &scope, body).await?))
         }
         (&Method::POST, ["policy", "deny"]) => {
             let body = read_json(req.into_body()).await?;
-            Ok(ok(&daemon.policy_deny(peer, name, body).await?))
+            Ok(ok(&daemon.policy_deny_in(peer, &scope, body).await?))
         }
         (&Method::POST, ["policy", "file"]) => {
             let body = read_json(req.into_body()).await?;
-            Ok(ok(&daemon.policy_replace(peer, name, body).await?))
+            Ok(ok(&daemon.policy_replace_in(peer, &scope, body).await?))
         }
         (&Method::POST, ["policy", "learn"]) => {
             let body = read_json(req.into_body()).await?;
@@ -479,13 +508,7 @@ async fn policy_route(
         }
         (&Method::GET, ["denials"]) => {
             let (mut since, mut learned) = (None, false);
-            for pair in req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| !p.is_empty())
-            {
+            for pair in other {
                 match pair.split_once('=') {
                     Some(("since", v)) if v.parse::<u64>().is_ok() => {
                         since = v.parse::<u64>().ok().map(std::time::Duration::from_secs);
@@ -494,12 +517,12 @@ async fn policy_route(
                     Some(("learned", "0" | "false")) => learned = false,
                     _ => {
                         return Err(ApiError::BadRequest(format!(
-                            "unknown query {pair:?}; GET /v1/envs/NAME/denials takes `since=SECONDS` and `learned=true`"
+                            "unknown query {pair:?}; GET /v1/envs/NAME/denials takes `since=SECONDS`, `learned=true` and `profile=NAME`"
                         )));
                     }
                 }
             }
-            Ok(ok(&daemon.denials_of(name, since, learned).await?))
+            Ok(ok(&daemon.denials_in(&scope, since, learned).await?))
         }
         (
             _,

@@ -361,6 +361,42 @@ impl Daemon {
             }
             Err(e) => Check::fail("capabilities", format!("{tried}: {e}"), "kennel refresh ENV"),
         });
+        // 5. The environment's own Docker engine: its mode and risk, and that it answers on
+        //    the socket the sandbox has.
+        if let Some(d) = record.as_ref().and_then(|r| r.request.spec.docker) {
+            let mode = kennel_api::spec::DockerMode::as_str(d.mode);
+            out.push(match d.mode {
+                kennel_api::spec::DockerMode::Privileged => Check::warn(
+                    "docker engine mode",
+                    format!("{mode}: {}", d.mode.risk()),
+                    "use `[docker] mode = \"rootless\"` where the host allows it (docs/environments.md)",
+                ),
+                kennel_api::spec::DockerMode::Rootless => {
+                    Check::pass("docker engine mode", format!("{mode}: {}", d.mode.risk()))
+                }
+            });
+            let script = "docker version --format 'server={{.Server.Version}}' 2>&1";
+            let tried = format!(
+                "`docker version` in the sandbox (DOCKER_HOST={})",
+                kennel_container::engine::DOCKER_HOST
+            );
+            out.push(match self.sandbox_sh(name, script).await {
+                Ok(o) if o.contains("server=") => Check::pass(
+                    "docker engine answers",
+                    format!("{tried}: {}", first_line(o.trim())),
+                ),
+                Ok(o) => Check::fail(
+                    "docker engine answers",
+                    format!("{tried}: {}", first_line(o.trim())),
+                    "see `docker logs kennel-ENV-docker` on the host; kennel refresh ENV",
+                ),
+                Err(e) => Check::fail(
+                    "docker engine answers",
+                    format!("{tried}: {e}"),
+                    "kennel refresh ENV",
+                ),
+            });
+        }
         Ok(out)
     }
 

@@ -50,13 +50,38 @@ impl Daemon {
                 }
             )));
         }
-        let access_log = matches!(req.target, LogsTarget::Proxy).then(|| {
-            access_log_lines(
-                crate::policy_ops::log_dir(self.state(), name),
-                req.since_unix,
-                req.follow,
-            )
-        });
+        if let LogsTarget::ProfileProxy(p) = &req.target {
+            kennel_container::spec::check_profile_name(p).map_err(|m| {
+                ApiError::BadRequest(format!("invalid egress profile name {p:?}: {m}"))
+            })?;
+            if let Some(r) = &record
+                && !r.request.spec.egress_profiles.iter().any(|d| &d.name == p)
+            {
+                let known: Vec<&str> = r
+                    .request
+                    .spec
+                    .egress_profiles
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect();
+                return Err(ApiError::BadRequest(format!(
+                    "environment {name:?} has no egress profile {p:?} (its profiles: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        // A proxy's access log (the environment's own, or an egress profile's proxy's).
+        let log_scope = match &req.target {
+            LogsTarget::Proxy => Some(crate::policy_ops::PolicyScope::env(name)),
+            LogsTarget::ProfileProxy(p) => Some(crate::policy_ops::PolicyScope::new(name, Some(p))),
+            _ => None,
+        };
+        let access_log = log_scope
+            .map(|scope| access_log_lines(scope.log_dir(self.state()), req.since_unix, req.follow));
         let output = self.backend().logs(name, req).await?;
         // The proxy's own output is its diagnostics; its access log is a file in the
         // environment's log directory (where `kennel denials` reads it), so both are shown.

@@ -109,6 +109,22 @@ impl Daemon {
                 policy_dir.display()
             )));
         }
+        // The profiles' policy directories are kept as they are (with their `kennel allow
+        // --profile` changes), like the environment's own; one missing is damage too.
+        for p in &spec.egress.profiles {
+            let dir = kennel_container::policy_dir::profile_policy_dir(&policy_dir, &p.name);
+            if !dir
+                .join(kennel_container::policy_dir::POLICY_FILE)
+                .is_file()
+            {
+                return Err(ApiError::Internal(format!(
+                    "{} (egress profile {:?}) has no policy.toml; the environment's state is damaged (`kennel down` then `kennel up` recreates it)",
+                    dir.display(),
+                    p.name
+                )));
+            }
+        }
+        crate::policy_ops::prepare_profile_log_dirs(self.state(), &record.name, &spec)?;
         let proxy_image = self.images().proxy_image().await?;
         let mut spec = spec;
         let notify_mounts = self.prepare_notifications(&record.name, &spec)?;
