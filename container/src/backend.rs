@@ -583,6 +583,12 @@ pub mod names {
     pub fn network(env: &str) -> String {
         format!("kennel-{env}")
     }
+    /// The internal network of egress profile `profile`: its proxy (alias `proxy-<profile>`)
+    /// and the services that use it, never the sandbox (so the sandbox cannot reach the
+    /// profile's proxy and borrow its allowlist).
+    pub fn profile_network(env: &str, profile: &str) -> String {
+        format!("kennel-{env}-net-{profile}")
+    }
     /// The proxy's egress network.
     pub fn egress_network(env: &str) -> String {
         format!("kennel-{env}-egress")

@@ -466,6 +466,14 @@ impl DockerBackend {
             .create_network(hardening::internal_network(plan))
             .await?;
         created.push(Created::Network(id));
+        // Each egress profile's own network: its proxy and the services that use it, not the
+        // sandbox.
+        for p in &spec.egress.profiles {
+            let id = self
+                .create_network(hardening::profile_network(plan, &p.name))
+                .await?;
+            created.push(Created::Network(id));
+        }
 
         let askpass = if spec.credentials.git_token_file.is_some() {
             let p = plan.policy_dir.join("git-askpass");
@@ -535,7 +543,8 @@ impl DockerBackend {
     }
 
     /// Starts one proxy of the environment: its own (`profile: None`) or an egress profile's.
-    /// Writes its config into its policy directory, creates it on the internal network,
+    /// Writes its config into its policy directory, creates it on its internal network (the
+    /// environment's, or the profile's own),
     /// connects it to the egress network at `egress_ip` (its admin listener's address), starts
     /// it and waits until it accepts connections.
     async fn start_proxy(
@@ -733,12 +742,28 @@ impl DockerBackend {
                 plan,
             )
             .await?;
-            self.create_and_start(
-                &names::service(env, &svc.name),
-                hardening::service_container(plan, &svc),
-                created,
-            )
-            .await?;
+            let name = names::service(env, &svc.name);
+            self.create_container(&name, hardening::service_container(plan, &svc))
+                .await?;
+            created.push(Created::Container(name.clone()));
+            // `egress = "NAME"`: the profile's network too, where `proxy-NAME` is (the engine
+            // takes one network at create time on API 1.41).
+            if let Some(net) = hardening::service_profile_network(env, &svc) {
+                self.docker
+                    .connect_network(
+                        &net,
+                        NetworkConnectRequest {
+                            container: name.clone(),
+                            endpoint_config: Some(bollard::models::EndpointSettings {
+                                aliases: Some(vec![svc.name.clone()]),
+                                ..Default::default()
+                            }),
+                        },
+                    )
+                    .await
+                    .map_err(|e| BackendError::engine("connect service to network", &net, e))?;
+            }
+            self.start(&name).await?;
         }
         Ok(())
     }

@@ -347,11 +347,7 @@ fn lacks(mode: DockerMode, has_tun: bool) -> Option<String> {
 /// The engine's network: the environment network's settings (internal, no host address on the
 /// bridge, no IPv6), its own name and role.
 pub fn network(plan: &EnvPlan) -> NetworkCreateRequest {
-    let env = &plan.spec.name;
-    let mut req = hardening::internal_network(plan);
-    req.name = names::network(env);
-    req.labels = Some(hardening::labels(env, ROLE_NETWORK, &plan.state_labels));
-    req
+    hardening::isolated_network(plan, names::network(&plan.spec.name), ROLE_NETWORK)
 }
 
 fn volume(plan: &EnvPlan, name: String, role: &str) -> VolumeCreateRequest {

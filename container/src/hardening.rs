@@ -76,9 +76,34 @@ pub fn labels(env: &str, role: &str, extra: &[(String, String)]) -> HashMap<Stri
 /// The environment's internal network: no route out (`Internal`), and no host address on the
 /// bridge (`inhibit_ipv4`), so neither the internet nor host listeners are reachable. No IPv6.
 pub fn internal_network(plan: &EnvPlan) -> NetworkCreateRequest {
+    isolated_network(plan, names::network(&plan.spec.name), "network")
+}
+
+/// Role label of an egress profile's network ([`profile_network`]).
+pub const ROLE_PROFILE_NETWORK: &str = "profile-network";
+
+/// The internal network of egress profile `profile` ([`names::profile_network`]): the settings
+/// of [`internal_network`], with only the profile's proxy and the services that use it on it.
+/// The sandbox is not, so it cannot use the profile's proxy (and its allowlist).
+pub fn profile_network(plan: &EnvPlan, profile: &str) -> NetworkCreateRequest {
+    let mut req = isolated_network(
+        plan,
+        names::profile_network(&plan.spec.name, profile),
+        ROLE_PROFILE_NETWORK,
+    );
+    if let Some(l) = req.labels.as_mut() {
+        l.insert(LABEL_PROFILE.into(), profile.to_string());
+    }
+    req
+}
+
+/// An internal network of `plan`'s environment named `name`, labelled with `role`: no route
+/// out (`Internal`), no host address on the bridge (`inhibit_ipv4`), no IPv6. Every network a
+/// container of the environment other than a proxy joins is made by this function.
+pub fn isolated_network(plan: &EnvPlan, name: String, role: &str) -> NetworkCreateRequest {
     let env = &plan.spec.name;
     NetworkCreateRequest {
-        name: names::network(env),
+        name,
         driver: Some("bridge".into()),
         internal: Some(true),
         attachable: Some(false),
@@ -90,7 +115,7 @@ pub fn internal_network(plan: &EnvPlan) -> NetworkCreateRequest {
                 "true".to_string(),
             ),
         ])),
-        labels: Some(labels(env, "network", &plan.state_labels)),
+        labels: Some(labels(env, role, &plan.state_labels)),
         ..Default::default()
     }
 }
@@ -236,11 +261,13 @@ fn hardened_host_config() -> HostConfig {
     }
 }
 
-/// A proxy container, created on the internal network; the backend connects it to the egress
+/// A proxy container, created on its internal network; the backend connects it to the egress
 /// network at a fixed address ([`proxy_egress_endpoint`]) before starting it. `profile: None`
-/// is the environment's own proxy (alias `proxy`, [`EnvPlan::policy_dir`]); `Some(name)` the
-/// proxy of egress profile `name` (alias `proxy-<name>`, [`EnvPlan::profile_policy_dir`], role
-/// [`ROLE_PROFILE_PROXY`]), hardened the same way.
+/// is the environment's own proxy (alias `proxy` on the environment's network,
+/// [`EnvPlan::policy_dir`]); `Some(name)` the proxy of egress profile `name` (alias
+/// `proxy-<name>` on the profile's own network [`names::profile_network`], never on the
+/// sandbox's, [`EnvPlan::profile_policy_dir`], role [`ROLE_PROFILE_PROXY`]), hardened the same
+/// way.
 pub fn proxy_container(plan: &EnvPlan, profile: Option<&str>) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let (policy_dir, log_dir, alias, mut l) = match profile {
@@ -265,6 +292,12 @@ pub fn proxy_container(plan: &EnvPlan, profile: Option<&str>) -> ContainerCreate
     if profile.is_some() {
         l.remove(crate::backend::LABEL_EGRESS_ONLY);
     }
+    // A profile's proxy is not on the sandbox's network: there the sandbox could name it as its
+    // proxy and get the profile's allowlist.
+    let network = match profile {
+        None => names::network(env),
+        Some(p) => names::profile_network(env, p),
+    };
     let mut host = hardened_host_config();
     let mut binds = vec![format!("{}:{PROXY_POLICY_DIR}:ro", policy_dir.display())];
     if let Some(dir) = &log_dir {
@@ -275,7 +308,7 @@ pub fn proxy_container(plan: &EnvPlan, profile: Option<&str>) -> ContainerCreate
         "/tmp".to_string(),
         "rw,noexec,nosuid,nodev,size=16m".to_string(),
     )]));
-    host.network_mode = Some(names::network(env));
+    host.network_mode = Some(network.clone());
     host.memory = Some(512 * 1024 * 1024);
     host.pids_limit = Some(256);
     host.nano_cpus = Some(2_000_000_000);
@@ -296,7 +329,7 @@ pub fn proxy_container(plan: &EnvPlan, profile: Option<&str>) -> ContainerCreate
         host_config: Some(host),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
-                names::network(env),
+                network,
                 EndpointSettings {
                     aliases: Some(vec![alias]),
                     ..Default::default()
@@ -323,13 +356,13 @@ pub fn proxy_url() -> String {
     format!("http://{PROXY_ALIAS}:{PROXY_PORT}")
 }
 
-/// The DNS alias of egress profile `profile`'s proxy on the internal network: `proxy-<profile>`.
+/// The DNS alias of egress profile `profile`'s proxy on the profile's network: `proxy-<profile>`.
 pub fn profile_proxy_alias(profile: &str) -> String {
     format!("{PROXY_ALIAS}-{profile}")
 }
 
-/// The URL of egress profile `profile`'s proxy, as a service (or a Docker engine) on the
-/// environment's internal network uses it: `http://proxy-<profile>:8888`.
+/// The URL of egress profile `profile`'s proxy, as a service on the profile's network (or a
+/// Docker engine on its own network) uses it: `http://proxy-<profile>:8888`.
 pub fn profile_proxy_url(profile: &str) -> String {
     format!("http://{}:{PROXY_PORT}", profile_proxy_alias(profile))
 }
@@ -520,6 +553,8 @@ pub fn ide_container(
 
 /// A service container: internal network only (alias = service name), no new privileges,
 /// default seccomp, raw sockets dropped. Its rootfs stays writable (databases write to it).
+/// A service with `egress = "NAME"` is also connected, by the backend before it starts, to
+/// the profile's network ([`service_profile_network`]), where its proxy is.
 pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBody {
     let env = &plan.spec.name;
     let mut host = hardened_host_config();
@@ -550,8 +585,8 @@ pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBo
         ServiceEgress::Profile(p) => Some(profile_proxy_url(p)),
     };
     if let Some(url) = url {
-        // Still on the internal network only: the proxy (the environment's, or its egress
-        // profile's), under its policy, is its one way out.
+        // Still on internal networks only: the proxy (the environment's, or its egress
+        // profile's on the profile's network), under its policy, is its one way out.
         let no_proxy = service_no_proxy(&plan.spec);
         vars.extend([
             format!("HTTP_PROXY={url}"),
@@ -582,6 +617,15 @@ pub fn service_container(plan: &EnvPlan, svc: &ServiceSpec) -> ContainerCreateBo
             )])),
         }),
         ..Default::default()
+    }
+}
+
+/// The network a service joins besides the environment's, when it uses egress profile `NAME`
+/// (`egress = "NAME"`): the profile's network, where `proxy-NAME` is. `None` otherwise.
+pub fn service_profile_network(env: &str, svc: &ServiceSpec) -> Option<String> {
+    match &svc.egress {
+        ServiceEgress::Profile(p) => Some(names::profile_network(env, p)),
+        ServiceEgress::None | ServiceEgress::Proxy => None,
     }
 }
 

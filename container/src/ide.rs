@@ -129,8 +129,14 @@ pub fn weaknesses(env: &str, m: &Member, read_only_rootfs: bool) -> Vec<String> 
     } else {
         vec![internal.clone()]
     };
+    // A service with `egress = "NAME"` is also on its egress profile's network (internal too,
+    // where only that profile's proxy is): kennel's own setting, not a route around a proxy.
+    let profile_net_prefix = format!("{}-net-", internal);
+    let on_profile_network = |n: &str| {
+        is_service && n.starts_with(&profile_net_prefix) && n.len() > profile_net_prefix.len()
+    };
     for n in &m.networks {
-        if !allowed.contains(n) {
+        if !allowed.contains(n) && !on_profile_network(n) {
             p.push(format!(
                 "is also on network {n}: a route around the proxy (kennel's are on {internal} only)"
             ));
@@ -657,6 +663,14 @@ mod tests {
         svc.cap_drop = SERVICE_CAP_DROP.iter().map(|s| s.to_string()).collect();
         svc.readonly_rootfs = false;
         assert!(weaknesses("e", &svc, true).is_empty());
+        // A service with `egress = "NAME"` is on its profile's network too (kennel's setting);
+        // the sandbox or the IDE container there would reach the profile's proxy.
+        svc.networks.push("kennel-e-net-dind".into());
+        assert!(weaknesses("e", &svc, true).is_empty(), "profile network");
+        let mut ide = strict("ide", "kennel-e-ide");
+        ide.networks.push("kennel-e-net-dind".into());
+        let w = weaknesses("e", &ide, true);
+        assert!(w.len() == 1 && w[0].contains("kennel-e-net-dind"), "{w:?}");
 
         let check = |f: &dyn Fn(&mut Member), want: &str| {
             let mut m = strict("ide", "kennel-e-ide");

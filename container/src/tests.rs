@@ -909,7 +909,10 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
     assert_eq!(ph.privileged, Some(false));
     assert_eq!((ph.memory, ph.pids_limit), (mh.memory, mh.pids_limit));
     assert_eq!(prof.user, main.user);
-    assert_eq!(ph.network_mode.as_deref(), Some("kennel-t"));
+    // On its profile's own network, never on the sandbox's (there the sandbox could use it as
+    // its proxy and get the profile's allowlist).
+    assert_eq!(ph.network_mode.as_deref(), Some("kennel-t-net-extra"));
+    assert_eq!(mh.network_mode.as_deref(), Some("kennel-t"));
     // Its own policy directory and log directory, never the environment's.
     assert_eq!(
         ph.binds.clone().unwrap_or_default(),
@@ -928,12 +931,50 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
         Some("extra")
     );
     assert_eq!(labels.get("dev.kennel.env").map(String::as_str), Some("t"));
-    let aliases = prof
+    let endpoints = prof
         .networking_config
         .and_then(|n| n.endpoints_config)
-        .and_then(|mut e| e.remove("kennel-t"))
-        .and_then(|e| e.aliases);
+        .unwrap_or_default();
+    assert_eq!(
+        endpoints.keys().collect::<Vec<_>>(),
+        ["kennel-t-net-extra"],
+        "the profile's proxy is not on the environment's network"
+    );
+    let aliases = endpoints
+        .get("kennel-t-net-extra")
+        .and_then(|e| e.aliases.clone());
     assert_eq!(aliases, Some(vec!["proxy-extra".to_string()]));
+    // The profile's network: made like the environment's internal network, labelled so
+    // `kennel down` and a failed `up`'s rollback remove it.
+    let (pn, n) = (
+        hardening::profile_network(&p, "extra"),
+        hardening::internal_network(&p),
+    );
+    assert_eq!(pn.name, "kennel-t-net-extra");
+    assert_eq!(
+        (
+            pn.internal,
+            pn.attachable,
+            pn.enable_ipv6,
+            &pn.options,
+            &pn.driver
+        ),
+        (
+            n.internal,
+            n.attachable,
+            n.enable_ipv6,
+            &n.options,
+            &n.driver
+        )
+    );
+    assert_eq!(pn.internal, Some(true));
+    let pl = pn.labels.clone().unwrap_or_default();
+    assert_eq!(pl.get("dev.kennel.env").map(String::as_str), Some("t"));
+    assert_eq!(
+        pl.get("dev.kennel.profile").map(String::as_str),
+        Some("extra")
+    );
+    assert_eq!(pl.get("k").map(String::as_str), Some("v"));
     // The service: proxy variables at the profile's proxy, internal network only.
     let svc = hardening::service_container(&p, &p.spec.services[0]);
     let vars = svc.env.clone().unwrap_or_default();
@@ -950,7 +991,20 @@ fn a_profile_proxy_is_hardened_like_the_proxy_and_its_services_use_it() {
         .and_then(|n| n.endpoints_config)
         .map(|e| e.into_keys().collect())
         .unwrap_or_default();
-    assert_eq!(nets, ["kennel-t"]);
+    assert_eq!(nets, ["kennel-t"], "created on the environment's network");
+    // ... and connected to its profile's network, where `proxy-extra` is.
+    assert_eq!(
+        hardening::service_profile_network("t", &p.spec.services[0]).as_deref(),
+        Some("kennel-t-net-extra")
+    );
+    // The sandbox is on the environment's network only.
+    let sb = hardening::sandbox_container(&p, None, None);
+    let sb_nets: Vec<String> = sb
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .map(|e| e.into_keys().collect())
+        .unwrap_or_default();
+    assert_eq!(sb_nets, ["kennel-t"]);
     // Egress-side addresses: the environment's proxy first, then one per profile.
     let net = std::net::Ipv4Addr::new(10, 9, 0, 0);
     let gw = std::net::Ipv4Addr::new(10, 9, 0, 1);
