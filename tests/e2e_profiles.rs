@@ -56,6 +56,39 @@ async fn from_sandbox(client: &Client, env: &str, url: &str) -> String {
     out
 }
 
+/// `curl`'s status and exit code for `url` from the sandbox with `proxy` named explicitly
+/// (`-x`), as a process in the sandbox that wants another proxy's policy would.
+async fn from_sandbox_via(
+    client: &Client,
+    env: &str,
+    proxy: &str,
+    url: &str,
+) -> (String, String, i32) {
+    exec(
+        client,
+        env,
+        &format!("curl -s -S -o /dev/null -w '%{{http_code}}' --max-time 5 -x {proxy} {url}"),
+    )
+    .await
+}
+
+/// The names of the containers attached to `network`, sorted.
+async fn network_members(d: &DockerBackend, network: &str) -> Vec<String> {
+    let n = d
+        .docker()
+        .inspect_network(network, None)
+        .await
+        .unwrap_or_else(|e| panic!("inspect {network}: {e}"));
+    let mut v: Vec<String> = n
+        .containers
+        .unwrap_or_default()
+        .into_values()
+        .filter_map(|c| c.name)
+        .collect();
+    v.sort();
+    v
+}
+
 /// Polls the service until `url` answers `want` (bounded: 10 s).
 async fn service_until(d: &DockerBackend, env: &str, url: &str, want: &str) -> Duration {
     let t0 = Instant::now();
@@ -235,6 +268,57 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
         from_sandbox(&client, &name, &url("extra-only.kennel-test")).await,
         "403"
     );
+    // 3b. The sandbox cannot borrow the profile's allowlist by naming its proxy: `proxy-extra`
+    //     is on the profile's own network, not the sandbox's, so it neither resolves nor is
+    //     routable from the sandbox (curl: 5 = proxy not resolved, 7 = no connection), while
+    //     the service still reaches the same origin through it.
+    let profile_net = names::profile_network(&name, "extra");
+    let (out, err, code) = from_sandbox_via(
+        &client,
+        &name,
+        "http://proxy-extra:8888",
+        &url("extra-only.kennel-test"),
+    )
+    .await;
+    assert!(
+        out != "200" && (code == 5 || code == 7),
+        "the sandbox used proxy-extra: {out} {err} (curl exit {code})"
+    );
+    let profile_proxy_ip = d
+        .container_ip(&proxy_extra, &profile_net)
+        .await
+        .expect("inspect proxy-extra")
+        .unwrap_or_else(|| panic!("{proxy_extra} has no address on {profile_net}"));
+    let (out, err, code) = from_sandbox_via(
+        &client,
+        &name,
+        &format!("http://{profile_proxy_ip}:8888"),
+        &url("extra-only.kennel-test"),
+    )
+    .await;
+    assert!(
+        out != "200" && (code == 7 || code == 28),
+        "the sandbox reached proxy-extra at {profile_proxy_ip}: {out} {err} (curl exit {code})"
+    );
+    assert_eq!(
+        from_service(&d, &name, &url("extra-only.kennel-test")).await,
+        "200"
+    );
+    // Who is on which network: the profile's proxy not on the sandbox's; the service on both.
+    assert_eq!(network_members(&d, &names::network(&name)).await, {
+        let mut v = vec![
+            names::proxy(&name),
+            names::sandbox(&name),
+            names::service(&name, "fetcher"),
+        ];
+        v.sort();
+        v
+    });
+    assert_eq!(network_members(&d, &profile_net).await, {
+        let mut v = vec![proxy_extra.clone(), names::service(&name, "fetcher")];
+        v.sort();
+        v
+    });
     // The service's proxy variables name the profile's proxy.
     let env = exec_in(&d, &names::service(&name, "fetcher"), &["env"], None).await;
     assert!(
@@ -403,5 +487,12 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     // 9. `kennel down` removes the profile's proxy with everything else.
     let _: Removed = client.delete(&base).await.expect("down");
     assert_eq!(container_id(&d, &proxy_extra).await, None);
+    assert!(
+        d.docker()
+            .inspect_network(&profile_net, None)
+            .await
+            .is_err(),
+        "{profile_net} removed by down"
+    );
     daemon.stop().await;
 }
