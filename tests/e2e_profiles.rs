@@ -270,8 +270,10 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     );
     // 3b. The sandbox cannot borrow the profile's allowlist by naming its proxy: `proxy-extra`
     //     is on the profile's own network, not the sandbox's, so it neither resolves nor is
-    //     routable from the sandbox (curl: 5 = proxy not resolved, 7 = no connection), while
-    //     the service still reaches the same origin through it.
+    //     routable from the sandbox, while the service still reaches the same origin through
+    //     it. No HTTP answer at all (status 000), only a failure to resolve the proxy's name
+    //     (the sandbox's resolver knows only its own network's names; for others it times out:
+    //     curl 5 or 28 "Resolving timed out") or to connect to its address (7, or 28).
     let profile_net = names::profile_network(&name, "extra");
     let (out, err, code) = from_sandbox_via(
         &client,
@@ -281,7 +283,7 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     )
     .await;
     assert!(
-        out != "200" && (code == 5 || code == 7),
+        out == "000" && (code == 5 || (code == 28 && err.contains("Resolving"))),
         "the sandbox used proxy-extra: {out} {err} (curl exit {code})"
     );
     let profile_proxy_ip = d
@@ -297,7 +299,7 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     )
     .await;
     assert!(
-        out != "200" && (code == 7 || code == 28),
+        out == "000" && (code == 7 || code == 28),
         "the sandbox reached proxy-extra at {profile_proxy_ip}: {out} {err} (curl exit {code})"
     );
     assert_eq!(
