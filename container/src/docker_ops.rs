@@ -197,7 +197,8 @@ impl DockerBackend {
         })
     }
 
-    /// [`Backend::env_gateways`]: the IPAM gateways of the environment's two networks.
+    /// [`Backend::env_gateways`]: the IPAM gateways of the environment's internal and egress
+    /// networks (the sandbox is on no other).
     pub(crate) async fn env_gateways_of(&self, env: &str) -> Result<Vec<String>, BackendError> {
         let mut out = Vec::new();
         for net in [names::network(env), names::egress_network(env)] {

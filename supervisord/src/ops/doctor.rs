@@ -154,9 +154,11 @@ pub fn engine_checks(f: &EngineFacts) -> Vec<Check> {
     }
     let (pools, source) = address_pools();
     let (left, total) = networks_left(&pools, &f.network_subnets);
+    // Two networks per environment at least (internal and egress); each egress profile and a
+    // `[docker]` engine add one, which the count of environments that fit cannot know.
     let envs = left / 2;
     let detail = format!(
-        "{left} of {total} networks left in the address pools ({source}); each environment uses two, so {envs} more fit"
+        "{left} of {total} networks left in the address pools ({source}); each environment uses two, plus one per egress profile and one for its Docker engine, so at most {envs} more fit"
     );
     let hint = "widen `default-address-pools` in /etc/docker/daemon.json (e.g. {\"base\": \"10.200.0.0/14\", \"size\": 24} gives 1024 networks) and restart Docker, or `kennel down` unused environments";
     out.push(match envs {
