@@ -394,6 +394,18 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     )
     .await;
     assert_eq!(out, "403", "the sandbox through its own proxy");
+    // ... nor by naming the dind profile's proxy as its proxy: `proxy-dind` is on the profile's
+    // and the engine's networks, not the sandbox's (no answer at all: the name does not resolve).
+    let (out, err, code) = exec(
+        &client,
+        &name,
+        "curl -s -S -o /dev/null -w '%{http_code}' --max-time 5 -x http://proxy-dind:8888 http://dind-only.kennel-test/index.html",
+    )
+    .await;
+    assert!(
+        out == "000" && (code == 5 || (code == 28 && err.contains("Resolving"))),
+        "the sandbox used proxy-dind: {out} {err} (curl exit {code})"
+    );
 
     // `kennel stop` / `kennel start`: the engine comes back with its data (a restarted engine
     // container starts cleanly).
