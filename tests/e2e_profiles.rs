@@ -498,3 +498,82 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     );
     daemon.stop().await;
 }
+
+/// An egress profile's network name already taken (by the internal network of an environment
+/// named `<env>-net-<profile>`; Docker 20.10 would create a second network of that name and
+/// then refuse the containers naming it) is refused before anything is attached to it, and
+/// what `create_env` made is rolled back; the other network stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_profile_network_name_already_taken_is_refused_on_docker() {
+    let test = "an_egress_profile_network_name_already_taken_is_refused_on_docker";
+    let Some(d) = engine(test).await else { return };
+    let name = unique_env("pnet");
+    let _guard = EnvGuard::new(&name);
+    let taken = names::profile_network(&name, "extra");
+    // What the environment `<name>-net-extra` would have as its internal network; labelled so
+    // its guard removes it whatever happens.
+    let other_env = format!("{name}-net-extra");
+    assert_eq!(names::network(&other_env), taken);
+    let _other_guard = EnvGuard::new(&other_env);
+    d.docker()
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: taken.clone(),
+            internal: Some(true),
+            labels: Some(std::collections::HashMap::from([
+                ("dev.kennel.env".to_string(), other_env.clone()),
+                ("dev.kennel.test".to_string(), test.to_string()),
+            ])),
+            ..Default::default()
+        })
+        .await
+        .expect("create the other network");
+    let ws = tempfile::tempdir().expect("workspace");
+    let state = tempfile::tempdir().expect("state");
+    let policy_dir = state.path().join("policy");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    let prof_dir = kennel_container::policy_dir::profile_policy_dir(&policy_dir, "extra");
+    std::fs::create_dir_all(&prof_dir).expect("profile dir");
+    std::fs::write(prof_dir.join(kennel_container::policy_dir::POLICY_FILE), "").expect("policy");
+    let spec = kennel_container::EnvSpec::parse_str(
+        &format!("name = \"{name}\"\n[egress.profiles.extra]\ninclude = []\n"),
+        &ws.path().join("kennel.toml"),
+        ws.path(),
+    )
+    .expect("spec");
+    let plan = kennel_container::EnvPlan {
+        spec,
+        policy_dir,
+        proxy_image: "kennel-proxy:never-used".into(),
+        access_log_dir: None,
+        state_labels: vec![("dev.kennel.test".into(), test.into())],
+        progress: None,
+    };
+    let err = kennel_container::Backend::create_env(&d, &plan)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains(&taken) && err.contains("already exists"),
+        "{err}"
+    );
+    // Rolled back: the environment's own networks are gone, the other one stays.
+    for n in [names::network(&name), names::egress_network(&name)] {
+        assert!(
+            d.docker().inspect_network(&n, None).await.is_err(),
+            "{n} rolled back"
+        );
+    }
+    let other = d
+        .docker()
+        .inspect_network(&taken, None)
+        .await
+        .expect("the other network stays");
+    assert_eq!(
+        other
+            .labels
+            .unwrap_or_default()
+            .get("dev.kennel.test")
+            .map(String::as_str),
+        Some(test)
+    );
+}

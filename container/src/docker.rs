@@ -469,6 +469,27 @@ impl DockerBackend {
         // Each egress profile's own network: its proxy and the services that use it, not the
         // sandbox.
         for p in &spec.egress.profiles {
+            // Docker 20.10 creates a second network of an existing name, and then refuses every
+            // container that names it ("ambiguous"): an environment named `<env>-net-<profile>`
+            // has this name for its internal network. Refuse it here, clearly.
+            let name = names::profile_network(env, &p.name);
+            if self
+                .docker
+                .inspect_network(
+                    &name,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .is_ok()
+            {
+                return Err(BackendError::InvalidPlan {
+                    env: env.clone(),
+                    message: format!(
+                        "egress profile {:?}: network {name} already exists (another environment's? `docker network inspect {name}`); rename the profile or remove that network",
+                        p.name
+                    ),
+                });
+            }
             let id = self
                 .create_network(hardening::profile_network(plan, &p.name))
                 .await?;
