@@ -74,13 +74,12 @@ for key, label, _ in ROWS:
     b, a, m = g("kennel-before", key), g("kennel", key), g("kennel-1m", key)
     out.append("| " + " | ".join([label, fmt(b), fmt(a), fmt(m), ratio(a, b), ratio(m, b)]) + " |")
 out.append("")
-out.append("Ceilings of the download rows, same run: `direct, split` = the origin on the proxies' CPU "
-           "and the client on the load CPU (a stream whose two ends share neither a CPU nor its "
-           "caches, as in every proxied case); `ideal relay` = `loadgen relay` on the proxies' CPU "
-           "(a thread per direction blocked in splice(2) through a 1 MiB pipe: no event loop, "
-           "policy or accounting), the most any user-space proxy gets here.")
+out.append("Reference points for the download rows, same run: `direct, split` = the origin on the "
+           "proxies' CPU and the client on the load CPU (the stream's two ends on different CPUs); "
+           "`minimal relay` = `loadgen relay` on the proxies' CPU (a thread per direction blocked "
+           "in splice(2) through a 1 MiB pipe: no event loop, policy or accounting).")
 out.append("")
-out.append("| scenario | direct | direct, split | ideal relay | kennel | kennel, 1 MiB pipes | ideal relay ÷ direct | kennel ÷ ideal relay | kennel 1 MiB ÷ ideal relay |")
+out.append("| scenario | direct | direct, split | minimal relay | kennel | kennel, 1 MiB pipes | minimal relay ÷ direct | kennel ÷ minimal relay | kennel 1 MiB ÷ minimal relay |")
 out.append("|---|---|---|---|---|---|---|---|---|")
 for key, label, _ in ROWS[:4]:
     d, x, r, k, m = (g(t, key) for t in ("direct", "direct-x", "relay", "kennel", "kennel-1m"))

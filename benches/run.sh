@@ -20,7 +20,7 @@ RUNS=${RUNS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
-RL=29607 OX=29608 # the ideal splice relay, a second origin on the proxies' CPU (ceilings)
+RL=29607 OX=29608 # the minimal splice relay, a second origin on the proxies' CPU (ceilings)
 
 echo "== build" >&2
 cargo build --release -q -p kennel-proxy --bin kennel-proxy -p kennel-benches --bin loadgen
@@ -70,7 +70,7 @@ PIDS+=($!)
 wait_port $O
 # Ceilings of the download rows (see benches/README.md): the same origin on the proxies' CPU
 # (a direct stream whose sender and receiver do not share a CPU and its caches), and the
-# ideal user-space relay (`loadgen relay`: a thread per direction blocked in splice) where the
+# simplest user-space relay (`loadgen relay`: a thread per direction blocked in splice) where the
 # proxies run.
 taskset -c "$PROXY_CPU" "$LG" origin $OX &
 PIDS+=($!)
