@@ -19,8 +19,8 @@ use kennel_supervisord::api::policy_types::{
 };
 use kennel_supervisord::api::types::{EnvInfo, Removed};
 use kennel_test_support::docker::{
-    EnvGuard, OriginSpec, engine, mint_certs, proxy_binary, share_dir, start_origin, test_image,
-    unique_env, wait_tcp,
+    EnvGuard, OriginSpec, engine, mint_certs, network_ipam, proxy_binary, share_dir, start_origin,
+    test_image, unique_env, wait_tcp,
 };
 
 use crate::e2e_supervisor::{RunningDaemon, exec};
@@ -161,17 +161,7 @@ async fn setup(test: &str, prefix: &str) -> Option<Setup> {
     wait_tcp(&d, &origin, "127.0.0.1", 443).await;
     // The origin has a private address: the address guard needs its subnet in `cidrs`, which is
     // itself a `kennel allow` (an IP/CIDR entry).
-    let net = d
-        .docker()
-        .inspect_network(&egress, None)
-        .await
-        .expect("inspect egress");
-    let subnet = net
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.subnet)
-        .expect("egress subnet");
+    let (subnet, _) = network_ipam(&d, &egress).await;
     let base = format!("/envs/{name}");
     let _: PolicyChanged = client
         .post(&format!("{base}/policy/allow"), &allow(&[&subnet], None))

@@ -15,8 +15,8 @@ use kennel_container::backend::names;
 use kennel_supervisord::api::policy_types::{AllowRequest, PolicyChanged};
 use kennel_supervisord::api::types::EnvInfo;
 use kennel_test_support::docker::{
-    EnvGuard, OriginSpec, engine, proxy_binary, share_dir, start_origin, test_image, unique_env,
-    wait_tcp,
+    EnvGuard, OriginSpec, engine, network_ipam, proxy_binary, share_dir, start_origin, test_image,
+    unique_env, wait_tcp,
 };
 use kennel_test_support::ide::{IdeEmulator, Ran};
 
@@ -128,17 +128,7 @@ async fn ide_dev_container_is_a_kennel_sandbox_and_weakening_is_reported() {
     )
     .await;
     wait_tcp(&d, &origin, "127.0.0.1", 80).await;
-    let net = d
-        .docker()
-        .inspect_network(&egress, None)
-        .await
-        .expect("inspect egress");
-    let subnet = net
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.subnet)
-        .expect("egress subnet");
+    let (subnet, _) = network_ipam(&d, &egress).await;
     let _: PolicyChanged = client
         .post(
             &format!("/envs/{name}/policy/allow"),

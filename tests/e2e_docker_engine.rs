@@ -24,8 +24,8 @@ use kennel_supervisord::api::policy_types::{AllowRequest, PolicyChanged};
 use kennel_supervisord::api::types::{EnvInfo, Removed};
 use kennel_supervisord::ops::doctor::{Check, Outcome};
 use kennel_test_support::docker::{
-    EnvGuard, OriginSpec, docker_test_image, engine as docker_engine, proxy_binary, share_dir,
-    start_origin, unique_env, wait_tcp,
+    EnvGuard, OriginSpec, docker_test_image, engine as docker_engine, network_ipam, proxy_binary,
+    share_dir, start_origin, unique_env, wait_tcp,
 };
 
 use crate::e2e_supervisor::{RunningDaemon, exec};
@@ -120,20 +120,8 @@ async fn origin_on_egress(
     )
     .await;
     wait_tcp(d, &origin, "127.0.0.1", 80).await;
-    let cfg = d
-        .docker()
-        .inspect_network(&egress, None)
-        .await
-        .expect("inspect egress")
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .expect("egress ipam");
-    (
-        origin,
-        cfg.subnet.expect("egress subnet"),
-        cfg.gateway.expect("egress gateway"),
-    )
+    let (subnet, gateway) = network_ipam(d, &egress).await;
+    (origin, subnet, gateway)
 }
 
 async fn exists_container(d: &kennel_container::DockerBackend, name: &str) -> bool {
@@ -218,32 +206,13 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     // The origin on the egress network; both policies get its subnet (the address guard), the
     // host names stay each policy's own.
     let egress = names::egress_network(&name);
-    let origin = start_origin(
+    let (origin, subnet, egress_gateway) = origin_on_egress(
         &d,
-        &OriginSpec {
-            env: &name,
-            suffix: "origin",
-            network: &egress,
-            aliases: &["dind-only.kennel-test", "main-only.kennel-test"],
-            image: &image,
-            script: "httpd -f -p 80 -h /www & wait",
-            binds: Vec::new(),
-        },
+        &name,
+        &image,
+        &["dind-only.kennel-test", "main-only.kennel-test"],
     )
     .await;
-    wait_tcp(&d, &origin, "127.0.0.1", 80).await;
-    let net_info = d
-        .docker()
-        .inspect_network(&egress, None)
-        .await
-        .expect("inspect egress");
-    let cfg = net_info
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .expect("egress ipam");
-    let subnet = cfg.subnet.clone().expect("egress subnet");
-    let egress_gateway = cfg.gateway.clone().expect("egress gateway");
     let base = format!("/envs/{name}");
     let _: PolicyChanged = client
         .post(&format!("{base}/policy/allow"), &allow(&[&subnet]))

@@ -16,8 +16,8 @@ use kennel_container::{DockerBackend, profile_proxy_name};
 use kennel_supervisord::api::policy_types::{AllowRequest, Denials, PolicyChanged, PolicyView};
 use kennel_supervisord::api::types::{EnvInfo, Removed};
 use kennel_test_support::docker::{
-    EnvGuard, OriginSpec, engine, exec_in, proxy_binary, share_dir, start_origin, test_image,
-    unique_env, wait_tcp,
+    EnvGuard, OriginSpec, engine, exec_in, network_ipam, proxy_binary, share_dir, start_origin,
+    test_image, unique_env, wait_tcp,
 };
 
 use crate::e2e_supervisor::{RunningDaemon, exec};
@@ -202,16 +202,7 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     wait_tcp(&d, &origin, "127.0.0.1", 80).await;
     // The origin has a private address: both policies need its subnet in `cidrs` (the address
     // guard); host names are still decided by each policy's own lists.
-    let subnet = d
-        .docker()
-        .inspect_network(&egress, None)
-        .await
-        .expect("inspect egress")
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.subnet)
-        .expect("egress subnet");
+    let (subnet, _) = network_ipam(&d, &egress).await;
     let base = format!("/envs/{name}");
     let _: PolicyChanged = client
         .post(&format!("{base}/policy/allow"), &allow(&[&subnet]))

@@ -42,6 +42,21 @@ struct UpstreamRoute {
     via: &'static str,
 }
 
+/// The `.env`'s `NO_UPSTREAM` hosts as a `direct` route (none when it names none).
+fn direct_routes(legacy: &kennel_policy::LegacySettings) -> Vec<UpstreamRoute> {
+    if legacy.no_upstream.is_empty() {
+        return Vec::new();
+    }
+    vec![UpstreamRoute {
+        hosts: legacy
+            .no_upstream
+            .iter()
+            .map(|e| e.pattern.to_string())
+            .collect(),
+        via: "direct",
+    }]
+}
+
 /// Serialises a value built from strings, integers, arrays and tables.
 ///
 /// Invariant: such values always serialise (`toml` fails only on unsupported shapes such as a
@@ -108,18 +123,7 @@ pub fn render_policy(spec: &EnvSpec) -> Result<String, kennel_policy::PolicyErro
         ],
         upstream: UpstreamSection {
             default: effective_upstream(spec)?,
-            route: if legacy.no_upstream.is_empty() {
-                Vec::new()
-            } else {
-                vec![UpstreamRoute {
-                    hosts: legacy
-                        .no_upstream
-                        .iter()
-                        .map(|e| e.pattern.to_string())
-                        .collect(),
-                    via: "direct",
-                }]
-            },
+            route: direct_routes(&legacy),
         },
     };
     t.push('\n');
@@ -228,21 +232,7 @@ pub fn render_profile_policy(
     }
     let (default, route) = match &profile.upstream {
         Some(u) => (u.clone(), Vec::new()),
-        None => (
-            effective_upstream(spec)?,
-            if legacy.no_upstream.is_empty() {
-                Vec::new()
-            } else {
-                vec![UpstreamRoute {
-                    hosts: legacy
-                        .no_upstream
-                        .iter()
-                        .map(|e| e.pattern.to_string())
-                        .collect(),
-                    via: "direct",
-                }]
-            },
-        ),
+        None => (effective_upstream(spec)?, direct_routes(&legacy)),
     };
     #[derive(serde::Serialize)]
     struct ProfilePolicyFile {

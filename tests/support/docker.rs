@@ -379,6 +379,26 @@ pub async fn start_origin(d: &DockerBackend, o: &OriginSpec<'_>) -> String {
     name
 }
 
+/// The first subnet and gateway of `network` (tests allow an origin's private address by its
+/// subnet in `cidrs`: the address guard needs it).
+pub async fn network_ipam(d: &DockerBackend, network: &str) -> (String, String) {
+    let cfg = d
+        .docker()
+        .inspect_network(network, None)
+        .await
+        .unwrap_or_else(|e| panic!("inspect network {network}: {e}"))
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().next())
+        .unwrap_or_else(|| panic!("network {network} has no IPAM config"));
+    (
+        cfg.subnet
+            .unwrap_or_else(|| panic!("network {network} has no subnet")),
+        cfg.gateway
+            .unwrap_or_else(|| panic!("network {network} has no gateway")),
+    )
+}
+
 /// Polls `probe tcp host port` in `container` until it connects (deadline 15 s).
 pub async fn wait_tcp(d: &DockerBackend, container: &str, host: &str, port: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
