@@ -506,7 +506,8 @@ fn a_proxy_variable_in_env_is_refused_before_anything_is_created() {
 
 /// The seed layout's `dind-whitelist.txt` becomes the egress profile `dind`: `kennel up` and
 /// `kennel inspect` show it; `kennel allow|deny|denials|policy show --profile dind` act on its
-/// policy, `kennel logs --profile dind` shows its proxy's output and access log; an unknown
+/// policy (`allow --profile dind --from-denials` takes what its proxy denied), `kennel logs
+/// --profile dind` shows its proxy's output and access log; an unknown
 /// profile is refused by the daemon, an invalid name by the CLI.
 #[test]
 fn the_dind_profile_of_the_seed_layout_through_the_cli() {
@@ -557,10 +558,31 @@ fn the_dind_profile_of_the_seed_layout_through_the_cli() {
         stderr(&denials)
     );
 
+    // `kennel allow --profile dind --from-denials`: what the dind proxy denied goes into the
+    // dind policy; what the main proxy denied does not.
+    let state = d.dir.path().join("state/envs/demo");
+    let deny_line = |host: &str| {
+        format!(
+            "{{\"time\":\"2026-12-01T03:00:00.000Z\",\"host\":\"{host}\",\"port\":443,\"decision\":\"deny\",\"reason\":\"not_in_allowlist\"}}\n"
+        )
+    };
+    std::fs::write(state.join("logs-dind/access.log"), deny_line("quay.io")).unwrap();
+    std::fs::write(
+        state.join("logs/access.log"),
+        deny_line("main-denied.example"),
+    )
+    .unwrap();
+    let approve = d.kennel(&["allow", "--profile", "dind", "--from-denials", "demo"]);
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    let show = stdout(&d.kennel(&["policy", "show", "--profile", "dind", "demo"]));
+    assert!(show.contains("quay.io"), "{show}");
+    assert!(!show.contains("main-denied.example"), "{show}");
+    let main = stdout(&d.kennel(&["policy", "show", "demo"]));
+    assert!(!main.contains("quay.io"), "{main}");
+
     // `kennel logs --profile dind`: the profile's proxy's output and its own access log.
     d.fake
         .set_logs("kennel-demo-proxy-dind", "dind proxy output\n");
-    let state = d.dir.path().join("state/envs/demo");
     std::fs::write(state.join("logs-dind/access.log"), "dind access line\n").unwrap();
     std::fs::write(state.join("logs/access.log"), "main access line\n").unwrap();
     let logs = d.kennel(&["logs", "--profile", "dind", "demo"]);

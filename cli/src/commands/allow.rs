@@ -15,7 +15,7 @@ pub struct AllowArgs {
     pub env: String,
     /// Change the policy of the environment's egress profile NAME (`[egress.profiles.NAME]`,
     /// served by its own proxy) instead of the environment's own.
-    #[arg(long, value_name = "NAME", conflicts_with = "from_denials")]
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// What to allow: `host`, `host:port`, `*.example.com` (subdomains), `.example.com` (apex and
     /// subdomains), an IP address or CIDR, `[v6]:port`. Without a port (or with one of the
@@ -23,7 +23,7 @@ pub struct AllowArgs {
     #[arg(required_unless_present = "from_denials", value_name = "HOST[:PORT]")]
     pub entries: Vec<String>,
     /// Also allow every destination `kennel denials` lists (learned and enforced) that the
-    /// policy does not allow yet.
+    /// policy does not allow yet (with --profile: what that profile's proxy denied).
     #[arg(long)]
     pub from_denials: bool,
     /// With --from-denials: ask about each one on the terminal.
@@ -122,6 +122,7 @@ pub fn run_allow(client: &Client, args: AllowArgs) -> anyhow::Result<ExitCode> {
         entries.extend(crate::commands::learn::from_denials(
             client,
             &args.env,
+            args.profile.as_deref(),
             args.select,
         )?);
         if entries.is_empty() {

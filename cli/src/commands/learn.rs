@@ -24,11 +24,19 @@ pub fn start(client: &Client, env: &str, d: std::time::Duration) -> anyhow::Resu
 }
 
 /// The `host:port` entries of every denial (learned and enforced) the current policy does not
-/// allow yet, in the order `kennel denials` shows them.
-pub fn pending(client: &Client, env: &str) -> anyhow::Result<Vec<String>> {
+/// allow yet, in the order `kennel denials` shows them; of the egress profile `profile`'s proxy
+/// and judged against its policy when given.
+pub fn pending(client: &Client, env: &str, profile: Option<&str>) -> anyhow::Result<Vec<String>> {
     let base = env_path(env)?;
+    // "?profile=NAME" (checked) or "".
+    let scope = crate::commands::allow::profile_query(profile)?;
     let mut out = Vec::new();
-    for q in ["?learned=true", ""] {
+    for learned in [true, false] {
+        let q = match (learned, scope.is_empty()) {
+            (true, true) => "?learned=true".to_string(),
+            (true, false) => format!("{scope}&learned=true"),
+            (false, _) => scope.clone(),
+        };
         let d: Denials = block_on(client.get(&format!("{base}/denials{q}")))??;
         for x in d.denials.iter().filter(|x| !x.allowed_now) {
             let e = if x.host.contains(':') {
@@ -71,8 +79,13 @@ pub fn select(
 }
 
 /// The entries `kennel allow ENV --from-denials [--select]` adds.
-pub fn from_denials(client: &Client, env: &str, ask: bool) -> anyhow::Result<Vec<String>> {
-    let entries = pending(client, env)?;
+pub fn from_denials(
+    client: &Client,
+    env: &str,
+    profile: Option<&str>,
+    ask: bool,
+) -> anyhow::Result<Vec<String>> {
+    let entries = pending(client, env, profile)?;
     if !ask {
         return Ok(entries);
     }
