@@ -515,7 +515,7 @@ async fn learn_mode_allows_and_logs_then_enforces_and_from_denials_passes_on_doc
 
     // `kennel allow --from-denials` turns what was learned into entries that pass.
     let (c, n) = (client.clone(), name.clone());
-    let entries = cli(move || kennel_cli::commands::learn::from_denials(&c, &n, false))
+    let entries = cli(move || kennel_cli::commands::learn::from_denials(&c, &n, None, false))
         .await
         .expect("from denials");
     assert!(
