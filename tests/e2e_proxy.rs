@@ -415,6 +415,59 @@ async fn keep_alive_second_request_to_denied_host_is_denied() {
     );
 }
 
+/// A client may send a CONNECT on a connection that already carried forwarded requests (the
+/// request loop of a kept-alive connection hands the rest of it to the tunnel): the tunnel works,
+/// and a CONNECT to a denied host there is refused like on a new connection.
+#[tokio::test]
+async fn connect_after_forwarded_requests_on_one_connection_is_a_tunnel() {
+    let o = origin::http(origin::loopback().await, "mixed");
+    let p = o.addr.port();
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO), ("evil.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let get = format!("GET http://origin.test:{p}/a HTTP/1.1\r\nHost: origin.test:{p}\r\n\r\n");
+    for (connect_to, allowed) in [("origin.test", true), ("evil.test", false)] {
+        let mut s = tokio::net::TcpStream::connect(proxy.proxy.proxy_addr())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            s.write_all(get.as_bytes()).await.unwrap();
+            let r = read_response(&mut s).await;
+            assert!(
+                r.starts_with("HTTP/1.1 200") && r.contains("origin mixed: GET /a"),
+                "{r}"
+            );
+        }
+        s.write_all(
+            format!("CONNECT {connect_to}:{p} HTTP/1.1\r\nHost: {connect_to}:{p}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let r = read_response(&mut s).await;
+        if !allowed {
+            assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+            continue;
+        }
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // Inside the tunnel: origin-form, straight to the origin.
+        s.write_all(format!("GET /b HTTP/1.1\r\nHost: origin.test:{p}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut s).await;
+        assert!(r.contains("origin mixed: GET /b"), "{r}");
+    }
+    assert_eq!(
+        o.hits(),
+        5,
+        "four forwarded GETs and one through the tunnel"
+    );
+}
+
 #[tokio::test]
 async fn framing_attacks_and_host_mismatch_get_400_and_never_reach_the_origin() {
     let o = origin::http(origin::loopback().await, "smuggle");

@@ -363,7 +363,7 @@ async fn forward<'h>(
             Err(e) if reused && !has_body(head) => {
                 // A pooled connection the origin had closed: retry once on a fresh one.
                 tracing::debug!("retrying on a fresh origin connection: {e}");
-                let (s, hop2, r2) = open(shared, &route, &target).await?;
+                let (s, hop2, r2) = Box::pin(open(shared, &route, &target)).await?;
                 sender = s;
                 resolved = r2;
                 via_proxy = matches!(hop2, HttpHop::Proxy { .. });
@@ -568,7 +568,7 @@ async fn origin_connection(
             return Ok((s, hop, addr, true));
         }
     }
-    let (s, hop, addr) = open(shared, route, target).await?;
+    let (s, hop, addr) = Box::pin(open(shared, route, target)).await?;
     Ok((s, hop, addr, false))
 }
 

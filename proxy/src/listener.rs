@@ -155,69 +155,45 @@ impl NoDelay {
 /// Serve one client connection: read heads, dispatch CONNECT or forward, until close.
 async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: &Control) {
     let reg = shared.registry.register();
-    let limits = &shared.config.limits;
     let mut buf = BytesMut::with_capacity(8192);
-    let mut first = true;
+    let Some(head) = next_head(shared, &mut tcp, &mut buf, peer, ctl, &reg, true).await else {
+        return;
+    };
+    if head.method.eq_ignore_ascii_case("CONNECT") {
+        // Boxed: the task's own state stays small, and a tunnel holds only the CONNECT state,
+        // not room for the request loop's.
+        Box::pin(crate::connect::handle(
+            shared,
+            tcp,
+            buf,
+            head,
+            peer,
+            &reg,
+            &ctl.hard_stop,
+        ))
+        .await;
+        return;
+    }
+    // Boxed once per connection, not per request: inline, the request state would make every
+    // connection task that large, idle tunnels included; boxed per request, every keep-alive
+    // request paid for an allocation and a copy of that state (the profile's largest memmove).
+    Box::pin(requests(shared, tcp, buf, head, peer, ctl, &reg)).await;
+}
+
+/// Forward `head` and every request after it on this connection, until close. A CONNECT after
+/// forwarded requests turns the rest of the connection into a tunnel.
+async fn requests(
+    shared: &Shared,
+    mut tcp: TcpStream,
+    mut buf: BytesMut,
+    mut head: head::RequestHead,
+    peer: SocketAddr,
+    ctl: &Control,
+    reg: &crate::tunnels::Registration<'_>,
+) {
     loop {
-        let first_wait = if first {
-            limits.header_timeout()
-        } else {
-            limits.idle_timeout()
-        };
-        let read = head::read_head(
-            &mut tcp,
-            &mut buf,
-            limits.max_head_bytes,
-            first_wait,
-            limits.header_timeout(),
-        );
-        let r = tokio::select! {
-            r = read => r,
-            _ = ctl.drain.cancelled() => return,
-            _ = reg.cancel.cancelled() => return,
-        };
-        first = false;
-        let head = match r {
-            Ok(h) => h,
-            Err(HeadError::Closed { .. }) | Err(HeadError::Io(_)) => return,
-            Err(HeadError::Timeout) => {
-                tracing::debug!(client = %peer, "request head timeout, closing");
-                return;
-            }
-            Err(e) => {
-                let f = match e {
-                    HeadError::TooLarge(_) => Failure::HeadTooLarge,
-                    other => Failure::BadRequest(other.to_string()),
-                };
-                respond::refuse(shared, &mut tcp, None, &f).await;
-                respond::linger_close(&mut tcp).await;
-                // No head, so no method, target or route: those fields stay empty.
-                let mut rec = Access::new(Kind::Http, peer, "");
-                rec.upstream = None;
-                log::finish(shared, rec, Outcome::Failed(f));
-                return;
-            }
-        };
-        if head.method.eq_ignore_ascii_case("CONNECT") {
-            let buf = std::mem::take(&mut buf);
-            // Boxed, like the forward future below: the task's own state stays small, and a
-            // tunnel holds only the CONNECT state, not room for the largest request state.
-            Box::pin(crate::connect::handle(
-                shared,
-                tcp,
-                buf,
-                head,
-                peer,
-                &reg,
-                &ctl.hard_stop,
-            ))
-            .await;
-            return;
-        }
         let next = tokio::select! {
-            // Boxed (one allocation per request): inline, the forward state (8 KiB) would make
-            // every connection task that large, idle tunnels included.
-            n = Box::pin(crate::forward::handle(shared, &mut tcp, &mut buf, head, peer, &reg)) => n,
+            n = crate::forward::handle(shared, &mut tcp, &mut buf, head, peer, reg) => n,
             _ = reg.cancel.cancelled() => {
                 shared.metrics.revoked_total.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -226,6 +202,78 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
         if matches!(next, crate::forward::Next::Close) || ctl.drain.is_cancelled() {
             let _ = tcp.shutdown().await;
             return;
+        }
+        head = match next_head(shared, &mut tcp, &mut buf, peer, ctl, reg, false).await {
+            Some(h) => h,
+            None => return,
+        };
+        if head.method.eq_ignore_ascii_case("CONNECT") {
+            let buf = std::mem::take(&mut buf);
+            Box::pin(crate::connect::handle(
+                shared,
+                tcp,
+                buf,
+                head,
+                peer,
+                reg,
+                &ctl.hard_stop,
+            ))
+            .await;
+            return;
+        }
+    }
+}
+
+/// The next request head on this connection (`first`: the connection's first, which gets the
+/// header timeout; later ones wait up to the idle timeout for their first byte). `None`: the
+/// connection is done (closed, timed out, draining, revoked, or a malformed head, which has
+/// been answered and logged).
+async fn next_head(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    ctl: &Control,
+    reg: &crate::tunnels::Registration<'_>,
+    first: bool,
+) -> Option<head::RequestHead> {
+    let limits = &shared.config.limits;
+    let first_wait = if first {
+        limits.header_timeout()
+    } else {
+        limits.idle_timeout()
+    };
+    let read = head::read_head(
+        tcp,
+        buf,
+        limits.max_head_bytes,
+        first_wait,
+        limits.header_timeout(),
+    );
+    let r = tokio::select! {
+        r = read => r,
+        _ = ctl.drain.cancelled() => return None,
+        _ = reg.cancel.cancelled() => return None,
+    };
+    match r {
+        Ok(h) => Some(h),
+        Err(HeadError::Closed { .. }) | Err(HeadError::Io(_)) => None,
+        Err(HeadError::Timeout) => {
+            tracing::debug!(client = %peer, "request head timeout, closing");
+            None
+        }
+        Err(e) => {
+            let f = match e {
+                HeadError::TooLarge(_) => Failure::HeadTooLarge,
+                other => Failure::BadRequest(other.to_string()),
+            };
+            respond::refuse(shared, tcp, None, &f).await;
+            respond::linger_close(tcp).await;
+            // No head, so no method, target or route: those fields stay empty.
+            let mut rec = Access::new(Kind::Http, peer, "");
+            rec.upstream = None;
+            log::finish(shared, rec, Outcome::Failed(f));
+            None
         }
     }
 }

@@ -107,10 +107,21 @@ impl Resolver {
                 "not in the static hosts map and DNS is disabled (resolver.static_only)".into(),
             ));
         }
+        // Boxed: the lookup's state (hickory's) is large, and the common answers above (an IP
+        // literal, the hosts map) would otherwise carry its size in every request's future.
+        Box::pin(self.lookup(name)).await
+    }
+
+    /// A DNS lookup of `name` (never relative).
+    async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let fail = |detail: String| ResolveError::Failed {
+            name: name.to_string(),
+            detail,
+        };
         let dns = self.dns.get_or_init(|| async { self.build_dns() }).await;
         let lookup_failed =
             |source: Arc<dyn std::error::Error + Send + Sync>| ResolveError::Lookup {
-                name: name.clone(),
+                name: name.to_string(),
                 source,
             };
         let dns = dns.as_ref().map_err(|e| lookup_failed(e.clone()))?;

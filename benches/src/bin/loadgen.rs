@@ -7,10 +7,11 @@
 //! ```text
 //! loadgen origin PORT
 //! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
-//! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S
-//! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen relay PORT
+//! loadgen floor PORT --origin PORT
 //! loadgen denied-rate --proxy PORT --clients N --secs S
 //! loadgen idle --origin PORT --proxy PORT --tunnels N --pids PID[,PID..]
 //! ```
@@ -21,6 +22,15 @@
 //! accounting). Measured, it is not a ceiling: kennel's event loop moves more per second. `forward-rate` without `--proxy` sends origin-form GETs straight to the origin
 //! on kept-alive connections: the most requests the load generator and origin manage on their
 //! CPU, i.e. the ceiling of the proxied keep-alive rows.
+//!
+//! `floor` is the other reference point: the least a proxy on an event loop has to do for the
+//! rate rows, with the same socket calls a real proxy makes and nothing else. It answers any
+//! `CONNECT` with a tunnel to the origin (read/write copy; for a small GET that is as many calls
+//! as splice) and any absolute-form request by passing its bytes unchanged to one origin
+//! connection per client connection and the response back (framing: the head's end and
+//! `Content-Length`, all this origin sends). No policy, no header rewriting, no pool, no
+//! accounting, one thread. What a proxy pays beyond `floor` is its own code; what `floor`
+//! pays is the kernel's and the runtime's share that no proxy of this design avoids.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -58,6 +68,11 @@ fn main() -> anyhow::Result<()> {
             .context("port")?;
         return rt.block_on(origin(port));
     }
+    if cmd == "floor" {
+        let port: u16 = args.get(1).context("floor PORT")?.parse().context("port")?;
+        let opts = Opts::parse(&args[2..])?;
+        return rt.block_on(floor::serve(port, opts.origin()?));
+    }
     if cmd == "relay" {
         let port: u16 = args.get(1).context("relay PORT")?.parse().context("port")?;
         return minimal::relay(port);
@@ -82,6 +97,9 @@ struct Opts {
     secs: f64,
     tunnels: usize,
     pids: Vec<u32>,
+    /// The load side besides this process (the origin): rate runs report the load CPU's time
+    /// per operation, loadgen's own included.
+    load_pids: Vec<u32>,
 }
 
 impl Opts {
@@ -101,13 +119,8 @@ impl Opts {
                 "--bytes" => o.bytes = parse_size(v)?,
                 "--secs" => o.secs = v.parse::<f64>()?.min(30.0),
                 "--tunnels" => o.tunnels = v.parse()?,
-                "--pids" => {
-                    o.pids = v
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()
-                        .context("pids")?
-                }
+                "--pids" => o.pids = parse_pids(v)?,
+                "--load-pids" => o.load_pids = parse_pids(v)?,
                 _ => bail!("unknown option {k}"),
             }
         }
@@ -116,6 +129,13 @@ impl Opts {
     fn origin(&self) -> anyhow::Result<u16> {
         self.origin.context("--origin PORT is required")
     }
+}
+
+fn parse_pids(v: &str) -> anyhow::Result<Vec<u32>> {
+    v.split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid PID list {v:?}"))
 }
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -322,6 +342,16 @@ enum Kind {
 /// `clients` loops for `secs` each; completed operations per second.
 async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
     let busy = Busy::start(&o.pids)?;
+    let load_pids: Vec<u32> = match o.load_pids.is_empty() {
+        true => Vec::new(),
+        false => o
+            .load_pids
+            .iter()
+            .copied()
+            .chain([std::process::id()])
+            .collect(),
+    };
+    let load0 = cpu_ticks(&load_pids)?;
     let until = Instant::now() + Duration::from_secs_f64(o.secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -363,7 +393,20 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         "{errors} errors for {done} completions"
     );
     let secs = start.elapsed().as_secs_f64();
-    Ok(format!("{:.0} /s{}", done as f64 / secs, busy.end(secs)?))
+    // The load CPU's time per operation (clock ticks are 10 ms): with the load CPU saturated,
+    // 10^6 / this is the most operations per second this load side can drive through any proxy.
+    let load = match load_pids.is_empty() {
+        true => String::new(),
+        false => format!(
+            " {:.1} load-us",
+            cpu_ticks(&load_pids)?.saturating_sub(load0) as f64 * 10_000.0 / done.max(1) as f64
+        ),
+    };
+    Ok(format!(
+        "{:.0} /s{}{load}",
+        done as f64 / secs,
+        busy.end(secs)?
+    ))
 }
 
 /// Most samples one latency run keeps (a bound on memory, far above what 30 s can produce).
@@ -610,6 +653,74 @@ async fn idle(o: &Opts) -> anyhow::Result<String> {
     let per = (after.saturating_sub(before)) as f64 / o.tunnels as f64;
     drop(held);
     Ok(format!("{per:.1} KiB ({before} -> {after} KiB)"))
+}
+
+/// The floor proxy of the rate rows (see the module comment).
+mod floor {
+    use anyhow::{Context, ensure};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{LOOPBACK, connect, content_length, read_head};
+
+    pub async fn serve(port: u16, origin: u16) -> anyhow::Result<()> {
+        let l = TcpListener::bind((LOOPBACK, port))
+            .await
+            .with_context(|| format!("failed to bind 127.0.0.1:{port}"))?;
+        loop {
+            let Ok((c, _)) = l.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = client(c, origin).await;
+            });
+        }
+    }
+
+    async fn client(mut c: TcpStream, origin: u16) -> anyhow::Result<()> {
+        c.set_nodelay(true)?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut up: Option<(TcpStream, Vec<u8>)> = None;
+        loop {
+            let Some(head) = read_head(&mut c, &mut buf).await? else {
+                return Ok(());
+            };
+            if head.starts_with("CONNECT ") {
+                let mut o = connect(origin).await?;
+                c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await?;
+                if !buf.is_empty() {
+                    o.write_all(&buf).await?;
+                }
+                tokio::io::copy_bidirectional(&mut c, &mut o).await?;
+                return Ok(());
+            }
+            ensure!(
+                content_length(&head).unwrap_or(0) == 0,
+                "request bodies are not relayed"
+            );
+            let (o, obuf) = match &mut up {
+                Some(u) => u,
+                None => up.insert((connect(origin).await?, Vec::with_capacity(4096))),
+            };
+            let mut req = head.into_bytes();
+            req.extend_from_slice(b"\r\n\r\n");
+            o.write_all(&req).await?;
+            let resp = read_head(o, obuf).await?.context("origin closed")?;
+            let n = content_length(&resp).unwrap_or(0) as usize;
+            let mut out = resp.into_bytes();
+            out.extend_from_slice(b"\r\n\r\n");
+            while obuf.len() < n {
+                let mut tmp = [0u8; 4096];
+                let k = tokio::io::AsyncReadExt::read(o, &mut tmp).await?;
+                ensure!(k > 0, "origin closed inside a body");
+                obuf.extend_from_slice(&tmp[..k]);
+            }
+            out.extend(obuf.drain(..n));
+            c.write_all(&out).await?;
+        }
+    }
 }
 
 /// The minimal relay (see the module comment): blocking threads and splice(2), nothing else.
