@@ -21,6 +21,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
 RL=29607 OX=29608 # the minimal splice relay, a second origin on the proxies' CPU (ceilings)
+FL=29609            # loadgen floor: the least an event-loop proxy does per request (rate rows)
 
 echo "== build" >&2
 cargo build --release -q -p kennel-proxy --bin kennel-proxy -p kennel-benches --bin loadgen
@@ -67,6 +68,7 @@ wait_port() { # port
 echo "== origin" >&2
 taskset -c "$LOAD_CPU" "$LG" origin $O &
 PIDS+=($!)
+ORIGIN_PID=$!
 wait_port $O
 # Ceilings of the download rows (see benches/README.md): the same origin on the proxies' CPU
 # (a direct stream whose sender and receiver do not share a CPU and its caches), and the
@@ -77,8 +79,12 @@ PIDS+=($!)
 taskset -c "$PROXY_CPU" "$LG" relay $RL &
 PIDS+=($!)
 RELAY_PID=$!
+taskset -c "$PROXY_CPU" "$LG" floor $FL --origin $O &
+PIDS+=($!)
+FLOOR_PID=$!
 wait_port $OX
 wait_port $RL
+wait_port $FL
 
 # --- kennel: the release binary, its default config except: loopback listen, access log off,
 # a static hosts map, the connection cap raised for the 10,000-tunnel case. The allowlist is
@@ -180,8 +186,10 @@ TARGETS+=("squid:$SQ:$!")
 for p in $TP $SQ; do wait_port $p; done
 # Ceiling targets, in the download scenarios only (the relay answers nothing but CONNECT).
 TARGETS+=("direct-x:::$OX" "relay:$RL:$RELAY_PID")
+# The floor of the rate rows (it forwards nothing but this benchmark's requests).
+TARGETS+=("floor:$FL:$FLOOR_PID")
 
-declare -A VALS CPUS
+declare -A VALS CPUS LOADS
 once() { # target scenario loadgen-args...
     local target=$1 scenario=$2 out
     shift 2
@@ -190,6 +198,8 @@ once() { # target scenario loadgen-args...
         # with --pids, download runs also print the proxy's CPU seconds per GiB, rate runs
         # how busy the proxy's CPU was (%)
         [[ $out == *cpu* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
+        # with --load-pids, rate runs print the load CPU's time per operation (µs)
+        [[ $out == *load-us* ]] && LOADS[$target|$scenario]+="$(echo "$out" | awk '{for (i = 2; i <= NF; i++) if ($i == "load-us") print $(i-1)}') "
     else
         echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
     fi
@@ -213,11 +223,15 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
             IFS=: read -r target port pid origin <<<"$t"
             [ -z "$port" ] && [ "$only_proxies" = 1 ] && continue
             local args=("$@") via=() cpu=()
-            case $target in direct-x | relay) [ "${args[0]}" = download ] || continue ;; esac
+            case $target in
+            direct-x | relay) [ "${args[0]}" = download ] || continue ;;
+            floor) [[ ${args[0]} == tunnel-rate || ${args[0]} == tunnel-latency || ${args[0]} == forward-rate ]] || continue ;;
+            esac
             # the ceiling's own origin replaces the shared one
             [ -n "$origin" ] && args=("${args[@]/#$O/$origin}")
             [ -n "$port" ] && via=(--proxy "$port")
             [ -n "$pid" ] && [[ ${args[0]} == download || ${args[0]} == *-rate ]] && cpu=(--pids "$pid")
+            [[ ${args[0]} == tunnel-rate || ${args[0]} == forward-rate ]] && cpu+=(--load-pids "$ORIGIN_PID")
             once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
         done
     done
@@ -227,6 +241,8 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
         [ -n "${VALS[$target|$name]:-}" ] && record "$target" "$name" ${VALS[$target|$name]}
         # shellcheck disable=SC2086
         [ -n "${CPUS[$target|$name]:-}" ] && record "$target" "${name}_cpu" ${CPUS[$target|$name]}
+        # shellcheck disable=SC2086
+        [ -n "${LOADS[$target|$name]:-}" ] && record "$target" "${name}_load" ${LOADS[$target|$name]}
     done
     return 0
 }
@@ -235,13 +251,16 @@ scenario dl1 0 download --origin $O --conns 1 --bytes 1G
 scenario dl8 0 download --origin $O --conns 8 --bytes 128M
 scenario tunnel_rate 0 tunnel-rate --origin $O --clients 16 --secs 2
 scenario tunnel_p99 0 tunnel-latency --origin $O --clients 4 --secs 2
+# The same latency at one offered load for every proxy (paced, 1,000 tunnels/s): in the closed
+# loop above a proxy that answers faster is also given more concurrent work.
+scenario tunnel_p99_paced 0 tunnel-latency --origin $O --clients 16 --secs 2 --rate 1000
 scenario forward_rate 0 forward-rate --origin $O --clients 16 --secs 2
 scenario denied_rate 1 denied-rate --clients 16 --secs 2
 
 echo "== idle tunnels" >&2
 for t in "${TARGETS[@]}"; do
     IFS=: read -r target port pid <<<"$t"
-    [ -z "$port" ] || [ "$target" = relay ] && continue
+    [ -z "$port" ] || [ "$target" = relay ] || [ "$target" = floor ] && continue
     once "$target" idle1k idle --origin $O --proxy "$port" --tunnels 1000 --pids "$pid"
     # shellcheck disable=SC2086
     [ -n "${VALS[$target|idle1k]:-}" ] && record "$target" idle1k ${VALS[$target|idle1k]}

@@ -77,10 +77,30 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?;
+    // On one CPU (a container limited to one, or pinned with taskset) the work-stealing
+    // scheduler has nobody to steal from: the current-thread scheduler runs the same tasks
+    // without its cross-thread queues and wake-up machinery (measured in benches/README.md).
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let one_cpu = cpus == 1;
+    tracing::info!(
+        cpus,
+        scheduler = if one_cpu {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
+        "runtime"
+    );
+    let rt = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .context("failed to start the tokio runtime")?;
     rt.block_on(kennel_proxy::run_with_signals(config))?;
     Ok(())
 }

@@ -512,3 +512,43 @@ fn sigterm_right_after_the_listening_line_is_a_clean_shutdown() {
         assert_eq!(status.code(), Some(0), "exit status {status:?}");
     }
 }
+
+/// Pinned to one CPU (taskset, or a container limited to one) the proxy runs on the
+/// current-thread scheduler, and everything a run needs still works on it: tunnels, and the
+/// SIGTERM drain with a live tunnel. With more CPUs it keeps the multi-thread scheduler.
+#[test]
+fn on_one_cpu_the_proxy_runs_on_the_current_thread_scheduler() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = echo();
+    let cfg = write_config(dir.path(), e.port(), "[limits]\ndrain_timeout_ms = 20000\n");
+    let cfg = cfg.to_str().expect("utf8");
+    // Affinity is inherited across exec: pin the shell, then it becomes the proxy.
+    let (mut p, rx) = start(&["--config", cfg], Some("taskset -cp 0 $$ >/dev/null"));
+    let (line, seen) = wait_line(&rx, "listening on");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("runtime") && l.contains("current-thread") && l.contains("cpus=1")),
+        "{seen:?}"
+    );
+    let addr = listen_addr(&line);
+    let mut t = tunnel(addr, &format!("echo.test:{}", e.port())).expect("tunnel");
+    roundtrip(&mut t, b"one cpu\n");
+    sig(&p, libc::SIGTERM);
+    wait_line(&rx, "shutting down");
+    roundtrip(&mut t, b"during drain\n");
+    t.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest);
+    let status = wait_exit(&mut p, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        let (_p, rx) = start(&["--config", cfg], None);
+        let (_, seen) = wait_line(&rx, "listening on");
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("runtime") && l.contains("multi-thread")),
+            "{seen:?}"
+        );
+    }
+}

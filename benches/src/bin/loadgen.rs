@@ -8,7 +8,7 @@
 //! loadgen origin PORT
 //! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
-//! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S
+//! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S [--rate PER_SEC]
 //! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen relay PORT
 //! loadgen floor PORT --origin PORT
@@ -100,6 +100,9 @@ struct Opts {
     /// The load side besides this process (the origin): rate runs report the load CPU's time
     /// per operation, loadgen's own included.
     load_pids: Vec<u32>,
+    /// `tunnel-latency` at a fixed offered rate (tunnels per second over all clients) instead
+    /// of as fast as the proxy answers.
+    rate: Option<f64>,
 }
 
 impl Opts {
@@ -121,6 +124,14 @@ impl Opts {
                 "--tunnels" => o.tunnels = v.parse()?,
                 "--pids" => o.pids = parse_pids(v)?,
                 "--load-pids" => o.load_pids = parse_pids(v)?,
+                "--rate" => {
+                    let r: f64 = v.parse().context("--rate")?;
+                    ensure!(
+                        r > 0.0 && r <= 100_000.0,
+                        "--rate must be in 1..=100000 per second"
+                    );
+                    o.rate = Some(r);
+                }
                 _ => bail!("unknown option {k}"),
             }
         }
@@ -416,9 +427,17 @@ const MAX_SAMPLES: usize = 1_000_000;
 /// (TCP connect + CONNECT until its `200` head is read; directly: the TCP connect) and then
 /// does the small GET and closes. Prints the 99th percentile in µs, and the median.
 async fn latency(o: &Opts) -> anyhow::Result<String> {
-    let until = Instant::now() + Duration::from_secs_f64(o.secs);
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(o.secs);
+    let clients = o.conns.max(1);
+    // Paced (`--rate`): client c starts its k-th tunnel at start + (k * clients + c) / rate; a
+    // client still busy with its previous tunnel at that moment counts the latency from it, so
+    // a proxy that falls behind is charged for the wait (no coordinated omission). Every proxy then sees the same offered load;
+    // in a closed loop a faster proxy is also given more concurrent work.
+    let period = o.rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
     let mut tasks = Vec::new();
-    for _ in 0..o.conns.max(1) {
+    for c in 0..clients {
+        let first = period.map(|p| start + p.mul_f64(c as f64 / clients as f64));
         let opts = Opts {
             origin: o.origin,
             proxy: o.proxy,
@@ -427,8 +446,25 @@ async fn latency(o: &Opts) -> anyhow::Result<String> {
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0u64;
+            let mut k = 0u32;
             while Instant::now() < until && errors < 1000 && samples.len() < MAX_SAMPLES {
-                let t0 = Instant::now();
+                let t0 = match (first, period) {
+                    (Some(f), Some(p)) => {
+                        let at = f + p * k;
+                        k += 1;
+                        if Instant::now() < at {
+                            // On time: start when the timer fires (its millisecond
+                            // granularity is the load generator's, not the proxy's).
+                            tokio::time::sleep_until(at.into()).await;
+                            Instant::now()
+                        } else {
+                            // Behind because the previous tunnel took too long: the wait
+                            // counts.
+                            at
+                        }
+                    }
+                    _ => Instant::now(),
+                };
                 let mut buf = Vec::new();
                 let r = match open(&opts, &mut buf).await {
                     Ok(s) => {
