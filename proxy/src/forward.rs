@@ -274,7 +274,15 @@ async fn forward<'h>(
             "only http:// URLs can be forwarded; use CONNECT for https".into(),
         ));
     }
-    if let Some(h) = head.header("host") {
+    // The request target's authority as written: a Host header with the same text names the
+    // same destination without being parsed again (the usual case).
+    let authority = head
+        .target
+        .get(7..)
+        .map(|r| &r[..r.find(['/', '?', '#']).unwrap_or(r.len())]);
+    if let Some(h) = head.header("host")
+        && !authority.is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(trim(h)))
+    {
         // Borrowed for a valid header (the usual case): no copy per request.
         let hv = String::from_utf8_lossy(trim(h));
         let (hh, hp) = split_host_header(&hv);
@@ -506,8 +514,20 @@ pub(crate) fn exchange_end(
 
 /// The Host header sent to the origin: the target, without the port when it is 80.
 pub(crate) fn host_header(target: &Target) -> String {
+    use kennel_policy::Host;
     match (&target.host, target.port) {
-        (kennel_policy::Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
+        (Host::Ip(std::net::IpAddr::V6(ip)), 80) => format!("[{ip}]"),
+        (Host::Name(name), 80) => name.clone(),
+        // Names, the usual case, without the formatting machinery (once per request).
+        (Host::Name(name), port) => {
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(port);
+            let mut v = String::with_capacity(name.len() + 1 + digits.len());
+            v.push_str(name);
+            v.push(':');
+            v.push_str(digits);
+            v
+        }
         (h, 80) => h.to_string(),
         _ => target.to_string(),
     }
@@ -646,15 +666,15 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
         })
         .collect();
     let mut out = Vec::with_capacity(1024);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.{} {} {}\r\n",
-            if client_v11 { 1 } else { 0 },
-            status,
-            parts.status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
+    out.extend_from_slice(if client_v11 {
+        b"HTTP/1.1 "
+    } else {
+        b"HTTP/1.0 "
+    });
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         let switch_header =
             switching && (name == http::header::CONNECTION || name == http::header::UPGRADE);
@@ -822,6 +842,24 @@ mod tests {
         tokio::spawn(conn);
         let req = http::Request::get("/").body(ChanBody::empty()).unwrap();
         (sender.send_request(req).await.unwrap(), origin)
+    }
+
+    /// The Host header sent on names the target as the policy saw it: without `:80`, IPv6 in
+    /// brackets, every other port written out.
+    #[test]
+    fn host_header_is_the_normalised_target_without_the_default_port() {
+        for (authority, want) in [
+            ("Example.COM:80", "example.com"),
+            ("example.com:8080", "example.com:8080"),
+            ("example.com:65535", "example.com:65535"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("0x7f.1:8080", "127.0.0.1:8080"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]:443", "[::1]:443"),
+        ] {
+            let t = Target::parse_authority(authority).expect("valid authority");
+            assert_eq!(host_header(&t), want, "{authority}");
+        }
     }
 
     #[tokio::test]
