@@ -120,8 +120,14 @@ async fn tunnel<'h>(
             // Boxed like the dial: the exchange state of HTTP inside a tunnel (4,992-byte tunnel
             // future with it inline, 3,336 without) would otherwise size every tunnel's future,
             // spliced ones included, for the tunnel's whole life.
-            let served =
-                Box::pin(crate::tunnel_http::serve(shared, client, buf, dialed.conn, cx)).await;
+            let served = Box::pin(crate::tunnel_http::serve(
+                shared,
+                client,
+                buf,
+                dialed.conn,
+                cx,
+            ))
+            .await;
             // Each request inside was logged and counted on its own line.
             rec.bytes_up = served.up;
             rec.bytes_down = served.down;

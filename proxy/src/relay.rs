@@ -321,10 +321,13 @@ mod splice {
                 // No pipe to be had (the process or the system is out of file descriptors): move
                 // this burst through user space instead of resetting a live tunnel. The next
                 // burst tries for a pipe again.
-                Err(e) if is_out_of_fds(&e) => match copy_burst(src, dst, count, meter).await? {
-                    Burst::Eof => return shutdown_write(dst),
-                    Burst::Moved => continue,
-                },
+                // Boxed: a rare path whose state would otherwise size every idle tunnel.
+                Err(e) if is_out_of_fds(&e) => {
+                    match Box::pin(copy_burst(src, dst, count, meter)).await? {
+                        Burst::Eof => return shutdown_write(dst),
+                        Burst::Moved => continue,
+                    }
+                }
                 Err(e) => return Err(e),
             };
             let (w, cap) = (&pipe.w, pipe.cap);
