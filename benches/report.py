@@ -16,6 +16,17 @@ for line in open(results):
     except ValueError:
         pass
 
+# Proxy CPU time per operation of the rate rows, run by run (busy % and rate come from the same
+# run): far steadier than the rates on a shared machine, so before/after is read from these.
+for (t, s_), r in list(raw.items()):
+    if not s_.endswith("_rate"):
+        continue
+    rates, busy = r.split(), raw.get((t, s_ + "_cpu"), "").split()
+    per_op = sorted(float(b) * 1e4 / float(x) for x, b in zip(rates, busy) if float(x) > 0)
+    if len(per_op) == len(rates) and per_op:
+        val[(t, s_ + "_cpuop")] = per_op[(len(per_op) - 1) // 2]
+        raw[(t, s_ + "_cpuop")] = " ".join(f"{v:.1f}" for v in per_op)
+
 ROWS = [
     ("dl1", "one CONNECT tunnel, 1 GiB download (MB/s)", True),
     ("dl1_cpu", "… proxy CPU per GiB relayed (s)", False),
@@ -23,12 +34,15 @@ ROWS = [
     ("dl8_cpu", "… proxy CPU per GiB relayed (s)", False),
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)", True),
     ("tunnel_rate_cpu", "… proxy CPU busy (%)", False),
+    ("tunnel_rate_cpuop", "… proxy CPU per operation (µs)", False),
     ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)", False),
     ("tunnel_p99_paced", "tunnel setup latency, p99, 1,000 new tunnels/s from 16 clients (µs; direct: TCP connect)", False),
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s; direct: origin-form)", True),
     ("forward_rate_cpu", "… proxy CPU busy (%)", False),
+    ("forward_rate_cpuop", "… proxy CPU per operation (µs)", False),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
     ("denied_rate_cpu", "… proxy CPU busy (%)", False),
+    ("denied_rate_cpuop", "… proxy CPU per operation (µs)", False),
     ("idle1k", "RSS per idle tunnel, 1,000 held (KiB)", False),
     ("idle10k", f"RSS per idle tunnel, {int(big):,} held (KiB)", False),
 ]
@@ -100,11 +114,13 @@ out.append("|---|---|---|---|---|---|---|---|---|---|")
 REACH = [
     ("tunnel_rate", "new tunnel + small GET + close, 16 clients (/s)"),
     ("tunnel_rate_cpu", "… proxy CPU busy (%)"),
+    ("tunnel_rate_cpuop", "… proxy CPU per operation (µs)"),
     ("tunnel_rate_load", "… load CPU per operation (µs)"),
     ("tunnel_p99", "tunnel setup latency, p99, 4 clients in a loop (µs; direct: TCP connect)"),
     ("tunnel_p99_paced", "tunnel setup latency, p99, 1,000 new tunnels/s from 16 clients (µs; direct: TCP connect)"),
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s; direct: origin-form)"),
     ("forward_rate_cpu", "… proxy CPU busy (%)"),
+    ("forward_rate_cpuop", "… proxy CPU per operation (µs)"),
     ("forward_rate_load", "… load CPU per operation (µs)"),
 ]
 for key, label in REACH:
