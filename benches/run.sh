@@ -56,35 +56,56 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # port
+wait_port() { # port [pid: must be the one listening, still alive once the port answers]
     for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+            echo "the process meant to listen on 127.0.0.1:$1 exited (port taken by another?)" >&2
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            # A port answered by someone else (a leftover run) would be measured instead.
+            if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+                echo "127.0.0.1:$1 answers, but the process started for it exited" >&2
+                return 1
+            fi
+            return 0
+        fi
         sleep 0.1
     done
     echo "nothing listens on 127.0.0.1:$1" >&2
     return 1
 }
 
+# A port that already answers belongs to someone else (a leftover run): its process would be
+# measured in place of the one started here.
+for p in $O $K $SQ $TP $KB $K1 $RL $OX $FL; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        echo "127.0.0.1:$p is already in use (a leftover benchmark run?); stop it first" >&2
+        exit 1
+    fi
+done
+
 echo "== origin" >&2
 taskset -c "$LOAD_CPU" "$LG" origin $O &
 PIDS+=($!)
 ORIGIN_PID=$!
-wait_port $O
+wait_port $O $ORIGIN_PID
 # Ceilings of the download rows (see benches/README.md): the same origin on the proxies' CPU
 # (a direct stream whose sender and receiver do not share a CPU and its caches), and the
 # simplest user-space relay (`loadgen relay`: a thread per direction blocked in splice) where the
 # proxies run.
 taskset -c "$PROXY_CPU" "$LG" origin $OX &
 PIDS+=($!)
+ORIGIN_X_PID=$!
 taskset -c "$PROXY_CPU" "$LG" relay $RL &
 PIDS+=($!)
 RELAY_PID=$!
 taskset -c "$PROXY_CPU" "$LG" floor $FL --origin $O &
 PIDS+=($!)
 FLOOR_PID=$!
-wait_port $OX
-wait_port $RL
-wait_port $FL
+wait_port $OX $ORIGIN_X_PID
+wait_port $RL $RELAY_PID
+wait_port $FL $FLOOR_PID
 
 # --- kennel: the release binary, its default config except: loopback listen, access log off,
 # a static hosts map, the connection cap raised for the 10,000-tunnel case. The allowlist is
@@ -116,7 +137,7 @@ start_kennel() { # name port buffer_bytes binary
     taskset -c "$PROXY_CPU" "$4" --config "$D/$1.toml" >"$D/$1.out" 2>&1 &
     PIDS+=($!)
     LAST=$!
-    wait_port "$2"
+    wait_port "$2" "$LAST"
 }
 
 # --- Squid: one process (-N), no cache, no access log, CONNECT and GET allowed to the origin
