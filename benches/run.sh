@@ -219,8 +219,9 @@ once() { # target scenario loadgen-args...
         # with --pids, download runs also print the proxy's CPU seconds per GiB, rate runs
         # how busy the proxy's CPU was (%)
         [[ $out == *cpu* ]] && CPUS[$target|$scenario]+="$(echo "$out" | awk '{print $3}') "
-        # with --load-pids, rate runs print the load CPU's time per operation (µs)
-        [[ $out == *load-us* ]] && LOADS[$target|$scenario]+="$(echo "$out" | awk '{for (i = 2; i <= NF; i++) if ($i == "load-us") print $(i-1)}') "
+        # with --load-pids, rate runs print the load CPU's time per operation (µs), downloads
+        # its time per GiB (s)
+        [[ $out == *load-* ]] && LOADS[$target|$scenario]+="$(echo "$out" | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^load-/) print $(i-1)}') "
     else
         echo "  $target $scenario failed: $(grep -m1 Error "$D/lg.err")" >&2
     fi
@@ -252,7 +253,10 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
             [ -n "$origin" ] && args=("${args[@]/#$O/$origin}")
             [ -n "$port" ] && via=(--proxy "$port")
             [ -n "$pid" ] && [[ ${args[0]} == download || ${args[0]} == *-rate ]] && cpu=(--pids "$pid")
-            [[ ${args[0]} == tunnel-rate || ${args[0]} == forward-rate ]] && cpu+=(--load-pids "$ORIGIN_PID")
+            # the load side's CPU (loadgen + the origin on the load CPU); not for `direct, split`,
+            # whose origin runs on the proxies' CPU
+            [[ ${args[0]} == tunnel-rate || ${args[0]} == forward-rate || ${args[0]} == download ]] &&
+                [ "$target" != direct-x ] && cpu+=(--load-pids "$ORIGIN_PID")
             once "$target" "$name" "${args[@]}" "${via[@]}" "${cpu[@]}"
         done
     done

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! loadgen origin PORT
-//! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..]
+//! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S [--rate PER_SEC]
 //! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
@@ -306,6 +306,7 @@ async fn download(o: &Opts) -> anyhow::Result<String> {
     } else {
         Some(cpu_ticks(&o.pids)?)
     };
+    let load = LoadCpu::start(o)?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..o.conns.max(1) {
@@ -337,6 +338,14 @@ async fn download(o: &Opts) -> anyhow::Result<String> {
         let used = cpu_ticks(&o.pids)?.saturating_sub(c0) as f64 / 100.0;
         line += &format!(" {:.3} cpu-s/GiB", used / (total / (1u64 << 30) as f64));
     }
+    if let Some(l) = load {
+        // The same for the load side (client and origin): a stream that costs the load CPU
+        // more per byte through a proxy cannot be as fast as the direct one once it is busy.
+        line += &format!(
+            " {:.3} load-s/GiB",
+            l.secs()? / (total / (1u64 << 30) as f64)
+        );
+    }
     Ok(line)
 }
 
@@ -353,16 +362,7 @@ enum Kind {
 /// `clients` loops for `secs` each; completed operations per second.
 async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
     let busy = Busy::start(&o.pids)?;
-    let load_pids: Vec<u32> = match o.load_pids.is_empty() {
-        true => Vec::new(),
-        false => o
-            .load_pids
-            .iter()
-            .copied()
-            .chain([std::process::id()])
-            .collect(),
-    };
-    let load0 = cpu_ticks(&load_pids)?;
+    let load = LoadCpu::start(o)?;
     let until = Instant::now() + Duration::from_secs_f64(o.secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -404,14 +404,11 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         "{errors} errors for {done} completions"
     );
     let secs = start.elapsed().as_secs_f64();
-    // The load CPU's time per operation (clock ticks are 10 ms): with the load CPU saturated,
-    // 10^6 / this is the most operations per second this load side can drive through any proxy.
-    let load = match load_pids.is_empty() {
-        true => String::new(),
-        false => format!(
-            " {:.1} load-us",
-            cpu_ticks(&load_pids)?.saturating_sub(load0) as f64 * 10_000.0 / done.max(1) as f64
-        ),
+    // The load CPU's time per operation: with the load CPU saturated, 10^6 / this is the most
+    // operations per second this load side can drive through that proxy.
+    let load = match load {
+        Some(l) => format!(" {:.1} load-us", l.secs()? * 1e6 / done.max(1) as f64),
+        None => String::new(),
     };
     Ok(format!(
         "{:.0} /s{}{load}",
@@ -608,6 +605,34 @@ impl<'a> Busy<'a> {
         };
         let used = cpu_ticks(self.pids)?.saturating_sub(t0) as f64 / 100.0;
         Ok(format!(" {:.0} %cpu", used / secs * 100.0))
+    }
+}
+
+/// CPU time of the load side: this process and `--load-pids` (the origin).
+struct LoadCpu {
+    pids: Vec<u32>,
+    ticks: u64,
+}
+
+impl LoadCpu {
+    /// `None` without `--load-pids`.
+    fn start(o: &Opts) -> anyhow::Result<Option<LoadCpu>> {
+        if o.load_pids.is_empty() {
+            return Ok(None);
+        }
+        let pids: Vec<u32> = o
+            .load_pids
+            .iter()
+            .copied()
+            .chain([std::process::id()])
+            .collect();
+        let ticks = cpu_ticks(&pids)?;
+        Ok(Some(LoadCpu { pids, ticks }))
+    }
+
+    /// CPU seconds used since `start` (clock ticks are 10 ms).
+    fn secs(&self) -> anyhow::Result<f64> {
+        Ok(cpu_ticks(&self.pids)?.saturating_sub(self.ticks) as f64 / 100.0)
     }
 }
 
