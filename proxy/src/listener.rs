@@ -160,19 +160,7 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
         return;
     };
     if head.method.eq_ignore_ascii_case("CONNECT") {
-        // Boxed: the task's own state stays small, and a tunnel holds only the CONNECT state,
-        // not room for the request loop's.
-        Box::pin(crate::connect::handle(
-            shared,
-            tcp,
-            buf,
-            head,
-            peer,
-            &reg,
-            &ctl.hard_stop,
-        ))
-        .await;
-        return;
+        return tunnel(shared, tcp, buf, head, peer, ctl, &reg).await;
     }
     // Boxed once per connection, not per request: inline, the request state would make every
     // connection task that large, idle tunnels included; boxed per request, every keep-alive
@@ -208,20 +196,32 @@ async fn requests(
             None => return,
         };
         if head.method.eq_ignore_ascii_case("CONNECT") {
-            let buf = std::mem::take(&mut buf);
-            Box::pin(crate::connect::handle(
-                shared,
-                tcp,
-                buf,
-                head,
-                peer,
-                reg,
-                &ctl.hard_stop,
-            ))
-            .await;
-            return;
+            return tunnel(shared, tcp, buf, head, peer, ctl, reg).await;
         }
     }
+}
+
+/// The rest of the connection is the tunnel `head` asks for. Boxed: the connection task's own
+/// state stays small, and a tunnel holds only the CONNECT state, not room for the request loop's.
+async fn tunnel(
+    shared: &Shared,
+    tcp: TcpStream,
+    buf: BytesMut,
+    head: head::RequestHead,
+    peer: SocketAddr,
+    ctl: &Control,
+    reg: &crate::tunnels::Registration<'_>,
+) {
+    Box::pin(crate::connect::handle(
+        shared,
+        tcp,
+        buf,
+        head,
+        peer,
+        reg,
+        &ctl.hard_stop,
+    ))
+    .await
 }
 
 /// The next request head on this connection (`first`: the connection's first, which gets the
