@@ -112,10 +112,7 @@ async fn setup(test: &str, prefix: &str) -> Option<Setup> {
     let image = test_image(&d).await;
     let name = unique_env(prefix);
     let guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
 
     let ws = tempfile::tempdir().expect("workspace");
     share_dir(ws.path(), 1001, 2000, 0o770);

@@ -243,17 +243,7 @@ async fn docker_engine_per_environment_builds_runs_nested_containers_only_throug
     );
 
     // `kennel doctor ENV` reports the mode and that the engine answers from the sandbox.
-    let checks = doctor(&client, &name).await;
-    assert_eq!(
-        outcome(&checks, "docker engine mode"),
-        Outcome::Pass,
-        "{checks:?}"
-    );
-    assert_eq!(
-        outcome(&checks, "docker engine answers"),
-        Outcome::Pass,
-        "{checks:?}"
-    );
+    assert_engine_doctor(&client, &name, Outcome::Pass).await;
 
     // 2. `docker build` of a FROM scratch image (a static busybox and the probe).
     let (out, err, code) = exec(
@@ -494,10 +484,7 @@ async fn privileged_docker_engine_is_reported_as_such_and_still_fenced_by_the_di
     let image = docker_test_image(&d).await;
     let name = unique_env("dindp");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
     let ws = tempfile::tempdir().expect("workspace");
     share_dir(ws.path(), 1001, 2000, 0o770);
     std::fs::write(
@@ -527,17 +514,7 @@ async fn privileged_docker_engine_is_reported_as_such_and_still_fenced_by_the_di
         "{:?}",
         info.log
     );
-    let checks = doctor(&client, &name).await;
-    assert_eq!(
-        outcome(&checks, "docker engine mode"),
-        Outcome::Warn,
-        "{checks:?}"
-    );
-    assert_eq!(
-        outcome(&checks, "docker engine answers"),
-        Outcome::Pass,
-        "{checks:?}"
-    );
+    assert_engine_doctor(&client, &name, Outcome::Warn).await;
 
     let (_origin, subnet, egress_gateway) = origin_on_egress(
         &d,
@@ -615,4 +592,16 @@ async fn privileged_docker_engine_is_reported_as_such_and_still_fenced_by_the_di
         assert!(!exists_volume(&d, &v).await, "{v}");
     }
     daemon.stop().await;
+}
+
+/// `kennel doctor ENV` reports the engine mode as `mode` (a warning for privileged) and that the
+/// engine answers from the sandbox.
+async fn assert_engine_doctor(client: &Client, name: &str, mode: Outcome) {
+    let checks = doctor(client, name).await;
+    assert_eq!(outcome(&checks, "docker engine mode"), mode, "{checks:?}");
+    assert_eq!(
+        outcome(&checks, "docker engine answers"),
+        Outcome::Pass,
+        "{checks:?}"
+    );
 }

@@ -156,10 +156,7 @@ async fn events_health_age_rule_fires_refreshes_once_and_is_an_event_on_docker()
     let image = test_image(&d).await;
     let name = unique_env("ev-age");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
     // The monitor looks every second (health.interval); the rule fires 5 s after the start.
     let ws = workspace(
         &name,
@@ -217,10 +214,7 @@ async fn events_health_command_rule_fires_after_three_failures_on_docker() {
     let image = test_image(&d).await;
     let name = unique_env("ev-cmd");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
     // Healthy while /workspace/ok exists.
     let ws = workspace(
         &name,
@@ -704,10 +698,7 @@ async fn events_workspace_image_built_once_and_not_for_a_reused_tag_on_docker() 
     let name = unique_env("ev-img");
     let _images = crate::e2e_build::BuiltImages(name.clone());
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
     let ws = tempfile::tempdir().expect("workspace");
     share_dir(ws.path(), 1001, 2000, 0o770);
     std::fs::create_dir_all(ws.path().join(".devcontainer")).expect("mkdir");

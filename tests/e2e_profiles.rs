@@ -129,10 +129,7 @@ async fn egress_profile_proxy_serves_its_services_only_with_its_own_policy_on_do
     let image = test_image(&d).await;
     let name = unique_env("prof");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
 
     let ws = tempfile::tempdir().expect("workspace");
     share_dir(ws.path(), 1001, 2000, 0o770);

@@ -53,6 +53,20 @@ impl RunningDaemon {
         }
     }
 
+    /// A daemon with its socket and state in a new temporary directory, and a client of it.
+    /// The directory comes first so that, bound as `let (dir, daemon, client) = …`, it is
+    /// dropped last (after the daemon has been told to stop).
+    pub(crate) fn start_in_tempdir(
+        d: &DockerBackend,
+        proxy_bin: &Path,
+    ) -> (tempfile::TempDir, RunningDaemon, Client) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("kennel.sock");
+        let daemon = RunningDaemon::start(d, proxy_bin, &socket, &dir.path().join("state"));
+        let client = Client::new(&socket);
+        (dir, daemon, client)
+    }
+
     pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -116,10 +130,7 @@ async fn supervisor_up_exec_ls_down_on_docker() {
     let image = test_image(&d).await;
     let name = unique_env("sup");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
 
     // `kennel up --workspace WS` (spec read from WS/kennel.toml, seed whitelist imported).
     let ws = workspace(&name, &image);
@@ -280,10 +291,7 @@ async fn supervisor_demo_sandbox_from_host_files_on_docker() {
     };
     let name = unique_env("sup-demo");
     let _guard = EnvGuard::new(&name);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("kennel.sock");
-    let daemon = RunningDaemon::start(&d, &proxy_bin, &socket, &dir.path().join("state"));
-    let client = Client::new(&socket);
+    let (_dir, daemon, client) = RunningDaemon::start_in_tempdir(&d, &proxy_bin);
 
     let built: ImageBuilt = client
         .post("/images/demo-sandbox", &serde_json::json!({}))
