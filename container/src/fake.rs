@@ -31,6 +31,9 @@ struct State {
     container_stats: HashMap<String, Vec<crate::backend::ContainerStats>>,
     /// Prometheus text per environment, for `proxy_metrics`.
     metrics: HashMap<String, String>,
+    /// Objects that reappear after the next `remove_env` of an environment (and after a delay):
+    /// requests a killed daemon sent that the engine finishes late.
+    late: HashMap<String, (EnvStatus, std::time::Duration)>,
 }
 
 /// In-memory backend. Cheap to clone (shared state).
@@ -189,6 +192,19 @@ impl FakeBackend {
         self.held.send_replace(true);
     }
 
+    /// The engine is still working on requests a killed daemon sent for `name` (a network
+    /// create, say): `delay` after the next [`Backend::remove_env`] of `name`, an incomplete
+    /// environment of that name (its proxy container, no sandbox) appears again. Needs a tokio
+    /// runtime.
+    pub fn finish_in_flight_after_remove(&self, plan: &EnvPlan, delay: std::time::Duration) {
+        let mut partial = fake_status(plan);
+        partial.containers.retain(|c| c.role == "proxy");
+        partial.state = EnvState::Incomplete;
+        self.lock()
+            .late
+            .insert(plan.spec.name.clone(), (partial, delay));
+    }
+
     /// Lets held creates finish.
     pub fn release_creates(&self) {
         self.held.send_replace(false);
@@ -330,6 +346,18 @@ impl Backend for FakeBackend {
             let mut st = self.lock();
             st.envs.remove(name);
             st.plans.remove(name);
+            if let Some((late, delay)) = st.late.remove(name) {
+                let state = self.state.clone();
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .envs
+                        .insert(name, late);
+                });
+            }
             Ok(())
         })
     }

@@ -155,6 +155,15 @@ enum BusyHolder {
     Reconcile,
 }
 
+/// How long the engine must show nothing of an interrupted creation after its removal before
+/// the reconcile trusts that no request of the killed daemon is still being carried out.
+const IN_FLIGHT_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often the engine is asked in that time.
+const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest the reconcile keeps removing objects that keep appearing (an engine that is
+/// still working through a backlog); what appears later is an orphan for the next reconcile.
+const IN_FLIGHT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Longest a request waits for the reconcile to be done with its environment before it is
 /// told the name is busy. The reconcile starts an environment's stopped containers at most.
 const RECONCILE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -1391,9 +1400,7 @@ impl Daemon {
         // Always: a creation killed before its first container may have made its networks,
         // which the engine's list of environments does not show.
         self.backend.remove_env(name).await?;
-        if !marker.kept_home {
-            self.backend.purge_env(name).await?;
-        }
+        let late = self.remove_late_objects(name, &marker).await?;
         self.state.remove(name)?;
         self.event(
             crate::events::Event::now(
@@ -1409,9 +1416,42 @@ impl Daemon {
                 ),
             )
             .with("outcome", "removed")
-            .with("engine_objects", in_engine),
+            .with("engine_objects", in_engine)
+            .with("late_removals", late),
         );
         Ok(())
+    }
+
+    /// Watches the engine for what the killed daemon's last requests still make after
+    /// [`Daemon::remove_interrupted`] removed the rest, and removes it: the engine finishes a
+    /// request (a network create, a container start) whose client died, so an object can
+    /// appear after the first removal. Done once nothing has appeared for
+    /// [`IN_FLIGHT_SETTLE`] (at most [`IN_FLIGHT_LIMIT`]); returns how many times something
+    /// had to be removed again. The caller holds the busy mark, so a new create of the name
+    /// waits rather than being taken for a straggler.
+    async fn remove_late_objects(
+        &self,
+        name: &str,
+        marker: &crate::state::Creating,
+    ) -> Result<u32, ApiError> {
+        let start = tokio::time::Instant::now();
+        let mut quiet_since = start;
+        let mut removals = 0;
+        while quiet_since.elapsed() < IN_FLIGHT_SETTLE && start.elapsed() < IN_FLIGHT_LIMIT {
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
+            if self.backend.inspect_env(name).await?.is_some() {
+                tracing::warn!(env = %name, "the engine finished a request of the stopped daemon after the removal; removing again");
+                self.backend.remove_env(name).await?;
+                removals += 1;
+                quiet_since = tokio::time::Instant::now();
+            }
+        }
+        // The home volume last (its create may have been in flight too, and it shows in no
+        // listing above); one that was kept before the creation stays.
+        if !marker.kept_home {
+            self.backend.purge_env(name).await?;
+        }
+        Ok(removals)
     }
 
     /// `POST /v1/envs/{name}/exec`: starts the command, then (once the connection is upgraded)

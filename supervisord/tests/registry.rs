@@ -443,6 +443,40 @@ async fn reconcile_removes_own_orphans_and_unfinished_creates_and_keeps_the_rest
     );
 }
 
+/// Regression (CI): the daemon was killed while the engine was still creating a network for
+/// it; the restarted daemon removed what it found, and the network appeared after that. What
+/// the engine finishes late for an interrupted creation is removed by the same reconcile.
+#[tokio::test(start_paused = true)]
+async fn what_the_engine_finishes_late_for_an_interrupted_create_is_removed_too() {
+    let f = fixture();
+    let mine = vec![(
+        LABEL_DAEMON.to_string(),
+        f.daemon.state().instance().to_string(),
+    )];
+    let p = plan(&f, "halfmade", mine);
+    f.fake.create_env(&p).await.unwrap();
+    f.daemon.state().reserve("halfmade").unwrap().commit();
+    f.daemon.state().mark_creating("halfmade", false).unwrap();
+    f.fake
+        .finish_in_flight_after_remove(&p, std::time::Duration::from_secs(1));
+
+    let report = f.daemon.reconcile().await.unwrap();
+    assert_eq!(report.removed_incomplete, ["halfmade"]);
+    assert!(
+        f.fake.inspect_env("halfmade").await.unwrap().is_none(),
+        "the object the engine made after the first removal is gone too"
+    );
+    assert!(!f.state_dir.path().join("envs/halfmade").exists());
+    let ev = f
+        .daemon
+        .events(&kennel_supervisord::events::EventQuery::default())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == kennel_supervisord::events::kind::CREATE_INTERRUPTED)
+        .expect("create-interrupted event");
+    assert_eq!(ev.details["late_removals"], 1, "{ev:?}");
+}
+
 #[tokio::test]
 async fn environments_of_others_are_invisible_and_cannot_be_removed() {
     let f = fixture();
