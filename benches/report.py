@@ -92,14 +92,18 @@ out.append("")
 out.append("Reference points for the download rows, same run: `direct, split` = the origin on the "
            "proxies' CPU and the client on the load CPU (the stream's two ends on different CPUs); "
            "`minimal relay` = `loadgen relay` on the proxies' CPU (a thread per direction blocked "
-           "in splice(2) through a 1 MiB pipe: no event loop, policy or accounting). `load CPU per "
+           "in splice(2) through a 1 MiB pipe: no event loop, policy or accounting); `spinning "
+           "relay` = `loadgen relay --spin`, the same relay whose download direction never sleeps "
+           "(non-blocking splice tried again at once, burning the proxies' CPU while the tunnel is "
+           "open): no wake-up of the relay's CPU is waited for, so what it cannot move no relay "
+           "on that CPU moves. `load CPU per "
            "GiB` = the load generator's and the origin's CPU time per GiB, both on the load CPU: "
            "where a proxied stream costs the load CPU more per byte than the direct one, "
            "direct × (direct's ÷ the proxied stream's) is the most it can move once that CPU is "
            "busy.")
 out.append("")
-out.append("| scenario | direct | direct, split | minimal relay | kennel | kennel, 1 MiB pipes | minimal relay ÷ direct | kennel ÷ minimal relay | kennel 1 MiB ÷ minimal relay |")
-out.append("|---|---|---|---|---|---|---|---|---|")
+out.append("| scenario | direct | direct, split | minimal relay | spinning relay | kennel | kennel, 1 MiB pipes | minimal relay ÷ direct | spinning relay ÷ direct | kennel ÷ spinning relay | kennel 1 MiB ÷ spinning relay |")
+out.append("|---|---|---|---|---|---|---|---|---|---|---|")
 DL_ROWS = [
     ("dl1", ROWS[0][1]),
     ("dl1_cpu", ROWS[1][1]),
@@ -109,9 +113,10 @@ DL_ROWS = [
     ("dl8_load", "… load CPU per GiB (s)"),
 ]
 for key, label in DL_ROWS:
-    d, x, r, k, m = (g(t, key) for t in ("direct", "direct-x", "relay", "kennel", "kennel-1m"))
-    out.append("| " + " | ".join([label, fmt(d), fmt(x), fmt(r), fmt(k), fmt(m), ratio(r, d),
-                                  ratio(k, r), ratio(m, r)]) + " |")
+    d, x, r, sp, k, m = (g(t, key) for t in ("direct", "direct-x", "relay", "spin", "kennel",
+                                              "kennel-1m"))
+    out.append("| " + " | ".join([label, fmt(d), fmt(x), fmt(r), fmt(sp), fmt(k), fmt(m),
+                                  ratio(r, d), ratio(sp, d), ratio(k, sp), ratio(m, sp)]) + " |")
 out.append("")
 out.append("Reach of the rate targets, same run: `floor` = `loadgen floor` on the proxies' CPU, the "
            "least an event-loop proxy does per request (the same socket calls as a proxy; no "

@@ -21,6 +21,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
 RL=29607 OX=29608 # the minimal splice relay, a second origin on the proxies' CPU (ceilings)
+RS=29609 # the spinning relay (ceiling)
 FL=29609            # loadgen floor: the least an event-loop proxy does per request (rate rows)
 
 echo "== build" >&2
@@ -78,7 +79,7 @@ wait_port() { # port [pid: must be the one listening, still alive once the port 
 
 # A port that already answers belongs to someone else (a leftover run): its process would be
 # measured in place of the one started here.
-for p in $O $K $SQ $TP $KB $K1 $RL $OX $FL; do
+for p in $O $K $SQ $TP $KB $K1 $RL $RS $OX $FL; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         echo "127.0.0.1:$p is already in use (a leftover benchmark run?); stop it first" >&2
         exit 1
@@ -100,11 +101,16 @@ ORIGIN_X_PID=$!
 taskset -c "$PROXY_CPU" "$LG" relay $RL &
 PIDS+=($!)
 RELAY_PID=$!
+# The same relay whose download direction never sleeps (it spins only while a tunnel is open).
+taskset -c "$PROXY_CPU" "$LG" relay $RS --spin &
+PIDS+=($!)
+SPIN_PID=$!
 taskset -c "$PROXY_CPU" "$LG" floor $FL --origin $O &
 PIDS+=($!)
 FLOOR_PID=$!
 wait_port $OX $ORIGIN_X_PID
 wait_port $RL $RELAY_PID
+wait_port $RS $SPIN_PID
 wait_port $FL $FLOOR_PID
 
 # --- kennel: the release binary, its default config except: loopback listen, access log off,
@@ -206,7 +212,7 @@ PIDS+=($!)
 TARGETS+=("squid:$SQ:$!")
 for p in $TP $SQ; do wait_port $p; done
 # Ceiling targets, in the download scenarios only (the relay answers nothing but CONNECT).
-TARGETS+=("direct-x:::$OX" "relay:$RL:$RELAY_PID")
+TARGETS+=("direct-x:::$OX" "relay:$RL:$RELAY_PID" "spin:$RS:$SPIN_PID")
 # The floor of the rate rows (it forwards nothing but this benchmark's requests).
 TARGETS+=("floor:$FL:$FLOOR_PID")
 
@@ -246,7 +252,7 @@ scenario() { # name proxied-only(0/1) loadgen-args... (PROXY / PIDS substituted 
             [ -z "$port" ] && [ "$only_proxies" = 1 ] && continue
             local args=("$@") via=() cpu=()
             case $target in
-            direct-x | relay) [ "${args[0]}" = download ] || continue ;;
+            direct-x | relay | spin) [ "${args[0]}" = download ] || continue ;;
             floor) [[ ${args[0]} == tunnel-rate || ${args[0]} == tunnel-latency || ${args[0]} == forward-rate ]] || continue ;;
             esac
             # the ceiling's own origin replaces the shared one
@@ -285,7 +291,7 @@ scenario denied_rate 1 denied-rate --clients 16 --secs 2
 echo "== idle tunnels" >&2
 for t in "${TARGETS[@]}"; do
     IFS=: read -r target port pid <<<"$t"
-    [ -z "$port" ] || [ "$target" = relay ] || [ "$target" = floor ] && continue
+    [ -z "$port" ] || [ "$target" = relay ] || [ "$target" = spin ] || [ "$target" = floor ] && continue
     once "$target" idle1k idle --origin $O --proxy "$port" --tunnels 1000 --pids "$pid"
     # shellcheck disable=SC2086
     [ -n "${VALS[$target|idle1k]:-}" ] && record "$target" idle1k ${VALS[$target|idle1k]}

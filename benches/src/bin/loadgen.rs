@@ -10,7 +10,7 @@
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S [--rate PER_SEC]
 //! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
-//! loadgen relay PORT
+//! loadgen relay PORT [--spin]
 //! loadgen floor PORT --origin PORT
 //! loadgen denied-rate --proxy PORT --clients N --secs S
 //! loadgen idle --origin PORT --proxy PORT --tunnels N --pids PID[,PID..]
@@ -19,7 +19,11 @@
 //! `relay` is a reference point, not a proxy to compare features with: the simplest splice relay
 //! (it answers `CONNECT 127.0.0.1:PORT` and nothing else, and gives each direction of a tunnel
 //! its own thread blocked in `splice(2)` through a 1 MiB pipe; no event loop, no policy, no
-//! accounting). Measured, it is not a ceiling: kennel's event loop moves more per second. `forward-rate` without `--proxy` sends origin-form GETs straight to the origin
+//! accounting). Measured, it is not a ceiling: kennel's event loop moves more per second.
+//! `relay --spin` is the closer one: the download direction never sleeps (non-blocking splice
+//! tried again at once, the CPU only given up to another runnable thread), so no wake-up of the
+//! relay's CPU is ever waited for; what it cannot move, no relay on that CPU moves, whatever it
+//! is willing to burn. `forward-rate` without `--proxy` sends origin-form GETs straight to the origin
 //! on kept-alive connections: the most requests the load generator and origin manage on their
 //! CPU, i.e. the ceiling of the proxied keep-alive rows.
 //!
@@ -75,7 +79,12 @@ fn main() -> anyhow::Result<()> {
     }
     if cmd == "relay" {
         let port: u16 = args.get(1).context("relay PORT")?.parse().context("port")?;
-        return minimal::relay(port);
+        let spin = match args.get(2).map(String::as_str) {
+            None => false,
+            Some("--spin") => true,
+            Some(other) => bail!("relay PORT [--spin]: unexpected {other:?}"),
+        };
+        return minimal::relay(port, spin);
     }
     let opts = Opts::parse(&args[1..])?;
     let line = rt.block_on(async {
@@ -788,23 +797,26 @@ mod floor {
 mod minimal {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::os::fd::OwnedFd;
+    use std::os::fd::{AsFd, OwnedFd};
 
     use anyhow::{Context, ensure};
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
     use super::LOOPBACK;
 
     /// Pipe capacity per direction (the largest kennel can be configured to use).
     const PIPE: usize = 1 << 20;
 
-    pub fn relay(port: u16) -> anyhow::Result<()> {
+    /// Serves `CONNECT 127.0.0.1:PORT` on `port`. `spin`: the download direction never sleeps
+    /// (see the module's `relay --spin`).
+    pub fn relay(port: u16, spin: bool) -> anyhow::Result<()> {
         let l = TcpListener::bind((LOOPBACK, port))
             .with_context(|| format!("failed to bind 127.0.0.1:{port}"))?;
         for c in l.incoming() {
             let Ok(c) = c else { continue };
             std::thread::spawn(move || {
-                if let Err(e) = serve(c) {
+                if let Err(e) = serve(c, spin) {
                     eprintln!("relay: {e:#}");
                 }
             });
@@ -812,7 +824,7 @@ mod minimal {
         Ok(())
     }
 
-    fn serve(mut c: TcpStream) -> anyhow::Result<()> {
+    fn serve(mut c: TcpStream, spin: bool) -> anyhow::Result<()> {
         c.set_nodelay(true)?;
         // The client sends nothing after its CONNECT head before the 200, so a byte-wise read
         // cannot swallow tunnel data.
@@ -835,29 +847,69 @@ mod minimal {
         let o = TcpStream::connect((LOOPBACK, port))?;
         o.set_nodelay(true)?;
         c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+        // Non-blocking sockets for the spinning relay (both directions share the file
+        // descriptions, so the upload direction waits in poll(2) instead of in splice).
+        c.set_nonblocking(spin)?;
+        o.set_nonblocking(spin)?;
         let (c2, o2) = (c.try_clone()?, o.try_clone()?);
-        let up = std::thread::spawn(move || pump(&c2, &o2));
-        pump(&o, &c)?;
+        let up = std::thread::spawn(move || pump(&c2, &o2, Wait::Poll));
+        pump(&o, &c, if spin { Wait::Spin } else { Wait::Poll })?;
         up.join()
             .map_err(|_| anyhow::anyhow!("up thread panicked"))??;
         Ok(())
     }
 
-    fn pump(src: &TcpStream, dst: &TcpStream) -> anyhow::Result<()> {
+    /// What a direction does when its socket is not ready (only non-blocking sockets are ever
+    /// not ready; blocking ones wait inside splice).
+    #[derive(Clone, Copy)]
+    enum Wait {
+        /// Sleep in poll(2) until the socket is ready.
+        Poll,
+        /// Try again at once, only giving the CPU to another runnable thread (another tunnel's).
+        Spin,
+    }
+
+    fn wait(fd: &TcpStream, events: PollFlags, how: Wait) -> anyhow::Result<()> {
+        match how {
+            Wait::Spin => std::thread::yield_now(),
+            Wait::Poll => {
+                let mut fds = [PollFd::new(fd.as_fd(), events)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pump(src: &TcpStream, dst: &TcpStream, how: Wait) -> anyhow::Result<()> {
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         // Refused above fs.pipe-max-size: the default pipe is still a relay, only slower.
         let _ = fcntl(&r, FcntlArg::F_SETPIPE_SZ(PIPE as i32));
         let f = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
         loop {
-            let mut n = splice(src, None, &w, None, PIPE, f)?;
+            let mut n = match splice(src, None, &w, None, PIPE, f) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    wait(src, PollFlags::POLLIN, how)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 let _ = dst.shutdown(Shutdown::Write);
                 return Ok(());
             }
             while n > 0 {
-                let m = splice(&r, None, dst, None, n, f)?;
-                ensure!(m > 0, "splice wrote 0");
-                n -= m;
+                match splice(&r, None, dst, None, n, f) {
+                    Ok(m) => {
+                        ensure!(m > 0, "splice wrote 0");
+                        n -= m;
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => wait(dst, PollFlags::POLLOUT, how)?,
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }
