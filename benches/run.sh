@@ -21,7 +21,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 O=29601 K=29602 SQ=29603 TP=29604 KB=29605 K1=29606 # origin, kennel, squid, tinyproxy, kennel-before, kennel 1 MiB pipes
 RL=29607 OX=29608 # the minimal splice relay, a second origin on the proxies' CPU (ceilings)
-RS=29609 # the spinning relay (ceiling)
+RS=29610 # the spinning relay (ceiling)
 FL=29609            # loadgen floor: the least an event-loop proxy does per request (rate rows)
 
 echo "== build" >&2
@@ -64,9 +64,15 @@ wait_port() { # port [pid: must be the one listening, still alive once the port 
             return 1
         fi
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            # A port answered by someone else (a leftover run) would be measured instead.
+            # A port answered by someone else (a leftover run, another target given the same
+            # port) would be measured instead: the listening socket must be the process's.
             if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
                 echo "127.0.0.1:$1 answers, but the process started for it exited" >&2
+                return 1
+            fi
+            if [ -n "${2:-}" ] && command -v ss >/dev/null &&
+                ! ss -Hltnp "sport = :$1" | grep -q "pid=$2,"; then
+                echo "127.0.0.1:$1 answers, but not from the process started for it (pid $2)" >&2
                 return 1
             fi
             return 0
@@ -77,6 +83,11 @@ wait_port() { # port [pid: must be the one listening, still alive once the port 
     return 1
 }
 
+# Each target its own port.
+if dup=$(printf '%s\n' $O $K $SQ $TP $KB $K1 $RL $RS $OX $FL | sort | uniq -d) && [ -n "$dup" ]; then
+    echo "benches/run.sh gives port $dup to two targets" >&2
+    exit 1
+fi
 # A port that already answers belongs to someone else (a leftover run): its process would be
 # measured in place of the one started here.
 for p in $O $K $SQ $TP $KB $K1 $RL $RS $OX $FL; do

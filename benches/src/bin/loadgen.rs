@@ -887,7 +887,9 @@ mod minimal {
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         // Refused above fs.pipe-max-size: the default pipe is still a relay, only slower.
         let _ = fcntl(&r, FcntlArg::F_SETPIPE_SZ(PIPE as i32));
-        let f = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+        // Not SPLICE_F_MORE: it tells TCP more data follows, so the tail of each splice waits
+        // in the socket for the next one (measured: 0.50× direct with it, ~0.75× without).
+        let f = SpliceFFlags::SPLICE_F_MOVE;
         loop {
             let mut n = match splice(src, None, &w, None, PIPE, f) {
                 Ok(n) => n,
