@@ -40,6 +40,8 @@ ROWS = [
     ("forward_rate", "absolute-form GET on keep-alive, 16 connections (/s; direct: origin-form)", True),
     ("forward_rate_cpu", "… proxy CPU busy (%)", False),
     ("forward_rate_cpuop", "… proxy CPU per operation (µs)", False),
+    ("forward_h9_rate", "… the same GET with 9 header lines, as pip sends (/s)", True),
+    ("forward_h9_rate_cpuop", "… proxy CPU per operation (µs)", False),
     ("denied_rate", "CONNECT to a denied host, 16 clients (/s)", True),
     ("denied_rate_cpu", "… proxy CPU busy (%)", False),
     ("denied_rate_cpuop", "… proxy CPU per operation (µs)", False),
@@ -139,6 +141,9 @@ REACH = [
     ("forward_rate_cpu", "… proxy CPU busy (%)"),
     ("forward_rate_cpuop", "… proxy CPU per operation (µs)"),
     ("forward_rate_load", "… load CPU per operation (µs)"),
+    ("forward_h9_rate", "… the same GET with 9 header lines, as pip sends (/s)"),
+    ("forward_h9_rate_cpuop", "… proxy CPU per operation (µs)"),
+    ("forward_h9_rate_load", "… load CPU per operation (µs)"),
 ]
 for key, label in REACH:
     d, f, k, q = (g(t, key) for t in ("direct", "floor", "kennel", "squid"))

@@ -297,6 +297,8 @@ scenario tunnel_p99 0 tunnel-latency --origin $O --clients 4 --secs 2
 # loop above a proxy that answers faster is also given more concurrent work.
 scenario tunnel_p99_paced 0 tunnel-latency --origin $O --clients 16 --secs 2 --rate 1000
 scenario forward_rate 0 forward-rate --origin $O --clients 16 --secs 2
+# The same with the header lines a real client sends (User-Agent, Accept, …: 9 in all).
+scenario forward_h9_rate 0 forward-rate --origin $O --clients 16 --secs 2 --extra-headers 8
 scenario denied_rate 1 denied-rate --clients 16 --secs 2
 
 echo "== idle tunnels" >&2

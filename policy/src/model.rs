@@ -110,7 +110,9 @@ pub struct RuleRef {
     /// 1-based line.
     pub line: u32,
     /// The pattern as normalised (`.example.com`, `*.example.com`, `example.com`, a CIDR).
-    pub pattern: String,
+    /// Shared: a decision carries a clone of its rule, and cloning must not allocate on the
+    /// per-request path.
+    pub pattern: Arc<str>,
 }
 
 impl fmt::Display for RuleRef {
@@ -505,7 +507,7 @@ mod tests {
         let r = p
             .cidr_denying(ip("8.8.8.8"))
             .expect("public address in a deny cidr");
-        assert_eq!(r.pattern, "8.8.8.0/24");
+        assert_eq!(&*r.pattern, "8.8.8.0/24");
         assert!(p.cidr_denying(ip("::ffff:10.9.1.1")).is_some());
         assert!(p.cidr_denying(ip("10.1.1.1")).is_none());
         assert!(p.cidr_denying(ip("1.1.1.1")).is_none());

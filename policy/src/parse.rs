@@ -208,7 +208,7 @@ impl Builder {
             let rule = RuleRef {
                 file: display.clone(),
                 line,
-                pattern: p.to_string(),
+                pattern: p.to_string().into(),
             };
             self.add_allow(&p, rule, ports.clone());
         }
@@ -354,7 +354,7 @@ impl Ctx<'_> {
         RuleRef {
             file: self.display.clone(),
             line: self.line(offset),
-            pattern,
+            pattern: pattern.into(),
         }
     }
 

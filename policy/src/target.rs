@@ -252,18 +252,21 @@ pub(crate) fn parse_ipv4_like(s: &str) -> Result<Option<Ipv4Addr>, TargetError> 
         return Ok(None);
     }
     let bad = || TargetError::InvalidIpv4(s.to_string());
-    let parts: Vec<&str> = s_trim.split('.').collect();
-    if parts.len() > 4 {
-        return Err(bad());
-    }
-    let mut nums = Vec::with_capacity(parts.len());
-    for p in &parts {
+    // At most four parts, parsed in place (this runs for every request target).
+    let mut parts = [0u64; 4];
+    let mut count = 0;
+    for p in s_trim.split('.') {
+        let Some(slot) = parts.get_mut(count) else {
+            return Err(bad());
+        };
         match parse_ipv4_part(p) {
-            Some(Ok(n)) => nums.push(n),
+            Some(Ok(n)) => *slot = n,
             _ => return Err(bad()),
         }
+        count += 1;
     }
-    let (init, last) = nums.split_at(nums.len() - 1);
+    // `s_trim` is not empty, so there is at least one part.
+    let (init, last) = parts[..count].split_at(count - 1);
     if init.iter().any(|&n| n > 255) {
         return Err(bad());
     }

@@ -129,7 +129,7 @@ mod tests {
                 Edit::RemoveDeny { rule, key } => {
                     let l = list(&mut doc, "deny", key);
                     let before = l.len();
-                    l.retain(|v| v.as_str() != Some(rule.pattern.as_str()));
+                    l.retain(|v| v.as_str() != Some(&*rule.pattern));
                     assert_eq!(
                         l.len() + 1,
                         before,

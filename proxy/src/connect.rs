@@ -22,7 +22,7 @@ use crate::tunnels::Registration;
 // Debug level: at the default info level an info span formatted its two fields and was
 // entered and left on every poll of every tunnel, for the one info event inside it (an SNI
 // refusal, which names its target itself).
-#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, target = %head.target))]
+#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, target = %head.target()))]
 pub async fn handle(
     shared: &Shared,
     mut client: TcpStream,
@@ -55,7 +55,7 @@ async fn tunnel<'h>(
     hard_stop: &CancellationToken,
     rec: &mut Access<'h>,
 ) -> Result<Outcome, Failure> {
-    rec.unparsed = Some(&head.target);
+    rec.unparsed = Some(head.target());
     let target = parse_target(head)?;
     rec.target = Some(target.clone());
     rec.unparsed = None;
@@ -151,8 +151,9 @@ async fn tunnel<'h>(
 
 /// The CONNECT target: an authority (`host:port`).
 fn parse_target(head: &RequestHead) -> Result<Target, Failure> {
-    Target::parse_authority(&head.target)
-        .map_err(|e| Failure::BadRequest(format!("invalid CONNECT target {:?}: {e}", head.target)))
+    Target::parse_authority(head.target()).map_err(|e| {
+        Failure::BadRequest(format!("invalid CONNECT target {:?}: {e}", head.target()))
+    })
 }
 
 /// Whether the first flight must be a ClientHello naming the target: `require_sni`, a name

@@ -161,9 +161,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn connection_listed(headers: &[(String, Vec<u8>)]) -> Vec<String> {
-    headers
-        .iter()
+fn connection_listed(head: &RequestHead) -> Vec<String> {
+    head.headers()
         .filter(|(n, _)| {
             n.eq_ignore_ascii_case("connection") || n.eq_ignore_ascii_case("proxy-connection")
         })
@@ -210,7 +209,7 @@ pub enum Next {
 /// Forward one request. Writes the response (or the error response) to the client.
 // Debug level: at the default info level an info span would format its fields on every
 // request, with nothing inside it logging at info.
-#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, method = %head.method))]
+#[tracing::instrument(level = "debug", skip_all, fields(client = %peer, method = %head.method()))]
 pub async fn handle(
     shared: &Shared,
     client: &mut TcpStream,
@@ -219,8 +218,8 @@ pub async fn handle(
     peer: SocketAddr,
     reg: &Registration<'_>,
 ) -> Next {
-    let mut rec = Access::new(Kind::Http, peer, &head.method);
-    rec.unparsed = Some(&head.target);
+    let mut rec = Access::new(Kind::Http, peer, head.method());
+    rec.unparsed = Some(head.target());
     let (next, outcome) = match forward(shared, client, buf, &head, reg, &mut rec).await {
         Ok((next, ended)) => (next, Outcome::Ended(ended)),
         Err(f) => {
@@ -256,17 +255,17 @@ async fn forward<'h>(
     reg: &Registration<'_>,
     rec: &mut Access<'h>,
 ) -> Result<(Next, Ended), Failure> {
-    if head.target.starts_with('/') || head.target == "*" {
+    if head.target().starts_with('/') || head.target() == "*" {
         rec.unparsed = None;
         return Err(Failure::NotProxyRequest);
     }
-    let (target, path) = Target::parse_absolute_uri(&head.target).map_err(|e| {
-        Failure::BadRequest(format!("invalid request target {:?}: {e}", head.target))
+    let (target, path) = Target::parse_absolute_uri(head.target()).map_err(|e| {
+        Failure::BadRequest(format!("invalid request target {:?}: {e}", head.target()))
     })?;
     rec.target = Some(target.clone());
     rec.unparsed = None;
     if !head
-        .target
+        .target()
         .get(..7)
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
     {
@@ -277,7 +276,7 @@ async fn forward<'h>(
     // The request target's authority as written: a Host header with the same text names the
     // same destination without being parsed again (the usual case).
     let authority = head
-        .target
+        .target()
         .get(7..)
         .map(|r| &r[..r.find(['/', '?', '#']).unwrap_or(r.len())]);
     if let Some(h) = head.header("host")
@@ -312,8 +311,8 @@ async fn forward<'h>(
 
     let host_value = host_header(&target);
     let headers = outgoing_headers(head, &host_value)?;
-    let method = http::Method::from_bytes(head.method.as_bytes())
-        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
+    let method = http::Method::from_bytes(head.method().as_bytes())
+        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method())))?;
 
     let (sender, hop, mut resolved, reused) = origin_connection(shared, &route, &target).await?;
     rec.resolved = resolved;
@@ -528,9 +527,19 @@ pub(crate) fn host_header(target: &Target) -> String {
             v.push_str(digits);
             v
         }
-        (h, 80) => h.to_string(),
-        _ => target.to_string(),
+        (h, 80) => display_sized(h),
+        _ => display_sized(target),
     }
+}
+
+/// `v.to_string()` into a string sized for any host and port at once (to_string grows it a
+/// few times for an address).
+fn display_sized(v: &dyn std::fmt::Display) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(64);
+    // Writing into a String cannot fail.
+    let _ = write!(s, "{v}");
+    s
 }
 
 /// The request's headers as sent on: hop-by-hop headers (and what `Connection` lists),
@@ -539,16 +548,17 @@ pub(crate) fn outgoing_headers(
     head: &RequestHead,
     host_value: &str,
 ) -> Result<http::HeaderMap, Failure> {
-    let listed = connection_listed(&head.headers);
-    let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 1);
-    for (n, v) in &head.headers {
+    let listed = connection_listed(head);
+    let mut headers = http::HeaderMap::with_capacity(head.headers().len() + 1);
+    // The values are slices of the head's buffer, not copies.
+    for (n, v) in head.shared_headers() {
         if is_hop(n, &listed) || n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("host")
         {
             continue;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(v),
+            HeaderValue::from_maybe_shared(v),
         ) else {
             return Err(Failure::BadRequest(format!("invalid header {n:?}")));
         };

@@ -49,17 +49,22 @@ pub enum Framing {
     Chunked,
 }
 
-/// A parsed, validated request head.
+/// A parsed, validated request head. The head's bytes are kept in one buffer and the method,
+/// target and header lines are ranges of it: parsing a head costs two allocations however many
+/// headers it has (one string and one vector per header line before), and the header values
+/// sent on share that buffer instead of being copied.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    /// The method, as sent.
-    pub method: String,
-    /// The request target, as sent.
-    pub target: String,
+    /// The head as received, request line to the empty line. Its method, target and header
+    /// names are ASCII (httparse takes only token and URI characters there) and its header
+    /// values are what httparse accepted.
+    raw: Bytes,
+    method: std::ops::Range<usize>,
+    target: std::ops::Range<usize>,
+    /// Header lines in order: (name as sent, value).
+    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
-    /// Header lines in order (name as sent, raw value bytes).
-    pub headers: Vec<(String, Vec<u8>)>,
     /// Body framing.
     pub framing: Framing,
     /// The client wants the connection kept open after this request.
@@ -69,18 +74,46 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// First value of a header (case-insensitive name).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    /// Text of a range of the head that httparse returned as `&str` (so it is UTF-8).
+    fn text(&self, r: &std::ops::Range<usize>) -> &str {
+        // The ranges are those of httparse's `&str` results over these same bytes.
+        std::str::from_utf8(&self.raw[r.clone()]).unwrap_or_default()
+    }
+
+    /// The method, as sent.
+    pub fn method(&self) -> &str {
+        self.text(&self.method)
+    }
+
+    /// The request target, as sent.
+    pub fn target(&self) -> &str {
+        self.text(&self.target)
+    }
+
+    /// Header lines in order: name as sent, raw value.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> + '_ {
         self.headers
             .iter()
+            .map(|(n, v)| (self.text(n), &self.raw[v.clone()]))
+    }
+
+    /// Header lines in order, each value as a slice of the head's buffer (no copy).
+    pub fn shared_headers(&self) -> impl Iterator<Item = (&str, Bytes)> + '_ {
+        self.headers
+            .iter()
+            .map(|(n, v)| (self.text(n), self.raw.slice(v.clone())))
+    }
+
+    /// First value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
     }
 
     /// Number of lines of a header.
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
+        self.headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .count()
     }
@@ -155,17 +188,27 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
     if len > max {
         return Err(HeadError::TooLarge(max));
     }
-    let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or_default().to_string();
+    // Offsets into `buf` of what httparse returned (slices of `buf` itself).
+    let base = buf.as_ptr() as usize;
+    let range = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let method = range(req.method.unwrap_or_default().as_bytes());
+    let target = range(req.path.unwrap_or_default().as_bytes());
     let version = req.version.unwrap_or(1);
-    let headers: Vec<(String, Vec<u8>)> = req
+    let headers: Vec<_> = req
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .map(|h| (range(h.name.as_bytes()), range(h.value)))
         .collect();
+    // A copy, not a split of `buf`: a split would share `buf`'s allocation, and `buf` could
+    // not take its space back for the next read while this head lives.
+    let raw = Bytes::copy_from_slice(&buf[..len]);
     buf.advance(len);
 
     let mut head = RequestHead {
+        raw,
         method,
         target,
         version,
@@ -223,7 +266,8 @@ fn validate(head: &mut RequestHead) -> Result<(), HeadError> {
     }
     let mut close = false;
     let mut keep = false;
-    for (n, v) in &head.headers {
+    let mut expect_continue = false;
+    for (n, v) in head.headers() {
         if n.eq_ignore_ascii_case("connection") || n.eq_ignore_ascii_case("proxy-connection") {
             for tok in v.split(|b| *b == b',') {
                 let tok = trim(tok);
@@ -232,9 +276,10 @@ fn validate(head: &mut RequestHead) -> Result<(), HeadError> {
             }
         }
         if n.eq_ignore_ascii_case("expect") && trim(v).eq_ignore_ascii_case(b"100-continue") {
-            head.expect_continue = true;
+            expect_continue = true;
         }
     }
+    head.expect_continue = expect_continue;
     head.keep_alive = !close && (head.version == 1 || keep);
     Ok(())
 }
@@ -455,6 +500,36 @@ mod tests {
         try_parse(&mut b, 65536)
     }
 
+    /// The head is kept as one buffer with ranges into it: what the accessors give back must
+    /// be exactly the lines as sent, also after empty lines before the request line, and the
+    /// bytes that follow the head stay in the buffer.
+    #[test]
+    fn method_target_and_header_lines_come_back_as_sent() {
+        let mut b = BytesMut::from(
+            &b"\r\n\r\nPOST http://h.test:8080/p?q=1 HTTP/1.1\r\nHost: h.test:8080\r\nX-Empty:\r\nX-A:  v  w \r\nContent-Length: 3\r\n\r\nabcNEXT"[..],
+        );
+        let h = try_parse(&mut b, 65536).unwrap().unwrap();
+        assert_eq!(h.method(), "POST");
+        assert_eq!(h.target(), "http://h.test:8080/p?q=1");
+        let lines: Vec<(String, Vec<u8>)> = h
+            .headers()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("Host".to_string(), b"h.test:8080".to_vec()),
+                ("X-Empty".to_string(), b"".to_vec()),
+                ("X-A".to_string(), b"v  w".to_vec()),
+                ("Content-Length".to_string(), b"3".to_vec()),
+            ]
+        );
+        let shared: Vec<Bytes> = h.shared_headers().map(|(_, v)| v).collect();
+        assert_eq!(shared[2], &b"v  w"[..]);
+        assert_eq!(h.framing, Framing::Length(3));
+        assert_eq!(&b[..], b"abcNEXT");
+    }
+
     #[test]
     fn cl_and_te_refused() {
         let e = parse(
@@ -506,7 +581,7 @@ mod tests {
         let h = parse("GET http://a/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.method, "GET");
+        assert_eq!(h.method(), "GET");
         assert!(!h.keep_alive);
         assert_eq!(h.framing, Framing::None);
     }

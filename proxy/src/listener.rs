@@ -159,7 +159,7 @@ async fn connection(shared: &Shared, mut tcp: TcpStream, peer: SocketAddr, ctl: 
     let Some(head) = next_head(shared, &mut tcp, &mut buf, peer, ctl, &reg, true).await else {
         return;
     };
-    if head.method.eq_ignore_ascii_case("CONNECT") {
+    if head.method().eq_ignore_ascii_case("CONNECT") {
         return tunnel(shared, tcp, buf, head, peer, ctl, &reg).await;
     }
     // Boxed once per connection, not per request: inline, the request state would make every
@@ -195,7 +195,7 @@ async fn requests(
             Some(h) => h,
             None => return,
         };
-        if head.method.eq_ignore_ascii_case("CONNECT") {
+        if head.method().eq_ignore_ascii_case("CONNECT") {
             return tunnel(shared, tcp, buf, head, peer, ctl, reg).await;
         }
     }

@@ -234,7 +234,7 @@ mod tests {
             let rule = RuleRef {
                 file: "f".into(),
                 line: i as u32,
-                pattern: format!("p{i}"),
+                pattern: format!("p{i}").into(),
             };
             m.add_bytes(1, 1, Some(&rule));
         }

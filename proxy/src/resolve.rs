@@ -318,7 +318,7 @@ mod tests {
         for s in ["8.8.8.8", "::ffff:8.8.8.8", "127.0.0.9"] {
             let e = guard(&p, ip(s)).expect_err(s);
             assert_eq!(
-                e.denied_by.as_ref().map(|r| r.pattern.as_str()),
+                e.denied_by.as_ref().map(|r| &*r.pattern),
                 Some(if s == "127.0.0.9" {
                     "127.0.0.9/32"
                 } else {

@@ -92,7 +92,7 @@ pub async fn sniff<R: AsyncRead + Unpin>(
 /// must be origin-form, `*` (OPTIONS), or an absolute `http://` URL naming `target`. Returns the
 /// path to send to the origin.
 pub fn check_request(head: &RequestHead, target: &Target) -> Result<String, Failure> {
-    if head.method.eq_ignore_ascii_case("CONNECT") {
+    if head.method().eq_ignore_ascii_case("CONNECT") {
         return Err(Failure::BadRequest(
             "CONNECT inside a CONNECT tunnel".into(),
         ));
@@ -124,11 +124,11 @@ pub fn check_request(head: &RequestHead, target: &Target) -> Result<String, Fail
             target: target.to_string(),
         });
     }
-    let t = head.target.as_str();
+    let t = head.target();
     if t.starts_with('/') {
         return Ok(t.to_string());
     }
-    if t == "*" && head.method.eq_ignore_ascii_case("OPTIONS") {
+    if t == "*" && head.method().eq_ignore_ascii_case("OPTIONS") {
         return Ok(t.to_string());
     }
     if t.get(..7)
@@ -153,8 +153,7 @@ pub fn check_request(head: &RequestHead, target: &Target) -> Result<String, Fail
 /// The request asks for a protocol switch: an `Upgrade` header that `Connection` lists.
 fn wants_upgrade(head: &RequestHead) -> Option<&[u8]> {
     let listed = head
-        .headers
-        .iter()
+        .headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| v.split(|b| *b == b','))
         .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
@@ -263,7 +262,7 @@ pub async fn serve(
                 return served;
             }
         };
-        let rec = record(&cx, &head.method);
+        let rec = record(&cx, head.method());
         let path = match check_request(&head, cx.target) {
             Ok(p) => p,
             Err(f) => {
@@ -386,8 +385,8 @@ async fn exchange(
     let Some(target) = rec.target.clone() else {
         return Err(Failure::BadRequest("no target".into()));
     };
-    let method = http::Method::from_bytes(head.method.as_bytes())
-        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method)))?;
+    let method = http::Method::from_bytes(head.method().as_bytes())
+        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method())))?;
     let mut headers = forward::outgoing_headers(head, &forward::host_header(&target))?;
     let upgrade = wants_upgrade(head);
     if let Some(proto) = upgrade {

@@ -941,12 +941,12 @@ impl Daemon {
                     .find(|x| {
                         e.allow
                             && *e.rule.file == *path.to_string_lossy()
-                            && x.entry.pattern == e.rule.pattern
+                            && *x.entry.pattern == *e.rule.pattern
                     })
                     .map(|x| rfc3339(UNIX_EPOCH + Duration::from_secs(x.expires_unix)));
                 PolicyEntryView {
                     action: if e.allow { "allow" } else { "deny" }.into(),
-                    pattern: e.rule.pattern.clone(),
+                    pattern: e.rule.pattern.to_string(),
                     ports: e.ports,
                     at: e.rule.to_string(),
                     expires,

@@ -119,7 +119,7 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits
             .header("host")
             .map(|h| String::from_utf8_lossy(h).to_string())
             .unwrap_or_default();
-        if req.target == "/chunked" {
+        if req.target() == "/chunked" {
             // Chunked response without Content-Length: "chunk-one\nchunk-two\n".
             let out = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nchunk-one\n\r\na\r\nchunk-two\n\r\n0\r\n\r\n";
             if s.write_all(out.as_bytes()).await.is_err() {
@@ -127,15 +127,14 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits
             }
         } else {
             let resp_body: Vec<u8> = if let Some(n) = req
-                .target
+                .target()
                 .strip_prefix("/bytes/")
                 .and_then(|n| n.parse::<usize>().ok())
             {
                 vec![b'x'; n]
-            } else if req.target == "/headers" {
+            } else if req.target() == "/headers" {
                 // The request's header lines, lowercase names, one per line.
-                req.headers
-                    .iter()
+                req.headers()
                     .map(|(n, v)| {
                         format!(
                             "{}: {}\n",
@@ -148,7 +147,8 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits
             } else {
                 format!(
                     "origin {name}: {} {} host={host} body={len}\n",
-                    req.method, req.target
+                    req.method(),
+                    req.target()
                 )
                 .into_bytes()
             };
@@ -159,7 +159,7 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str, hits
             if s.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
-            if req.method != "HEAD" && s.write_all(&resp_body).await.is_err() {
+            if req.method() != "HEAD" && s.write_all(&resp_body).await.is_err() {
                 return;
             }
         }

@@ -9,7 +9,7 @@
 //! loadgen download  --origin PORT [--proxy PORT] --conns N --bytes BYTES [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
 //! loadgen tunnel-latency --origin PORT [--proxy PORT] --clients N --secs S [--rate PER_SEC]
-//! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--pids PID,..] [--load-pids PID,..]
+//! loadgen forward-rate --origin PORT [--proxy PORT] --clients N --secs S [--extra-headers N] [--pids PID,..] [--load-pids PID,..]
 //! loadgen relay PORT [--spin]
 //! loadgen floor PORT --origin PORT
 //! loadgen denied-rate --proxy PORT --clients N --secs S
@@ -112,7 +112,22 @@ struct Opts {
     /// `tunnel-latency` at a fixed offered rate (tunnels per second over all clients) instead
     /// of as fast as the proxy answers.
     rate: Option<f64>,
+    /// `forward-rate`: this many of [`CLIENT_HEADERS`] after `Host` (a real client's request,
+    /// where the benchmark's default is the smallest valid one).
+    extra_headers: usize,
 }
+
+/// Header lines a package manager or browser sends besides `Host` (for `--extra-headers`).
+const CLIENT_HEADERS: [&str; 8] = [
+    "User-Agent: pip/24.0 {\"ci\":null,\"cpu\":\"x86_64\",\"implementation\":{\"name\":\"CPython\",\"version\":\"3.11.2\"}}",
+    "Accept: application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01",
+    "Accept-Encoding: gzip, deflate",
+    "Accept-Language: en-US,en;q=0.9",
+    "Cache-Control: max-age=0",
+    "X-Request-Id: 6f1c2b9e-3d4a-4e8f-9b7c-1a2b3c4d5e6f",
+    "If-None-Match: \"5d41402abc4b2a76b9719d911017c592\"",
+    "Proxy-Connection: keep-alive",
+];
 
 impl Opts {
     fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -140,6 +155,14 @@ impl Opts {
                         "--rate must be in 1..=100000 per second"
                     );
                     o.rate = Some(r);
+                }
+                "--extra-headers" => {
+                    o.extra_headers = v.parse().context("--extra-headers")?;
+                    ensure!(
+                        o.extra_headers <= CLIENT_HEADERS.len(),
+                        "--extra-headers must be at most {}",
+                        CLIENT_HEADERS.len()
+                    );
                 }
                 _ => bail!("unknown option {k}"),
             }
@@ -379,6 +402,7 @@ async fn rate(o: &Opts, kind: Kind) -> anyhow::Result<String> {
         let opts = Opts {
             origin: o.origin,
             proxy: o.proxy,
+            extra_headers: o.extra_headers,
             ..Default::default()
         };
         tasks.push(tokio::spawn(async move {
@@ -568,8 +592,13 @@ async fn forward_on(
     } else {
         format!("/{SMALL}")
     };
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n").as_bytes())
-        .await?;
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n");
+    for h in &CLIENT_HEADERS[..o.extra_headers] {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
     let head = read_head(&mut s, &mut buf).await?.context("no response")?;
     ensure!(status(&head) == 200, "{head}");
     let mut scratch = [0u8; 1024];

@@ -191,7 +191,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                         "verdict": d.verdict.as_str(),
                         "reason": d.reason.as_str(),
                         "rule": d.rule.as_ref().map(ToString::to_string),
-                        "pattern": d.rule.as_ref().map(|r| r.pattern.clone()),
+                        "pattern": d.rule.as_ref().map(|r| r.pattern.to_string()),
                         "would_deny": d.would_deny,
                         "upstream": policy.upstream_for(&t.host).to_string(),
                     })

@@ -157,11 +157,11 @@ fn report_mode_allows_and_keeps_reason() {
 fn rule_ref_names_pattern() {
     let (_d, p) = fixture("enforce");
     let d = decide(&p, "storage.googleapis.com:443");
-    assert_eq!(d.rule.unwrap().pattern, ".googleapis.com");
+    assert_eq!(&*d.rule.unwrap().pattern, ".googleapis.com");
     let d = decide(&p, "d1.cloudfront.net:443");
-    assert_eq!(d.rule.unwrap().pattern, "*.cloudfront.net");
+    assert_eq!(&*d.rule.unwrap().pattern, "*.cloudfront.net");
     let d = decide(&p, "café.example:443");
-    assert_eq!(d.rule.unwrap().pattern, "xn--caf-dma.example");
+    assert_eq!(&*d.rule.unwrap().pattern, "xn--caf-dma.example");
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn cidr_allowing_for_guard() {
     let (_d, p) = fixture("enforce");
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert_eq!(
-        p.cidr_allowing(ip("10.1.9.9")).unwrap().pattern,
+        &*p.cidr_allowing(ip("10.1.9.9")).unwrap().pattern,
         "10.1.0.0/16"
     );
     assert!(p.cidr_allowing(ip("10.1.2.9")).is_none(), "deny cidr wins");
