@@ -49,19 +49,23 @@ pub enum Framing {
     Chunked,
 }
 
-/// A parsed, validated request head. The head's bytes are kept in one buffer and the method,
-/// target and header lines are ranges of it: parsing a head costs two allocations however many
-/// headers it has (one string and one vector per header line before), and the header values
-/// sent on share that buffer instead of being copied.
+/// A parsed, validated request head. The text parts (method, target, header names) are ranges
+/// of one string and the header values ranges of one copy of the head's bytes: parsing a head
+/// costs three allocations however many headers it has (one string and one vector per header
+/// line before), and the header values sent on share that buffer instead of being copied.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    /// The head as received, request line to the empty line. Its method, target and header
-    /// names are ASCII (httparse takes only token and URI characters there) and its header
-    /// values are what httparse accepted.
+    /// The head as received, request line to the empty line (the values are taken from it;
+    /// they may hold bytes that are not UTF-8).
     raw: Bytes,
+    /// Method, target and header names, one after the other (httparse returned them as `&str`;
+    /// kept as a `String` so they are not checked for UTF-8 again at every look-up).
+    text: String,
+    /// Range of `text`.
     method: std::ops::Range<usize>,
+    /// Range of `text`.
     target: std::ops::Range<usize>,
-    /// Header lines in order: (name as sent, value).
+    /// Header lines in order: (name as sent: range of `text`, value: range of `raw`).
     headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
@@ -74,10 +78,10 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// Text of a range of the head that httparse returned as `&str` (so it is UTF-8).
     fn text(&self, r: &std::ops::Range<usize>) -> &str {
-        // The ranges are those of httparse's `&str` results over these same bytes.
-        std::str::from_utf8(&self.raw[r.clone()]).unwrap_or_default()
+        // The ranges are those of whole `&str`s pushed onto `text`, so they are in bounds and
+        // on character boundaries; `get` keeps a mistake from being a panic.
+        self.text.get(r.clone()).unwrap_or_default()
     }
 
     /// The method, as sent.
@@ -188,20 +192,29 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
     if len > max {
         return Err(HeadError::TooLarge(max));
     }
-    // Offsets into `buf` of what httparse returned (slices of `buf` itself).
+    // Offsets into `buf` of the values httparse returned (slices of `buf` itself).
     let base = buf.as_ptr() as usize;
-    let range = |part: &[u8]| {
+    let in_buf = |part: &[u8]| {
         let start = part.as_ptr() as usize - base;
         start..start + part.len()
     };
-    let method = range(req.method.unwrap_or_default().as_bytes());
-    let target = range(req.path.unwrap_or_default().as_bytes());
-    let version = req.version.unwrap_or(1);
+    let method_str = req.method.unwrap_or_default();
+    let target_str = req.path.unwrap_or_default();
+    let names: usize = req.headers.iter().map(|h| h.name.len()).sum();
+    let mut text = String::with_capacity(method_str.len() + target_str.len() + names);
+    let mut push = |part: &str| {
+        let start = text.len();
+        text.push_str(part);
+        start..text.len()
+    };
+    let method = push(method_str);
+    let target = push(target_str);
     let headers: Vec<_> = req
         .headers
         .iter()
-        .map(|h| (range(h.name.as_bytes()), range(h.value)))
+        .map(|h| (push(h.name), in_buf(h.value)))
         .collect();
+    let version = req.version.unwrap_or(1);
     // A copy, not a split of `buf`: a split would share `buf`'s allocation, and `buf` could
     // not take its space back for the next read while this head lives.
     let raw = Bytes::copy_from_slice(&buf[..len]);
@@ -209,6 +222,7 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
 
     let mut head = RequestHead {
         raw,
+        text,
         method,
         target,
         version,
