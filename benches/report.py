@@ -70,7 +70,7 @@ def g(t, s):
 
 out = []
 out.append(f"Run {date}: {machine}; {versions}; median of {runs} runs per cell "
-           f"(RSS: one run); {load}. The machine is shared with other engineers' builds, so "
+           f"(paced p99: {2 * int(runs) + 1}; RSS: one run); {load}. The machine is shared with other engineers' builds, so "
            "absolute numbers are noisy: compare the ratios, which come from the same run.")
 out.append("")
 out.append("| scenario | direct | Squid | Tinyproxy | kennel | kennel ÷ direct | kennel ÷ Squid | kennel ÷ Tinyproxy |")
