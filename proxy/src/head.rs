@@ -192,11 +192,20 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
     if len > max {
         return Err(HeadError::TooLarge(max));
     }
-    // Offsets into `buf` of the values httparse returned (slices of `buf` itself).
+    // Offsets into the head of the values httparse returned. A non-empty value is a slice of
+    // `buf` itself (httparse has no other storage); an empty one may point anywhere, and any
+    // empty range stands for it. Checked all the same: a value outside the head is refused,
+    // never an out-of-bounds slice later.
     let base = buf.as_ptr() as usize;
-    let in_buf = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
+    let in_buf = |part: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
+        if part.is_empty() {
+            return Ok(0..0);
+        }
+        (part.as_ptr() as usize)
+            .checked_sub(base)
+            .and_then(|start| Some(start..start.checked_add(part.len())?))
+            .filter(|r| r.end <= len)
+            .ok_or(HeadError::Bad("malformed header line"))
     };
     let method_str = req.method.unwrap_or_default();
     let target_str = req.path.unwrap_or_default();
@@ -212,8 +221,8 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
     let headers: Vec<_> = req
         .headers
         .iter()
-        .map(|h| (push(h.name), in_buf(h.value)))
-        .collect();
+        .map(|h| Ok((push(h.name), in_buf(h.value)?)))
+        .collect::<Result<_, HeadError>>()?;
     let version = req.version.unwrap_or(1);
     // A copy, not a split of `buf`: a split would share `buf`'s allocation, and `buf` could
     // not take its space back for the next read while this head lives.
