@@ -197,12 +197,9 @@ impl FakeBackend {
     /// environment of that name (its proxy container, no sandbox) appears again. Needs a tokio
     /// runtime.
     pub fn finish_in_flight_after_remove(&self, plan: &EnvPlan, delay: std::time::Duration) {
-        let mut partial = fake_status(plan);
-        partial.containers.retain(|c| c.role == "proxy");
-        partial.state = EnvState::Incomplete;
         self.lock()
             .late
-            .insert(plan.spec.name.clone(), (partial, delay));
+            .insert(plan.spec.name.clone(), (partial_status(plan), delay));
     }
 
     /// Lets held creates finish.
@@ -220,6 +217,14 @@ impl FakeBackend {
             }
         }
     }
+}
+
+/// What the engine has in the middle of a create: the proxy, no sandbox.
+fn partial_status(plan: &EnvPlan) -> EnvStatus {
+    let mut partial = fake_status(plan);
+    partial.containers.retain(|c| c.role == "proxy");
+    partial.state = EnvState::Incomplete;
+    partial
 }
 
 fn fake_status(plan: &EnvPlan) -> EnvStatus {
@@ -277,11 +282,7 @@ impl Backend for FakeBackend {
                     if st.envs.contains_key(&name) {
                         return Err(BackendError::AlreadyExists(name));
                     }
-                    // What the engine has in the middle of a create: the proxy, no sandbox.
-                    let mut partial = fake_status(plan);
-                    partial.containers.retain(|c| c.role == "proxy");
-                    partial.state = EnvState::Incomplete;
-                    st.envs.insert(name.clone(), partial);
+                    st.envs.insert(name.clone(), partial_status(plan));
                 }
                 // The sender lives as long as `self`, so this only ends on release.
                 let _ = held.wait_for(|h| !*h).await;
