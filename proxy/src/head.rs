@@ -5,7 +5,7 @@
 //! forwards such a request to an origin with a different interpretation is a request-smuggling
 //! vector, so kennel reads the head itself (httparse, which already rejects obs-fold in requests)
 //! and refuses every ambiguous framing with 400 before anything is forwarded. The origin side
-//! still uses hyper's client.
+//! (`origin.rs`) uses the same body decoder for responses.
 
 use std::time::Duration;
 
@@ -92,6 +92,11 @@ impl RequestHead {
     /// The request target, as sent.
     pub fn target(&self) -> &str {
         self.text(&self.target)
+    }
+
+    /// Length of the head as received, request line to the empty line.
+    pub fn head_len(&self) -> usize {
+        self.raw.len()
     }
 
     /// Header lines in order: name as sent, raw value.
@@ -320,13 +325,18 @@ pub fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Incremental request-body decoder over the client stream (`buf` holds bytes already read).
+/// Incremental body decoder over a stream (`buf` holds bytes already read): request bodies from
+/// the client, response bodies from the origin.
 pub struct BodyReader {
     state: BodyState,
+    /// Which side the stream is, for the messages ("client" or "origin").
+    peer: &'static str,
 }
 
 enum BodyState {
     Length(u64),
+    /// A response body delimited by the origin closing the connection.
+    UntilClose,
     ChunkSize,
     ChunkData(u64),
     ChunkDataEnd,
@@ -334,20 +344,27 @@ enum BodyState {
     Done,
 }
 
-/// A malformed body (bad chunk framing) or a client that went away mid-body.
+/// A malformed body (bad chunk framing) or a peer that went away mid-body.
 #[derive(Debug, thiserror::Error)]
 #[error("request body: {0}")]
 pub struct BodyError(pub String);
 
 impl BodyReader {
-    /// A decoder for the given framing.
+    /// A decoder for a request body with the given framing.
     pub fn new(framing: Framing) -> BodyReader {
-        let state = match framing {
-            Framing::None => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::ChunkSize,
-        };
-        BodyReader { state }
+        BodyReader {
+            state: BodyState::for_framing(framing),
+            peer: "client",
+        }
+    }
+
+    /// A decoder for a response body: with the given framing, or (`None`) until the origin
+    /// closes the connection.
+    pub fn response(framing: Option<Framing>) -> BodyReader {
+        BodyReader {
+            state: framing.map_or(BodyState::UntilClose, BodyState::for_framing),
+            peer: "origin",
+        }
     }
 
     /// Next piece of decoded body data; `None` at the end of the body.
@@ -357,16 +374,31 @@ impl BodyReader {
         buf: &mut BytesMut,
         max_chunk: usize,
     ) -> Result<Option<Bytes>, BodyError> {
+        let peer = self.peer;
         loop {
             match self.state {
                 BodyState::Done => return Ok(None),
+                BodyState::UntilClose => {
+                    if buf.is_empty() {
+                        buf.reserve(max_chunk.max(8192));
+                        let n = io
+                            .read_buf(buf)
+                            .await
+                            .map_err(|e| BodyError(e.to_string()))?;
+                        if n == 0 {
+                            self.state = BodyState::Done;
+                            return Ok(None);
+                        }
+                    }
+                    return Ok(Some(buf.split().freeze()));
+                }
                 BodyState::Length(0) => {
                     self.state = BodyState::Done;
                     return Ok(None);
                 }
                 BodyState::Length(n) | BodyState::ChunkData(n) => {
                     if buf.is_empty() {
-                        fill(io, buf, max_chunk).await?;
+                        fill(io, buf, max_chunk, peer).await?;
                     }
                     let take = (n.min(buf.len() as u64)) as usize;
                     let data = buf.split_to(take).freeze();
@@ -379,7 +411,7 @@ impl BodyReader {
                     return Ok(Some(data));
                 }
                 BodyState::ChunkSize => {
-                    let line = read_line(io, buf, MAX_CHUNK_LINE).await?;
+                    let line = read_line(io, buf, MAX_CHUNK_LINE, peer).await?;
                     let n = chunk_size(&line)?;
                     self.state = if n == 0 {
                         BodyState::Trailers
@@ -388,7 +420,7 @@ impl BodyReader {
                     };
                 }
                 BodyState::ChunkDataEnd => {
-                    let line = read_line(io, buf, 2).await?;
+                    let line = read_line(io, buf, 2, peer).await?;
                     if !line.is_empty() {
                         return Err(BodyError("chunk data not followed by CRLF".into()));
                     }
@@ -396,7 +428,7 @@ impl BodyReader {
                 }
                 BodyState::Trailers => {
                     // Trailers are read and dropped (kennel does not forward them).
-                    let line = read_line(io, buf, 8192).await?;
+                    let line = read_line(io, buf, 8192, peer).await?;
                     if line.is_empty() {
                         self.state = BodyState::Done;
                     }
@@ -447,10 +479,21 @@ pub fn check_first_chunk_line(buf: &[u8]) -> Result<(), BodyError> {
     Ok(())
 }
 
+impl BodyState {
+    fn for_framing(framing: Framing) -> BodyState {
+        match framing {
+            Framing::None => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::ChunkSize,
+        }
+    }
+}
+
 async fn fill<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max: usize,
+    peer: &str,
 ) -> Result<(), BodyError> {
     buf.reserve(max.max(8192));
     let n = io
@@ -458,7 +501,7 @@ async fn fill<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| BodyError(e.to_string()))?;
     if n == 0 {
-        return Err(BodyError("client closed the connection mid-body".into()));
+        return Err(BodyError(format!("{peer} closed the connection mid-body")));
     }
     Ok(())
 }
@@ -468,6 +511,7 @@ async fn read_line<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max: usize,
+    peer: &str,
 ) -> Result<Vec<u8>, BodyError> {
     loop {
         if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -478,7 +522,7 @@ async fn read_line<R: AsyncRead + Unpin>(
         if buf.len() > max + 2 {
             return Err(BodyError("chunk framing line too long".into()));
         }
-        fill(io, buf, 8192).await?;
+        fill(io, buf, 8192, peer).await?;
     }
 }
 

@@ -14,6 +14,7 @@ pub mod head;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod origin;
 pub mod relay;
 pub mod resolve;
 pub mod respond;

@@ -20,8 +20,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::HeaderValue;
-use hyper_util::rt::TokioIo;
 use kennel_policy::{Decision, Target, Upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::dial::Conn;
-use crate::forward::{self, ChanBody};
+use crate::forward;
 use crate::head::{self, HeadError, RequestHead, trim};
 use crate::log::{self, Access, Ended, Kind, Outcome};
+use crate::origin::{self, ClientSide, OriginConn};
 use crate::respond::{self, Failure};
 
 /// Whether `buf` starts with an HTTP/1.x request line: `Some(true)` when a complete request
@@ -203,24 +202,7 @@ pub async fn serve(
         down: 0,
         end: Ended::Done,
     };
-    let handshake = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(1 << 20)
-        .handshake::<_, ChanBody>(TokioIo::new(origin))
-        .await;
-    let (mut sender, conn) = match handshake {
-        Ok(x) => x,
-        Err(e) => {
-            served.end = Ended::Error(format!("origin: {e}"));
-            return served;
-        }
-    };
-    // The connection task ends when `sender` is dropped (tunnel closed) or after an upgrade
-    // has handed the stream over.
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("tunnel origin connection ended: {e}");
-        }
-    });
+    let mut origin = OriginConn::new(origin);
     let limits = &shared.config.limits;
     let mut first = true;
     loop {
@@ -271,7 +253,7 @@ pub async fn serve(
             }
         };
         let one = tokio::select! {
-            r = Box::pin(request(shared, client, &mut buf, &head, &path, &mut sender, rec)) => r,
+            r = Box::pin(request(shared, client, &mut buf, &head, &path, &mut origin, rec)) => r,
             _ = cx.revoked.cancelled() => { served.end = Ended::Revoked; return served; }
             _ = cx.hard_stop.cancelled() => { served.end = Ended::Shutdown; return served; }
         };
@@ -280,14 +262,22 @@ pub async fn serve(
         match one.next {
             Next::Another => {}
             Next::Close => return served,
-            Next::Upgraded(up) => {
+            Next::Upgraded => {
+                // What the origin sent after its 101 is the switched protocol's first bytes.
+                let (stream, early) = origin.into_parts();
+                if !early.is_empty() {
+                    if let Err(e) = client.write_all(&early).await {
+                        served.end = Ended::Error(format!("client: {e}"));
+                        return served;
+                    }
+                    served.down += early.len() as u64;
+                }
                 let relay = crate::relay::Limits {
                     idle: limits.idle_timeout(),
                     buffer_bytes: limits.buffer_bytes,
                     revoked: cx.revoked,
                     hard_stop: cx.hard_stop,
                 };
-                let stream = Conn::Upstream(Box::new(TokioIo::new(up)));
                 let out = crate::relay::tunnel(client, stream, buf, &relay).await;
                 let rule = cx.decision.as_ref().and_then(|d| d.rule.as_ref());
                 shared.metrics.add_bytes(out.up, out.down, rule);
@@ -329,8 +319,8 @@ enum Next {
     Another,
     /// Close the tunnel.
     Close,
-    /// `101 Switching Protocols`: relay this stream as is.
-    Upgraded(hyper::upgrade::Upgraded),
+    /// `101 Switching Protocols`: relay the connections as they are.
+    Upgraded,
 }
 
 struct OneRequest {
@@ -347,11 +337,11 @@ async fn request(
     buf: &mut BytesMut,
     head: &RequestHead,
     path: &str,
-    sender: &mut hyper::client::conn::http1::SendRequest<ChanBody>,
+    origin: &mut OriginConn,
     mut rec: Access<'_>,
 ) -> OneRequest {
     let target = rec.target.clone();
-    match exchange(shared, client, buf, head, path, sender, &mut rec).await {
+    match exchange(shared, client, buf, head, path, origin, &mut rec).await {
         Ok((one, ended)) => {
             shared
                 .metrics
@@ -379,94 +369,57 @@ async fn exchange(
     buf: &mut BytesMut,
     head: &RequestHead,
     path: &str,
-    sender: &mut hyper::client::conn::http1::SendRequest<ChanBody>,
+    origin: &mut OriginConn,
     rec: &mut Access<'_>,
 ) -> Result<(OneRequest, Ended), Failure> {
     let Some(target) = rec.target.clone() else {
         return Err(Failure::BadRequest("no target".into()));
     };
-    let method = http::Method::from_bytes(head.method().as_bytes())
-        .map_err(|_| Failure::BadRequest(format!("invalid method {:?}", head.method())))?;
-    let mut headers = forward::outgoing_headers(head, &forward::host_header(&target))?;
+    // The forward path drops hop-by-hop headers; a protocol switch inside the tunnel keeps its
+    // own (the connection is relayed as is afterwards).
     let upgrade = wants_upgrade(head);
-    if let Some(proto) = upgrade {
-        // The forward path drops hop-by-hop headers; a protocol switch inside the tunnel keeps
-        // its own (the connection is relayed as is afterwards).
-        let proto = HeaderValue::from_bytes(proto)
-            .map_err(|_| Failure::BadRequest("invalid Upgrade header".into()))?;
-        headers.insert(http::header::UPGRADE, proto);
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-    }
-    let (tx, body) = forward::request_body(head.framing);
-    let mut req = http::Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .body(body)
-        .map_err(|e| Failure::BadRequest(e.to_string()))?;
-    *req.headers_mut() = headers;
-    sender
-        .ready()
-        .await
-        .map_err(|e| Failure::Origin(e.to_string()))?;
+    let extra: Vec<(&str, &[u8])> = match upgrade {
+        Some(proto) => vec![("Upgrade", proto), ("Connection", b"upgrade")],
+        None => Vec::new(),
+    };
+    let request = origin::request_head(head, path, &forward::host_header(&target), &extra);
     if head.expect_continue {
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
-            .map_err(|e| Failure::Origin(format!("client went away: {e}")))?;
+            .map_err(Failure::ClientGone)?;
     }
-    let client_v11 = head.version == 1;
-    let is_head = method == http::Method::HEAD;
-    let upgrading = upgrade.is_some();
-    let (mut rd, mut wr) = client.split();
-    let exchange = async {
-        let mut resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| Failure::Origin(e.to_string()))?;
-        let on_upgrade = (upgrading && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| hyper::upgrade::on(&mut resp));
-        let r = forward::write_response(
-            &mut wr,
-            resp,
-            client_v11,
-            head.keep_alive,
-            is_head,
-            upgrading,
-        )
-        .await?;
-        Ok::<_, Failure>((r, on_upgrade))
+    let side = ClientSide {
+        framing: head.framing,
+        head_request: head.method().eq_ignore_ascii_case("HEAD"),
+        v11: head.version == 1,
+        keep_alive: head.keep_alive,
+        upgrading: upgrade.is_some(),
     };
     let bufsize = shared.config.limits.buffer_bytes;
-    let (result, up, pump_done) =
-        forward::drive_exchange(&mut rd, buf, head.framing, tx, bufsize, exchange).await;
-    rec.bytes_up = up;
-    let ((status, down, _origin_keep, client_keep, cut), on_upgrade) = result?;
-    rec.status = status;
-    rec.bytes_down = down;
-    let (body_ok, ended) = forward::exchange_end(&pump_done, head.framing, cut);
-    let next = match on_upgrade {
-        Some(on) => match on.await {
-            Ok(u) => Next::Upgraded(u),
-            Err(e) => {
-                return Ok((
-                    OneRequest {
-                        up,
-                        down,
-                        next: Next::Close,
-                    },
-                    Ended::Error(format!("upgrade failed: {e}")),
-                ));
-            }
-        },
+    let done = origin::exchange(client, buf, origin, &request, side, bufsize, |_| Ok(())).await;
+    rec.bytes_up = done.up;
+    let written = done.result?;
+    rec.status = written.status;
+    rec.bytes_down = written.down;
+    let (body_ok, ended) = origin::exchange_end(&done.pump_done, head.framing, written.cut);
+    let next = if written.switched {
+        Next::Upgraded
+    } else if written.client_keep && written.origin_keep && body_ok {
+        Next::Another
+    } else {
         // The origin connection is the tunnel's only one: a response that ends it (or a body
         // the client did not finish) ends the tunnel.
-        None if client_keep && body_ok && !sender.is_closed() => Next::Another,
-        None => Next::Close,
+        Next::Close
     };
-    Ok((OneRequest { up, down, next }, ended))
+    Ok((
+        OneRequest {
+            up: done.up,
+            down: written.down,
+            next,
+        },
+        ended,
+    ))
 }
 
 #[cfg(test)]
