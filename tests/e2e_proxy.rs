@@ -1027,6 +1027,81 @@ async fn origin_connections_are_pooled_across_client_connections() {
     );
 }
 
+/// An origin may close a pooled connection at any time. One it closed while idle is not used
+/// again (a request with a body could not be repeated), and one it closes as a request arrives
+/// costs the client nothing: a request without a body goes again on a fresh connection.
+#[tokio::test]
+async fn pooled_origin_connections_the_origin_closed_are_not_the_clients_problem() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = origin::loopback().await;
+    let p = l.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    // Every connection answers its first request and keeps the connection; the first one then
+    // closes it while idle, the others close it on the next request without an answer.
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut b = [0u8; 4096];
+                while !String::from_utf8_lossy(&req).contains("\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => req.extend_from_slice(&b[..k]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+            });
+        }
+    });
+    let proxy = TestProxy::start(
+        &policy(&[p], &["origin.test"], ""),
+        &[("origin.test", LO)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let url = format!("http://origin.test:{p}/");
+    assert_eq!(code(&proxy, &url).await, "200");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let post = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-x",
+        &proxy.url(),
+        "-d",
+        "body",
+        &url,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        post.stdout, "200",
+        "POST after the origin closed the idle connection"
+    );
+    assert_eq!(
+        code(&proxy, &url).await,
+        "200",
+        "GET the origin drops unanswered"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    server.abort();
+}
+
 #[tokio::test]
 async fn chunked_responses_head_and_http10_clients() {
     let o = origin::http(origin::loopback().await, "misc");
