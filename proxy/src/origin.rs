@@ -31,6 +31,9 @@ use crate::respond::Failure;
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
 /// Most header lines in a response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
+/// Most informational (1xx) responses skipped before the final one: an origin that sends them
+/// forever would otherwise hold the request forever while looking busy.
+const MAX_INFORMATIONAL: usize = 32;
 /// Largest head plus first body piece sent to the client in one write (a typical page of small
 /// responses; bigger bodies are not worth a copy to save one syscall).
 const COALESCE_MAX: usize = 16 * 1024;
@@ -288,6 +291,7 @@ pub async fn read_response_head<R: AsyncRead + Unpin>(
     upgrading: bool,
 ) -> Result<ResponseHead, OriginError> {
     let mut answered = !buf.is_empty();
+    let mut informational = 0;
     loop {
         if !buf.is_empty() {
             if let Some(head) = parse_response(buf, head_request)? {
@@ -298,7 +302,15 @@ pub async fn read_response_head<R: AsyncRead + Unpin>(
                             "101 Switching Protocols to a request that asked for no upgrade".into(),
                         ));
                     }
-                    100..=199 => continue,
+                    100..=199 if informational < MAX_INFORMATIONAL => {
+                        informational += 1;
+                        continue;
+                    }
+                    100..=199 => {
+                        return Err(OriginError::Malformed(format!(
+                            "more than {MAX_INFORMATIONAL} informational (1xx) responses"
+                        )));
+                    }
                     _ => return Ok(head),
                 }
             }
@@ -749,7 +761,8 @@ where
     Ok(Written {
         status: resp.status,
         down,
-        origin_keep: resp.keep_alive && !switched,
+        // Bytes past the response that nobody asked for: the connection is out of step.
+        origin_keep: resp.keep_alive && !switched && obuf.is_empty(),
         client_keep,
         cut: None,
         switched,
@@ -1041,6 +1054,37 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         );
         assert_eq!(&obuf[..], b"\x81\x02hi");
+    }
+
+    #[tokio::test]
+    async fn an_origin_out_of_step_or_stuck_in_informational_responses_is_not_followed() {
+        // Bytes after the response: the connection is not used again.
+        let (mut o, _origin) = origin_sending(
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"],
+            Duration::ZERO,
+            false,
+        )
+        .await;
+        let (r, w, _) = written(&mut o, V11_KEEP).await;
+        let r = r.unwrap();
+        assert_eq!((r.down, r.origin_keep, r.client_keep), (2, false, true));
+        assert!(w.all().ends_with("\r\n\r\nok"), "{}", w.all());
+
+        // One more informational response than is followed (leaked: the origin task wants
+        // 'static parts; a test process).
+        let endless: &'static [u8] = "HTTP/1.1 102 Processing\r\n\r\n"
+            .repeat(MAX_INFORMATIONAL + 1)
+            .leak()
+            .as_bytes();
+        let parts: &'static [&'static [u8]] = Box::leak(Box::new([endless]));
+        let (mut o, _origin) = origin_sending(parts, Duration::ZERO, false).await;
+        let (r, w, _) = written(&mut o, V11_KEEP).await;
+        assert!(
+            matches!(&r, Err(Failure::Origin(m)) if m.contains("informational")),
+            "{:?}",
+            r.err()
+        );
+        assert!(w.0.is_empty());
     }
 
     #[tokio::test]
