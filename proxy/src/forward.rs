@@ -231,27 +231,9 @@ async fn forward<'h>(
             .await
             .map_err(Failure::ClientGone)?;
     }
-    let (mut hop, mut resolved) = (hop, resolved);
-    let mut done = send(
-        shared,
-        client,
-        buf,
-        &mut conn,
-        &hop,
-        head,
-        &path,
-        &host_value,
-        &route,
-    )
-    .await;
-    if done.retryable && reused {
-        // A pooled connection the origin had closed as the request went out: once more on a
-        // fresh one (nothing of the request body was taken, nothing reached the client).
-        if let Err(e) = &done.result {
-            tracing::debug!("retrying on a fresh origin connection: {e}");
-        }
-        (conn, hop, resolved) = Box::pin(open(shared, &route, &target)).await?;
-        done = send(
+    let (mut hop, mut resolved, mut reused) = (hop, resolved, reused);
+    let done = loop {
+        let done = send(
             shared,
             client,
             buf,
@@ -263,7 +245,17 @@ async fn forward<'h>(
             &route,
         )
         .await;
-    }
+        if !(done.retryable && reused) {
+            break done;
+        }
+        // A pooled connection the origin had closed as the request went out: once more on a
+        // fresh one (nothing of the request body was taken, nothing reached the client).
+        if let Err(e) = &done.result {
+            tracing::debug!("retrying on a fresh origin connection: {e}");
+        }
+        (conn, hop, resolved) = Box::pin(open(shared, &route, &target)).await?;
+        reused = false;
+    };
     rec.bytes_up = done.up;
     let written = done.result?;
     rec.status = written.status;

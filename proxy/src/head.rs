@@ -197,21 +197,9 @@ pub fn try_parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, 
     if len > max {
         return Err(HeadError::TooLarge(max));
     }
-    // Offsets into the head of the values httparse returned. A non-empty value is a slice of
-    // `buf` itself (httparse has no other storage); an empty one may point anywhere, and any
-    // empty range stands for it. Checked all the same: a value outside the head is refused,
-    // never an out-of-bounds slice later.
-    let base = buf.as_ptr() as usize;
-    let in_buf = |part: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
-        if part.is_empty() {
-            return Ok(0..0);
-        }
-        (part.as_ptr() as usize)
-            .checked_sub(base)
-            .and_then(|start| Some(start..start.checked_add(part.len())?))
-            .filter(|r| r.end <= len)
-            .ok_or(HeadError::Bad("malformed header line"))
-    };
+    let base: &[u8] = buf;
+    let in_buf =
+        |part: &[u8]| range_in(base, len, part).ok_or(HeadError::Bad("malformed header line"));
     let method_str = req.method.unwrap_or_default();
     let target_str = req.path.unwrap_or_default();
     let names: usize = req.headers.iter().map(|h| h.name.len()).sum();
@@ -310,6 +298,20 @@ fn validate(head: &mut RequestHead) -> Result<(), HeadError> {
     head.expect_continue = expect_continue;
     head.keep_alive = !close && (head.version == 1 || keep);
     Ok(())
+}
+
+/// The range of `part` within the first `len` bytes of `base`, for a slice httparse returned
+/// while parsing `base`. A non-empty part is a slice of `base` itself (httparse has no other
+/// storage); an empty one may point anywhere, and any empty range stands for it. Checked all
+/// the same: a part outside the head is `None`, never an out-of-bounds slice later.
+pub(crate) fn range_in(base: &[u8], len: usize, part: &[u8]) -> Option<std::ops::Range<usize>> {
+    if part.is_empty() {
+        return Some(0..0);
+    }
+    (part.as_ptr() as usize)
+        .checked_sub(base.as_ptr() as usize)
+        .and_then(|start| Some(start..start.checked_add(part.len())?))
+        .filter(|r| r.end <= len)
 }
 
 /// Trim ASCII whitespace.

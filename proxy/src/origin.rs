@@ -192,18 +192,9 @@ pub fn parse_response(
     if status < 100 {
         return Err(bad(format!("status code {status}")));
     }
-    // Offsets of what httparse returned, which are slices of `buf` itself (an empty one may point
-    // anywhere: any empty range stands for it). Checked all the same, as for request heads.
-    let base = buf.as_ptr() as usize;
-    let in_head = |part: &[u8]| -> Result<Range<usize>, OriginError> {
-        if part.is_empty() {
-            return Ok(0..0);
-        }
-        (part.as_ptr() as usize)
-            .checked_sub(base)
-            .and_then(|start| Some(start..start.checked_add(part.len())?))
-            .filter(|r| r.end <= len)
-            .ok_or_else(|| bad("header outside the head".into()))
+    let base: &[u8] = buf;
+    let in_head = |part: &[u8]| {
+        crate::head::range_in(base, len, part).ok_or_else(|| bad("header outside the head".into()))
     };
     let reason = in_head(resp.reason.unwrap_or_default().as_bytes())?;
     let headers = resp
