@@ -290,13 +290,7 @@ async fn send(
     host_value: &str,
     route: &dial::Route,
 ) -> origin::Exchanged {
-    let side = ClientSide {
-        framing: head.framing,
-        head_request: head.method().eq_ignore_ascii_case("HEAD"),
-        v11: head.version == 1,
-        keep_alive: head.keep_alive,
-        upgrading: false,
-    };
+    let side = ClientSide::of(head, false);
     let request = request_head_for(head, hop, path, host_value);
     // Through an HTTP upstream, its own refusals (407) are the upstream's failure, not the
     // origin's answer: 502 naming the upstream, as for tunnels.

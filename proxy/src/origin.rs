@@ -402,6 +402,19 @@ pub struct ClientSide {
     pub upgrading: bool,
 }
 
+impl ClientSide {
+    /// The client side of forwarding `head` (`upgrading`: see the field).
+    pub fn of(head: &RequestHead, upgrading: bool) -> ClientSide {
+        ClientSide {
+            framing: head.framing,
+            head_request: head.method().eq_ignore_ascii_case("HEAD"),
+            v11: head.version == 1,
+            keep_alive: head.keep_alive,
+            upgrading,
+        }
+    }
+}
+
 /// A response written to the client.
 #[derive(Debug)]
 pub struct Written {

@@ -389,13 +389,7 @@ async fn exchange(
             .await
             .map_err(Failure::ClientGone)?;
     }
-    let side = ClientSide {
-        framing: head.framing,
-        head_request: head.method().eq_ignore_ascii_case("HEAD"),
-        v11: head.version == 1,
-        keep_alive: head.keep_alive,
-        upgrading: upgrade.is_some(),
-    };
+    let side = ClientSide::of(head, upgrade.is_some());
     let bufsize = shared.config.limits.buffer_bytes;
     let done = origin::exchange(client, buf, origin, &request, side, bufsize, |_| Ok(())).await;
     rec.bytes_up = done.up;
