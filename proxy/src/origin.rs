@@ -619,13 +619,14 @@ where
     origin.flush().await.map_err(stopped)
 }
 
-/// Write `data` as one chunk of a chunked body.
-async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> io::Result<()> {
+/// Write `data` as one chunk of a chunked body: size line, data and CRLF in one vectored
+/// write where the stream takes those (a TCP socket does), not three sends per chunk.
+async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &Bytes) -> io::Result<()> {
+    use bytes::Buf;
     let mut line = Vec::with_capacity(20);
     chunk_line(&mut line, data.len());
-    w.write_all(&line).await?;
-    w.write_all(data).await?;
-    w.write_all(b"\r\n").await
+    let mut chunk = Bytes::from(line).chain(data.clone()).chain(&b"\r\n"[..]);
+    w.write_all_buf(&mut chunk).await
 }
 
 fn chunk_line(out: &mut Vec<u8>, len: usize) {
@@ -806,6 +807,20 @@ mod tests {
             self.0.push((Instant::now(), b.to_vec()));
             std::task::Poll::Ready(Ok(b.len()))
         }
+        // Like a socket: a vectored write is one write.
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.0.push((Instant::now(), all));
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
         fn poll_flush(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -954,6 +969,9 @@ mod tests {
             "the head waited {:?} for the body",
             at.duration_since(sent)
         );
+        // The chunk (size line, data, CRLF) in one write, then the last chunk.
+        assert_eq!(w.0.len(), 3, "{:?}", w.0);
+        assert_eq!(&w.0[1].1[..], b"6\r\ndata:1\r\n");
         assert!(
             w.all().ends_with("\r\n\r\n6\r\ndata:1\r\n0\r\n\r\n"),
             "{}",
